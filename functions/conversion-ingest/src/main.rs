@@ -1,0 +1,18 @@
+//! The conversion-ingest function: `POST /accounts/{accountId}/conversions` and the scheduled
+//! `{"task":"redrive"}` of parked conversions (`adsync::ingest`). Builds its clients and stores
+//! once per process and hands every invocation to the shared runtime.
+
+use lambda_runtime::Error;
+
+#[tokio::main]
+async fn main() -> Result<(), Error> {
+    adsync::telemetry::init_tracing();
+    let aws = adsync::aws::AwsClients::from_env().await;
+    let handler = adsync::ingest::ConversionHandler::from_env(&aws)
+        .await
+        .map_err(|e| {
+            tracing::error!(error = %e, "conversion-ingest cannot start");
+            Error::from(e)
+        })?;
+    adsync::runtime::run(handler).await
+}

@@ -1,0 +1,18 @@
+//! The segment-export function: segments, destinations, mappings, qualifications and the
+//! scheduled `backfill` / `redrive` tasks (`adsync::export`). Builds its clients once per process
+//! and hands every invocation to the shared runtime.
+
+use lambda_runtime::Error;
+
+#[tokio::main]
+async fn main() -> Result<(), Error> {
+    adsync::telemetry::init_tracing();
+    let aws = adsync::aws::AwsClients::from_env().await;
+    let handler = adsync::export::ExportHandler::from_env(&aws)
+        .await
+        .map_err(|e| {
+            tracing::error!(error = %e, "segment-export cannot start");
+            Error::from(e)
+        })?;
+    adsync::runtime::run(handler).await
+}

@@ -1,0 +1,74 @@
+#!/usr/bin/env bash
+# Runs every check adsync has, the way CI does (.ci/run calls exactly this):
+#   install.sh → its own local stack `test` on ports that do not collide with a dev stack
+#   (DynamoDB Local 18000, moto 15000, sandbox 19400) → cargo fmt --check, clippy -D warnings,
+#   cargo test --workspace with the stack's environment (unit, DynamoDB Local / moto / sandbox
+#   integration and browser tests), cfn-lint, sam validate --lint → stops the stack, also on failure
+#   or Ctrl-C. Every check runs even when an earlier one fails; the exit code is 0 only if all pass.
+#
+# Usage: infra/scripts/test.sh      (TEST_DDB_PORT / TEST_MOTO_PORT / TEST_SANDBOX_PORT override ports)
+set -euo pipefail
+# shellcheck source=infra/scripts/lib.sh
+source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
+
+STACK="test"
+export STACK_NAME="$STACK"
+export DDB_PORT="${TEST_DDB_PORT:-18000}"
+export MOTO_PORT="${TEST_MOTO_PORT:-15000}"
+export SANDBOX_PORT="${TEST_SANDBOX_PORT:-19400}"
+export INVOKE_PORT="${TEST_INVOKE_PORT:-19000}"
+# Tests always run against our own sandbox, never a real Amazon set in the caller's shell.
+unset AMAZON_ADS_API_URL AMAZON_LWA_AUTH_URL AMAZON_LWA_TOKEN_URL
+
+started="$(now)"
+cd "$REPO_ROOT"
+
+cleanup() {
+  local rc=$?
+  trap - EXIT INT TERM
+  bash "$REPO_ROOT/infra/scripts/stack-down.sh" --name "$STACK" || true
+  exit "$rc"
+}
+trap cleanup EXIT
+trap 'exit 130' INT
+trap 'exit 143' TERM
+
+bash "$REPO_ROOT/infra/scripts/install.sh"
+use_venv
+# A run that was killed hard may have left its stack behind: stop it first (by its pid file).
+bash "$REPO_ROOT/infra/scripts/stack-down.sh" --name "$STACK"
+bash "$REPO_ROOT/infra/scripts/stack-up.sh" --name "$STACK"
+set -a
+# shellcheck disable=SC1090
+source "$(stack_env_file "$STACK")"
+set +a
+
+passed=()
+failed=()
+check() {
+  local name="$1"
+  shift
+  local t
+  t="$(now)"
+  log "── $name: $*"
+  if "$@"; then
+    passed+=("$name")
+    log "── $name: passed ($(elapsed "$t"))"
+  else
+    failed+=("$name")
+    printf '%s[adsync] ── %s: FAILED (%s)%s\n' "$C_ERR" "$name" "$(elapsed "$t")" "$C_OFF" >&2
+  fi
+}
+
+check fmt cargo fmt --all -- --check
+check clippy cargo clippy --workspace --all-targets -- -D warnings
+check test cargo test --workspace --no-fail-fast
+check cfn-lint cfn-lint template.yaml
+check sam-validate sam validate --lint --template template.yaml
+
+total=$((${#passed[@]} + ${#failed[@]}))
+if ((${#failed[@]})); then
+  echo "test.sh: FAILED ${failed[*]} (${#failed[@]} of $total checks failed; passed: ${passed[*]:-none}) in $(elapsed "$started")"
+  exit 1
+fi
+echo "test.sh: all $total checks passed (${passed[*]}) in $(elapsed "$started")"

@@ -1,0 +1,149 @@
+//! Writes a [`ValidEvent`] in the Events API shape (`CreateEventRequest.events[]`), straight into
+//! a reusable byte buffer: each event is serialised exactly once, and a batch body is the
+//! concatenation of already-written events.
+
+use super::validate::ValidEvent;
+use std::io::Write;
+
+/// Appends one event as compact JSON to `out`.
+pub fn write_event(e: &ValidEvent<'_>, out: &mut Vec<u8>) {
+    out.extend_from_slice(b"{\"eventDescription\":{\"name\":");
+    string(out, e.name);
+    out.extend_from_slice(b",\"conversionType\":\"");
+    out.extend_from_slice(e.conversion_type.as_bytes());
+    out.extend_from_slice(b"\",\"eventSource\":\"");
+    out.extend_from_slice(e.event_source.as_bytes());
+    out.extend_from_slice(b"\",\"eventIngestionMethod\":\"SERVER_TO_SERVER\"");
+    if let Some(d) = e.data_set_name {
+        out.extend_from_slice(b",\"dataSetName\":");
+        string(out, d);
+    }
+    out.extend_from_slice(b"},\"eventTime\":\"");
+    out.extend_from_slice(&e.event_time);
+    out.extend_from_slice(b"\",\"countryCode\":\"");
+    out.extend_from_slice(e.country.as_str().as_bytes());
+    out.extend_from_slice(b"\",\"matchKeys\":[");
+    for (i, (kind, value)) in e.match_keys().enumerate() {
+        if i > 0 {
+            out.push(b',');
+        }
+        out.extend_from_slice(b"{\"type\":\"");
+        out.extend_from_slice(kind.as_str().as_bytes());
+        out.extend_from_slice(b"\",\"values\":[");
+        match value {
+            super::KeyValue::Hashed(h) => {
+                out.push(b'"');
+                out.extend_from_slice(h);
+                out.push(b'"');
+            }
+            super::KeyValue::Raw(s) => string(out, s),
+        }
+        out.extend_from_slice(b"]}");
+    }
+    out.push(b']');
+    if let Some(id) = e.event_id {
+        out.extend_from_slice(b",\"eventId\":");
+        string(out, id);
+    }
+    if let Some(v) = e.value {
+        out.extend_from_slice(b",\"value\":");
+        number(out, v);
+    }
+    if e.is_purchase() {
+        if let Some(c) = e.currency_code {
+            out.extend_from_slice(b",\"currencyCode\":\"");
+            out.extend_from_slice(&c);
+            out.push(b'"');
+        }
+        if let Some(u) = e.units_sold {
+            let _ = write!(out, ",\"unitsSold\":{u}");
+        }
+    }
+    if e.limited_data_use {
+        out.extend_from_slice(b",\"dataProcessingOptions\":{\"options\":\"LIMITED_DATA_USE\"}");
+    }
+    if let Some(c) = &e.consent {
+        out.extend_from_slice(b",\"consent\":{");
+        let mut first = true;
+        let mut sep = |out: &mut Vec<u8>| {
+            if !std::mem::replace(&mut first, false) {
+                out.push(b',');
+            }
+        };
+        if let Some(ip) = c.ip_address {
+            sep(out);
+            out.extend_from_slice(b"\"geo\":{\"ipAddress\":");
+            string(out, ip);
+            out.push(b'}');
+        }
+        if let Some(u) = c.amzn_user_data {
+            sep(out);
+            out.extend_from_slice(b"\"amazonConsent\":{\"amznUserData\":\"");
+            out.extend_from_slice(u.as_bytes());
+            out.push(b'"');
+            if let Some(a) = c.amzn_ad_storage {
+                out.extend_from_slice(b",\"amznAdStorage\":\"");
+                out.extend_from_slice(a.as_bytes());
+                out.push(b'"');
+            }
+            out.push(b'}');
+        }
+        if let Some(t) = c.tcf {
+            sep(out);
+            out.extend_from_slice(b"\"tcf\":");
+            string(out, t);
+        }
+        if let Some(g) = c.gpp {
+            sep(out);
+            out.extend_from_slice(b"\"gpp\":");
+            string(out, g);
+        }
+        out.push(b'}');
+    }
+    let mut custom = e.custom_data.iter().map_while(Option::as_ref).peekable();
+    if custom.peek().is_some() {
+        out.extend_from_slice(b",\"customData\":[");
+        for (i, c) in custom.enumerate() {
+            if i > 0 {
+                out.push(b',');
+            }
+            out.extend_from_slice(b"{\"name\":");
+            string(out, c.name);
+            out.extend_from_slice(b",\"value\":");
+            string(out, c.value);
+            if let Some(t) = c.data_type {
+                out.extend_from_slice(b",\"dataType\":\"");
+                out.extend_from_slice(t.as_bytes());
+                out.push(b'"');
+            }
+            out.push(b'}');
+        }
+        out.push(b']');
+    }
+    out.push(b'}');
+}
+
+/// A JSON string with serde_json's escaping (no allocation).
+fn string(out: &mut Vec<u8>, s: &str) {
+    // Writing to a Vec cannot fail.
+    let _ = serde_json::to_writer(&mut *out, s);
+}
+
+/// A finite number (validation guarantees it), shortest round-trip form.
+fn number(out: &mut Vec<u8>, v: f64) {
+    let _ = serde_json::to_writer(&mut *out, &v);
+}
+
+/// A `{"events":[…]}` body from already-written events.
+pub fn batch_body<'a>(events: impl IntoIterator<Item = &'a [u8]>, size_hint: usize) -> Vec<u8> {
+    let mut body = Vec::with_capacity(size_hint + 16);
+    body.extend_from_slice(b"{\"events\":[");
+    for (i, e) in events.into_iter().enumerate() {
+        if i > 0 {
+            body.push(b',');
+        }
+        body.extend_from_slice(e);
+    }
+    body.extend_from_slice(b"]}");
+    body
+}

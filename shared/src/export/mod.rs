@@ -1,0 +1,251 @@
+//! Segment export: the use case behind `functions/segment-export`.
+//!
+//! This module owns the context built once per process ([`ExportCtx`]), the router of every
+//! segment-export route ([`route`]) and the dispatch of the scheduled tasks ([`run_task`]). The
+//! metadata side (segments, destinations, mappings, audiences, fees, export controls) lives in
+//! [`destinations`]; the membership side (ledger, qualifications, patches, backfill jobs,
+//! redrive) in [`members`].
+//!
+//! Scheduled tasks:
+//! - `{"task":"backfill"}`: first creates queued audiences (1 request/s, within at most
+//!   [`AUDIENCE_CREATION_SHARE`] of the time left), which queues the new mappings' backfills,
+//!   then continues backfill jobs (`members::run_backfill`) until the deadline margin.
+//! - `{"task":"redrive"}`: `members::run_redrive`.
+
+pub mod destinations;
+pub mod members;
+
+use crate::amazon::{AmazonClient, AmazonError};
+use crate::aws::AwsClients;
+use crate::config::{ConfigError, Tables, required};
+use crate::http::auth::ApiKeyAuth;
+use crate::http::{HttpRequest, HttpResponse};
+use crate::runtime::{Handler, Invocation};
+use crate::store::accounts::AccountStore;
+use crate::store::destinations::DestinationStore;
+use crate::store::jobs::JobStore;
+use crate::store::ledger::LedgerStore;
+use crate::store::parked::ParkedQueue;
+use crate::store::secrets::SecretsStore;
+use serde_json::{Value, json};
+
+/// The share of an invocation's remaining time the `backfill` task may spend creating audiences
+/// before it turns to backfill jobs (so a long creation queue never starves running backfills).
+pub const AUDIENCE_CREATION_SHARE: f64 = 0.5;
+
+/// Everything the segment-export routes and tasks use, built once per process.
+#[derive(Clone)]
+pub struct ExportCtx {
+    pub amazon: AmazonClient,
+    pub accounts: AccountStore,
+    pub destinations: DestinationStore,
+    pub ledger: LedgerStore,
+    pub jobs: JobStore,
+    pub parked: ParkedQueue,
+    /// The `Function` dimension of the metrics this context emits.
+    pub metrics_fn: &'static str,
+}
+
+/// Why the function could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    #[error("Amazon client: {0}")]
+    Amazon(#[from] AmazonError),
+}
+
+impl ExportCtx {
+    /// Builds the context from the environment (`ACCOUNTS_TABLE`, `DESTINATIONS_TABLE`,
+    /// `LEDGER_TABLE`, `PARKED_PATCHES_QUEUE_URL`, the Amazon client's variables).
+    pub async fn from_env(aws: &AwsClients) -> Result<Self, StartError> {
+        let tables = Tables::from_env()?;
+        let amazon = AmazonClient::from_env(aws).await?;
+        Ok(Self {
+            amazon,
+            accounts: AccountStore::new(aws.dynamodb.clone(), tables.accounts),
+            destinations: DestinationStore::new(aws.dynamodb.clone(), tables.destinations.clone()),
+            ledger: LedgerStore::new(aws.dynamodb.clone(), tables.ledger),
+            jobs: JobStore::new(aws.dynamodb.clone(), tables.destinations),
+            parked: ParkedQueue::new(aws.sqs.clone(), required("PARKED_PATCHES_QUEUE_URL")?),
+            metrics_fn: "segment-export",
+        })
+    }
+}
+
+/// The function's handler: the context plus the API key check.
+#[derive(Clone)]
+pub struct ExportHandler {
+    pub ctx: ExportCtx,
+    pub auth: ApiKeyAuth,
+}
+
+impl ExportHandler {
+    pub async fn from_env(aws: &AwsClients) -> Result<Self, StartError> {
+        let ctx = ExportCtx::from_env(aws).await?;
+        let auth = ApiKeyAuth::new(
+            SecretsStore::new(aws.secrets.clone()),
+            required("API_KEYS_SECRET")?,
+        );
+        Ok(Self { ctx, auth })
+    }
+}
+
+#[async_trait::async_trait]
+impl Handler for ExportHandler {
+    async fn http(&self, req: HttpRequest, inv: Invocation) -> HttpResponse {
+        route(&self.ctx, &self.auth, &req, &inv).await
+    }
+
+    async fn task(&self, name: &str, _input: Value, inv: Invocation) -> Result<Value, String> {
+        run_task(&self.ctx, name, &inv).await
+    }
+}
+
+/// The route a request matched.
+#[derive(Debug, PartialEq, Eq)]
+enum Route<'a> {
+    PutSegment(&'a str),
+    GetSegment(&'a str),
+    CreateDestination,
+    ListDestinations,
+    GetDestination(&'a str),
+    PatchDestination(&'a str),
+    AddMappings(&'a str),
+    RemoveMapping(&'a str, &'a str),
+    PutFees(&'a str, &'a str),
+    Qualifications,
+    /// The path exists but not with this method: the allowed methods.
+    WrongMethod(&'static str),
+    NotFound,
+}
+
+/// The path's segments without the `cargo lambda watch` prefix (`/lambda-url/<function>/…`).
+fn route_segments(path: &str) -> Vec<&str> {
+    let segs: Vec<&str> = path.split('/').filter(|s| !s.is_empty()).collect();
+    if segs.first() == Some(&"lambda-url") && segs.len() >= 2 {
+        segs[2..].to_vec()
+    } else {
+        segs
+    }
+}
+
+fn match_route<'a>(method: &str, segs: &[&'a str]) -> Route<'a> {
+    use Route::*;
+    match (method, segs) {
+        ("PUT", ["segments", id]) => PutSegment(id),
+        ("GET", ["segments", id]) => GetSegment(id),
+        (_, ["segments", _]) => WrongMethod("GET, PUT"),
+        ("POST", ["destinations"]) => CreateDestination,
+        ("GET", ["destinations"]) => ListDestinations,
+        (_, ["destinations"]) => WrongMethod("GET, POST"),
+        ("GET", ["destinations", id]) => GetDestination(id),
+        ("PATCH", ["destinations", id]) => PatchDestination(id),
+        (_, ["destinations", _]) => WrongMethod("GET, PATCH"),
+        ("POST", ["destinations", id, "mappings"]) => AddMappings(id),
+        (_, ["destinations", _, "mappings"]) => WrongMethod("POST"),
+        ("DELETE", ["destinations", id, "mappings", seg]) => RemoveMapping(id, seg),
+        (_, ["destinations", _, "mappings", _]) => WrongMethod("DELETE"),
+        ("PUT", ["destinations", id, "mappings", seg, "fees"]) => PutFees(id, seg),
+        (_, ["destinations", _, "mappings", _, "fees"]) => WrongMethod("PUT"),
+        ("POST", ["qualifications"]) => Qualifications,
+        (_, ["qualifications"]) => WrongMethod("POST"),
+        _ => NotFound,
+    }
+}
+
+/// Routes one request of the segment-export function. Every route needs the API key.
+pub async fn route(
+    ctx: &ExportCtx,
+    auth: &ApiKeyAuth,
+    req: &HttpRequest,
+    inv: &Invocation,
+) -> HttpResponse {
+    let segs = route_segments(&req.path);
+    let r = match_route(&req.method, &segs);
+    match r {
+        Route::NotFound => return HttpResponse::not_found(),
+        Route::WrongMethod(allowed) => return HttpResponse::method_not_allowed(allowed),
+        _ => {}
+    }
+    if let Err(denied) = auth.check(req).await {
+        return denied;
+    }
+    match r {
+        Route::PutSegment(id) => destinations::put_segment(ctx, id, req).await,
+        Route::GetSegment(id) => destinations::get_segment(ctx, id).await,
+        Route::CreateDestination => destinations::create_destination(ctx, req).await,
+        Route::ListDestinations => destinations::list_destinations(ctx, req).await,
+        Route::GetDestination(id) => destinations::get_destination(ctx, id).await,
+        Route::PatchDestination(id) => destinations::patch_destination(ctx, id, req).await,
+        Route::AddMappings(id) => destinations::add_mappings(ctx, id, req).await,
+        Route::RemoveMapping(id, seg) => destinations::remove_mapping(ctx, id, seg).await,
+        Route::PutFees(id, seg) => destinations::put_fees(ctx, id, seg, req).await,
+        Route::Qualifications => members::handle_qualifications(ctx, req, inv).await,
+        Route::WrongMethod(_) | Route::NotFound => HttpResponse::not_found(),
+    }
+}
+
+/// Runs a scheduled task: `backfill` (audience creation, then backfill jobs) or `redrive`.
+pub async fn run_task(ctx: &ExportCtx, name: &str, inv: &Invocation) -> Result<Value, String> {
+    match name {
+        "backfill" => {
+            let budget = inv.remaining().mul_f64(AUDIENCE_CREATION_SHARE);
+            let audiences = destinations::create_pending_audiences(ctx, inv, budget).await;
+            let mut metrics = crate::telemetry::Metrics::new(ctx.metrics_fn);
+            metrics
+                .count("AudiencesCreated", audiences.created as u64)
+                .count("AudienceCreationFailures", audiences.failed as u64);
+            metrics.emit();
+            let backfill = members::run_backfill(ctx, inv).await?;
+            Ok(json!({"task": "backfill", "audiences": audiences, "backfill": backfill}))
+        }
+        "redrive" => {
+            let redrive = members::run_redrive(ctx, inv).await?;
+            Ok(json!({"task": "redrive", "redrive": redrive}))
+        }
+        other => Err(format!(
+            "unknown task {other:?} (expected \"backfill\" or \"redrive\")"
+        )),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn routes_match_with_and_without_the_function_url_prefix() {
+        for prefix in ["", "/lambda-url/segment-export"] {
+            let r = |m: &str, p: &str| {
+                let path = format!("{prefix}{p}");
+                let segs = route_segments(&path);
+                format!("{:?}", match_route(m, &segs))
+            };
+            assert_eq!(r("PUT", "/segments/s1"), "PutSegment(\"s1\")");
+            assert_eq!(r("POST", "/destinations"), "CreateDestination");
+            assert_eq!(r("GET", "/destinations/"), "ListDestinations");
+            assert_eq!(r("GET", "/destinations/d1"), "GetDestination(\"d1\")");
+            assert_eq!(r("PATCH", "/destinations/d1"), "PatchDestination(\"d1\")");
+            assert_eq!(
+                r("POST", "/destinations/d1/mappings"),
+                "AddMappings(\"d1\")"
+            );
+            assert_eq!(
+                r("DELETE", "/destinations/d1/mappings/s1"),
+                "RemoveMapping(\"d1\", \"s1\")"
+            );
+            assert_eq!(
+                r("PUT", "/destinations/d1/mappings/s1/fees"),
+                "PutFees(\"d1\", \"s1\")"
+            );
+            assert_eq!(r("POST", "/qualifications"), "Qualifications");
+            assert_eq!(
+                r("DELETE", "/destinations/d1"),
+                "WrongMethod(\"GET, PATCH\")"
+            );
+            assert_eq!(r("GET", "/nope"), "NotFound");
+            assert_eq!(r("GET", "/destinations/d1/mappings/s1/fees/x"), "NotFound");
+        }
+    }
+}

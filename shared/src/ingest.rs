@@ -1,0 +1,1267 @@
+//! Conversion ingest: the use case behind `POST /accounts/{accountId}/conversions` and the
+//! scheduled `{"task":"redrive"}` of parked conversions.
+//!
+//! Ports in ([`IngestCtx`]: Amazon client, account store, dedupe store, parked queue), results
+//! out ([`IngestReport`], [`RedriveSummary`]). A request goes through these steps:
+//!
+//! 1. Parse and validate every event (`domain::conversion`); a bad event is `rejected` with its
+//!    field errors and never sinks the batch.
+//! 2. Deduplicate: a later copy of a `clientDedupeId` inside the request is a `duplicate` without
+//!    a claim; every other id is claimed in the dedupe store (`store::dedupe`). Completed →
+//!    `duplicate`; parked → `parked`; held by a live request → wait for it (poll with backoff,
+//!    bounded by the deadline): it completes → `duplicate`, it releases → we claim and send, time
+//!    runs out → `parked` (the redrive settles it). Events without an id are not deduplicated.
+//! 3. Send to Amazon in batches of ≤ 500 (and ≤ 1 MB) with bounded concurrency; the 207 answer is
+//!    mapped back to each input index. `AmazonClient` already refreshed on 401 and retried
+//!    429/5xx/timeouts; 413 → split in halves; a whole-batch 400 → bisect to find the bad events;
+//!    an index missing from the answer → resent once, then parked; a retryable error → parked;
+//!    `ReauthorizationRequired` → the account is marked and the events parked.
+//! 4. Accepted → claim completed; rejected by Amazon → claim released (a corrected resend may go
+//!    through); parked → one SQS message per ≤ 500 events (normalised, hashed outbound JSON only:
+//!    no raw personal data), then the claim is kept as `PARKED` (events without an id get a park
+//!    id), so a webhook retry is answered `parked`, never sent twice.
+//!
+//! The redrive takes each parked event's claim (`PARKED` → `IN_PROGRESS`), sends, completes, and
+//! acknowledges the message once every event in it is settled. A second redrive of the same
+//! message finds the events `COMPLETED` and only acknowledges it.
+//!
+//! Delivery to Amazon is at least once at the network boundary (a request that timed out may
+//! still have arrived); the event carries `eventId` = `clientDedupeId` so Amazon dedupes that case.
+
+use crate::amazon::{AmazonClient, AmazonError, EventError, EventsOutcome};
+use crate::aws::AwsClients;
+use crate::config::{ConfigError, Tables, dedupe_window, required};
+use crate::domain::conversion::{self, Arena, FieldError, Prepared, Processor, Reason, batch_body};
+use crate::http::auth::ApiKeyAuth;
+use crate::http::{HttpRequest, HttpResponse};
+use crate::runtime::{Handler, Invocation, now_ms};
+use crate::store::StoreError;
+use crate::store::accounts::{AccountStatus, AccountStore, IntegratedAccount, require_active};
+use crate::store::dedupe::{Claim, ClaimOutcome, DedupeKey, DedupeStore, TakeOutcome};
+use crate::store::parked::ParkedQueue;
+use crate::store::secrets::SecretsStore;
+use crate::telemetry::Metrics;
+use futures::StreamExt;
+use serde::{Deserialize, Serialize};
+use serde_json::value::RawValue;
+use std::collections::{BTreeMap, HashMap};
+use std::time::{Duration, Instant};
+
+/// Tunables (defaults suit Lambda with a 60 s timeout behind API Gateway).
+#[derive(Clone, Debug)]
+pub struct IngestSettings {
+    /// Largest accepted request body (Lambda's synchronous payload limit is 6 MB).
+    pub max_body_bytes: usize,
+    /// Events per Amazon request (the Events API allows 1–500).
+    pub batch_size: usize,
+    /// Largest Amazon request body; a 413 splits further.
+    pub batch_max_bytes: usize,
+    /// Amazon requests in flight per invocation.
+    pub send_concurrency: usize,
+    /// Dedupe-store calls in flight per invocation.
+    pub claim_concurrency: usize,
+    /// Time kept back before the deadline to park what is left.
+    pub deadline_margin: Duration,
+    /// Longest wait for a claim held by another live request.
+    pub max_wait: Duration,
+    /// Parked-queue message size budget (SQS allows 256 KB).
+    pub park_message_bytes: usize,
+    /// The `Function` dimension of the metrics.
+    pub metrics_fn: &'static str,
+}
+
+impl Default for IngestSettings {
+    fn default() -> Self {
+        Self {
+            max_body_bytes: 6 * 1024 * 1024,
+            batch_size: 500,
+            batch_max_bytes: 1024 * 1024,
+            send_concurrency: 4,
+            claim_concurrency: 32,
+            deadline_margin: Duration::from_secs(5),
+            max_wait: Duration::from_secs(10),
+            park_message_bytes: 200 * 1024,
+            metrics_fn: "conversion-ingest",
+        }
+    }
+}
+
+/// Everything the use case talks to, built once per process.
+#[derive(Clone, Debug)]
+pub struct IngestCtx {
+    pub amazon: AmazonClient,
+    pub accounts: AccountStore,
+    pub dedupe: DedupeStore,
+    pub parked: ParkedQueue,
+    pub settings: IngestSettings,
+}
+
+/// Why the function could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    #[error("Amazon client: {0}")]
+    Amazon(#[from] AmazonError),
+}
+
+impl IngestCtx {
+    /// From the environment: `ACCOUNTS_TABLE`, `DEDUPE_TABLE`, `DEDUPE_WINDOW_DAYS`,
+    /// `PARKED_CONVERSIONS_QUEUE_URL` and the Amazon client's variables.
+    pub async fn from_env(aws: &AwsClients) -> Result<Self, StartError> {
+        let amazon = AmazonClient::from_env(aws).await?;
+        Ok(Self {
+            amazon,
+            accounts: AccountStore::new(aws.dynamodb.clone(), required("ACCOUNTS_TABLE")?),
+            dedupe: DedupeStore::new(
+                aws.dynamodb.clone(),
+                Tables::from_env()?.dedupe,
+                dedupe_window()?,
+            ),
+            parked: ParkedQueue::new(aws.sqs.clone(), required("PARKED_CONVERSIONS_QUEUE_URL")?),
+            settings: IngestSettings::default(),
+        })
+    }
+}
+
+/// The outcome of one input event.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Status {
+    Accepted,
+    Duplicate,
+    Rejected,
+    Parked,
+}
+
+/// One result per input index.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct EventResult {
+    pub index: usize,
+    pub status: Status,
+    pub errors: Vec<FieldError>,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Totals {
+    pub received: usize,
+    pub accepted: usize,
+    pub duplicate: usize,
+    pub rejected: usize,
+    pub parked: usize,
+}
+
+/// The answer to one request.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct IngestReport {
+    pub account_id: String,
+    pub totals: Totals,
+    pub results: Vec<EventResult>,
+}
+
+impl IngestReport {
+    /// 200 when every event was accepted or a duplicate, 207 otherwise.
+    pub fn status_code(&self) -> u16 {
+        if self.totals.accepted + self.totals.duplicate == self.totals.received {
+            200
+        } else {
+            207
+        }
+    }
+}
+
+/// What a redrive run did.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct RedriveSummary {
+    pub messages: usize,
+    pub acked: usize,
+    pub delivered: usize,
+    /// Already delivered by an earlier redrive or a retry: acknowledged only.
+    pub already_delivered: usize,
+    pub rejected: usize,
+    pub still_parked: usize,
+}
+
+/// One SQS message of parked conversions (all for one account).
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ParkedBatch {
+    pub v: u32,
+    pub account_id: String,
+    pub advertiser_id: i64,
+    pub events: Vec<ParkedEvent>,
+}
+
+/// One parked event: its dedupe key and the outbound (normalised, hashed) JSON.
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ParkedEvent {
+    pub key: DedupeKey,
+    pub park_id: String,
+    pub fingerprint: String,
+    pub reason: String,
+    pub parked_at_ms: u64,
+    pub event: Box<RawValue>,
+}
+
+/// What became of one event sent to Amazon.
+#[derive(Clone, Debug, PartialEq)]
+enum Delivery {
+    Accepted,
+    Rejected(Vec<FieldError>),
+    Park(String),
+}
+
+/// Per-invocation delivery bookkeeping.
+#[derive(Debug, Default)]
+struct SendStats {
+    latencies_ms: Vec<f64>,
+    reauthorization_required: bool,
+}
+
+/// One event on its way out.
+#[derive(Debug)]
+struct Work {
+    index: usize,
+    key: Option<DedupeKey>,
+    fingerprint: String,
+    claim: Option<Claim>,
+}
+
+fn fingerprint(event: &[u8]) -> String {
+    let h = conversion::matchkey::sha256_hex(event);
+    String::from_utf8_lossy(&h[..32]).into_owned()
+}
+
+fn err(field: &str, reason: Reason, message: impl Into<String>) -> FieldError {
+    FieldError {
+        field: field.to_string(),
+        message: message.into(),
+        reason,
+    }
+}
+
+/// Amazon's per-event errors as ours: `events[3].matchKeys[0]` → `matchKeys[0]`.
+fn amazon_errors(errors: &[EventError]) -> Vec<FieldError> {
+    let mut out: Vec<FieldError> = errors
+        .iter()
+        .map(|e| {
+            let field = e.field_location.as_deref().unwrap_or("");
+            let field = match field
+                .strip_prefix("events[")
+                .and_then(|r| r.split_once(']'))
+            {
+                Some((_, rest)) => rest.trim_start_matches('.'),
+                None => field,
+            };
+            err(
+                field,
+                Reason::Amazon,
+                format!("Amazon: {} {}", e.code, e.message)
+                    .trim()
+                    .to_string(),
+            )
+        })
+        .collect();
+    if out.is_empty() {
+        out.push(err("", Reason::Amazon, "Amazon rejected the event"));
+    }
+    out
+}
+
+impl IngestCtx {
+    /// `POST /accounts/{accountId}/conversions` after authentication.
+    pub async fn handle_conversions(
+        &self,
+        req: &HttpRequest,
+        inv: &Invocation,
+        account_id: &str,
+    ) -> HttpResponse {
+        match req.content_type().as_deref() {
+            Some("application/json") => {}
+            Some(t) if t.ends_with("+json") => {}
+            other => {
+                return HttpResponse::error(
+                    415,
+                    "unsupported_media_type",
+                    format!(
+                        "Content-Type must be application/json (got {})",
+                        other.unwrap_or("none")
+                    ),
+                );
+            }
+        }
+        if req.body.len() > self.settings.max_body_bytes {
+            return HttpResponse::error(
+                413,
+                "payload_too_large",
+                format!(
+                    "the body is {} bytes; the limit is {} (send at most {} events per request)",
+                    req.body.len(),
+                    self.settings.max_body_bytes,
+                    conversion::MAX_EVENTS
+                ),
+            );
+        }
+        if req.body.is_empty() {
+            return HttpResponse::error(
+                400,
+                "invalid_json",
+                "the body is empty: send one event or {\"events\":[…]}",
+            );
+        }
+        let found = if account_id.bytes().all(|b| b.is_ascii_digit()) && !account_id.is_empty() {
+            match self.accounts.get_account(account_id).await {
+                Ok(a) => a,
+                Err(e) => {
+                    tracing::error!(error = %e, "account lookup failed");
+                    return HttpResponse::error(
+                        503,
+                        "unavailable",
+                        "the account store is unavailable; try again",
+                    );
+                }
+            }
+        } else {
+            None
+        };
+        let account = match require_active(account_id, found) {
+            Ok(a) => a,
+            Err(resp) => return resp,
+        };
+        let raws = match conversion::parse_body(&req.body) {
+            Ok(r) => r,
+            Err(e) => return HttpResponse::error(e.status, e.code, e.message),
+        };
+        let report = self.ingest(&account, &raws, inv).await;
+        HttpResponse::json(report.status_code(), &report)
+    }
+
+    /// Validates, deduplicates and delivers (or parks) the events of one request.
+    pub async fn ingest(
+        &self,
+        account: &IntegratedAccount,
+        raws: &[&RawValue],
+        inv: &Invocation,
+    ) -> IngestReport {
+        let started = Instant::now();
+        let n = raws.len();
+        let mut results: Vec<Option<EventResult>> = vec![None; n];
+        let mut arena = Arena::with_capacity(n);
+        let mut prepared: Vec<Option<Prepared>> = Vec::with_capacity(n);
+        let mut processor = Processor::new(now_ms() as i64);
+        for (i, raw) in raws.iter().enumerate() {
+            match processor.prepare(raw.get(), &mut arena) {
+                Ok(p) => prepared.push(Some(p)),
+                Err(errors) => {
+                    prepared.push(None);
+                    results[i] = Some(EventResult {
+                        index: i,
+                        status: Status::Rejected,
+                        errors,
+                    });
+                }
+            }
+        }
+
+        // Later copies of an id inside this request: duplicates, without a claim.
+        let mut first_of: HashMap<&str, usize> = HashMap::new();
+        let mut with_id = Vec::new();
+        let mut without_id = Vec::new();
+        for (i, p) in prepared.iter().enumerate() {
+            let Some(p) = p else { continue };
+            match arena.id(p) {
+                Some(id) => {
+                    if first_of.contains_key(id) {
+                        results[i] = Some(EventResult {
+                            index: i,
+                            status: Status::Duplicate,
+                            errors: vec![],
+                        });
+                    } else {
+                        first_of.insert(id, i);
+                        with_id.push(Work {
+                            index: i,
+                            key: Some(DedupeKey::client(account.advertiser_id, id)),
+                            fingerprint: fingerprint(arena.event(p)),
+                            claim: None,
+                        });
+                    }
+                }
+                None => without_id.push(Work {
+                    index: i,
+                    key: None,
+                    fingerprint: String::new(),
+                    claim: None,
+                }),
+            }
+        }
+
+        // Claims.
+        let claimed = self.claim_all(with_id, inv).await;
+        let mut to_send = without_id;
+        let mut waiting = Vec::new();
+        let mut to_park: Vec<(Work, String)> = Vec::new();
+        for (mut w, outcome) in claimed {
+            match outcome {
+                Ok(ClaimOutcome::Claimed(c)) => {
+                    w.claim = Some(c);
+                    to_send.push(w);
+                }
+                Ok(ClaimOutcome::Completed { .. }) => {
+                    results[w.index] = Some(done(w.index, Status::Duplicate))
+                }
+                Ok(ClaimOutcome::Parked) => results[w.index] = Some(already_parked(w.index)),
+                Ok(ClaimOutcome::Held { .. }) => waiting.push(w),
+                Err(e) => {
+                    tracing::error!(error = %e, "dedupe claim failed; parking the event");
+                    to_park.push((w, "the dedupe store was unavailable".into()));
+                }
+            }
+        }
+
+        let mut stats = SendStats::default();
+        let mut settled = self
+            .send(account, to_send, &arena, &prepared, inv, &mut stats)
+            .await;
+
+        // Claims held by other live requests: wait for them to settle.
+        if !waiting.is_empty() {
+            let (ready, dups, parked_elsewhere, timed_out) =
+                self.wait_for_holders(waiting, inv).await;
+            for w in dups {
+                results[w.index] = Some(done(w.index, Status::Duplicate));
+            }
+            for w in parked_elsewhere {
+                results[w.index] = Some(already_parked(w.index));
+            }
+            for w in timed_out {
+                to_park.push((
+                    w,
+                    "another request was still sending this clientDedupeId; parked for the redrive"
+                        .into(),
+                ));
+            }
+            settled.extend(
+                self.send(account, ready, &arena, &prepared, inv, &mut stats)
+                    .await,
+            );
+        }
+
+        if stats.reauthorization_required {
+            self.mark_reauthorization(account).await;
+        }
+
+        // Completions and releases.
+        let finals = futures::stream::iter(settled.into_iter().map(|(w, d)| async move {
+            match d {
+                Delivery::Accepted => {
+                    if let Some(c) = &w.claim {
+                        self.finish(self.dedupe.complete(c).await, "complete");
+                    }
+                    (w, Ok(done_index(Status::Accepted)))
+                }
+                Delivery::Rejected(errors) => {
+                    if let Some(c) = &w.claim {
+                        self.finish(self.dedupe.release(c).await, "release");
+                    }
+                    (
+                        w,
+                        Ok(EventResult {
+                            index: 0,
+                            status: Status::Rejected,
+                            errors,
+                        }),
+                    )
+                }
+                Delivery::Park(reason) => (w, Err(reason)),
+            }
+        }))
+        .buffer_unordered(self.settings.claim_concurrency)
+        .collect::<Vec<_>>()
+        .await;
+        for (w, r) in finals {
+            match r {
+                Ok(mut res) => {
+                    res.index = w.index;
+                    results[w.index] = Some(res);
+                }
+                Err(reason) => to_park.push((w, reason)),
+            }
+        }
+
+        // Parking.
+        if !to_park.is_empty() {
+            let items: Vec<(Work, String, &[u8])> = to_park
+                .into_iter()
+                .filter_map(|(w, reason)| {
+                    let p = prepared[w.index].as_ref()?;
+                    Some((w, reason, arena.event(p)))
+                })
+                .collect();
+            for (index, result) in self.park(account, items, inv).await {
+                results[index] = Some(result);
+            }
+        }
+
+        let results: Vec<EventResult> = results
+            .into_iter()
+            .enumerate()
+            .map(|(i, r)| {
+                r.unwrap_or_else(|| EventResult {
+                    index: i,
+                    status: Status::Rejected,
+                    errors: vec![err(
+                        "",
+                        Reason::Unavailable,
+                        "the event was not processed; send it again",
+                    )],
+                })
+            })
+            .collect();
+        let totals = totals(&results);
+        self.emit_metrics(&results, &totals, &stats);
+        tracing::info!(
+            account_id = %account.account_id,
+            received = totals.received,
+            accepted = totals.accepted,
+            duplicate = totals.duplicate,
+            rejected = totals.rejected,
+            parked = totals.parked,
+            ms = started.elapsed().as_millis() as u64,
+            "conversions ingested"
+        );
+        IngestReport {
+            account_id: account.account_id.clone(),
+            totals,
+            results,
+        }
+    }
+
+    fn finish(&self, r: Result<bool, StoreError>, what: &str) {
+        match r {
+            Ok(true) => {}
+            Ok(false) => tracing::warn!(what, "dedupe claim was lost before it could be settled"),
+            Err(e) => tracing::error!(what, error = %e, "dedupe store update failed"),
+        }
+    }
+
+    async fn claim_all(
+        &self,
+        work: Vec<Work>,
+        inv: &Invocation,
+    ) -> Vec<(Work, Result<ClaimOutcome, StoreError>)> {
+        futures::stream::iter(work.into_iter().map(|w| async move {
+            let key = w.key.as_ref().expect("claimed work has a key");
+            let r = self
+                .dedupe
+                .claim(key, &w.fingerprint, inv.deadline_ms, &inv.request_id)
+                .await;
+            (w, r)
+        }))
+        .buffer_unordered(self.settings.claim_concurrency)
+        .collect()
+        .await
+    }
+
+    /// Polls claims held by other live requests with backoff until they settle or time runs out.
+    /// Returns (claimed by us, duplicates, parked by the holder, still held).
+    async fn wait_for_holders(
+        &self,
+        mut waiting: Vec<Work>,
+        inv: &Invocation,
+    ) -> (Vec<Work>, Vec<Work>, Vec<Work>, Vec<Work>) {
+        let (mut ready, mut dups, mut parked) = (Vec::new(), Vec::new(), Vec::new());
+        let give_up = Instant::now()
+            + self.settings.max_wait.min(
+                inv.remaining()
+                    .saturating_sub(self.settings.deadline_margin * 2),
+            );
+        let mut delay = Duration::from_millis(100);
+        while !waiting.is_empty() && Instant::now() + delay < give_up {
+            tokio::time::sleep(delay).await;
+            delay = (delay * 2).min(Duration::from_secs(1));
+            let polled = self.claim_all(std::mem::take(&mut waiting), inv).await;
+            for (mut w, r) in polled {
+                match r {
+                    Ok(ClaimOutcome::Claimed(c)) => {
+                        w.claim = Some(c);
+                        ready.push(w);
+                    }
+                    Ok(ClaimOutcome::Completed { .. }) => dups.push(w),
+                    Ok(ClaimOutcome::Parked) => parked.push(w),
+                    Ok(ClaimOutcome::Held { .. }) | Err(_) => waiting.push(w),
+                }
+            }
+        }
+        (ready, dups, parked, waiting)
+    }
+
+    /// Sends prepared events (by input index) and returns what became of each.
+    async fn send(
+        &self,
+        account: &IntegratedAccount,
+        work: Vec<Work>,
+        arena: &Arena,
+        prepared: &[Option<Prepared>],
+        inv: &Invocation,
+        stats: &mut SendStats,
+    ) -> Vec<(Work, Delivery)> {
+        if work.is_empty() {
+            return Vec::new();
+        }
+        let bodies: Vec<&[u8]> = work
+            .iter()
+            .map(|w| {
+                prepared[w.index]
+                    .as_ref()
+                    .map(|p| arena.event(p))
+                    .unwrap_or(b"{}")
+            })
+            .collect();
+        let deliveries = self.deliver(account, &bodies, inv, stats).await;
+        work.into_iter().zip(deliveries).collect()
+    }
+
+    /// Delivers events (outbound JSON each) to Amazon: batches, bounded concurrency, 413 splits,
+    /// bisection of whole-batch 400s, one resend of missing indexes. Returns one delivery per event.
+    async fn deliver(
+        &self,
+        account: &IntegratedAccount,
+        events: &[&[u8]],
+        inv: &Invocation,
+        stats: &mut SendStats,
+    ) -> Vec<Delivery> {
+        let mut out = vec![Delivery::Park("not sent".into()); events.len()];
+        let mut batches: Vec<Vec<usize>> = Vec::new();
+        let mut cur = Vec::new();
+        let mut cur_bytes = 0;
+        for (i, e) in events.iter().enumerate() {
+            if !cur.is_empty()
+                && (cur.len() == self.settings.batch_size
+                    || cur_bytes + e.len() + 1 > self.settings.batch_max_bytes)
+            {
+                batches.push(std::mem::take(&mut cur));
+                cur_bytes = 0;
+            }
+            cur_bytes += e.len() + 1;
+            cur.push(i);
+        }
+        if !cur.is_empty() {
+            batches.push(cur);
+        }
+        let results: Vec<(Vec<(usize, Delivery)>, SendStats)> = futures::stream::iter(
+            batches
+                .into_iter()
+                .map(|b| self.send_batch(account, events, b, inv)),
+        )
+        .buffer_unordered(self.settings.send_concurrency.max(1))
+        .collect()
+        .await;
+        for (deliveries, s) in results {
+            for (i, d) in deliveries {
+                out[i] = d;
+            }
+            stats.latencies_ms.extend(s.latencies_ms);
+            stats.reauthorization_required |= s.reauthorization_required;
+        }
+        out
+    }
+
+    /// One batch, with the splits and resends it may need.
+    async fn send_batch(
+        &self,
+        account: &IntegratedAccount,
+        events: &[&[u8]],
+        batch: Vec<usize>,
+        inv: &Invocation,
+    ) -> (Vec<(usize, Delivery)>, SendStats) {
+        let mut stats = SendStats::default();
+        let mut out = Vec::with_capacity(batch.len());
+        // (events, missing indexes already resent once, split because of a whole-batch 400)
+        let mut queue: Vec<(Vec<usize>, bool)> = vec![(batch, false)];
+        let login = account.login();
+        while let Some((b, resent)) = queue.pop() {
+            let left = inv
+                .remaining()
+                .saturating_sub(self.settings.deadline_margin);
+            if left.is_zero() {
+                out.extend(b.into_iter().map(|i| {
+                    (
+                        i,
+                        Delivery::Park("the invocation ran out of time before sending".into()),
+                    )
+                }));
+                continue;
+            }
+            let body = batch_body(
+                b.iter().map(|&i| events[i]),
+                b.iter().map(|&i| events[i].len() + 1).sum(),
+            );
+            let t0 = Instant::now();
+            let res = tokio::time::timeout(
+                left,
+                self.amazon
+                    .create_events(&login, account.advertiser_id, body, b.len()),
+            )
+            .await;
+            stats.latencies_ms.push(t0.elapsed().as_secs_f64() * 1000.0);
+            match res {
+                Err(_) => out.extend(b.into_iter().map(|i| {
+                    (
+                        i,
+                        Delivery::Park("Amazon did not answer before the deadline".into()),
+                    )
+                })),
+                Ok(Ok(EventsOutcome {
+                    accepted,
+                    rejected,
+                    missing,
+                })) => {
+                    for pos in accepted {
+                        if let Some(&i) = b.get(pos) {
+                            out.push((i, Delivery::Accepted));
+                        }
+                    }
+                    for (pos, errors) in rejected {
+                        if let Some(&i) = b.get(pos) {
+                            out.push((i, Delivery::Rejected(amazon_errors(&errors))));
+                        }
+                    }
+                    let missing: Vec<usize> = missing
+                        .into_iter()
+                        .filter_map(|pos| b.get(pos).copied())
+                        .collect();
+                    if !missing.is_empty() {
+                        if resent {
+                            out.extend(missing.into_iter().map(|i| {
+                                (
+                                    i,
+                                    Delivery::Park(
+                                        "Amazon's answer did not mention this event twice".into(),
+                                    ),
+                                )
+                            }));
+                        } else {
+                            queue.push((missing, true));
+                        }
+                    }
+                }
+                Ok(Err(AmazonError::PayloadTooLarge { .. })) if b.len() > 1 => {
+                    let mut b = b;
+                    let second = b.split_off(b.len() / 2);
+                    queue.push((second, resent));
+                    queue.push((b, resent));
+                }
+                Ok(Err(AmazonError::PayloadTooLarge { message, .. })) => {
+                    out.push((
+                        b[0],
+                        Delivery::Rejected(vec![err(
+                            "",
+                            Reason::Amazon,
+                            format!("Amazon: the event is too large ({message})"),
+                        )]),
+                    ));
+                }
+                Ok(Err(AmazonError::Rejected {
+                    status: 400 | 422, ..
+                })) if b.len() > 1 => {
+                    // One bad event fails the whole request: bisect to find it.
+                    let mut b = b;
+                    let second = b.split_off(b.len() / 2);
+                    queue.push((second, resent));
+                    queue.push((b, resent));
+                }
+                Ok(Err(e @ AmazonError::Rejected { .. })) => {
+                    let msg = e.user_message();
+                    out.extend(b.into_iter().map(|i| {
+                        (
+                            i,
+                            Delivery::Rejected(vec![err("", Reason::Amazon, msg.clone())]),
+                        )
+                    }));
+                }
+                Ok(Err(AmazonError::ReauthorizationRequired)) => {
+                    stats.reauthorization_required = true;
+                    let msg = AmazonError::ReauthorizationRequired.user_message();
+                    out.extend(b.into_iter().map(|i| (i, Delivery::Park(msg.clone()))));
+                }
+                Ok(Err(e)) => {
+                    tracing::warn!(account_id = %account.account_id, error = %e, events = b.len(), "Amazon batch failed; parking");
+                    let msg = e.user_message();
+                    out.extend(b.into_iter().map(|i| (i, Delivery::Park(msg.clone()))));
+                }
+            }
+        }
+        (out, stats)
+    }
+
+    async fn record_parked(&self, claim: Option<&Claim>, pe: &ParkedEvent, request_id: &str) {
+        match claim {
+            Some(c) => self.finish(self.dedupe.mark_parked(c, &pe.park_id).await, "mark parked"),
+            None if !pe.key.client => {
+                if let Err(e) = self
+                    .dedupe
+                    .put_parked(&pe.key, &pe.fingerprint, &pe.park_id, request_id)
+                    .await
+                {
+                    tracing::error!(error = %e, "could not record the park id");
+                }
+            }
+            // Parked while another request held the id: the redrive settles it with a claim.
+            None => {}
+        }
+    }
+
+    async fn take_one(
+        &self,
+        i: usize,
+        pe: &ParkedEvent,
+        inv: &Invocation,
+    ) -> (usize, Result<TakeOutcome, StoreError>) {
+        let r = self
+            .dedupe
+            .take_parked(&pe.key, &pe.fingerprint, inv.deadline_ms, &inv.request_id)
+            .await;
+        (i, r)
+    }
+
+    async fn mark_reauthorization(&self, account: &IntegratedAccount) {
+        match self
+            .accounts
+            .mark_reauthorization_required(&account.token_secret)
+            .await
+        {
+            Ok(n) => {
+                tracing::warn!(account_id = %account.account_id, accounts = n, "login needs reauthorization; accounts marked")
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "could not mark the accounts reauthorization_required")
+            }
+        }
+    }
+
+    /// Parks events durably; returns the result of each (by input index).
+    async fn park(
+        &self,
+        account: &IntegratedAccount,
+        items: Vec<(Work, String, &[u8])>,
+        inv: &Invocation,
+    ) -> Vec<(usize, EventResult)> {
+        let mut out = Vec::with_capacity(items.len());
+        let now = now_ms();
+        let mut groups: Vec<Vec<(Work, String, ParkedEvent)>> = Vec::new();
+        let mut cur = Vec::new();
+        let mut cur_bytes = 0;
+        for (w, reason, bytes) in items {
+            let park_id = uuid::Uuid::new_v4().simple().to_string();
+            let key = w
+                .key
+                .clone()
+                .unwrap_or_else(|| DedupeKey::park(account.advertiser_id, &park_id));
+            let fp = if w.fingerprint.is_empty() {
+                fingerprint(bytes)
+            } else {
+                w.fingerprint.clone()
+            };
+            let raw = std::str::from_utf8(bytes)
+                .ok()
+                .and_then(|s| RawValue::from_string(s.to_string()).ok());
+            let Some(event) = raw else {
+                out.push((w.index, rejected_unavailable(w.index)));
+                continue;
+            };
+            let size = bytes.len() + reason.len() + 256;
+            if !cur.is_empty()
+                && (cur.len() == self.settings.batch_size
+                    || cur_bytes + size > self.settings.park_message_bytes)
+            {
+                groups.push(std::mem::take(&mut cur));
+                cur_bytes = 0;
+            }
+            cur_bytes += size;
+            let pe = ParkedEvent {
+                key,
+                park_id,
+                fingerprint: fp,
+                reason: reason.clone(),
+                parked_at_ms: now,
+                event,
+            };
+            cur.push((w, reason, pe));
+        }
+        if !cur.is_empty() {
+            groups.push(cur);
+        }
+        for group in groups {
+            let (works, parked): (Vec<(Work, String)>, Vec<ParkedEvent>) =
+                group.into_iter().map(|(w, r, p)| ((w, r), p)).unzip();
+            let msg = ParkedBatch {
+                v: 1,
+                account_id: account.account_id.clone(),
+                advertiser_id: account.advertiser_id,
+                events: parked,
+            };
+            match self.parked.park(&msg).await {
+                Ok(()) => {
+                    // Futures built in a loop, not a closure over references: keeps the
+                    // handler future `Send` (rustc's higher-ranked closure limitation).
+                    let mut futs = Vec::with_capacity(works.len());
+                    for ((w, _), pe) in works.iter().zip(&msg.events) {
+                        futs.push(self.record_parked(w.claim.as_ref(), pe, &inv.request_id));
+                    }
+                    let marks = futures::stream::iter(futs)
+                        .buffer_unordered(self.settings.claim_concurrency)
+                        .collect::<Vec<_>>();
+                    marks.await;
+                    for (w, reason) in works {
+                        out.push((
+                            w.index,
+                            EventResult {
+                                index: w.index,
+                                status: Status::Parked,
+                                errors: vec![err(
+                                    "",
+                                    Reason::Unavailable,
+                                    format!("{reason}; the event is parked and will be redriven"),
+                                )],
+                            },
+                        ));
+                    }
+                }
+                Err(e) => {
+                    tracing::error!(error = %e, events = works.len(), "parking failed; the caller must resend");
+                    for (w, _) in works {
+                        if let Some(c) = &w.claim {
+                            self.finish(self.dedupe.release(c).await, "release");
+                        }
+                        out.push((w.index, rejected_unavailable(w.index)));
+                    }
+                }
+            }
+        }
+        out
+    }
+
+    /// The scheduled `{"task":"redrive"}`: delivers parked conversions until the queue is empty
+    /// or the deadline is near.
+    pub async fn redrive(&self, inv: &Invocation) -> RedriveSummary {
+        let mut summary = RedriveSummary::default();
+        let mut accounts: HashMap<String, Option<IntegratedAccount>> = HashMap::new();
+        let mut stats = SendStats::default();
+        while inv.remaining() > self.settings.deadline_margin * 3 {
+            let msgs = match self.parked.receive::<ParkedBatch>(10).await {
+                Ok(m) => m,
+                Err(e) => {
+                    tracing::error!(error = %e, "could not read the parked queue");
+                    break;
+                }
+            };
+            if msgs.is_empty() {
+                break;
+            }
+            for msg in msgs {
+                summary.messages += 1;
+                let batch = &msg.item;
+                if !accounts.contains_key(&batch.account_id) {
+                    let a = self
+                        .accounts
+                        .get_account(&batch.account_id)
+                        .await
+                        .ok()
+                        .flatten();
+                    accounts.insert(batch.account_id.clone(), a);
+                }
+                let account = match accounts.get(&batch.account_id).cloned().flatten() {
+                    Some(a) if a.status == AccountStatus::Active => a,
+                    _ => {
+                        // Left on the queue: it goes to the DLQ after maxReceiveCount if the
+                        // account is not relinked in time (alarmed; never dropped silently).
+                        tracing::warn!(account_id = %batch.account_id, message_id = %msg.message_id, "parked conversions wait for an active account");
+                        summary.still_parked += batch.events.len();
+                        continue;
+                    }
+                };
+                let mut settled = true;
+                let mut futs = Vec::with_capacity(batch.events.len());
+                for (i, pe) in batch.events.iter().enumerate() {
+                    futs.push(self.take_one(i, pe, inv));
+                }
+                let takes: Vec<(usize, Result<TakeOutcome, StoreError>)> =
+                    futures::stream::iter(futs)
+                        .buffer_unordered(self.settings.claim_concurrency)
+                        .collect()
+                        .await;
+                let mut taken: Vec<(usize, Claim)> = Vec::new();
+                for (i, t) in takes {
+                    match t {
+                        Ok(TakeOutcome::Taken(c)) => taken.push((i, c)),
+                        Ok(TakeOutcome::Completed) => summary.already_delivered += 1,
+                        Ok(TakeOutcome::Busy { .. }) | Err(_) => {
+                            settled = false;
+                            summary.still_parked += 1;
+                        }
+                    }
+                }
+                let bodies: Vec<&[u8]> = taken
+                    .iter()
+                    .map(|(i, _)| batch.events[*i].event.get().as_bytes())
+                    .collect();
+                let deliveries = if bodies.is_empty() {
+                    Vec::new()
+                } else {
+                    self.deliver(&account, &bodies, inv, &mut stats).await
+                };
+                for ((i, claim), d) in taken.iter().zip(deliveries) {
+                    let pe = &batch.events[*i];
+                    match d {
+                        Delivery::Accepted => {
+                            summary.delivered += 1;
+                            self.finish(self.dedupe.complete(claim).await, "complete");
+                        }
+                        Delivery::Rejected(errors) => {
+                            summary.rejected += 1;
+                            let fields: Vec<&str> =
+                                errors.iter().map(|e| e.field.as_str()).collect();
+                            tracing::warn!(account_id = %batch.account_id, park_id = %pe.park_id, ?fields, "Amazon rejected a redriven conversion");
+                            self.finish(self.dedupe.release(claim).await, "release");
+                        }
+                        Delivery::Park(reason) => {
+                            settled = false;
+                            summary.still_parked += 1;
+                            tracing::warn!(account_id = %batch.account_id, park_id = %pe.park_id, reason = %reason, "redrive failed; left parked");
+                            self.finish(
+                                self.dedupe.mark_parked(claim, &pe.park_id).await,
+                                "mark parked",
+                            );
+                        }
+                    }
+                }
+                if settled {
+                    match self.parked.ack(&msg.receipt_handle).await {
+                        Ok(()) => summary.acked += 1,
+                        Err(e) => {
+                            tracing::error!(error = %e, "could not acknowledge a redriven message")
+                        }
+                    }
+                }
+            }
+        }
+        if stats.reauthorization_required {
+            for a in accounts.values().flatten() {
+                self.mark_reauthorization(a).await;
+            }
+        }
+        let mut m = Metrics::new(self.settings.metrics_fn);
+        m.count("RedriveMessages", summary.messages as u64)
+            .count("RedriveDelivered", summary.delivered as u64)
+            .count("RedriveAlreadyDelivered", summary.already_delivered as u64)
+            .count("RedriveRejected", summary.rejected as u64)
+            .count("RedriveStillParked", summary.still_parked as u64);
+        if !stats.latencies_ms.is_empty() {
+            m.millis("AmazonLatency", mean(&stats.latencies_ms));
+        }
+        m.emit();
+        tracing::info!(?summary, "redrive finished");
+        summary
+    }
+
+    fn emit_metrics(&self, results: &[EventResult], totals: &Totals, stats: &SendStats) {
+        let mut m = Metrics::new(self.settings.metrics_fn);
+        m.count("Received", totals.received as u64)
+            .count("Accepted", totals.accepted as u64)
+            .count("Duplicates", totals.duplicate as u64)
+            .count("Rejected", totals.rejected as u64)
+            .count("Parked", totals.parked as u64);
+        let mut by_reason: BTreeMap<&'static str, u64> = BTreeMap::new();
+        for r in results.iter().filter(|r| r.status == Status::Rejected) {
+            let reason = r
+                .errors
+                .first()
+                .map(|e| e.reason)
+                .unwrap_or(Reason::Invalid);
+            *by_reason.entry(reason.as_str()).or_default() += 1;
+        }
+        for (reason, count) in by_reason {
+            m.count(&format!("Rejected_{reason}"), count);
+        }
+        if !stats.latencies_ms.is_empty() {
+            m.millis("AmazonLatency", mean(&stats.latencies_ms));
+            m.count("AmazonRequests", stats.latencies_ms.len() as u64);
+        }
+        m.emit();
+    }
+}
+
+fn mean(v: &[f64]) -> f64 {
+    v.iter().sum::<f64>() / v.len().max(1) as f64
+}
+
+fn done(index: usize, status: Status) -> EventResult {
+    EventResult {
+        index,
+        status,
+        errors: vec![],
+    }
+}
+
+fn done_index(status: Status) -> EventResult {
+    done(0, status)
+}
+
+fn already_parked(index: usize) -> EventResult {
+    EventResult {
+        index,
+        status: Status::Parked,
+        errors: vec![err(
+            "clientDedupeId",
+            Reason::Unavailable,
+            "this clientDedupeId is already parked; the redrive will deliver it once",
+        )],
+    }
+}
+
+fn rejected_unavailable(index: usize) -> EventResult {
+    EventResult {
+        index,
+        status: Status::Rejected,
+        errors: vec![err(
+            "",
+            Reason::Unavailable,
+            "the event could be neither delivered nor parked; send it again",
+        )],
+    }
+}
+
+fn totals(results: &[EventResult]) -> Totals {
+    let mut t = Totals {
+        received: results.len(),
+        ..Totals::default()
+    };
+    for r in results {
+        match r.status {
+            Status::Accepted => t.accepted += 1,
+            Status::Duplicate => t.duplicate += 1,
+            Status::Rejected => t.rejected += 1,
+            Status::Parked => t.parked += 1,
+        }
+    }
+    t
+}
+
+/// The `conversion-ingest` function: routes, the API key check, and the scheduled redrive.
+#[derive(Clone)]
+pub struct ConversionHandler {
+    pub ctx: IngestCtx,
+    pub auth: ApiKeyAuth,
+}
+
+impl ConversionHandler {
+    pub async fn from_env(aws: &AwsClients) -> Result<Self, StartError> {
+        let ctx = IngestCtx::from_env(aws).await?;
+        let auth = ApiKeyAuth::new(
+            SecretsStore::new(aws.secrets.clone()),
+            required("API_KEYS_SECRET")?,
+        );
+        Ok(Self { ctx, auth })
+    }
+}
+
+/// The path's segments without the `cargo lambda watch` prefix (`/lambda-url/<function>/…`).
+fn route_segments(path: &str) -> Vec<&str> {
+    let segs: Vec<&str> = path.split('/').filter(|s| !s.is_empty()).collect();
+    if segs.first() == Some(&"lambda-url") && segs.len() >= 2 {
+        segs[2..].to_vec()
+    } else {
+        segs
+    }
+}
+
+#[async_trait::async_trait]
+impl Handler for ConversionHandler {
+    async fn http(&self, req: HttpRequest, inv: Invocation) -> HttpResponse {
+        let segs = route_segments(&req.path);
+        match segs.as_slice() {
+            ["accounts", account_id, "conversions"] => {
+                if req.method != "POST" {
+                    return HttpResponse::method_not_allowed("POST");
+                }
+                if let Err(resp) = self.auth.check(&req).await {
+                    return resp;
+                }
+                self.ctx.handle_conversions(&req, &inv, account_id).await
+            }
+            _ => HttpResponse::not_found(),
+        }
+    }
+
+    async fn task(
+        &self,
+        name: &str,
+        _input: serde_json::Value,
+        inv: Invocation,
+    ) -> Result<serde_json::Value, String> {
+        match name {
+            "redrive" => {
+                let s = self.ctx.redrive(&inv).await;
+                serde_json::to_value(s).map_err(|e| e.to_string())
+            }
+            other => Err(format!(
+                "unknown task {other:?}; this function runs \"redrive\""
+            )),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn amazon_error_locations_are_made_relative_to_the_event() {
+        let errs = amazon_errors(&[EventError {
+            code: "FIELD_VALUE_IS_INVALID".into(),
+            message: "bad".into(),
+            field_location: Some("events[3].matchKeys[0].values".into()),
+        }]);
+        assert_eq!(errs[0].field, "matchKeys[0].values");
+        assert_eq!(errs[0].message, "Amazon: FIELD_VALUE_IS_INVALID bad");
+        assert_eq!(amazon_errors(&[])[0].reason, Reason::Amazon);
+    }
+
+    #[test]
+    fn status_code_is_200_only_when_everything_went_through() {
+        let mk = |s: Vec<Status>| {
+            let results: Vec<EventResult> =
+                s.into_iter().enumerate().map(|(i, s)| done(i, s)).collect();
+            IngestReport {
+                account_id: "1".into(),
+                totals: totals(&results),
+                results,
+            }
+        };
+        assert_eq!(
+            mk(vec![Status::Accepted, Status::Duplicate]).status_code(),
+            200
+        );
+        assert_eq!(
+            mk(vec![Status::Accepted, Status::Parked]).status_code(),
+            207
+        );
+        assert_eq!(mk(vec![Status::Rejected]).status_code(), 207);
+    }
+
+    #[test]
+    fn routes_under_api_gateway_and_cargo_lambda() {
+        assert_eq!(
+            route_segments("/accounts/12/conversions"),
+            ["accounts", "12", "conversions"]
+        );
+        assert_eq!(
+            route_segments("/lambda-url/conversion-ingest/accounts/12/conversions"),
+            ["accounts", "12", "conversions"]
+        );
+    }
+}

@@ -1,0 +1,15 @@
+//! adsync: connects first-party data to Amazon Ads.
+//!
+//! The library behind the three Lambda functions. See `docs/design.md` for the module map.
+
+pub mod amazon;
+pub mod aws;
+pub mod config;
+pub mod domain;
+pub mod export;
+pub mod http;
+pub mod ingest;
+pub mod linking;
+pub mod runtime;
+pub mod store;
+pub mod telemetry;

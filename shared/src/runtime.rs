@@ -1,0 +1,138 @@
+//! The one Lambda entry point of every function.
+//!
+//! A function may be invoked by API Gateway (HTTP API, payload 2.0), by a Lambda function URL
+//! (same payload; this is what `cargo lambda watch` sends), or by the EventBridge Scheduler with an
+//! explicit input such as `{"task":"backfill"}`. [`run`] tells them apart and hands each to the
+//! function's [`Handler`].
+
+use crate::http::{HttpRequest, HttpResponse};
+use lambda_runtime::{Error, LambdaEvent, service_fn};
+use serde_json::Value;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+/// What one invocation may know about itself.
+#[derive(Debug, Clone)]
+pub struct Invocation {
+    pub request_id: String,
+    /// Epoch milliseconds at which Lambda kills this invocation.
+    pub deadline_ms: u64,
+}
+
+impl Invocation {
+    /// For tests and local runs: a deadline `secs` from now.
+    pub fn with_timeout(secs: u64) -> Self {
+        Self {
+            request_id: uuid::Uuid::new_v4().to_string(),
+            deadline_ms: now_ms() + secs * 1000,
+        }
+    }
+
+    /// Time left before the deadline.
+    pub fn remaining(&self) -> Duration {
+        Duration::from_millis(self.deadline_ms.saturating_sub(now_ms()))
+    }
+}
+
+/// Milliseconds since the Unix epoch.
+pub fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+/// A function's behaviour.
+#[async_trait::async_trait]
+pub trait Handler: Send + Sync + 'static {
+    /// Answers an HTTP request. Expected failures are responses, never panics.
+    async fn http(&self, req: HttpRequest, inv: Invocation) -> HttpResponse;
+
+    /// Runs a scheduled task (`{"task":"…"}`); returns a JSON summary.
+    async fn task(&self, name: &str, input: Value, inv: Invocation) -> Result<Value, String> {
+        let _ = (input, inv);
+        Err(format!("unknown task {name:?}"))
+    }
+}
+
+/// Dispatches one raw Lambda payload to the handler.
+pub async fn dispatch<H: Handler + ?Sized>(handler: &H, payload: Value, inv: Invocation) -> Result<Value, Error> {
+    if let Some(task) = payload.get("task").and_then(Value::as_str) {
+        let task = task.to_string();
+        return match handler.task(&task, payload, inv).await {
+            Ok(v) => Ok(v),
+            Err(e) => {
+                tracing::error!(task = %task, error = %e, "task failed");
+                Err(e.into())
+            }
+        };
+    }
+    match HttpRequest::from_apigw_v2(&payload) {
+        Ok(req) => {
+            let method = req.method.clone();
+            let path = req.path.clone();
+            let started = std::time::Instant::now();
+            let resp = handler.http(req, inv).await;
+            tracing::info!(
+                method = %method,
+                path = %redact_path(&path),
+                status = resp.status,
+                ms = started.elapsed().as_millis() as u64,
+                "request"
+            );
+            Ok(resp.to_apigw_v2())
+        }
+        Err(e) => Err(format!("unsupported event: {e}").into()),
+    }
+}
+
+/// Paths carry ids only, never tokens; still, cut anything that looks like a query.
+fn redact_path(p: &str) -> &str {
+    p.split('?').next().unwrap_or("")
+}
+
+/// Runs the Lambda runtime loop with `handler` (built once, shared by every invocation).
+pub async fn run<H: Handler>(handler: H) -> Result<(), Error> {
+    let handler = Arc::new(handler);
+    lambda_runtime::run(service_fn(move |ev: LambdaEvent<Value>| {
+        let handler = handler.clone();
+        async move {
+            let inv = Invocation {
+                request_id: ev.context.request_id.clone(),
+                deadline_ms: ev.context.deadline,
+            };
+            dispatch(handler.as_ref(), ev.payload, inv).await
+        }
+    }))
+    .await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    struct Echo;
+
+    #[async_trait::async_trait]
+    impl Handler for Echo {
+        async fn http(&self, req: HttpRequest, _inv: Invocation) -> HttpResponse {
+            HttpResponse::json(200, &serde_json::json!({"path": req.path}))
+        }
+        async fn task(&self, name: &str, _input: Value, _inv: Invocation) -> Result<Value, String> {
+            Ok(serde_json::json!({"ran": name}))
+        }
+    }
+
+    #[tokio::test]
+    async fn dispatches_http_and_tasks() {
+        let http = serde_json::json!({"rawPath": "/a/b", "requestContext": {"http": {"method": "GET"}}});
+        let out = dispatch(&Echo, http, Invocation::with_timeout(5)).await.unwrap();
+        assert_eq!(out["statusCode"], 200);
+        assert_eq!(out["body"], r#"{"path":"/a/b"}"#);
+        let out = dispatch(&Echo, serde_json::json!({"task": "backfill"}), Invocation::with_timeout(5))
+            .await
+            .unwrap();
+        assert_eq!(out["ran"], "backfill");
+        assert!(dispatch(&Echo, serde_json::json!({"x": 1}), Invocation::with_timeout(5)).await.is_err());
+    }
+}

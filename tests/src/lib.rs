@@ -1,0 +1,6 @@
+
+pub mod openapi;
+pub mod conversions;
+pub mod demo;
+pub mod sandbox;
+pub mod stack;
