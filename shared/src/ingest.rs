@@ -31,7 +31,9 @@
 use crate::amazon::{AmazonClient, AmazonError, EventError, EventsOutcome};
 use crate::aws::AwsClients;
 use crate::config::{ConfigError, Tables, dedupe_window, required};
-use crate::domain::conversion::{self, Arena, FieldError, Prepared, Processor, Reason, batch_body};
+use crate::domain::conversion::{
+    self, Arena, Events, FieldError, Prepared, Processor, Reason, batch_body,
+};
 use crate::http::auth::ApiKeyAuth;
 use crate::http::{HttpRequest, HttpResponse};
 use crate::runtime::{Handler, Invocation, now_ms};
@@ -331,11 +333,11 @@ impl IngestCtx {
             Ok(a) => a,
             Err(resp) => return resp,
         };
-        let raws = match conversion::parse_body(&req.body) {
+        let events = match conversion::parse_body(&req.body) {
             Ok(r) => r,
             Err(e) => return HttpResponse::error(e.status, e.code, e.message),
         };
-        let report = self.ingest(&account, &raws, inv).await;
+        let report = self.ingest(&account, &events, inv).await;
         HttpResponse::json(report.status_code(), &report)
     }
 
@@ -343,17 +345,17 @@ impl IngestCtx {
     pub async fn ingest(
         &self,
         account: &IntegratedAccount,
-        raws: &[&RawValue],
+        events: &Events<'_>,
         inv: &Invocation,
     ) -> IngestReport {
         let started = Instant::now();
-        let n = raws.len();
+        let n = events.len();
         let mut results: Vec<Option<EventResult>> = vec![None; n];
         let mut arena = Arena::with_capacity(n);
         let mut prepared: Vec<Option<Prepared>> = Vec::with_capacity(n);
         let mut processor = Processor::new(now_ms() as i64);
-        for (i, raw) in raws.iter().enumerate() {
-            match processor.prepare(raw.get(), &mut arena) {
+        for i in 0..n {
+            match processor.prepare_nth(events, i, &mut arena) {
                 Ok(p) => prepared.push(Some(p)),
                 Err(errors) => {
                     prepared.push(None);

@@ -75,7 +75,7 @@ impl IngestFixture {
             parked: ParkedQueue::new(aws.sqs.clone(), queue_url),
             settings: IngestSettings {
                 deadline_margin: Duration::from_secs(2),
-                max_wait: Duration::from_secs(8),
+                max_wait: Duration::from_secs(20),
                 ..IngestSettings::default()
             },
         };

@@ -1015,7 +1015,10 @@ async fn store_claims_each_audience_creation_once_and_paces_metadata_calls() {
         created_at: now.clone(),
         updated_at: now.clone(),
     };
-    store.create_destination(&d, &[m.clone()]).await.unwrap();
+    store
+        .create_destination(&d, std::slice::from_ref(&m))
+        .await
+        .unwrap();
     assert!(matches!(
         store.create_destination(&d, &[]).await,
         Err(adsync::store::StoreError::Conflict(_))
@@ -1090,12 +1093,20 @@ async fn store_claims_each_audience_creation_once_and_paces_metadata_calls() {
 
     // Metadata slots handed to concurrent callers are 1.1 s apart.
     let client = format!("pace-{}", uuid::Uuid::new_v4().simple());
-    let waits =
-        futures::future::join_all((0..4).map(|_| store.reserve_metadata_slot(&client, 1100))).await;
-    let mut waits: Vec<u128> = waits.into_iter().map(|w| w.unwrap().as_millis()).collect();
-    waits.sort();
-    for w in waits.windows(2) {
-        assert!(w[1] - w[0] >= 1000, "{waits:?}");
+    let mut slots =
+        futures::future::join_all((0..4).map(|_| store.reserve_metadata_slot(&client, 1100)))
+            .await
+            .into_iter()
+            .map(|s| s.unwrap())
+            .collect::<Vec<i64>>();
+    slots.sort();
+    for w in slots.windows(2) {
+        assert!(w[1] - w[0] >= 1100, "{slots:?}");
     }
+    // A call that ends late pushes the next slot to a full gap after its end.
+    let before = chrono::Utc::now().timestamp_millis();
+    store.metadata_call_done(&client, 10_000).await.unwrap();
+    let next = store.reserve_metadata_slot(&client, 1100).await.unwrap();
+    assert!(next >= before + 10_000, "{next} vs {before}");
     let _ = aws.dynamodb.delete_table().table_name(&table).send().await;
 }

@@ -15,7 +15,6 @@ pub mod http;
 pub mod lwa;
 pub mod state;
 
-use std::convert::Infallible;
 use std::future::Future;
 use std::net::SocketAddr;
 
@@ -152,9 +151,4 @@ pub async fn spawn_for_tests(sb: Sandbox) -> std::io::Result<(String, SocketAddr
     let addr = listener.local_addr()?;
     tokio::spawn(serve(listener, sb, std::future::pending::<()>()));
     Ok((format!("http://{addr}"), addr))
-}
-
-#[allow(dead_code)]
-fn _assert_infallible(e: Infallible) -> ! {
-    match e {}
 }

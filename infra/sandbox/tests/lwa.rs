@@ -544,3 +544,16 @@ async fn admin_consent_helper_plays_the_user() {
         "{err}"
     );
 }
+
+#[tokio::test]
+async fn admin_client_says_when_the_sandbox_is_down() {
+    let err = SandboxAdmin::new("http://127.0.0.1:1")
+        .health()
+        .await
+        .unwrap_err();
+    assert!(matches!(err, SandboxError::Unreachable { .. }));
+    assert!(
+        err.to_string().contains("amazon-sandbox --port 9400"),
+        "{err}"
+    );
+}

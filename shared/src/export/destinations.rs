@@ -46,6 +46,8 @@ const MAX_SEGMENT_ID_CHARS: usize = 128;
 /// reaching Amazon (a token refresh before one call, network latency), so two calls never
 /// *arrive* less than a second apart.
 const METADATA_SPACING_MS: i64 = 1100;
+/// The least time between the end of one metadata call and the start of the next.
+const METADATA_MIN_GAP_MS: i64 = 1000;
 /// How long one invocation holds a mapping while it creates the audience.
 const CREATION_LEASE_MS: i64 = 120_000;
 /// When to try again after a retryable creation failure.
@@ -463,11 +465,15 @@ async fn load_segments(
     ctx: &ExportCtx,
     reqs: &[MappingRequest],
 ) -> Result<Vec<Segment>, HttpResponse> {
-    let found: Vec<Result<Option<Segment>, StoreError>> = futures::stream::iter(reqs.iter().map(|r| r.segment_id.clone()).collect::<Vec<_>>())
-        .map(|id| async move { ctx.destinations.get_segment(&id).await })
-        .buffered(8)
-        .collect()
-        .await;
+    let found: Vec<Result<Option<Segment>, StoreError>> = futures::stream::iter(
+        reqs.iter()
+            .map(|r| r.segment_id.clone())
+            .collect::<Vec<_>>(),
+    )
+    .map(|id| async move { ctx.destinations.get_segment(&id).await })
+    .buffered(8)
+    .collect()
+    .await;
     let mut out = Vec::with_capacity(reqs.len());
     for (r, f) in reqs.iter().zip(found) {
         match f.map_err(store_failure)? {
@@ -575,7 +581,10 @@ async fn destination_view(
         // Owned keys: a closure over borrowed items would make the handler's future not `Send`.
         let keys: Vec<Option<(String, String)>> = mappings
             .iter()
-            .map(|m| m.audience_id.map(|_| (m.destination_id.clone(), m.segment_id.clone())))
+            .map(|m| {
+                m.audience_id
+                    .map(|_| (m.destination_id.clone(), m.segment_id.clone()))
+            })
             .collect();
         futures::stream::iter(keys)
             .map(|k| async move {
@@ -914,11 +923,12 @@ pub async fn list_destinations(ctx: &ExportCtx, req: &HttpRequest) -> HttpRespon
         Ok(p) => p,
         Err(e) => return store_failure(e),
     };
-    let views: Vec<Result<Value, StoreError>> = futures::stream::iter(page.destinations.iter().cloned())
-        .map(|d| async move { destination_view(ctx, &d, false).await })
-        .buffered(8)
-        .collect()
-        .await;
+    let views: Vec<Result<Value, StoreError>> =
+        futures::stream::iter(page.destinations.iter().cloned())
+            .map(|d| async move { destination_view(ctx, &d, false).await })
+            .buffered(8)
+            .collect()
+            .await;
     let views = match views.into_iter().collect::<Result<Vec<_>, _>>() {
         Ok(v) => v,
         Err(e) => return store_failure(e),
@@ -1315,6 +1325,7 @@ async fn apply_fees(
         .amazon
         .update_audience(&account.login(), account.scope(), audience_id, &update)
         .await;
+    paced_call_done(ctx).await;
     if let Err(e) = result {
         record_amazon_error(ctx, account, m, &e).await;
         return Err(amazon_failure(&e));
@@ -1333,14 +1344,27 @@ async fn apply_fees(
 /// Waits for this process's turn at Amazon's metadata endpoints (1 request/s per LwA client,
 /// shared by every concurrent invocation through the table).
 async fn pace(ctx: &ExportCtx) -> Result<(), StoreError> {
-    let wait = ctx
+    let slot = ctx
         .destinations
         .reserve_metadata_slot(ctx.amazon.client_id(), METADATA_SPACING_MS)
         .await?;
-    if !wait.is_zero() {
-        tokio::time::sleep(wait).await;
+    let wait = slot - chrono::Utc::now().timestamp_millis();
+    if wait > 0 {
+        tokio::time::sleep(Duration::from_millis(wait as u64)).await;
     }
     Ok(())
+}
+
+/// After a metadata call (answered or not): the next one starts a full second after this one
+/// ended, so a slow call never lets the next arrive at Amazon less than a second later.
+async fn paced_call_done(ctx: &ExportCtx) {
+    if let Err(e) = ctx
+        .destinations
+        .metadata_call_done(ctx.amazon.client_id(), METADATA_MIN_GAP_MS)
+        .await
+    {
+        tracing::warn!(error = %e, "could not record the end of a metadata call");
+    }
 }
 
 /// Stores an Amazon failure as the mapping's last error; a revoked login marks every account on
@@ -1504,11 +1528,12 @@ async fn create_one(ctx: &ExportCtx, p: &PendingAudience) -> Result<Outcome, Sto
         },
     };
     pace(ctx).await?;
-    match ctx
+    let created = ctx
         .amazon
         .create_audience(&account.login(), account.scope(), &new)
-        .await
-    {
+        .await;
+    paced_call_done(ctx).await;
+    match created {
         Ok(audience) => {
             let done = store.complete_creation(dst, seg_id, audience.id).await?;
             tracing::info!(destination = %dst, segment = %seg_id, audience_id = audience.id, "audience created");

@@ -34,17 +34,19 @@
 //!
 //! A job per mapping (`start_backfill`), one shard per ledger shard (16). `run_backfill` leases
 //! shards (conditional writes with an expiry, so two invocations never work the same shard and a
-//! dead one's shard is taken over), streams the shard page by page (never the whole segment),
+//! dead one's shard is taken over), streams the shard page by page (≤ 2 000 rows per page, the
+//! next page prefetched while the current one is sent; never the whole segment),
 //! packs patches (2 000 / 1 MB), sends, and saves a checkpoint (the last device of the
 //! acknowledged batch) after every acknowledged batch. It stops before the deadline minus a
 //! safety margin and resumes from the checkpoint: nobody is skipped, and at most the one batch in
 //! flight when an invocation died is sent twice.
 //!
-//! Rate: the `AmazonClient` spaces `PATCH` calls to ≤ 100/s per process, and an invocation works
-//! at most `BACKFILL_PARALLEL_SHARDS` (default 4) shards at once. Across invocations the bound is
-//! (concurrent backfill invocations) × 100/s; the deployment runs one scheduled backfill
-//! invocation at a time (see docs/segment-export.md), and Amazon's 429s are honoured by the
-//! client's retry path if that is ever exceeded.
+//! Rate: the `AmazonClient` spaces `PATCH` calls to ≤ 100/s per process. Across processes, at
+//! most `BACKFILL_MAX_INVOCATIONS` (default 2) invocations run backfills at once (slot leases in
+//! `store::jobs`, held until the invocation's deadline), and each paces its backfill requests to
+//! 100 / that number per second, so backfills together stay ≤ 100 requests/s. An invocation works
+//! at most `BACKFILL_PARALLEL_SHARDS` (default 4) shards at once. Live deltas come on top; Amazon's
+//! 429s are honoured by the client's retry path.
 //!
 //! # Errors from Amazon
 //!
@@ -1073,6 +1075,24 @@ impl Pacer {
     }
 }
 
+/// A page read running in the background; aborted if the shard stops before needing it.
+struct Prefetch(tokio::task::JoinHandle<Result<crate::store::ledger::LedgerPage, StoreError>>);
+
+impl Prefetch {
+    async fn join(mut self) -> Result<crate::store::ledger::LedgerPage, StoreError> {
+        match (&mut self.0).await {
+            Ok(r) => r,
+            Err(e) => Err(StoreError::Aws(format!("ledger page task: {e}"))),
+        }
+    }
+}
+
+impl Drop for Prefetch {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
 /// How a shard's work ended in this invocation.
 #[derive(Debug)]
 enum ShardEnd {
@@ -1337,7 +1357,20 @@ async fn work_shard(
         Err(e) => return ShardEnd::Store(e.to_string()),
     };
     let mut lease_until = now_ms() + lease_ms;
-    let mut after = st.last_key.clone();
+    // Pages of at most one body's worth of rows: memory stays the same whatever the segment's
+    // size (DynamoDB's own 1 MB pages would hold ~16 000 rows).
+    let page_limit = Some(opts.max_patches.max(100) as i32);
+    let only_qualified = !job.include_removals;
+    let fetch = |after: Option<String>| {
+        let ledger = ctx.ledger.clone();
+        let seg = seg.to_string();
+        Prefetch(tokio::spawn(async move {
+            ledger
+                .page(&seg, shard, after.as_deref(), only_qualified, page_limit)
+                .await
+        }))
+    };
+    let mut next = Some(fetch(st.last_key.clone()));
     let mut batcher: Batcher<String> = Batcher::new(opts.max_patches, MAX_BODY_BYTES);
     let mut had_error = st.last_error.is_some();
 
@@ -1392,11 +1425,11 @@ async fn work_shard(
                 Err(e) => return ShardEnd::Store(e.to_string()),
             }
         }
-        let page = match ctx
-            .ledger
-            .page(seg, shard, after.as_deref(), !job.include_removals, None)
-            .await
-        {
+        // The next page is read while this one is packed and sent.
+        let Some(pending) = next.take() else {
+            break;
+        };
+        let page = match pending.join().await {
             Ok(p) => p,
             Err(e) => {
                 let _ = ctx
@@ -1406,6 +1439,7 @@ async fn work_shard(
                 return ShardEnd::Store(e.to_string());
             }
         };
+        next = page.last_key.clone().map(|k| fetch(Some(k)));
         for row in page.rows {
             let patch = Patch {
                 op: PatchOp::for_status(row.qualified),
@@ -1429,10 +1463,6 @@ async fn work_shard(
                     tracing::error!(error = %e, "a ledger row does not fit in a patch body; skipped");
                 }
             }
-        }
-        match page.last_key {
-            Some(k) => after = Some(k),
-            None => break,
         }
     }
     if let Some(rest) = batcher.take() {
@@ -1539,7 +1569,7 @@ async fn drain_and_finish(
         }
         let (dirty, next) = ctx
             .jobs
-            .dirty_page(dest, seg, cursor.as_deref(), 1000)
+            .dirty_page(dest, seg, cursor.as_deref(), 500)
             .await
             .map_err(|e| e.to_string())?;
         if dirty.is_empty() && next.is_none() {
@@ -1584,12 +1614,16 @@ async fn drain_and_finish(
             let _ = ctx.jobs.release_job(dest, seg, owner).await;
             return Err(format!("drain of {dest}/{seg}: {msg}"));
         }
-        for d in &dirty {
-            ctx.jobs
-                .clear_dirty(dest, seg, d)
-                .await
-                .map_err(|e| e.to_string())?;
-        }
+        // Owned items: a closure over borrowed ones trips the Send check of the task's future.
+        let cleared: Vec<Result<(), StoreError>> = futures::stream::iter(dirty.clone())
+            .map(|d| async move { ctx.jobs.clear_dirty(dest, seg, &d).await })
+            .buffer_unordered(LEDGER_WRITE_CONCURRENCY)
+            .collect()
+            .await;
+        cleared
+            .into_iter()
+            .collect::<Result<(), _>>()
+            .map_err(|e| e.to_string())?;
         ctx.jobs
             .add_drained(dest, seg, owner, dirty.len() as u64)
             .await

@@ -193,6 +193,8 @@ impl HttpResponse {
             "headers": self.headers,
             "body": self.body,
             "isBase64Encoded": false,
+            // `cargo lambda watch` rejects a function-URL answer without this field.
+            "cookies": [],
         })
     }
 

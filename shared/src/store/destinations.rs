@@ -1055,12 +1055,14 @@ impl DestinationStore {
 
     /// Reserves the next slot for an Amazon metadata call of LwA client `client_id`, shared by
     /// every process, so concurrent invocations together stay at one call per `spacing_ms`.
-    /// Returns how long to wait before making the call.
+    /// Returns the slot (epoch milliseconds): the caller starts its call no earlier. Callers also
+    /// report the end of each call ([`Self::metadata_call_done`]) so a slow call pushes the next
+    /// slot back: spacing then holds at Amazon's end, not only at ours.
     pub async fn reserve_metadata_slot(
         &self,
         client_id: &str,
         spacing_ms: i64,
-    ) -> Result<std::time::Duration, StoreError> {
+    ) -> Result<i64, StoreError> {
         let k = key(format!("RATE#{client_id}"), "METADATA");
         for _ in 0..20 {
             let now = now_ms();
@@ -1086,7 +1088,7 @@ impl DestinationStore {
                     .expression_attribute_values(":cur", n(current))
             };
             match req.send().await {
-                Ok(_) => return Ok(std::time::Duration::from_millis((slot - now).max(0) as u64)),
+                Ok(_) => return Ok(slot),
                 // Another process took this slot: read again and take the next one.
                 Err(e) if is_conditional_failure(&e) => continue,
                 Err(e) => return Err(sdk_err("reserve metadata slot", e)),
@@ -1095,6 +1097,33 @@ impl DestinationStore {
         Err(StoreError::Conflict(
             "could not reserve an Amazon metadata slot".into(),
         ))
+    }
+
+    /// Records that a metadata call of `client_id` just ended: no call starts before
+    /// `now + spacing_ms`. Every call reaches Amazon before it ends, so calls arrive at least
+    /// `spacing_ms` apart whatever their latency.
+    pub async fn metadata_call_done(
+        &self,
+        client_id: &str,
+        spacing_ms: i64,
+    ) -> Result<(), StoreError> {
+        let next = now_ms() + spacing_ms;
+        let r = self
+            .client
+            .update_item()
+            .table_name(&self.table)
+            .set_key(Some(key(format!("RATE#{client_id}"), "METADATA")))
+            .condition_expression("attribute_not_exists(nextAt) OR nextAt < :next")
+            .update_expression("SET nextAt = :next")
+            .expression_attribute_values(":next", n(next))
+            .send()
+            .await;
+        match r {
+            Ok(_) => Ok(()),
+            // A later slot is already reserved.
+            Err(e) if is_conditional_failure(&e) => Ok(()),
+            Err(e) => Err(sdk_err("record metadata call", e)),
+        }
     }
 
     async fn get_item(&self, pk: String, sk: &str) -> Result<Option<Item>, StoreError> {

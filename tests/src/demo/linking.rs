@@ -129,7 +129,8 @@ pub async fn run(demo: &mut Demo) -> Result<(), String> {
             return Err(format!("account {id} is {} instead of active", a["status"]));
         }
         demo.info(format!(
-            "{region}: account {id} — {} ({}, {}), status {}",
+            "{region}: account {} — {} ({}, {}), status {}",
+            id.as_str().unwrap_or(""),
             a["name"].as_str().unwrap_or(""),
             a["country"].as_str().unwrap_or(""),
             a["currency"].as_str().unwrap_or(""),

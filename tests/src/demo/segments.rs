@@ -25,7 +25,11 @@ const MAX_RUNS: usize = 25;
 
 /// Which of the three segments device `i` qualifies for historically.
 fn historical(i: usize) -> [bool; 3] {
-    [i % 2 == 0, i % 3 == 0, i % 5 == 0]
+    [
+        i.is_multiple_of(2),
+        i.is_multiple_of(3),
+        i.is_multiple_of(5),
+    ]
 }
 
 fn device(run: &str, i: usize) -> String {
@@ -308,7 +312,7 @@ pub async fn run(demo: &mut Demo) -> Result<(), String> {
     let mut expected = [0usize; 3];
     for i in 0..DEVICES {
         for (k, q) in historical(i).iter().enumerate() {
-            let left = k == 0 && i < 40 && i % 2 == 0;
+            let left = k == 0 && i < 40 && i.is_multiple_of(2);
             if *q && !left {
                 expected[k] += 1;
             }

@@ -233,9 +233,10 @@ impl Errors {
     }
 
     /// Unwraps a lenient field: `Err(())` when it had the wrong JSON type (reported here).
+    /// `field` is formatted only when there is an error (no allocation on the good path).
     fn got<'b, T>(
         &mut self,
-        field: &str,
+        field: impl std::fmt::Display,
         v: Option<&'b Got<T>>,
         expected: &str,
     ) -> Result<Option<&'b T>, ()> {
@@ -243,11 +244,9 @@ impl Errors {
             None => Ok(None),
             Some(Got::Ok(t)) => Ok(Some(t)),
             Some(Got::Wrong(found)) => {
-                self.push(
-                    field,
-                    Reason::Malformed,
-                    format!("{field}: wrong type ({found}), expected {expected}"),
-                );
+                let field = field.to_string();
+                let message = format!("{field}: wrong type ({found}), expected {expected}");
+                self.push(field, Reason::Malformed, message);
                 Err(())
             }
         }
@@ -818,31 +817,31 @@ fn match_keys<'b>(
                         continue;
                     }
                 };
-                let kind = match errs.got(&format!("matchKeys[{i}].type"), kind.as_ref(), A_STRING)
-                {
-                    Err(()) => continue,
-                    Ok(None) => {
-                        errs.push(
-                            format!("matchKeys[{i}].type"),
-                            Reason::Missing,
-                            "type is required",
-                        );
-                        continue;
-                    }
-                    Ok(Some(k)) => match KeyType::parse(k.as_str().trim()) {
-                        Some(k) => k,
-                        None => {
+                let kind =
+                    match errs.got(format_args!("matchKeys[{i}].type"), kind.as_ref(), A_STRING) {
+                        Err(()) => continue,
+                        Ok(None) => {
                             errs.push(
                                 format!("matchKeys[{i}].type"),
-                                Reason::Invalid,
-                                unknown_type(k.as_str()),
+                                Reason::Missing,
+                                "type is required",
                             );
                             continue;
                         }
-                    },
-                };
+                        Ok(Some(k)) => match KeyType::parse(k.as_str().trim()) {
+                            Some(k) => k,
+                            None => {
+                                errs.push(
+                                    format!("matchKeys[{i}].type"),
+                                    Reason::Invalid,
+                                    unknown_type(k.as_str()),
+                                );
+                                continue;
+                            }
+                        },
+                    };
                 let values = match errs.got(
-                    &format!("matchKeys[{i}].values"),
+                    format_args!("matchKeys[{i}].values"),
                     values.as_ref(),
                     "a list holding one string",
                 ) {
@@ -860,7 +859,7 @@ fn match_keys<'b>(
                 acc.add(
                     kind,
                     values,
-                    &format!("matchKeys[{i}]"),
+                    format_args!("matchKeys[{i}]"),
                     true,
                     hasher,
                     &mut out,
@@ -878,12 +877,12 @@ fn match_keys<'b>(
                     );
                     continue;
                 };
-                let field = format!("matchKeys.{}", name.as_str());
-                let values = match errs.got(&field, Some(values), "a string") {
+                let field = format_args!("matchKeys.{}", name.as_str());
+                let values = match errs.got(field, Some(values), "a string") {
                     Ok(Some(v)) => v,
                     _ => continue,
                 };
-                acc.add(kind, values, &field, false, hasher, &mut out, errs);
+                acc.add(kind, values, field, false, hasher, &mut out, errs);
             }
         }
     }
@@ -917,7 +916,7 @@ impl KeyAcc {
         &mut self,
         kind: KeyType,
         values: &'b ValuesIn<'_>,
-        at: &str,
+        at: std::fmt::Arguments<'_>,
         list: bool,
         hasher: &mut KeyHasher,
         out: &mut [Option<(KeyType, KeyValue<'b>)>; MAX_MATCH_KEYS],
@@ -1081,6 +1080,16 @@ fn flag(f: &Flag<'_>, field: &str, errs: &mut Errors) -> Option<&'static str> {
     }
 }
 
+/// `customData[i]`, formatted lazily.
+#[derive(Clone, Copy)]
+struct CustomAt(usize);
+
+impl std::fmt::Display for CustomAt {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "customData[{}]", self.0)
+    }
+}
+
 fn custom_data<'b>(
     items: &'b [Got<CustomDataIn<'_>>],
     errs: &mut Errors,
@@ -1101,8 +1110,9 @@ fn custom_data<'b>(
         !s.is_empty() && s.len() <= 256 && s.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_')
     };
     for (i, item) in items.iter().enumerate() {
-        let at = format!("customData[{i}]");
-        let Ok(Some(item)) = errs.got(&at, Some(item), "an object {\"name\",\"value\"}") else {
+        // Paths are formatted only on errors.
+        let at = CustomAt(i);
+        let Ok(Some(item)) = errs.got(at, Some(item), "an object {\"name\",\"value\"}") else {
             continue;
         };
         let name = errs
@@ -1110,7 +1120,7 @@ fn custom_data<'b>(
             .map(|n| n.map_or("", Text::as_str));
         let value = errs
             .got(
-                &format!("{at}.value"),
+                format_args!("{at}.value"),
                 item.value.as_ref(),
                 "a string or an integer",
             )
@@ -1133,8 +1143,11 @@ fn custom_data<'b>(
                 "value must be letters, digits or _ (send 49.99 as 4999)",
             );
         }
-        let data_type = match errs.got(&format!("{at}.dataType"), item.data_type.as_ref(), A_STRING)
-        {
+        let data_type = match errs.got(
+            format_args!("{at}.dataType"),
+            item.data_type.as_ref(),
+            A_STRING,
+        ) {
             Ok(Some(t)) => {
                 let t = one_of(t.as_str(), &["STRING", "INTEGER", "TIMESTAMP"]);
                 if t.is_none() {
