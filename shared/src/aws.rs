@@ -12,10 +12,23 @@ impl AwsClients {
     /// Loads the shared AWS configuration from the environment (honours `AWS_ENDPOINT_URL` and
     /// `AWS_ENDPOINT_URL_<SERVICE>`, which is how the local stack points us at moto and
     /// DynamoDB Local).
+    ///
+    /// `ADSYNC_AWS_ENDPOINT_URL` / `ADSYNC_AWS_ENDPOINT_URL_DYNAMODB`, when non-empty, do the
+    /// same. They exist for `sam local --env-vars`, which passes only variables the template
+    /// declares: the template declares these empty (unset in AWS), whereas an empty
+    /// `AWS_ENDPOINT_URL` makes the SDK fail on the first call.
     pub async fn from_env() -> Self {
-        let conf = aws_config::load_defaults(aws_config::BehaviorVersion::latest()).await;
+        let mut loader = aws_config::defaults(aws_config::BehaviorVersion::latest());
+        if let Some(url) = crate::config::optional("ADSYNC_AWS_ENDPOINT_URL") {
+            loader = loader.endpoint_url(url);
+        }
+        let conf = loader.load().await;
+        let mut dynamodb = aws_sdk_dynamodb::config::Builder::from(&conf);
+        if let Some(url) = crate::config::optional("ADSYNC_AWS_ENDPOINT_URL_DYNAMODB") {
+            dynamodb = dynamodb.endpoint_url(url);
+        }
         Self {
-            dynamodb: aws_sdk_dynamodb::Client::new(&conf),
+            dynamodb: aws_sdk_dynamodb::Client::from_conf(dynamodb.build()),
             secrets: aws_sdk_secretsmanager::Client::new(&conf),
             sqs: aws_sdk_sqs::Client::new(&conf),
         }

@@ -74,7 +74,8 @@ impl Secrets {
         Ok(Self {
             lwa_credentials: required("LWA_CREDENTIALS_SECRET")?,
             api_keys: required("API_KEYS_SECRET")?,
-            token_prefix: optional("TOKEN_SECRET_PREFIX").unwrap_or_else(|| "adsync/tokens/".into()),
+            token_prefix: optional("TOKEN_SECRET_PREFIX")
+                .unwrap_or_else(|| "adsync/tokens/".into()),
         })
     }
 }

@@ -43,17 +43,20 @@ pub const MAX_ADVERTISERS: usize = 1000;
 /// Settings of the linking flow.
 #[derive(Clone, Debug)]
 pub struct LinkingConfig {
-    /// The public URL of `GET /oauth/callback` (registered with the LwA client).
+    /// The public URL of `GET /oauth/callback` (registered with the LwA client). Empty: derive
+    /// it from the request's host (`https://<host>/oauth/callback`), which is the API's own URL
+    /// behind API Gateway — the SAM template cannot pass that URL in without a circular reference.
     pub redirect_uri: String,
     /// Prefix of per-login token secrets; the secret is `<prefix><connectionId>`.
     pub token_secret_prefix: String,
 }
 
 impl LinkingConfig {
-    /// `OAUTH_REDIRECT_URI` (required) and `TOKEN_SECRET_PREFIX` (default `adsync/tokens/`).
+    /// `OAUTH_REDIRECT_URI` (optional, see [`LinkingConfig::redirect_uri`]) and
+    /// `TOKEN_SECRET_PREFIX` (default `adsync/tokens/`).
     pub fn from_env() -> Result<Self, crate::config::ConfigError> {
-        let redirect_uri = crate::config::required("OAUTH_REDIRECT_URI")?;
-        if url::Url::parse(&redirect_uri).is_err() {
+        let redirect_uri = crate::config::optional("OAUTH_REDIRECT_URI").unwrap_or_default();
+        if !redirect_uri.is_empty() && url::Url::parse(&redirect_uri).is_err() {
             return Err(crate::config::ConfigError::Invalid {
                 name: "OAUTH_REDIRECT_URI",
                 reason: "must be an absolute URL".into(),
@@ -312,8 +315,42 @@ impl Linking {
 
     // ---- POST /connections -----------------------------------------------------------------
 
-    /// Starts a linking attempt: a pending connection and a single-use state for `region`.
+    /// The redirect URI for this request: the configured one, else derived from the host the
+    /// request came to (both the consent URL and the code exchange derive it the same way).
+    fn redirect_uri_for(&self, req: &HttpRequest) -> Result<String, HttpResponse> {
+        if !self.config.redirect_uri.is_empty() {
+            return Ok(self.config.redirect_uri.clone());
+        }
+        let host = req
+            .header("x-forwarded-host")
+            .or_else(|| req.header("host"))
+            .filter(|h| !h.is_empty() && !h.contains(['/', ' ', '?', '#']));
+        match host {
+            Some(host) => {
+                let proto = req.header("x-forwarded-proto").unwrap_or("https");
+                let proto = if proto == "http" { "http" } else { "https" };
+                Ok(format!("{proto}://{host}/oauth/callback"))
+            }
+            None => Err(HttpResponse::error(
+                500,
+                "configuration",
+                "OAUTH_REDIRECT_URI is not set and the request has no Host header to derive it from",
+            )),
+        }
+    }
+
+    /// Starts a linking attempt: a pending connection and a single-use state for `region`,
+    /// with the configured redirect URI.
     pub async fn create_connection(&self, region: Region) -> Result<NewConnection, HttpResponse> {
+        let redirect_uri = self.config.redirect_uri.clone();
+        self.create_connection_with(region, &redirect_uri).await
+    }
+
+    async fn create_connection_with(
+        &self,
+        region: Region,
+        redirect_uri: &str,
+    ) -> Result<NewConnection, HttpResponse> {
         let connection_id = uuid::Uuid::new_v4().simple().to_string();
         let state = random_token();
         let expires = now_secs() + STATE_TTL.as_secs() as i64;
@@ -331,9 +368,7 @@ impl Linking {
         }
         tracing::info!(connection_id = %connection_id, region = %region, "connection created");
         Ok(NewConnection {
-            authorize_url: self
-                .amazon
-                .authorize_url(region, &self.config.redirect_uri, &state),
+            authorize_url: self.amazon.authorize_url(region, redirect_uri, &state),
             connection_id,
             expires_at: rfc3339(expires),
         })
@@ -379,7 +414,11 @@ impl Linking {
                 );
             }
         };
-        match self.create_connection(region).await {
+        let redirect_uri = match self.redirect_uri_for(req) {
+            Ok(u) => u,
+            Err(r) => return r,
+        };
+        match self.create_connection_with(region, &redirect_uri).await {
             Ok(c) => HttpResponse::json(201, &c),
             Err(r) => r,
         }
@@ -426,7 +465,14 @@ impl Linking {
             )
             .page(Some(&cid));
         };
-        match self.complete_consent(&cid, grant.region, code).await {
+        let redirect_uri = match self.redirect_uri_for(req) {
+            Ok(u) => u,
+            Err(r) => return r,
+        };
+        match self
+            .complete_consent(&cid, grant.region, code, &redirect_uri)
+            .await
+        {
             Ok(view) => html::see_other(&format!("callback?view={view}")),
             Err(f) => f.page(Some(&cid)),
         }
@@ -457,6 +503,7 @@ impl Linking {
         cid: &str,
         region: Region,
         code: &str,
+        redirect_uri: &str,
     ) -> Result<String, Failure> {
         let conn = match self.accounts.get_connection(cid).await {
             Ok(Some(c)) => c,
@@ -476,11 +523,7 @@ impl Linking {
             );
             return Err(consume_failure("state", &ConsumeError::Used));
         }
-        let grant = match self
-            .amazon
-            .exchange_code(region, code, &self.config.redirect_uri)
-            .await
-        {
+        let grant = match self.amazon.exchange_code(region, code, redirect_uri).await {
             Ok(g) => g,
             Err(e) => {
                 self.fail_connection(cid, None, "exchange_failed").await;

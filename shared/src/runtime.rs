@@ -56,7 +56,11 @@ pub trait Handler: Send + Sync + 'static {
 }
 
 /// Dispatches one raw Lambda payload to the handler.
-pub async fn dispatch<H: Handler + ?Sized>(handler: &H, payload: Value, inv: Invocation) -> Result<Value, Error> {
+pub async fn dispatch<H: Handler + ?Sized>(
+    handler: &H,
+    payload: Value,
+    inv: Invocation,
+) -> Result<Value, Error> {
     if let Some(task) = payload.get("task").and_then(Value::as_str) {
         let task = task.to_string();
         return match handler.task(&task, payload, inv).await {
@@ -125,14 +129,29 @@ mod tests {
 
     #[tokio::test]
     async fn dispatches_http_and_tasks() {
-        let http = serde_json::json!({"rawPath": "/a/b", "requestContext": {"http": {"method": "GET"}}});
-        let out = dispatch(&Echo, http, Invocation::with_timeout(5)).await.unwrap();
-        assert_eq!(out["statusCode"], 200);
-        assert_eq!(out["body"], r#"{"path":"/a/b"}"#);
-        let out = dispatch(&Echo, serde_json::json!({"task": "backfill"}), Invocation::with_timeout(5))
+        let http =
+            serde_json::json!({"rawPath": "/a/b", "requestContext": {"http": {"method": "GET"}}});
+        let out = dispatch(&Echo, http, Invocation::with_timeout(5))
             .await
             .unwrap();
+        assert_eq!(out["statusCode"], 200);
+        assert_eq!(out["body"], r#"{"path":"/a/b"}"#);
+        let out = dispatch(
+            &Echo,
+            serde_json::json!({"task": "backfill"}),
+            Invocation::with_timeout(5),
+        )
+        .await
+        .unwrap();
         assert_eq!(out["ran"], "backfill");
-        assert!(dispatch(&Echo, serde_json::json!({"x": 1}), Invocation::with_timeout(5)).await.is_err());
+        assert!(
+            dispatch(
+                &Echo,
+                serde_json::json!({"x": 1}),
+                Invocation::with_timeout(5)
+            )
+            .await
+            .is_err()
+        );
     }
 }

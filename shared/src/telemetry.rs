@@ -35,7 +35,10 @@ impl Metrics {
 
     /// Adds to a count metric.
     pub fn count(&mut self, name: &str, n: u64) -> &mut Self {
-        let e = self.values.entry(name.to_string()).or_insert((0.0, "Count"));
+        let e = self
+            .values
+            .entry(name.to_string())
+            .or_insert((0.0, "Count"));
         e.0 += n as f64;
         self
     }
@@ -86,7 +89,9 @@ mod tests {
     #[test]
     fn emf_document_names_every_metric() {
         let mut m = Metrics::new("conversion-ingest");
-        m.count("Received", 3).count("Received", 2).millis("AmazonLatency", 12.5);
+        m.count("Received", 3)
+            .count("Received", 2)
+            .millis("AmazonLatency", 12.5);
         let doc = m.to_json();
         assert_eq!(doc["Received"], 5.0);
         assert_eq!(doc["AmazonLatency"], 12.5);

@@ -21,8 +21,8 @@ use std::path::PathBuf;
 
 /// The variables that point a function at the local stack instead of AWS and Amazon.
 const LOCAL_ENDPOINT_VARS: [&str; 4] = [
-    "AWS_ENDPOINT_URL",
-    "AWS_ENDPOINT_URL_DYNAMODB",
+    "ADSYNC_AWS_ENDPOINT_URL",
+    "ADSYNC_AWS_ENDPOINT_URL_DYNAMODB",
     "AMAZON_ADS_API_URL",
     "AMAZON_LWA_TOKEN_URL",
 ];

@@ -36,7 +36,8 @@ impl HttpRequest {
     }
 
     pub fn with_header(mut self, name: &str, value: &str) -> Self {
-        self.headers.insert(name.to_ascii_lowercase(), value.to_string());
+        self.headers
+            .insert(name.to_ascii_lowercase(), value.to_string());
         self
     }
 
@@ -51,7 +52,9 @@ impl HttpRequest {
     }
 
     pub fn header(&self, name: &str) -> Option<&str> {
-        self.headers.get(&name.to_ascii_lowercase()).map(String::as_str)
+        self.headers
+            .get(&name.to_ascii_lowercase())
+            .map(String::as_str)
     }
 
     /// Query parameters, decoded. Repeated names keep the first value.
@@ -70,14 +73,19 @@ impl HttpRequest {
 
     /// The media type of the body (`application/json`, …), lower-cased, without parameters.
     pub fn content_type(&self) -> Option<String> {
-        self.header("content-type")
-            .map(|c| c.split(';').next().unwrap_or("").trim().to_ascii_lowercase())
+        self.header("content-type").map(|c| {
+            c.split(';')
+                .next()
+                .unwrap_or("")
+                .trim()
+                .to_ascii_lowercase()
+        })
     }
 
     /// Parses the API Gateway HTTP API (payload 2.0) / function-URL event.
     pub fn from_apigw_v2(event: &serde_json::Value) -> Result<Self, String> {
-        let ev: ApiGwV2Request =
-            serde_json::from_value(event.clone()).map_err(|e| format!("not an HTTP API event: {e}"))?;
+        let ev: ApiGwV2Request = serde_json::from_value(event.clone())
+            .map_err(|e| format!("not an HTTP API event: {e}"))?;
         let mut headers = BTreeMap::new();
         for (k, v) in ev.headers {
             headers.insert(k.to_ascii_lowercase(), v);
@@ -94,7 +102,9 @@ impl HttpRequest {
         };
         Ok(Self {
             method: ev.request_context.http.method.to_ascii_uppercase(),
-            path: ev.raw_path.unwrap_or(ev.request_context.http.path.unwrap_or_default()),
+            path: ev
+                .raw_path
+                .unwrap_or(ev.request_context.http.path.unwrap_or_default()),
             raw_query: ev.raw_query_string.unwrap_or_default(),
             headers,
             body,
@@ -155,7 +165,8 @@ impl HttpResponse {
     pub fn json<T: Serialize + ?Sized>(status: u16, value: &T) -> Self {
         let body = serde_json::to_string(value).unwrap_or_else(|_| "{}".into());
         let mut r = Self::new(status);
-        r.headers.insert("content-type".into(), "application/json".into());
+        r.headers
+            .insert("content-type".into(), "application/json".into());
         r.headers.insert("cache-control".into(), "no-store".into());
         r.body = body;
         r
@@ -168,7 +179,10 @@ impl HttpResponse {
 
     /// The JSON error shape naming the field at fault.
     pub fn field_error(status: u16, code: &str, field: &str, message: impl Into<String>) -> Self {
-        Self::json(status, &ErrorBody::new(code, message, Some(field.to_string())))
+        Self::json(
+            status,
+            &ErrorBody::new(code, message, Some(field.to_string())),
+        )
     }
 
     pub fn not_found() -> Self {
@@ -176,13 +190,18 @@ impl HttpResponse {
     }
 
     pub fn method_not_allowed(allowed: &str) -> Self {
-        let mut r = Self::error(405, "method_not_allowed", format!("allowed methods: {allowed}"));
+        let mut r = Self::error(
+            405,
+            "method_not_allowed",
+            format!("allowed methods: {allowed}"),
+        );
         r.headers.insert("allow".into(), allowed.into());
         r
     }
 
     pub fn with_header(mut self, name: &str, value: &str) -> Self {
-        self.headers.insert(name.to_ascii_lowercase(), value.to_string());
+        self.headers
+            .insert(name.to_ascii_lowercase(), value.to_string());
         self
     }
 
@@ -254,11 +273,18 @@ pub fn parse_json_body<T: serde::de::DeserializeOwned>(
         return Err(HttpResponse::error(
             413,
             "payload_too_large",
-            format!("the body is {} bytes; the limit is {max_bytes}", req.body.len()),
+            format!(
+                "the body is {} bytes; the limit is {max_bytes}",
+                req.body.len()
+            ),
         ));
     }
     if req.body.is_empty() {
-        return Err(HttpResponse::error(400, "invalid_json", "the body is empty"));
+        return Err(HttpResponse::error(
+            400,
+            "invalid_json",
+            "the body is empty",
+        ));
     }
     serde_json::from_slice(&req.body)
         .map_err(|e| HttpResponse::error(400, "invalid_json", format!("malformed JSON: {e}")))
@@ -292,7 +318,12 @@ mod tests {
         let req = req.with_header("content-type", "application/json; charset=utf-8");
         assert!(parse_json_body::<serde_json::Value>(&req, 10).is_ok());
         let big = req.clone().with_body(vec![b' '; 11]);
-        assert_eq!(parse_json_body::<serde_json::Value>(&big, 10).unwrap_err().status, 413);
+        assert_eq!(
+            parse_json_body::<serde_json::Value>(&big, 10)
+                .unwrap_err()
+                .status,
+            413
+        );
         let bad = req.with_body("{\"a\":");
         let r = parse_json_body::<serde_json::Value>(&bad, 10).unwrap_err();
         assert_eq!(r.status, 400);
