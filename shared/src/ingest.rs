@@ -354,12 +354,12 @@ impl IngestCtx {
         let mut arena = Arena::with_capacity(n);
         let mut prepared: Vec<Option<Prepared>> = Vec::with_capacity(n);
         let mut processor = Processor::new(now_ms() as i64);
-        for i in 0..n {
+        for (i, slot) in results.iter_mut().enumerate() {
             match processor.prepare_nth(events, i, &mut arena) {
                 Ok(p) => prepared.push(Some(p)),
                 Err(errors) => {
                     prepared.push(None);
-                    results[i] = Some(EventResult {
+                    *slot = Some(EventResult {
                         index: i,
                         status: Status::Rejected,
                         errors,
@@ -425,13 +425,23 @@ impl IngestCtx {
         }
 
         let mut stats = SendStats::default();
-        let mut settled = self
+        // Input order: Amazon's indexes then follow the request, and logs read naturally.
+        to_send.sort_by_key(|w| w.index);
+        let settled = self
             .send(account, to_send, &arena, &prepared, inv, &mut stats)
             .await;
+        // Settle our own claims before waiting on anyone else's: two requests holding some of
+        // each other's ids must not wait on each other.
+        for (w, r) in self.settle(settled).await {
+            match r {
+                Ok(res) => results[w.index] = Some(res),
+                Err(reason) => to_park.push((w, reason)),
+            }
+        }
 
         // Claims held by other live requests: wait for them to settle.
         if !waiting.is_empty() {
-            let (ready, dups, parked_elsewhere, timed_out) =
+            let (mut ready, dups, parked_elsewhere, timed_out) =
                 self.wait_for_holders(waiting, inv).await;
             for w in dups {
                 results[w.index] = Some(done(w.index, Status::Duplicate));
@@ -446,52 +456,20 @@ impl IngestCtx {
                         .into(),
                 ));
             }
-            settled.extend(
-                self.send(account, ready, &arena, &prepared, inv, &mut stats)
-                    .await,
-            );
+            ready.sort_by_key(|w| w.index);
+            let settled = self
+                .send(account, ready, &arena, &prepared, inv, &mut stats)
+                .await;
+            for (w, r) in self.settle(settled).await {
+                match r {
+                    Ok(res) => results[w.index] = Some(res),
+                    Err(reason) => to_park.push((w, reason)),
+                }
+            }
         }
 
         if stats.reauthorization_required {
             self.mark_reauthorization(account).await;
-        }
-
-        // Completions and releases.
-        let finals = futures::stream::iter(settled.into_iter().map(|(w, d)| async move {
-            match d {
-                Delivery::Accepted => {
-                    if let Some(c) = &w.claim {
-                        self.finish(self.dedupe.complete(c).await, "complete");
-                    }
-                    (w, Ok(done_index(Status::Accepted)))
-                }
-                Delivery::Rejected(errors) => {
-                    if let Some(c) = &w.claim {
-                        self.finish(self.dedupe.release(c).await, "release");
-                    }
-                    (
-                        w,
-                        Ok(EventResult {
-                            index: 0,
-                            status: Status::Rejected,
-                            errors,
-                        }),
-                    )
-                }
-                Delivery::Park(reason) => (w, Err(reason)),
-            }
-        }))
-        .buffer_unordered(self.settings.claim_concurrency)
-        .collect::<Vec<_>>()
-        .await;
-        for (w, r) in finals {
-            match r {
-                Ok(mut res) => {
-                    res.index = w.index;
-                    results[w.index] = Some(res);
-                }
-                Err(reason) => to_park.push((w, reason)),
-            }
         }
 
         // Parking.
@@ -539,6 +517,49 @@ impl IngestCtx {
             account_id: account.account_id.clone(),
             totals,
             results,
+        }
+    }
+
+    /// Completes (accepted) or releases (rejected) the claims of delivered events; what is left
+    /// to park comes back as `Err(reason)`.
+    async fn settle(
+        &self,
+        settled: Vec<(Work, Delivery)>,
+    ) -> Vec<(Work, Result<EventResult, String>)> {
+        let mut futs = Vec::with_capacity(settled.len());
+        for (w, d) in settled {
+            futs.push(self.settle_one(w, d));
+        }
+        futures::stream::iter(futs)
+            .buffer_unordered(self.settings.claim_concurrency)
+            .collect()
+            .await
+    }
+
+    async fn settle_one(&self, w: Work, d: Delivery) -> (Work, Result<EventResult, String>) {
+        match d {
+            Delivery::Accepted => {
+                if let Some(c) = &w.claim {
+                    self.finish(self.dedupe.complete(c).await, "complete");
+                }
+                let index = w.index;
+                (w, Ok(done(index, Status::Accepted)))
+            }
+            Delivery::Rejected(errors) => {
+                if let Some(c) = &w.claim {
+                    self.finish(self.dedupe.release(c).await, "release");
+                }
+                let index = w.index;
+                (
+                    w,
+                    Ok(EventResult {
+                        index,
+                        status: Status::Rejected,
+                        errors,
+                    }),
+                )
+            }
+            Delivery::Park(reason) => (w, Err(reason)),
         }
     }
 
@@ -1107,10 +1128,6 @@ fn done(index: usize, status: Status) -> EventResult {
         status,
         errors: vec![],
     }
-}
-
-fn done_index(status: Status) -> EventResult {
-    done(0, status)
 }
 
 fn already_parked(index: usize) -> EventResult {

@@ -1,6 +1,5 @@
-
-pub mod openapi;
 pub mod conversions;
 pub mod demo;
+pub mod openapi;
 pub mod sandbox;
 pub mod stack;

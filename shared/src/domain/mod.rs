@@ -1,6 +1,6 @@
 //! Pure domain logic (no I/O): each feature's rules live in one module.
 
-pub mod conversion;
 pub mod audience;
 pub mod audience_names;
+pub mod conversion;
 pub mod export_controls;

@@ -431,9 +431,12 @@ impl<'de: 'a, 'a> Deserialize<'de> for Got<ValuesIn<'a>> {
 }
 
 /// `matchKeys`: Amazon's list, or a flat object such as `{"email": "…", "phone": "…"}`.
+/// One key of Amazon's list form: its `type` and `values`.
+pub type ListKey<'a> = (Option<Got<Text<'a>>>, Option<Got<ValuesIn<'a>>>);
+
 #[derive(Debug, Clone, PartialEq)]
 pub enum MatchKeysIn<'a> {
-    List(Vec<Got<(Option<Got<Text<'a>>>, Option<Got<ValuesIn<'a>>>)>>),
+    List(Vec<Got<ListKey<'a>>>),
     Flat(Vec<(Text<'a>, Got<ValuesIn<'a>>)>),
 }
 

@@ -1116,7 +1116,7 @@ fn custom_data<'b>(
             continue;
         };
         let name = errs
-            .got(&format!("{at}.name"), item.name.as_ref(), A_STRING)
+            .got(format_args!("{at}.name"), item.name.as_ref(), A_STRING)
             .map(|n| n.map_or("", Text::as_str));
         let value = errs
             .got(
