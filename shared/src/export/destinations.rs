@@ -794,8 +794,9 @@ async fn reevaluate_mapping(
     if let Some(n) = &new
         && n.status == MappingStatus::Active
     {
-        // Deltas were not delivered while blocked: send the segment again from the ledger.
-        members::start_backfill(ctx, n).await?;
+        // Deltas were not delivered while blocked: send the segment again from the ledger,
+        // starting over a scan that is still running (it may have passed changed rows).
+        members::restart_backfill(ctx, n).await?;
     }
     Ok(new)
 }
@@ -1189,7 +1190,7 @@ async fn revive_mapping(
             )
         })?;
     if m.status == MappingStatus::Active {
-        members::start_backfill(ctx, &m)
+        members::restart_backfill(ctx, &m)
             .await
             .map_err(store_failure)?;
     }

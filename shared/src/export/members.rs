@@ -1015,6 +1015,21 @@ impl BackfillOptions {
 /// Idempotent: a running job for the same audience is left alone, a failed one is re-armed
 /// (keeping its checkpoints), a finished one restarts (sending removals too).
 pub async fn start_backfill(ctx: &ExportCtx, mapping: &SegmentMapping) -> Result<(), StoreError> {
+    queue_backfill(ctx, mapping, false).await
+}
+
+/// Like [`start_backfill`], but a job that is still running is started over (new generation,
+/// removals included). For a mapping that was not delivered to for a while (unblocked, revived):
+/// rows the running scan already passed may have changed meanwhile without being marked dirty.
+pub async fn restart_backfill(ctx: &ExportCtx, mapping: &SegmentMapping) -> Result<(), StoreError> {
+    queue_backfill(ctx, mapping, true).await
+}
+
+async fn queue_backfill(
+    ctx: &ExportCtx,
+    mapping: &SegmentMapping,
+    restart_running: bool,
+) -> Result<(), StoreError> {
     let Some(audience_id) = mapping.audience_id else {
         return Ok(());
     };
@@ -1039,6 +1054,7 @@ pub async fn start_backfill(ctx: &ExportCtx, mapping: &SegmentMapping) -> Result
             &dest.account_id,
             audience_id,
             LEDGER_SHARDS,
+            restart_running,
         )
         .await?;
     tracing::info!(

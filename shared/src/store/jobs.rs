@@ -254,12 +254,17 @@ impl JobStore {
         account_id: &str,
         audience_id: i64,
         shards: u16,
+        restart_running: bool,
     ) -> Result<Ensure, StoreError> {
         let pk = job_pk(destination_id, segment_id);
         let existing = self.get_job(destination_id, segment_id).await?;
         let now = now_rfc3339();
         let (generation, include_removals, outcome) = match &existing {
-            Some(j) if j.audience_id == audience_id && j.state == JobState::Running => {
+            Some(j)
+                if j.audience_id == audience_id
+                    && j.state == JobState::Running
+                    && !restart_running =>
+            {
                 return Ok(Ensure::AlreadyRunning);
             }
             Some(j) if j.audience_id == audience_id && j.state == JobState::Failed => {
