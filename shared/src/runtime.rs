@@ -95,6 +95,19 @@ fn redact_path(p: &str) -> &str {
     p.split('?').next().unwrap_or("")
 }
 
+/// The deadline work is planned against. Lambda always gives at least the function's timeout
+/// (≥ 10 s for adsync) at the start of an invocation; a deadline that is already (nearly) past at
+/// the start comes from an emulator that does not set one (`cargo lambda watch` without
+/// `--timeout`), where the time budget falls back to `ADSYNC_LOCAL_TIMEOUT_SECS` (default 60) so
+/// that budgeted work (backfill, waiting on claims) still runs.
+pub fn effective_deadline(deadline_ms: u64, now_ms: u64) -> u64 {
+    if deadline_ms > now_ms + 1_000 {
+        return deadline_ms;
+    }
+    let secs = crate::config::parsed_or("ADSYNC_LOCAL_TIMEOUT_SECS", 60u64).unwrap_or(60);
+    now_ms + secs * 1000
+}
+
 /// Runs the Lambda runtime loop with `handler` (built once, shared by every invocation).
 pub async fn run<H: Handler>(handler: H) -> Result<(), Error> {
     let handler = Arc::new(handler);
@@ -103,8 +116,12 @@ pub async fn run<H: Handler>(handler: H) -> Result<(), Error> {
         async move {
             let inv = Invocation {
                 request_id: ev.context.request_id.clone(),
-                deadline_ms: ev.context.deadline,
+                deadline_ms: effective_deadline(ev.context.deadline, now_ms()),
             };
+            tracing::debug!(
+                remaining_ms = inv.remaining().as_millis() as u64,
+                "invocation"
+            );
             dispatch(handler.as_ref(), ev.payload, inv).await
         }
     }))
@@ -125,6 +142,14 @@ mod tests {
         async fn task(&self, name: &str, _input: Value, _inv: Invocation) -> Result<Value, String> {
             Ok(serde_json::json!({"ran": name}))
         }
+    }
+
+    #[test]
+    fn a_missing_deadline_gets_a_local_budget() {
+        assert_eq!(effective_deadline(50_000, 10_000), 50_000);
+        let d = effective_deadline(0, 10_000);
+        assert!(d >= 10_000 + 60_000, "{d}");
+        assert!(effective_deadline(10_500, 10_000) > 11_000);
     }
 
     #[tokio::test]

@@ -111,6 +111,16 @@ pub async fn run(demo: &mut Demo) -> Result<(), String> {
     demo.ok(format!(
         "retried webhook of 300 events: nothing sent twice ({retried})"
     ));
+    // With a healthy local Amazon nothing should be parked, and the valid events must get through.
+    let (accepted, parked) = (
+        sum.get("accepted").copied().unwrap_or(0),
+        sum.get("parked").copied().unwrap_or(0),
+    );
+    if accepted == 0 || parked > 0 {
+        return Err(format!(
+            "expected the valid events accepted and none parked; got accepted {accepted}, parked {parked}"
+        ));
+    }
     demo.ok(format!(
         "per-status totals over {} events: accepted {}, duplicate {}, rejected {}, parked {}",
         sum.get("received").copied().unwrap_or(0),

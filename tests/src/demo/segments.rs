@@ -286,11 +286,19 @@ pub async fn run(demo: &mut Demo) -> Result<(), String> {
         )
         .await?;
     expect_status(&wrong, 400, "PUT …/fees in EUR")?;
-    let currency = wrong.json()["error"]["message"]
-        .as_str()
-        .and_then(|m| m.split("currency ").nth(1))
-        .map(|s| s.chars().take(3).collect::<String>())
-        .unwrap_or_else(|| "USD".into());
+    // The advertiser's currency, as linking recorded it.
+    let accounts = demo
+        .call(Method::GET, "oauth-callback", "/accounts", true, None)
+        .await?;
+    expect_status(&accounts, 200, "GET /accounts")?;
+    let currency = accounts.json()["accounts"]
+        .as_array()
+        .and_then(|list| list.iter().find(|a| a["accountId"] == account.as_str()))
+        .and_then(|a| a["currency"].as_str())
+        .map(str::to_string)
+        .ok_or_else(|| {
+            format!("GET /accounts does not list account {account} with its currency")
+        })?;
     demo.ok(format!(
         "fee in EUR refused before calling Amazon (the advertiser pays in {currency})"
     ));
