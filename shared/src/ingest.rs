@@ -30,7 +30,7 @@
 
 use crate::amazon::{AmazonClient, AmazonError, EventError, EventsOutcome};
 use crate::aws::AwsClients;
-use crate::config::{ConfigError, Tables, dedupe_window, required};
+use crate::config::{Tables, dedupe_window, required};
 use crate::domain::conversion::{
     self, Arena, Events, FieldError, Prepared, Processor, Reason, batch_body,
 };
@@ -98,14 +98,7 @@ pub struct IngestCtx {
     pub settings: IngestSettings,
 }
 
-/// Why the function could not start.
-#[derive(Debug, thiserror::Error)]
-pub enum StartError {
-    #[error(transparent)]
-    Config(#[from] ConfigError),
-    #[error("Amazon client: {0}")]
-    Amazon(#[from] AmazonError),
-}
+pub use crate::runtime::StartError;
 
 impl IngestCtx {
     /// From the environment: `ACCOUNTS_TABLE`, `DEDUPE_TABLE`, `DEDUPE_WINDOW_DAYS`,

@@ -11,6 +11,15 @@ use serde_json::Value;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+/// Why a function could not start (configuration or the Amazon client's set-up).
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error(transparent)]
+    Config(#[from] crate::config::ConfigError),
+    #[error("Amazon client: {0}")]
+    Amazon(#[from] crate::amazon::AmazonError),
+}
+
 /// What one invocation may know about itself.
 #[derive(Debug, Clone)]
 pub struct Invocation {

@@ -15,9 +15,9 @@
 pub mod destinations;
 pub mod members;
 
-use crate::amazon::{AmazonClient, AmazonError};
+use crate::amazon::AmazonClient;
 use crate::aws::AwsClients;
-use crate::config::{ConfigError, Tables, required};
+use crate::config::{Tables, required};
 use crate::http::auth::ApiKeyAuth;
 use crate::http::{HttpRequest, HttpResponse};
 use crate::runtime::{Handler, Invocation};
@@ -46,14 +46,7 @@ pub struct ExportCtx {
     pub metrics_fn: &'static str,
 }
 
-/// Why the function could not start.
-#[derive(Debug, thiserror::Error)]
-pub enum StartError {
-    #[error(transparent)]
-    Config(#[from] ConfigError),
-    #[error("Amazon client: {0}")]
-    Amazon(#[from] AmazonError),
-}
+pub use crate::runtime::StartError;
 
 impl ExportCtx {
     /// Builds the context from the environment (`ACCOUNTS_TABLE`, `DESTINATIONS_TABLE`,
