@@ -4,6 +4,27 @@
 //! code, secret or raw personal data: log ids, counts and hashes only.
 
 use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+/// Amazon answers seen by this process since the last metrics record, by class:
+/// all, 4xx other than 429, 429, 5xx. Drained into every [`Metrics::emit`].
+static AMAZON_ANSWERS: [AtomicU64; 4] = [const { AtomicU64::new(0) }; 4];
+const AMAZON_METRICS: [&str; 4] = ["AmazonRequests", "Amazon4xx", "Amazon429", "Amazon5xx"];
+
+/// Counts one HTTP answer from Amazon (every attempt, retries included), for the
+/// `AmazonRequests` / `Amazon4xx` / `Amazon429` / `Amazon5xx` metrics the alarms watch.
+pub fn record_amazon_status(status: u16) {
+    AMAZON_ANSWERS[0].fetch_add(1, Ordering::Relaxed);
+    let class = match status {
+        429 => Some(2),
+        400..=499 => Some(1),
+        500..=599 => Some(3),
+        _ => None,
+    };
+    if let Some(i) = class {
+        AMAZON_ANSWERS[i].fetch_add(1, Ordering::Relaxed);
+    }
+}
 use tracing_subscriber::EnvFilter;
 
 /// Installs the JSON log subscriber once. Level from `RUST_LOG` (default `info`).
@@ -74,8 +95,21 @@ impl Metrics {
         doc
     }
 
-    /// Prints the record as one line on stdout, where Lambda ships it to CloudWatch.
-    pub fn emit(&self) {
+    /// Adds (and resets) the process's Amazon answer counts.
+    pub fn take_amazon_answers(&mut self) -> &mut Self {
+        for (i, name) in AMAZON_METRICS.iter().enumerate() {
+            let n = AMAZON_ANSWERS[i].swap(0, Ordering::Relaxed);
+            if n > 0 || i == 0 && !self.values.is_empty() {
+                self.count(name, n);
+            }
+        }
+        self
+    }
+
+    /// Prints the record as one line on stdout, where Lambda ships it to CloudWatch, with the
+    /// Amazon answer counts since the previous record.
+    pub fn emit(&mut self) {
+        self.take_amazon_answers();
         if !self.values.is_empty() {
             println!("{}", self.to_json());
         }
@@ -85,6 +119,21 @@ impl Metrics {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn amazon_answers_are_counted_by_class_and_drained() {
+        for s in [200, 207, 400, 401, 429, 500, 503] {
+            record_amazon_status(s);
+        }
+        let mut m = Metrics::new("segment-export");
+        m.take_amazon_answers();
+        let doc = m.to_json();
+        // Other tests in this process may record too: at least ours are there.
+        assert!(doc["AmazonRequests"].as_f64().unwrap() >= 7.0, "{doc}");
+        assert!(doc["Amazon4xx"].as_f64().unwrap() >= 2.0, "{doc}");
+        assert!(doc["Amazon429"].as_f64().unwrap() >= 1.0, "{doc}");
+        assert!(doc["Amazon5xx"].as_f64().unwrap() >= 2.0, "{doc}");
+    }
 
     #[test]
     fn emf_document_names_every_metric() {

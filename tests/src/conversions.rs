@@ -109,10 +109,15 @@ impl IngestFixture {
     }
 
     /// Posts `body` through the handler (a 60 s invocation).
+    /// The answer is checked against `openapi.yaml`.
     pub async fn post(&self, body: &Value) -> HttpResponse {
-        self.handler
-            .http(self.request(body), Invocation::with_timeout(60))
-            .await
+        let req = self.request(body);
+        let resp = self
+            .handler
+            .http(req.clone(), Invocation::with_timeout(60))
+            .await;
+        crate::openapi::assert_http_response_valid(&req.method, &req.path, &resp);
+        resp
     }
 
     /// Runs the scheduled redrive.

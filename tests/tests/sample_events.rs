@@ -56,6 +56,7 @@ const FED: &[(&str, &[&str])] = &[
         "segment-export",
         &[
             "put-segment.json",
+            "get-segment.json",
             "create-destination.json",
             "list-destinations.json",
             "get-destination.json",
@@ -627,6 +628,10 @@ async fn segment_export_sample_events() {
     assert_eq!(json_body(&resp)["segmentId"], loyal.as_str());
     let resp = invoke_http(&handler, fresh("put-segment.json", "")).await;
     assert_eq!(status(&resp), 200, "{resp}");
+    // GET /segments/{id}: the segment as registered.
+    let resp = invoke_http(&handler, fresh("get-segment.json", "")).await;
+    assert_eq!(status(&resp), 200, "{resp}");
+    assert_eq!(json_body(&resp)["segmentId"], loyal.as_str());
     for seg in [&cart, &high] {
         let ev = rewrite(
             &fresh("put-segment.json", ""),

@@ -384,12 +384,10 @@ async fn backfill_until_done(
 }
 
 async fn post_qualifications(rig: &Rig, items: Vec<Value>) -> (u16, Value) {
-    let r = handle_qualifications(
-        &rig.ctx,
-        &json_req("POST", "/qualifications", &json!({"qualifications": items})),
-        &Invocation::with_timeout(30),
-    )
-    .await;
+    let req = json_req("POST", "/qualifications", &json!({"qualifications": items}));
+    let r = handle_qualifications(&rig.ctx, &req, &Invocation::with_timeout(30)).await;
+    // Every answer the tests receive must match openapi.yaml.
+    adsync_tests::openapi::assert_http_response_valid(&req.method, &req.path, &r);
     (r.status, r.json_body())
 }
 

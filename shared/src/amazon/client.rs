@@ -330,6 +330,7 @@ impl AmazonClient {
         }
         let resp = rb.send().await.map_err(transport_error)?;
         let status = resp.status().as_u16();
+        crate::telemetry::record_amazon_status(status);
         let headers = resp.headers().clone();
         let body = resp.bytes().await.map_err(transport_error)?;
         if (200..300).contains(&status) {

@@ -257,6 +257,7 @@ impl Rig {
             r.headers.insert(k.clone(), v.as_str().unwrap().to_string());
         }
         r.body = out["body"].as_str().unwrap_or_default().to_string();
+        validate(&req, &r);
         r
     }
 
@@ -432,4 +433,12 @@ pub fn capture_logs() -> LogBuffer {
         buf
     })
     .clone()
+}
+
+/// Every answer the tests receive must match `openapi.yaml` (405s are left out of the spec:
+/// API Gateway routes only the declared methods).
+pub fn validate(req: &HttpRequest, resp: &HttpResponse) {
+    if resp.status != 405 {
+        adsync_tests::openapi::assert_http_response_valid(&req.method, &req.path, resp);
+    }
 }
