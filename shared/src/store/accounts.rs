@@ -23,6 +23,7 @@
 //! conversion batch, every export) spread over partitions, while listing stays one query.
 
 use super::StoreError;
+use super::dynamo::{aws_error as aws_err_sdk, is_conditional_failure, n, now_rfc3339, s};
 use crate::amazon::{AccountScope, LoginRef, Region};
 use crate::http::HttpResponse;
 use aws_sdk_dynamodb::Client;
@@ -241,31 +242,8 @@ fn now_secs() -> i64 {
     chrono::Utc::now().timestamp()
 }
 
-fn now_rfc3339() -> String {
-    chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
-}
-
-fn s(v: impl Into<String>) -> AttributeValue {
-    AttributeValue::S(v.into())
-}
-
-fn n(v: i64) -> AttributeValue {
-    AttributeValue::N(v.to_string())
-}
-
 fn aws_err<E: std::fmt::Display>(what: &str, e: E) -> StoreError {
     StoreError::Aws(format!("{what}: {e}"))
-}
-
-fn aws_err_sdk<E, R>(what: &str, e: aws_sdk_dynamodb::error::SdkError<E, R>) -> StoreError
-where
-    E: std::error::Error + 'static,
-    R: std::fmt::Debug,
-{
-    StoreError::Aws(format!(
-        "{what}: {}",
-        aws_sdk_dynamodb::error::DisplayErrorContext(&e)
-    ))
 }
 
 fn get_s<'a>(item: &'a HashMap<String, AttributeValue>, k: &str) -> Result<&'a str, StoreError> {
@@ -974,18 +952,6 @@ impl AccountStore {
             used_for: opt_s(&item, "usedFor"),
         })
     }
-}
-
-fn is_conditional_failure<R>(
-    e: &aws_sdk_dynamodb::error::SdkError<
-        aws_sdk_dynamodb::operation::update_item::UpdateItemError,
-        R,
-    >,
-) -> bool {
-    matches!(
-        e.as_service_error(),
-        Some(aws_sdk_dynamodb::operation::update_item::UpdateItemError::ConditionalCheckFailedException(_))
-    )
 }
 
 fn is_transaction_conditional_failure<R>(

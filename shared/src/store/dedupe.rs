@@ -32,6 +32,7 @@
 //!   because the event was parked while someone else held it) is claimed afresh.
 
 use super::StoreError;
+use super::dynamo::{n, s};
 use aws_sdk_dynamodb::Client;
 use aws_sdk_dynamodb::error::SdkError;
 use aws_sdk_dynamodb::types::{AttributeValue, ReturnValuesOnConditionCheckFailure};
@@ -146,14 +147,6 @@ pub struct DedupeStore {
     client: Client,
     table: String,
     window: Duration,
-}
-
-fn s(v: impl Into<String>) -> AttributeValue {
-    AttributeValue::S(v.into())
-}
-
-fn n(v: impl ToString) -> AttributeValue {
-    AttributeValue::N(v.to_string())
 }
 
 fn now_ms() -> u64 {

@@ -24,12 +24,13 @@
 //! the whole item, so no writer can lose another's `audienceId`.
 
 use super::StoreError;
+pub use super::dynamo::now_rfc3339;
+use super::dynamo::{is_conditional_failure, n, s};
 use crate::amazon::AudienceFee;
 use crate::domain::export_controls::{ExportControl, ExportLabel};
 use aws_sdk_dynamodb::Client;
 use aws_sdk_dynamodb::error::{DisplayErrorContext, SdkError};
 use aws_sdk_dynamodb::operation::transact_write_items::TransactWriteItemsError;
-use aws_sdk_dynamodb::operation::update_item::UpdateItemError;
 use aws_sdk_dynamodb::types::{AttributeValue, Put, ReturnValue, TransactWriteItem};
 use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
@@ -152,21 +153,8 @@ pub struct DestinationStore {
     table: String,
 }
 
-/// RFC 3339 with milliseconds, UTC.
-pub fn now_rfc3339() -> String {
-    chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
-}
-
 fn now_ms() -> i64 {
     chrono::Utc::now().timestamp_millis()
-}
-
-fn s(v: impl Into<String>) -> AttributeValue {
-    AttributeValue::S(v.into())
-}
-
-fn n(v: impl ToString) -> AttributeValue {
-    AttributeValue::N(v.to_string())
 }
 
 fn str_list<T: AsRef<str>>(items: &[T]) -> AttributeValue {
@@ -387,11 +375,6 @@ fn pending_item(m: &SegmentMapping) -> Item {
     item.insert("destinationId".into(), s(&m.destination_id));
     item.insert("segmentId".into(), s(&m.segment_id));
     item
-}
-
-fn is_conditional_failure<R>(e: &SdkError<UpdateItemError, R>) -> bool {
-    e.as_service_error()
-        .is_some_and(|se| se.is_conditional_check_failed_exception())
 }
 
 /// A transaction cancelled because one of its conditions failed.

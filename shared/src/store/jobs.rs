@@ -25,6 +25,7 @@
 //!   only if no newer delta re-marked it meanwhile.
 
 use super::StoreError;
+use super::dynamo::{is_conditional_failure as is_condition_failed, n, now_rfc3339, s};
 use aws_sdk_dynamodb::Client;
 use aws_sdk_dynamodb::types::AttributeValue;
 use std::collections::HashMap;
@@ -136,26 +137,6 @@ fn aws<E: std::error::Error + Send + Sync + 'static>(
         "jobs {op}: {}",
         aws_sdk_dynamodb::error::DisplayErrorContext(&e)
     ))
-}
-
-fn is_condition_failed<E, R>(e: &aws_sdk_dynamodb::error::SdkError<E, R>) -> bool
-where
-    E: aws_sdk_dynamodb::error::ProvideErrorMetadata,
-{
-    e.as_service_error()
-        .and_then(|s| s.code())
-        .is_some_and(|c| c == "ConditionalCheckFailedException")
-}
-
-fn now_rfc3339() -> String {
-    chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
-}
-
-fn s(v: impl Into<String>) -> AttributeValue {
-    AttributeValue::S(v.into())
-}
-fn n(v: impl ToString) -> AttributeValue {
-    AttributeValue::N(v.to_string())
 }
 
 fn get_s(item: &Item, k: &str) -> Option<String> {

@@ -4,6 +4,7 @@
 pub mod accounts;
 pub mod dedupe;
 pub mod destinations;
+pub mod dynamo;
 pub mod jobs;
 pub mod ledger;
 pub mod parked;
