@@ -14,11 +14,11 @@ use adsync::amazon::{
     AmazonClient, Endpoints, LoginRef, LwaCredentials, Region, RetryPolicy, SecretString,
     TokenGrant,
 };
-use adsync::export::ExportCtx;
 use adsync::export::members::{
     BackfillOptions, backfill_progress, handle_qualifications, run_backfill_with, run_redrive,
     start_backfill,
 };
+use adsync::export::{ExportCtx, InlineWork};
 use adsync::http::HttpRequest;
 use adsync::runtime::{Invocation, now_ms};
 use adsync::store::accounts::{AccountStatus, AccountStore, IntegratedAccount};
@@ -228,6 +228,8 @@ async fn rig_with_policy(policy: RetryPolicy) -> Rig {
         jobs: JobStore::new(aws.dynamodb.clone(), dest_table.clone()),
         parked: ParkedQueue::new(aws.sqs.clone(), queue.queue_url().unwrap().to_string()),
         metrics_fn: "segment-export-test",
+        // The tests drive audience creation and backfills themselves, with their own options.
+        inline: InlineWork::off(),
     };
     Rig {
         ctx,
@@ -272,14 +274,15 @@ async fn destination_with(rig: &Rig, segments: &[&str]) -> (String, Vec<SegmentM
         "ttlSeconds": 2_592_000,
         "mappings": segments.iter().map(|s| json!({"segmentId": s})).collect::<Vec<_>>(),
     });
+    let inv = Invocation::with_timeout(60);
     let r =
-        destinations::create_destination(&rig.ctx, &json_req("POST", "/destinations", &body)).await;
+        destinations::create_destination(&rig.ctx, &json_req("POST", "/destinations", &body), &inv)
+            .await;
     assert_eq!(r.status, 202, "POST /destinations: {}", r.body);
     let dest_id = r.json_body()["destinationId"]
         .as_str()
         .unwrap_or_else(|| panic!("no destinationId in {}", r.body))
         .to_string();
-    let inv = Invocation::with_timeout(60);
     for _ in 0..10 {
         destinations::create_pending_audiences(&rig.ctx, &inv, Duration::from_secs(30)).await;
         let ms = rig.ctx.destinations.list_mappings(&dest_id).await.unwrap();

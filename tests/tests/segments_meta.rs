@@ -9,7 +9,8 @@
 //!
 //! Run: `set -a; . .local/stack.env; set +a; cargo test -p adsync-tests --test segments_meta`
 
-use adsync::export::{ExportCtx, route, run_task};
+use adsync::export::members::BackfillOptions;
+use adsync::export::{ExportCtx, InlineWork, route, run_task};
 use adsync::http::auth::ApiKeyAuth;
 use adsync::http::{HttpRequest, HttpResponse};
 use adsync::runtime::Invocation;
@@ -25,6 +26,8 @@ use aws_sdk_dynamodb::types::{
     ProjectionType, ScalarAttributeType,
 };
 use serde_json::{Value, json};
+use std::collections::{BTreeMap, BTreeSet};
+use std::time::Duration;
 
 struct Env {
     ctx: ExportCtx,
@@ -86,8 +89,9 @@ async fn create_destinations_table(ddb: &aws_sdk_dynamodb::Client) -> String {
 }
 
 /// A fresh login, an active account on it (`advertiser_id` = `None`: the login's own advertiser;
-/// `Some(id)`: an advertiser the login cannot reach), an API key and a context.
-async fn setup_with(advertiser_id: Option<i64>) -> Env {
+/// `Some(id)`: an advertiser the login cannot reach), an API key and a context whose creating
+/// requests work for `inline` before answering.
+async fn setup_full(advertiser_id: Option<i64>, inline: InlineWork) -> Env {
     let login = fresh_login(1).await;
     let aws = login.aws.clone();
     let table = create_destinations_table(&aws.dynamodb).await;
@@ -118,6 +122,7 @@ async fn setup_with(advertiser_id: Option<i64>) -> Env {
         jobs: JobStore::new(aws.dynamodb.clone(), table.clone()),
         parked: ParkedQueue::new(aws.sqs.clone(), env("PARKED_PATCHES_QUEUE_URL")),
         metrics_fn: "segment-export-test",
+        inline,
     };
     let api_key = format!("key-{}", uuid::Uuid::new_v4().simple());
     let keys_secret = secret_name("api-keys");
@@ -140,12 +145,30 @@ async fn setup_with(advertiser_id: Option<i64>) -> Env {
     }
 }
 
+/// Creating requests only queue (no Amazon call in the request): the scheduled task does the
+/// work, as the tests of the metadata rules expect.
 async fn setup() -> Env {
-    setup_with(None).await
+    setup_full(None, InlineWork::off()).await
+}
+
+/// Creating requests spend `inline` on their own work before answering.
+async fn setup_inline(inline: InlineWork) -> Env {
+    setup_full(None, inline).await
 }
 
 impl Env {
     async fn call(&self, method: &str, path: &str, body: Option<Value>) -> HttpResponse {
+        self.call_with(&self.ctx, method, path, body).await
+    }
+
+    /// [`Env::call`] through another context (e.g. another inline setting, same tables).
+    async fn call_with(
+        &self,
+        ctx: &ExportCtx,
+        method: &str,
+        path: &str,
+        body: Option<Value>,
+    ) -> HttpResponse {
         let mut req = HttpRequest::new(method, path)
             .with_header("authorization", &format!("Bearer {}", self.api_key));
         if let Some(b) = body {
@@ -153,7 +176,7 @@ impl Env {
                 .with_header("content-type", "application/json")
                 .with_body(serde_json::to_vec(&b).unwrap());
         }
-        let resp = route(&self.ctx, &self.auth, &req, &Invocation::with_timeout(60)).await;
+        let resp = route(ctx, &self.auth, &req, &Invocation::with_timeout(60)).await;
         // Every answer the tests receive must match openapi.yaml (405s are not routed by API
         // Gateway, so the spec leaves them out).
         if resp.status != 405 {
@@ -232,7 +255,9 @@ fn mapping<'a>(dest: &'a Value, segment_id: &str) -> &'a Value {
 
 #[tokio::test]
 async fn destination_with_several_mappings_creates_audiences_at_most_one_per_second() {
-    let env = setup().await;
+    // The shipped slice: the request creates what its time allows, the schedule the rest, and
+    // together they stay at one metadata call per second.
+    let env = setup_inline(InlineWork::default()).await;
     let (a, b, c) = (seg_id("lux"), seg_id("cars"), seg_id("long"));
     env.segment(&a, "Luxury Travelers", json!([])).await;
     env.segment(&b, "Cars", json!(["NO_PII_COMBINATION"])).await;
@@ -263,12 +288,32 @@ async fn destination_with_several_mappings_creates_audiences_at_most_one_per_sec
         .as_str()
         .expect("destinationId")
         .to_string();
+    // As of the answer: the audiences the slice created are active with their id and backfill
+    // progress (the first one always: nothing else holds this client's metadata slots); the
+    // others still wait, pending.
+    let mut created_inline = 0u64;
     for s in [&a, &b, &c] {
         let m = mapping(&created, s);
-        assert_eq!(m["status"], "pending", "{m}");
-        assert!(m["audienceId"].is_null(), "{m}");
+        match m["status"].as_str() {
+            Some("active") => {
+                assert!(m["audienceId"].as_i64().is_some(), "{m}");
+                assert!(m["backfill"]["state"].is_string(), "{m}");
+                created_inline += 1;
+            }
+            Some("pending") => assert!(m["audienceId"].is_null(), "{m}"),
+            _ => panic!("unexpected mapping state in the 202: {m}"),
+        }
     }
-    assert_eq!(created["status"], "pending");
+    assert!(created_inline >= 1, "{created}");
+    assert_eq!(
+        created["status"],
+        if created_inline == 3 {
+            "active"
+        } else {
+            "pending"
+        },
+        "{created}"
+    );
     assert_eq!(
         mapping(&created, &b)["audienceName"],
         format!("Cars segment {}", b.replace('-', " "))
@@ -283,7 +328,11 @@ async fn destination_with_several_mappings_creates_audiences_at_most_one_per_sec
     );
 
     let summary = env.backfill_task(40).await;
-    assert_eq!(summary["audiences"]["created"], 3, "{summary}");
+    assert_eq!(
+        summary["audiences"]["created"],
+        json!(3 - created_inline),
+        "{summary}"
+    );
 
     let dest = env.destination(&id).await;
     assert_eq!(dest["status"], "active", "{dest}");
@@ -727,7 +776,7 @@ async fn the_name_of_a_destination_cannot_change() {
 async fn account_not_found_at_amazon_is_the_mappings_last_error() {
     // The account is linked on our side, but the login cannot reach this advertiser at Amazon.
     let unreachable = random_id(13);
-    let env = setup_with(Some(unreachable)).await;
+    let env = setup_full(Some(unreachable), InlineWork::default()).await;
     let s = seg_id("anf");
     env.segment(&s, "Unreachable advertiser", json!([])).await;
     let created = env
@@ -739,8 +788,21 @@ async fn account_not_found_at_amazon_is_the_mappings_last_error() {
         )
         .await;
     let id = created["destinationId"].as_str().unwrap().to_string();
+    // The request tried at once, within its slice: its answer already says what Amazon said.
+    let m = mapping(&created, &s);
+    assert_eq!(m["status"], "failed", "{m}");
+    assert!(
+        m["lastError"].as_str().unwrap_or("").starts_with(&format!(
+            "Amazon Error: Account {unreachable} was not found"
+        )),
+        "{m}"
+    );
+    assert_eq!(created["status"], "attention", "{created}");
     let summary = env.backfill_task(20).await;
-    assert_eq!(summary["audiences"]["failed"], 1, "{summary}");
+    assert_eq!(
+        summary["audiences"]["failed"], 0,
+        "failed for good in the request, not tried again: {summary}"
+    );
     let dest = env.destination(&id).await;
     let m = mapping(&dest, &s);
     assert_eq!(m["status"], "failed", "{m}");
@@ -1055,6 +1117,18 @@ async fn store_claims_each_audience_creation_once_and_paces_metadata_calls() {
             .count(),
         1
     );
+    // A claim given back (no metadata slot in time) can be taken again at once.
+    store
+        .release_creation(&d.destination_id, &seg.segment_id)
+        .await
+        .unwrap();
+    assert!(
+        store
+            .claim_creation(&d.destination_id, &seg.segment_id, 60_000)
+            .await
+            .unwrap()
+            .is_some()
+    );
     // An id above 2^53 survives DynamoDB exactly.
     let id = 72_057_594_038_053_891_i64;
     let done = store
@@ -1114,5 +1188,417 @@ async fn store_claims_each_audience_creation_once_and_paces_metadata_calls() {
     store.metadata_call_done(&client, 10_000).await.unwrap();
     let next = store.reserve_metadata_slot(&client, 1100).await.unwrap();
     assert!(next >= before + 10_000, "{next} vs {before}");
+    // A slot only if it comes in time (a request's slice): otherwise nothing is reserved.
+    assert_eq!(
+        store
+            .reserve_metadata_slot_by(&client, 1100, Some(next + 500))
+            .await
+            .unwrap(),
+        None
+    );
+    assert_eq!(
+        store
+            .reserve_metadata_slot_by(&client, 1100, Some(next + 5_000))
+            .await
+            .unwrap(),
+        Some(next + 1100)
+    );
     let _ = aws.dynamodb.delete_table().table_name(&table).send().await;
+}
+
+// ------------------------------------------------------------------------------------------
+// The creating request's slice of work (ADSYNC_INLINE_WORK_MS)
+
+/// Posts `n` devices of `seg` to the ledger through `POST /qualifications` (every
+/// `unq_every`-th unqualified, 0 = none); returns the qualified ones as the sandbox names members.
+async fn qualify(
+    env: &Env,
+    seg: &str,
+    prefix: &str,
+    n: usize,
+    unq_every: usize,
+) -> BTreeSet<String> {
+    let ts = chrono::Utc::now().timestamp_millis() - 60_000;
+    let mut qualified = BTreeSet::new();
+    let items: Vec<Value> = (0..n)
+        .map(|i| {
+            let device = format!("{prefix}-{i:05}");
+            let q = unq_every == 0 || i % unq_every != 0;
+            if q {
+                qualified.insert(format!("COOKIE-{device}"));
+            }
+            json!({"segmentId": seg, "deviceId": device, "idType": "COOKIE",
+                   "status": if q { "qualified" } else { "unqualified" }, "timestamp": ts})
+        })
+        .collect();
+    for chunk in items.chunks(5_000) {
+        let r = env
+            .expect(
+                "POST",
+                "/qualifications",
+                Some(json!({"qualifications": chunk})),
+                200,
+            )
+            .await;
+        assert_eq!(r["totals"]["applied"], chunk.len(), "{}", r["totals"]);
+    }
+    qualified
+}
+
+async fn members_of(env: &Env, audience_id: i64) -> BTreeSet<String> {
+    env.login
+        .sandbox
+        .members(audience_id)
+        .await
+        .unwrap()
+        .into_iter()
+        .collect()
+}
+
+async fn ledger_of(env: &Env, seg: &str) -> BTreeSet<String> {
+    env.ctx
+        .ledger
+        .qualified_devices(seg)
+        .await
+        .unwrap()
+        .into_iter()
+        .collect()
+}
+
+/// The audience creations (`POST /v2/dp/audiencemetadata/`) the sandbox saw from this test's
+/// client, oldest first.
+async fn audience_creations(env: &Env) -> Vec<adsync_tests::sandbox::RequestRecord> {
+    let mut posts: Vec<_> = env
+        .login
+        .sandbox
+        .requests(Some(env.login.client_id()), Some("/v2/dp/audiencemetadata"))
+        .await
+        .unwrap()
+        .into_iter()
+        .filter(|r| r.method == "POST")
+        .collect();
+    posts.sort_by_key(|r| r.at_ms);
+    posts
+}
+
+fn assert_a_second_apart(posts: &[adsync_tests::sandbox::RequestRecord]) {
+    let at: Vec<i64> = posts.iter().map(|r| r.at_ms).collect();
+    for w in at.windows(2) {
+        assert!(
+            w[1] - w[0] >= 1000,
+            "audience creations {} ms apart: {at:?}",
+            w[1] - w[0]
+        );
+    }
+}
+
+fn all_active_and_backfilled(dest: &Value) -> bool {
+    dest["mappings"].as_array().is_some_and(|ms| {
+        ms.iter()
+            .all(|m| m["status"] == "active" && m["backfill"]["state"] == "done")
+    })
+}
+
+/// Scheduled `{"task":"backfill"}` runs until every mapping of `id` is active and backfilled.
+async fn schedule_until_done(env: &Env, id: &str) -> Value {
+    for _ in 0..12 {
+        env.backfill_task(30).await;
+        let dest = env.destination(id).await;
+        if all_active_and_backfilled(&dest) {
+            return dest;
+        }
+    }
+    panic!(
+        "the schedule did not finish destination {id}: {}",
+        env.destination(id).await
+    );
+}
+
+#[tokio::test]
+async fn a_creating_request_creates_and_backfills_its_audiences_within_its_slice() {
+    let env = setup_inline(InlineWork::with_budget(Duration::from_secs(8))).await;
+    let segs = [seg_id("in0"), seg_id("in1"), seg_id("in2")];
+    let mut expected = BTreeMap::new();
+    for (k, sid) in segs.iter().enumerate() {
+        env.segment(sid, &format!("Inline segment {k}"), json!([]))
+            .await;
+        let q = qualify(&env, sid, &format!("in{k}"), 20 + 15 * k, 4).await;
+        expected.insert(sid.clone(), q);
+    }
+
+    // No scheduled run at all before the answer.
+    let created = env
+        .expect(
+            "POST",
+            "/destinations",
+            Some(json!({
+                "name": "inline", "accountId": env.account.account_id,
+                "mappings": segs.iter().map(|s| json!({"segmentId": s})).collect::<Vec<_>>(),
+            })),
+            202,
+        )
+        .await;
+    let id = created["destinationId"].as_str().unwrap().to_string();
+    let (mut active, mut backfilled) = (0, 0);
+    for sid in &segs {
+        let m = mapping(&created, sid);
+        match m["status"].as_str() {
+            Some("active") => {
+                active += 1;
+                let audience = m["audienceId"].as_i64().unwrap_or_else(|| panic!("{m}"));
+                assert!(m["backfill"]["state"].is_string(), "{m}");
+                if m["backfill"]["state"] == "done" {
+                    // Done as of the answer: Amazon already holds exactly the ledger's devices.
+                    backfilled += 1;
+                    let at_amazon = members_of(&env, audience).await;
+                    assert_eq!(at_amazon, ledger_of(&env, sid).await, "{m}");
+                    assert_eq!(at_amazon, expected[sid], "{m}");
+                }
+            }
+            Some("pending") => assert!(m["audienceId"].is_null(), "{m}"),
+            _ => panic!("unexpected mapping in the 202: {m}"),
+        }
+    }
+    assert!(active >= 1 && backfilled >= 1, "{created}");
+    assert_eq!(
+        env.login
+            .sandbox
+            .audiences(env.advertiser_id())
+            .await
+            .unwrap()
+            .len(),
+        active,
+        "every audience at Amazon so far was created by the request"
+    );
+
+    // The schedule creates the rest and finishes every backfill.
+    let dest = schedule_until_done(&env, &id).await;
+    for sid in &segs {
+        let audience = mapping(&dest, sid)["audienceId"].as_i64().unwrap();
+        assert_eq!(members_of(&env, audience).await, ledger_of(&env, sid).await);
+        assert_eq!(members_of(&env, audience).await, expected[sid]);
+    }
+    // One audience per mapping, created a second apart by the request and the schedule together.
+    let posts = audience_creations(&env).await;
+    assert_eq!(posts.len(), 3, "{posts:?}");
+    assert!(posts.iter().all(|r| r.status == 200), "{posts:?}");
+    assert_a_second_apart(&posts);
+    env.cleanup().await;
+}
+
+#[tokio::test]
+async fn a_backfill_the_slice_cannot_finish_is_resumed_by_the_schedule_without_repeats() {
+    // 50 patches per body at 5 requests/s (10/s shared by 2 slots) in a 3 s slice: at most ~15
+    // bodies, while this segment needs 48 (16 shards × 3). The slice ends mid-job, for sure.
+    let mut inline = InlineWork::with_budget(Duration::from_secs(3));
+    inline.backfill = BackfillOptions {
+        max_patches: 50,
+        patch_rps: 10.0,
+        max_invocations: 2,
+        ..BackfillOptions::default()
+    };
+    let env = setup_inline(inline).await;
+    let seg = seg_id("big");
+    env.segment(&seg, "Large segment", json!([])).await;
+    let expected = qualify(&env, &seg, "lg", 2_000, 10).await;
+    assert_eq!(expected.len(), 1_800);
+
+    let created = env
+        .expect(
+            "POST",
+            "/destinations",
+            Some(json!({"name": "slow", "accountId": env.account.account_id,
+                        "mappings": [{"segmentId": seg}]})),
+            202,
+        )
+        .await;
+    let id = created["destinationId"].as_str().unwrap().to_string();
+    let m = mapping(&created, &seg);
+    assert_eq!(m["status"], "active", "{m}");
+    let audience = m["audienceId"].as_i64().unwrap();
+    let b = &m["backfill"];
+    assert_eq!(b["state"], "running", "{m}");
+    let sent_in_request = b["devicesSent"].as_u64().unwrap();
+    assert!(
+        sent_in_request > 0 && sent_in_request < 1_800,
+        "the request sent part of the segment and left a checkpoint: {m}"
+    );
+    // Amazon holds exactly what the checkpoints say was sent.
+    assert_eq!(
+        members_of(&env, audience).await.len() as u64,
+        sent_in_request
+    );
+
+    // The schedule resumes from the checkpoints.
+    let dest = schedule_until_done(&env, &id).await;
+    let p = &mapping(&dest, &seg)["backfill"];
+    assert_eq!(p["devicesSent"], 1_800, "{p}");
+    assert_eq!(members_of(&env, audience).await, expected);
+    assert_eq!(
+        members_of(&env, audience).await,
+        ledger_of(&env, &seg).await
+    );
+    // Each device sent once: Amazon received 1 800 adds in all, and every PATCH call is one
+    // checkpointed batch (none repeated by the resume).
+    let size = env
+        .ctx
+        .amazon
+        .get_audience(&env.account.login(), env.account.scope(), audience)
+        .await
+        .unwrap()
+        .audience_size
+        .expect("audienceSize");
+    assert_eq!(size.received_record_size, 1_800);
+    let patches = env
+        .login
+        .sandbox
+        .requests(Some(env.login.client_id()), Some("/v2/dp/audience"))
+        .await
+        .unwrap()
+        .into_iter()
+        .filter(|r| r.method == "PATCH" && r.status == 200)
+        .count() as u64;
+    assert_eq!(patches, p["batches"].as_u64().unwrap(), "{p}");
+    env.cleanup().await;
+}
+
+#[tokio::test]
+async fn with_the_slice_off_a_creating_request_only_queues_and_calls_no_amazon() {
+    let env = setup().await;
+    let (a, b, c) = (seg_id("off"), seg_id("off"), seg_id("off"));
+    for s in [&a, &b, &c] {
+        env.segment(s, "Queued segment", json!([])).await;
+        qualify(&env, s, "off", 5, 0).await;
+    }
+    let calls = || async {
+        env.login
+            .sandbox
+            .requests(Some(env.login.client_id()), None)
+            .await
+            .unwrap()
+            .len()
+    };
+    let before = calls().await;
+    let created = env
+        .expect(
+            "POST",
+            "/destinations",
+            Some(json!({"name": "off", "accountId": env.account.account_id,
+                        "mappings": [{"segmentId": a}, {"segmentId": b}]})),
+            202,
+        )
+        .await;
+    let id = created["destinationId"].as_str().unwrap().to_string();
+    for s in [&a, &b] {
+        let m = mapping(&created, s);
+        assert_eq!(m["status"], "pending", "{m}");
+        assert!(m["audienceId"].is_null() && m["backfill"].is_null(), "{m}");
+    }
+    assert_eq!(created["status"], "pending");
+    assert!(
+        created["note"]
+            .as_str()
+            .unwrap()
+            .contains("scheduled backfill task"),
+        "{created}"
+    );
+    let added = env
+        .expect(
+            "POST",
+            &format!("/destinations/{id}/mappings"),
+            Some(json!({"segmentId": c})),
+            202,
+        )
+        .await;
+    assert_eq!(added["mappings"][0]["status"], "pending", "{added}");
+    assert_eq!(calls().await, before, "no Amazon call in the requests");
+    assert!(
+        env.login
+            .sandbox
+            .audiences(env.advertiser_id())
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    let summary = env.backfill_task(30).await;
+    assert_eq!(summary["audiences"]["created"], 3, "{summary}");
+    env.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn concurrent_creating_requests_and_the_schedule_share_one_metadata_call_per_second() {
+    let env = setup_inline(InlineWork::with_budget(Duration::from_secs(4))).await;
+    let mut queue_only = env.ctx.clone();
+    queue_only.inline = InlineWork::off();
+    let segs: Vec<String> = (0..5).map(|k| seg_id(&format!("cc{k}"))).collect();
+    let mut expected = BTreeMap::new();
+    for (k, s) in segs.iter().enumerate() {
+        env.segment(s, &format!("Concurrent segment {k}"), json!([]))
+            .await;
+        expected.insert(s.clone(), qualify(&env, s, &format!("cc{k}"), 12, 3).await);
+    }
+    // A destination whose two audiences wait in the queue (created with the slice off)…
+    let r = env
+        .call_with(
+            &queue_only,
+            "POST",
+            "/destinations",
+            Some(json!({"name": "x", "accountId": env.account.account_id,
+                        "mappings": [{"segmentId": segs[0]}, {"segmentId": segs[1]}]})),
+        )
+        .await;
+    assert_eq!(r.status, 202, "{}", r.body);
+    let x = r.json_body()["destinationId"].as_str().unwrap().to_string();
+    // …worked by the schedule while two creating requests work their own mappings.
+    let more_path = format!("/destinations/{x}/mappings");
+    let (task, y, more) = tokio::join!(
+        env.backfill_task(30),
+        env.call(
+            "POST",
+            "/destinations",
+            Some(json!({"name": "y", "accountId": env.account.account_id,
+                        "mappings": [{"segmentId": segs[2]}, {"segmentId": segs[3]}]})),
+        ),
+        env.call("POST", &more_path, Some(json!({"segmentId": segs[4]}))),
+    );
+    assert_eq!(y.status, 202, "{}", y.body);
+    assert_eq!(more.status, 202, "{}", more.body);
+    let (y, more) = (y.json_body(), more.json_body());
+    for m in y["mappings"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .chain(more["mappings"].as_array().unwrap())
+    {
+        let ok = (m["status"] == "active" && m["audienceId"].is_i64())
+            || (m["status"] == "pending" && m["audienceId"].is_null());
+        assert!(ok, "{m} (schedule: {task})");
+    }
+    let y = y["destinationId"].as_str().unwrap().to_string();
+    let dx = schedule_until_done(&env, &x).await;
+    let dy = schedule_until_done(&env, &y).await;
+
+    // One audience per mapping, whoever created it, and every member list equals the ledger.
+    let audiences = env
+        .login
+        .sandbox
+        .audiences(env.advertiser_id())
+        .await
+        .unwrap();
+    assert_eq!(audiences.len(), 5, "{audiences:?}");
+    let external: BTreeSet<String> = audiences
+        .iter()
+        .map(|a| a.metadata["externalAudienceId"].to_string())
+        .collect();
+    assert_eq!(external.len(), 5, "{audiences:?}");
+    for (dest, ss) in [(&dx, &segs[..2]), (&dx, &segs[4..]), (&dy, &segs[2..4])] {
+        for s in ss {
+            let audience = mapping(dest, s)["audienceId"].as_i64().unwrap();
+            assert_eq!(members_of(&env, audience).await, expected[s], "{s}");
+        }
+    }
+    let posts = audience_creations(&env).await;
+    assert_eq!(posts.len(), 5, "{posts:?}");
+    assert_a_second_apart(&posts);
+    env.cleanup().await;
 }

@@ -8,11 +8,23 @@
 //! - `POST /destinations/{id}/mappings`, `DELETE /destinations/{id}/mappings/{segmentId}`
 //! - `PUT /destinations/{id}/mappings/{segmentId}/fees`
 //!
-//! Audiences are created asynchronously: a new mapping is stored `pending` and queued; the
-//! scheduled `{"task":"backfill"}` invocation creates queued audiences one per second
-//! ([`create_pending_audiences`]), and once an audience exists the mapping turns `active` and its
-//! historical backfill is queued (`members::start_backfill`). The creating request never calls
-//! Amazon, so its answer is fast and always lists new mappings as `pending`.
+//! Audience creation is paced (Amazon takes one metadata call per second per LwA client): a new
+//! mapping is stored `pending` and queued; once its audience exists the mapping turns `active`
+//! and its historical backfill is queued (`members::start_backfill`). Two callers do that work:
+//!
+//! - the creating request itself (`POST /destinations`, `POST …/mappings`), within a bounded slice
+//!   of its own time ([`super::InlineWork`], `ADSYNC_INLINE_WORK_MS`, never past the Lambda
+//!   deadline minus the backfill safety margin): it creates *its own* queued audiences, then runs
+//!   the backfill jobs of its mappings that are active ([`members::run_backfill_for`]);
+//! - the scheduled `{"task":"backfill"}` invocation ([`create_pending_audiences`], then
+//!   `members::run_backfill`), which takes whatever is still queued or checkpointed.
+//!
+//! Both go through [`create_one`]: a claim (conditional write) so one audience is created per
+//! mapping whoever races, and a metadata slot reserved in DynamoDB so every process together stays
+//! at one call per second. The request only takes a slot that falls within its slice, and its
+//! Amazon calls make a single attempt, so its answer time stays bounded. The answer (202) shows
+//! each mapping as it stands when the request answers: `pending` while its audience waits,
+//! `active` with `audienceId` and backfill progress once created.
 
 use super::ExportCtx;
 use super::members;
@@ -30,6 +42,13 @@ use crate::store::destinations::{
 use futures::StreamExt;
 use serde_json::{Map, Value, json};
 use std::time::Duration;
+
+/// The 202's note, by whether the request did inline work.
+const NOTE_QUEUED: &str = "audiences are created at Amazon's pace of one per second by the scheduled \
+     backfill task; GET /destinations/{id} shows each mapping turn active with its audience id";
+const NOTE_INLINE: &str = "this request created the audiences its time allowed (Amazon takes one per \
+     second) and started their backfills; the scheduled backfill task creates the rest and \
+     finishes every backfill from its checkpoint; GET /destinations/{id} shows the progress";
 
 /// Largest request body the metadata routes accept.
 const MAX_BODY_BYTES: usize = 256 * 1024;
@@ -609,7 +628,16 @@ async fn destination_view(
         .zip(progress)
         .map(|(m, p)| mapping_view(m, p))
         .collect();
-    Ok(json!({
+    Ok(destination_json(d, status, errors, views))
+}
+
+fn destination_json(
+    d: &Destination,
+    status: String,
+    errors: Vec<Value>,
+    views: Vec<Value>,
+) -> Value {
+    json!({
         "destinationId": d.destination_id,
         "name": d.name,
         "description": d.description,
@@ -621,7 +649,7 @@ async fn destination_view(
         "status": status,
         "errors": errors,
         "mappings": views,
-    }))
+    })
 }
 
 // ------------------------------------------------------------------- routes
@@ -801,13 +829,18 @@ async fn reevaluate_mapping(
     Ok(new)
 }
 
-/// `POST /destinations`.
-pub async fn create_destination(ctx: &ExportCtx, req: &HttpRequest) -> HttpResponse {
+/// `POST /destinations`: stores the destination and its mappings (`pending`, queued), then spends
+/// the request's slice on them (see the module doc) and answers 202 with their state by then.
+pub async fn create_destination(
+    ctx: &ExportCtx,
+    req: &HttpRequest,
+    inv: &Invocation,
+) -> HttpResponse {
     let obj = match body_object(req) {
         Ok(o) => o,
         Err(r) => return r,
     };
-    match create_destination_inner(ctx, &obj).await {
+    match create_destination_inner(ctx, &obj, inv).await {
         Ok(r) | Err(r) => r,
     }
 }
@@ -815,6 +848,7 @@ pub async fn create_destination(ctx: &ExportCtx, req: &HttpRequest) -> HttpRespo
 async fn create_destination_inner(
     ctx: &ExportCtx,
     obj: &Map<String, Value>,
+    inv: &Invocation,
 ) -> Result<HttpResponse, HttpResponse> {
     const KNOWN: [&str; 7] = [
         "name",
@@ -895,13 +929,25 @@ async fn create_destination_inner(
         .await
         .map_err(store_failure)?;
     tracing::info!(destination = %destination.destination_id, mappings = mappings.len(), "destination created");
-    let mut view = destination_view(ctx, &destination, false)
-        .await
-        .map_err(store_failure)?;
-    view["note"] = json!(
-        "audiences are created at Amazon's pace of one per second by the scheduled backfill task; \
-         GET /destinations/{id} shows each mapping turn active with its audience id"
-    );
+    // The destination exists from here on: whatever the inline work meets, the answer is 202
+    // (its failures are on the mappings, and the schedule takes over what is left).
+    let inline = work_inline(ctx, inv, &mappings).await;
+    let mut view = match destination_view(ctx, &destination, true).await {
+        Ok(v) => v,
+        Err(e) => {
+            // A 503 now would invite a retry that creates a second destination: answer with the
+            // mappings as stored (the Location header leads to their current state).
+            tracing::warn!(error = %e, "destination created; answering with the mappings as stored");
+            let (status, errors) = destination_status(None, &mappings);
+            let views = mappings.iter().map(|m| mapping_view(m, None)).collect();
+            destination_json(&destination, status, errors, views)
+        }
+    };
+    view["note"] = json!(if inline.is_some() {
+        NOTE_INLINE
+    } else {
+        NOTE_QUEUED
+    });
     Ok(HttpResponse::json(202, &view).with_header(
         "location",
         &format!("/destinations/{}", destination.destination_id),
@@ -1036,14 +1082,20 @@ async fn reevaluate_destination(ctx: &ExportCtx, d: &Destination) -> Result<(), 
 
 /// `POST /destinations/{id}/mappings`: `{"segmentId","audienceFees"?}` or
 /// `{"mappings":[{"segmentId","audienceFees"?}…]}`. New mappings are queued like those of a new
-/// destination (202, `pending`). A `removed` or `failed` mapping is revived: with its audience
-/// it turns `active` again and its backfill re-sends the segment; without, it is queued again.
-pub async fn add_mappings(ctx: &ExportCtx, id: &str, req: &HttpRequest) -> HttpResponse {
+/// destination, and the request's slice works them the same way (202 with each mapping's state
+/// by then). A `removed` or `failed` mapping is revived: with its audience it turns `active` again
+/// and its backfill re-sends the segment; without, it is queued again.
+pub async fn add_mappings(
+    ctx: &ExportCtx,
+    id: &str,
+    req: &HttpRequest,
+    inv: &Invocation,
+) -> HttpResponse {
     let obj = match body_object(req) {
         Ok(o) => o,
         Err(r) => return r,
     };
-    match add_mappings_inner(ctx, id, &obj).await {
+    match add_mappings_inner(ctx, id, &obj, inv).await {
         Ok(r) | Err(r) => r,
     }
 }
@@ -1052,6 +1104,7 @@ async fn add_mappings_inner(
     ctx: &ExportCtx,
     id: &str,
     obj: &Map<String, Value>,
+    inv: &Invocation,
 ) -> Result<HttpResponse, HttpResponse> {
     let d = match ctx
         .destinations
@@ -1137,11 +1190,43 @@ async fn add_mappings_inner(
         };
         out.push(m);
     }
-    let views: Vec<Value> = out.iter().map(|m| mapping_view(m, None)).collect();
+    work_inline(ctx, inv, &out).await;
+    let views = match current_views(ctx, &out).await {
+        Ok(v) => v,
+        Err(e) => {
+            // The mappings are stored: a 503 would only invite a retry answered 409.
+            tracing::warn!(error = %e, "mappings added; answering with them as stored");
+            out.iter().map(|m| mapping_view(m, None)).collect()
+        }
+    };
     Ok(HttpResponse::json(
         202,
         &json!({"destinationId": id, "mappings": views}),
     ))
+}
+
+/// The mappings as stored now (consistent reads), with backfill progress once they have an
+/// audience.
+async fn current_views(
+    ctx: &ExportCtx,
+    mappings: &[SegmentMapping],
+) -> Result<Vec<Value>, StoreError> {
+    let mut views = Vec::with_capacity(mappings.len());
+    for m in mappings {
+        let now = ctx
+            .destinations
+            .get_mapping(&m.destination_id, &m.segment_id)
+            .await?
+            .unwrap_or_else(|| m.clone());
+        let progress = match now.audience_id {
+            Some(_) => {
+                Some(members::backfill_progress(ctx, &now.destination_id, &now.segment_id).await?)
+            }
+            None => None,
+        };
+        views.push(mapping_view(&now, progress));
+    }
+    Ok(views)
 }
 
 /// Brings a removed or failed mapping back.
@@ -1321,7 +1406,7 @@ async fn apply_fees(
         data_source_country: d.data_source_country.clone(),
         audience_fees: Some(fees.to_vec()),
     };
-    pace(ctx).await.map_err(store_failure)?;
+    pace(ctx, account).await.map_err(store_failure)?;
     let result = ctx
         .amazon
         .update_audience(&account.login(), account.scope(), audience_id, &update)
@@ -1344,16 +1429,36 @@ async fn apply_fees(
 
 /// Waits for this process's turn at Amazon's metadata endpoints (1 request/s per LwA client,
 /// shared by every concurrent invocation through the table).
-async fn pace(ctx: &ExportCtx) -> Result<(), StoreError> {
-    let slot = ctx
+async fn pace(ctx: &ExportCtx, account: &IntegratedAccount) -> Result<(), StoreError> {
+    pace_by(ctx, account, None).await.map(|_| ())
+}
+
+/// [`pace`] for a slot no later than `not_after` (epoch ms): `false`, with nothing reserved and
+/// no wait, when the next free slot is later.
+async fn pace_by(
+    ctx: &ExportCtx,
+    account: &IntegratedAccount,
+    not_after: Option<i64>,
+) -> Result<bool, StoreError> {
+    // The access token first: a refresh between the slot and the call would delay this call
+    // while the next slot holder keeps its time, and two calls could then reach Amazon less than
+    // a second apart (seen with concurrent creators). A failure here is met again, and handled,
+    // by the call itself.
+    if let Err(e) = ctx.amazon.access_token(&account.login()).await {
+        tracing::debug!(error = %e, "access token not ready before a metadata call");
+    }
+    let Some(slot) = ctx
         .destinations
-        .reserve_metadata_slot(ctx.amazon.client_id(), METADATA_SPACING_MS)
-        .await?;
+        .reserve_metadata_slot_by(ctx.amazon.client_id(), METADATA_SPACING_MS, not_after)
+        .await?
+    else {
+        return Ok(false);
+    };
     let wait = slot - chrono::Utc::now().timestamp_millis();
     if wait > 0 {
         tokio::time::sleep(Duration::from_millis(wait as u64)).await;
     }
-    Ok(())
+    Ok(true)
 }
 
 /// After a metadata call (answered or not): the next one starts a full second after this one
@@ -1441,11 +1546,11 @@ pub async fn create_pending_audiences(
             summary.left_for_next_run = true;
             break;
         }
-        match create_one(ctx, p).await {
+        match create_one(ctx, p, None).await {
             Ok(Outcome::Created) => summary.created += 1,
             Ok(Outcome::Failed) => summary.failed += 1,
             Ok(Outcome::RetryLater) => summary.retry_later += 1,
-            Ok(Outcome::Skipped) => summary.skipped += 1,
+            Ok(Outcome::Skipped | Outcome::NoSlot) => summary.skipped += 1,
             Err(e) => {
                 tracing::error!(error = %e, "audience creation step failed");
                 summary.retry_later += 1;
@@ -1460,9 +1565,17 @@ enum Outcome {
     Failed,
     RetryLater,
     Skipped,
+    /// No metadata slot before `slot_by`: the claim was given back, the entry stays queued.
+    NoSlot,
 }
 
-async fn create_one(ctx: &ExportCtx, p: &PendingAudience) -> Result<Outcome, StoreError> {
+/// Creates one queued audience: claim, paced call, record, backfill queued, entry dropped.
+/// `slot_by` (epoch ms): only with a metadata slot no later than that (a request's slice).
+async fn create_one(
+    ctx: &ExportCtx,
+    p: &PendingAudience,
+    slot_by: Option<i64>,
+) -> Result<Outcome, StoreError> {
     let store = &ctx.destinations;
     let (dst, seg_id) = (p.destination_id.as_str(), p.segment_id.as_str());
     let Some(current) = store.get_mapping(dst, seg_id).await? else {
@@ -1528,7 +1641,10 @@ async fn create_one(ctx: &ExportCtx, p: &PendingAudience) -> Result<Outcome, Sto
             Some(m.audience_fees.clone())
         },
     };
-    pace(ctx).await?;
+    if !pace_by(ctx, &account, slot_by).await? {
+        store.release_creation(dst, seg_id).await?;
+        return Ok(Outcome::NoSlot);
+    }
     let created = ctx
         .amazon
         .create_audience(&account.login(), account.scope(), &new)
@@ -1582,6 +1698,119 @@ async fn create_one(ctx: &ExportCtx, p: &PendingAudience) -> Result<Outcome, Sto
             }
         }
     }
+}
+
+// ------------------------------------------------------------- inline work
+
+/// What a creating request did within its slice (logged and counted in metrics; the answer shows
+/// the mappings themselves).
+#[derive(Debug, Default, Clone, serde::Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct InlineSummary {
+    pub created: u32,
+    pub failed: u32,
+    pub retry_later: u32,
+    /// Left queued for the scheduled run: no metadata slot within the slice, the slice's
+    /// creation share was spent, or another invocation held the claim.
+    pub left_queued: u32,
+    /// `members::run_backfill_for`'s summary (`null` when no job ran).
+    pub backfill: Value,
+    pub ms: u64,
+}
+
+/// The creating request's slice of work on the mappings it just stored (see the module doc):
+/// `None` when inline work is off (`ADSYNC_INLINE_WORK_MS=0`) or no time is left. Never fails the
+/// request: errors are logged, stored on the mappings, and left to the scheduled run.
+async fn work_inline(
+    ctx: &ExportCtx,
+    inv: &Invocation,
+    mappings: &[SegmentMapping],
+) -> Option<InlineSummary> {
+    let cfg = &ctx.inline;
+    if !cfg.enabled() || mappings.is_empty() {
+        return None;
+    }
+    let started = std::time::Instant::now();
+    let now = crate::runtime::now_ms();
+    let margin = cfg.backfill.safety_margin.as_millis() as u64;
+    // The slice ends at the budget or at the deadline minus the safety margin, whichever is first.
+    let stop_at = (now + cfg.budget.as_millis() as u64).min(inv.deadline_ms.saturating_sub(margin));
+    if stop_at <= now {
+        return None;
+    }
+    let mut ictx = ctx.clone();
+    ictx.amazon = ctx.amazon.clone().with_retry_policy(cfg.retry.clone());
+    let ctx = &ictx;
+    let mut summary = InlineSummary::default();
+
+    // 1. Its queued audiences, in the request's order, within the creation share of the slice
+    //    (as the scheduled task splits its time): a call starts only on a slot inside it.
+    let creation_stop = now + ((stop_at - now) as f64 * super::AUDIENCE_CREATION_SHARE) as u64;
+    for m in mappings
+        .iter()
+        .filter(|m| m.status == MappingStatus::Pending && m.audience_id.is_none())
+    {
+        if crate::runtime::now_ms() >= creation_stop {
+            summary.left_queued += 1;
+            continue;
+        }
+        match create_one(ctx, &PendingAudience::of(m), Some(creation_stop as i64)).await {
+            Ok(Outcome::Created) => summary.created += 1,
+            Ok(Outcome::Failed) => summary.failed += 1,
+            Ok(Outcome::RetryLater) => summary.retry_later += 1,
+            Ok(Outcome::Skipped | Outcome::NoSlot) => summary.left_queued += 1,
+            Err(e) => {
+                tracing::warn!(error = %e, destination = %m.destination_id, segment = %m.segment_id, "inline audience creation left to the schedule");
+                summary.left_queued += 1;
+            }
+        }
+    }
+
+    // 2. The backfill jobs of its mappings that are active now (created above, or revived with
+    //    their audience), on the scheduled run's path, until the slice ends.
+    let mut targets = Vec::new();
+    for m in mappings {
+        match ctx
+            .destinations
+            .get_mapping(&m.destination_id, &m.segment_id)
+            .await
+        {
+            Ok(Some(cur)) if cur.status == MappingStatus::Active && cur.audience_id.is_some() => {
+                targets.push((cur.destination_id, cur.segment_id));
+            }
+            Ok(_) => {}
+            Err(e) => {
+                tracing::warn!(error = %e, "inline backfill: mapping unreadable; left to the schedule")
+            }
+        }
+    }
+    if !targets.is_empty() && crate::runtime::now_ms() < stop_at {
+        // The backfill stops at `deadline - margin`: a deadline of `stop_at + margin` makes that
+        // the slice's end (and it is never later than the real one).
+        let slice = Invocation {
+            request_id: inv.request_id.clone(),
+            deadline_ms: stop_at + margin,
+        };
+        match members::run_backfill_for(ctx, &slice, &cfg.backfill, &targets).await {
+            Ok(v) => summary.backfill = v,
+            Err(e) => tracing::warn!(error = %e, "inline backfill left to the schedule"),
+        }
+    }
+    summary.ms = started.elapsed().as_millis() as u64;
+    let mut metrics = crate::telemetry::Metrics::new(ctx.metrics_fn);
+    metrics
+        .count("AudiencesCreated", summary.created as u64)
+        .count("AudienceCreationFailures", summary.failed as u64);
+    metrics.emit();
+    tracing::info!(
+        created = summary.created,
+        failed = summary.failed,
+        retry_later = summary.retry_later,
+        left_queued = summary.left_queued,
+        ms = summary.ms,
+        "inline work of a creating request done"
+    );
+    Some(summary)
 }
 
 #[cfg(test)]

@@ -1150,6 +1150,30 @@ pub async fn run_backfill_with(
     inv: &Invocation,
     opts: &BackfillOptions,
 ) -> Result<Value, String> {
+    run_jobs(ctx, inv, opts, None).await
+}
+
+/// The creating request's part (`export::destinations`): continues only the backfill jobs of
+/// `mappings` (`(destinationId, segmentId)`), through exactly the scheduled run's path (a backfill
+/// slot, shard leases, a checkpoint after each acknowledged batch, the drain), until `inv`'s
+/// deadline minus `opts.safety_margin`; the caller shortens `inv` to its slice. Jobs are read
+/// by key (consistent), not from the eventually consistent index of active jobs, since they were
+/// queued a moment ago. What is left is resumed by the scheduled run from the checkpoints.
+pub async fn run_backfill_for(
+    ctx: &ExportCtx,
+    inv: &Invocation,
+    opts: &BackfillOptions,
+    mappings: &[(String, String)],
+) -> Result<Value, String> {
+    run_jobs(ctx, inv, opts, Some(mappings)).await
+}
+
+async fn run_jobs(
+    ctx: &ExportCtx,
+    inv: &Invocation,
+    opts: &BackfillOptions,
+    only: Option<&[(String, String)]>,
+) -> Result<Value, String> {
     let started = std::time::Instant::now();
     let owner = format!("bf-{}", uuid::Uuid::new_v4().simple());
     // A slot until our deadline: a crashed invocation's slot frees itself when it would have
@@ -1164,7 +1188,7 @@ pub async fn run_backfill_with(
             json!({"jobs": 0, "skipped": "every backfill slot is held by a running invocation"}),
         );
     };
-    let out = backfill_in_slot(ctx, inv, opts, &owner, started).await;
+    let out = backfill_in_slot(ctx, inv, opts, &owner, started, only).await;
     if let Err(e) = ctx.jobs.release_slot(slot, &owner).await {
         tracing::warn!(error = %e, "could not release the backfill slot");
     }
@@ -1177,12 +1201,29 @@ async fn backfill_in_slot(
     opts: &BackfillOptions,
     owner: &str,
     started: std::time::Instant,
+    only: Option<&[(String, String)]>,
 ) -> Result<Value, String> {
     let owner = owner.to_string();
     let pacer = Arc::new(Pacer::new(
         opts.patch_rps / f64::from(opts.max_invocations.max(1)),
     ));
-    let jobs = ctx.jobs.active_jobs().await.map_err(|e| e.to_string())?;
+    let jobs = match only {
+        None => ctx.jobs.active_jobs().await.map_err(|e| e.to_string())?,
+        Some(keys) => {
+            let mut jobs = Vec::with_capacity(keys.len());
+            for (dest, seg) in keys {
+                if let Some(j) = ctx
+                    .jobs
+                    .get_job(dest, seg)
+                    .await
+                    .map_err(|e| e.to_string())?
+                {
+                    jobs.push(j);
+                }
+            }
+            jobs
+        }
+    };
     let stats = Arc::new(RunStats::default());
     let mut skipped: Vec<Value> = Vec::new();
     let mut runs: Vec<Arc<JobRun>> = Vec::new();

@@ -11,13 +11,19 @@
 //!   [`AUDIENCE_CREATION_SHARE`] of the time left), which queues the new mappings' backfills,
 //!   then continues backfill jobs (`members::run_backfill`) until the deadline margin.
 //! - `{"task":"redrive"}`: `members::run_redrive`.
+//!
+//! The creating requests (`POST /destinations`, `POST /destinations/{id}/mappings`) also spend
+//! a bounded slice of their own time ([`InlineWork`], `ADSYNC_INLINE_WORK_MS`) on their own
+//! destination's work before answering, through the same paced creation and the same leased,
+//! checkpointed backfill as the scheduled task; whatever the slice does not finish stays queued
+//! or checkpointed for the schedule.
 
 pub mod destinations;
 pub mod members;
 
-use crate::amazon::AmazonClient;
+use crate::amazon::{AmazonClient, RetryPolicy};
 use crate::aws::AwsClients;
-use crate::config::{Tables, required};
+use crate::config::{ConfigError, Tables, parsed_or, required};
 use crate::http::auth::ApiKeyAuth;
 use crate::http::{HttpRequest, HttpResponse};
 use crate::runtime::{Handler, Invocation};
@@ -28,10 +34,87 @@ use crate::store::ledger::LedgerStore;
 use crate::store::parked::ParkedQueue;
 use crate::store::secrets::SecretsStore;
 use serde_json::{Value, json};
+use std::time::Duration;
 
 /// The share of an invocation's remaining time the `backfill` task may spend creating audiences
 /// before it turns to backfill jobs (so a long creation queue never starves running backfills).
+/// A creating request splits its slice the same way.
 pub const AUDIENCE_CREATION_SHARE: f64 = 0.5;
+
+/// The default slice a creating request spends on its destination's work (`ADSYNC_INLINE_WORK_MS`).
+pub const DEFAULT_INLINE_WORK_MS: u64 = 5_000;
+/// The largest slice accepted: with one Amazon call that may still be running when the slice ends
+/// (≤ [`INLINE_REQUEST_TIMEOUT`] per attempt; three with a token refresh), the answer stays under API
+/// Gateway's 29 s integration timeout.
+pub const MAX_INLINE_WORK_MS: u64 = 10_000;
+/// Per-attempt timeout of the Amazon calls made inside a request's slice.
+pub const INLINE_REQUEST_TIMEOUT: Duration = Duration::from_secs(6);
+
+/// What a creating request does before it answers: within `budget` (never past the Lambda
+/// deadline minus `backfill.safety_margin`), create its destination's queued audiences (same
+/// DynamoDB pacing and claims as the schedule), then run the backfill jobs of its mappings that
+/// are active (same leases, slots and checkpoints). A zero budget turns this off: the request
+/// only queues, and makes no Amazon call.
+#[derive(Clone, Debug)]
+pub struct InlineWork {
+    pub budget: Duration,
+    /// Backfill knobs inside the slice (the scheduled run's by default).
+    pub backfill: members::BackfillOptions,
+    /// Amazon calls inside the slice make one attempt with a short timeout: a request never
+    /// waits out backoffs or a `Retry-After`; what fails transiently is left to the scheduled
+    /// run, which has the full retry policy.
+    pub retry: RetryPolicy,
+}
+
+impl InlineWork {
+    /// No inline work: the request answers at once with its mappings `pending`.
+    pub fn off() -> Self {
+        Self::with_budget(Duration::ZERO)
+    }
+
+    /// A slice of `budget` with the default backfill options and the inline retry policy.
+    pub fn with_budget(budget: Duration) -> Self {
+        Self {
+            budget,
+            backfill: members::BackfillOptions::default(),
+            retry: RetryPolicy {
+                max_attempts: 1,
+                request_timeout: INLINE_REQUEST_TIMEOUT,
+                ..RetryPolicy::default()
+            },
+        }
+    }
+
+    pub fn enabled(&self) -> bool {
+        !self.budget.is_zero()
+    }
+
+    /// `ADSYNC_INLINE_WORK_MS` (default [`DEFAULT_INLINE_WORK_MS`], 0 = off, at most
+    /// [`MAX_INLINE_WORK_MS`]) with the backfill options of the environment.
+    pub fn from_env() -> Result<Self, ConfigError> {
+        const VAR: &str = "ADSYNC_INLINE_WORK_MS";
+        let ms = parsed_or::<u64>(VAR, DEFAULT_INLINE_WORK_MS)?;
+        if ms > MAX_INLINE_WORK_MS {
+            return Err(ConfigError::Invalid {
+                name: VAR,
+                reason: format!(
+                    "{ms} is above {MAX_INLINE_WORK_MS} ms: the API answer must stay well under \
+                     API Gateway's 29 s timeout (0 turns the inline work off)"
+                ),
+            });
+        }
+        Ok(Self {
+            backfill: members::BackfillOptions::from_env(),
+            ..Self::with_budget(Duration::from_millis(ms))
+        })
+    }
+}
+
+impl Default for InlineWork {
+    fn default() -> Self {
+        Self::with_budget(Duration::from_millis(DEFAULT_INLINE_WORK_MS))
+    }
+}
 
 /// Everything the segment-export routes and tasks use, built once per process.
 #[derive(Clone)]
@@ -44,6 +127,8 @@ pub struct ExportCtx {
     pub parked: ParkedQueue,
     /// The `Function` dimension of the metrics this context emits.
     pub metrics_fn: &'static str,
+    /// The creating requests' slice of work before they answer.
+    pub inline: InlineWork,
 }
 
 pub use crate::runtime::StartError;
@@ -62,6 +147,7 @@ impl ExportCtx {
             jobs: JobStore::new(aws.dynamodb.clone(), tables.destinations),
             parked: ParkedQueue::new(aws.sqs.clone(), required("PARKED_PATCHES_QUEUE_URL")?),
             metrics_fn: "segment-export",
+            inline: InlineWork::from_env()?,
         })
     }
 }
@@ -167,11 +253,11 @@ pub async fn route(
     match r {
         Route::PutSegment(id) => destinations::put_segment(ctx, id, req).await,
         Route::GetSegment(id) => destinations::get_segment(ctx, id).await,
-        Route::CreateDestination => destinations::create_destination(ctx, req).await,
+        Route::CreateDestination => destinations::create_destination(ctx, req, inv).await,
         Route::ListDestinations => destinations::list_destinations(ctx, req).await,
         Route::GetDestination(id) => destinations::get_destination(ctx, id).await,
         Route::PatchDestination(id) => destinations::patch_destination(ctx, id, req).await,
-        Route::AddMappings(id) => destinations::add_mappings(ctx, id, req).await,
+        Route::AddMappings(id) => destinations::add_mappings(ctx, id, req, inv).await,
         Route::RemoveMapping(id, seg) => destinations::remove_mapping(ctx, id, seg).await,
         Route::PutFees(id, seg) => destinations::put_fees(ctx, id, seg, req).await,
         Route::Qualifications => members::handle_qualifications(ctx, req, inv).await,
@@ -206,6 +292,25 @@ pub async fn run_task(ctx: &ExportCtx, name: &str, inv: &Invocation) -> Result<V
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn inline_work_keeps_the_answer_under_api_gateways_timeout() {
+        let d = InlineWork::default();
+        assert!(d.enabled());
+        assert_eq!(d.budget, Duration::from_millis(DEFAULT_INLINE_WORK_MS));
+        assert_eq!(
+            d.retry.max_attempts, 1,
+            "no backoff or Retry-After wait in a request"
+        );
+        assert_eq!(d.retry.request_timeout, INLINE_REQUEST_TIMEOUT);
+        // The largest slice plus the call that may still run when it ends (with a token refresh
+        // and a resend after a 401: three attempts) stays under API Gateway's 29 s.
+        assert!(
+            Duration::from_millis(MAX_INLINE_WORK_MS) + INLINE_REQUEST_TIMEOUT * 3
+                < Duration::from_secs(29)
+        );
+        assert!(!InlineWork::off().enabled());
+    }
 
     #[test]
     fn routes_match_with_and_without_the_function_url_prefix() {

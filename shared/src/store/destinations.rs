@@ -138,6 +138,19 @@ pub struct PendingAudience {
     sk: String,
 }
 
+impl PendingAudience {
+    /// The queue entry of a pending mapping (as `create_destination`, `add_mapping` and
+    /// `set_mapping_status` wrote it), so the request that queued it can work it at once without
+    /// reading the queue.
+    pub fn of(m: &SegmentMapping) -> Self {
+        Self {
+            destination_id: m.destination_id.clone(),
+            segment_id: m.segment_id.clone(),
+            sk: pending_sk(&m.created_at, &m.destination_id, &m.segment_id),
+        }
+    }
+}
+
 /// One page of destinations.
 #[derive(Clone, Debug)]
 pub struct DestinationPage {
@@ -996,6 +1009,32 @@ impl DestinationStore {
         mapping_from(&attrs)
     }
 
+    /// Gives back a claim taken by [`Self::claim_creation`] without trying (no metadata slot
+    /// in time), so the next run may claim it at once. Only the claimant calls this, while its
+    /// lease runs: nobody else can hold the claim meanwhile.
+    pub async fn release_creation(
+        &self,
+        destination_id: &str,
+        segment_id: &str,
+    ) -> Result<(), StoreError> {
+        let r = self
+            .client
+            .update_item()
+            .table_name(&self.table)
+            .set_key(Some(key(dst_pk(destination_id), &map_sk(segment_id))))
+            .condition_expression("#status = :pending AND attribute_not_exists(audienceId)")
+            .update_expression("REMOVE leaseUntil")
+            .expression_attribute_names("#status", "status")
+            .expression_attribute_values(":pending", s(MappingStatus::Pending.as_str()))
+            .send()
+            .await;
+        match r {
+            Ok(_) => Ok(()),
+            Err(e) if is_conditional_failure(&e) => Ok(()),
+            Err(e) => Err(sdk_err("release audience creation", e)),
+        }
+    }
+
     /// Ends a failed creation attempt: records `message` as the last error; a `permanent` failure
     /// moves the mapping to `Failed`, otherwise it stays `Pending` and may be claimed again after
     /// `retry_after_ms`.
@@ -1046,6 +1085,20 @@ impl DestinationStore {
         client_id: &str,
         spacing_ms: i64,
     ) -> Result<i64, StoreError> {
+        self.reserve_metadata_slot_by(client_id, spacing_ms, None)
+            .await?
+            .ok_or_else(|| StoreError::Conflict("no metadata slot".into()))
+    }
+
+    /// Like [`Self::reserve_metadata_slot`], but only a slot no later than `not_after` (epoch
+    /// ms): `None`, and nothing reserved, when the next free slot is later (a request working
+    /// within its time slice leaves the call to the scheduled run instead of waiting).
+    pub async fn reserve_metadata_slot_by(
+        &self,
+        client_id: &str,
+        spacing_ms: i64,
+        not_after: Option<i64>,
+    ) -> Result<Option<i64>, StoreError> {
         let k = key(format!("RATE#{client_id}"), "METADATA");
         for _ in 0..20 {
             let now = now_ms();
@@ -1057,6 +1110,9 @@ impl DestinationStore {
                 None => 0,
             };
             let slot = current.max(now);
+            if not_after.is_some_and(|t| slot > t) {
+                return Ok(None);
+            }
             let mut req = self
                 .client
                 .update_item()
@@ -1071,7 +1127,7 @@ impl DestinationStore {
                     .expression_attribute_values(":cur", n(current))
             };
             match req.send().await {
-                Ok(_) => return Ok(slot),
+                Ok(_) => return Ok(Some(slot)),
                 // Another process took this slot: read again and take the next one.
                 Err(e) if is_conditional_failure(&e) => continue,
                 Err(e) => return Err(sdk_err("reserve metadata slot", e)),

@@ -2,7 +2,8 @@
 //! Advertising device-based destination works.
 //!
 //! Registers three segments, ingests historical qualifications (before any destination exists),
-//! creates a destination mapping the three segments (its audiences are `pending`), then plays the
+//! creates a destination mapping the three segments (the request creates the audiences its slice
+//! allows, one per second, and starts their backfills; the others stay `pending`), then plays the
 //! EventBridge schedule by invoking the function with `{"task":"backfill"}` through the
 //! `cargo lambda watch` invoke endpoint, printing each mapping's audience and backfill progress
 //! after every invocation. Then live deltas, a fee update (the wrong currency refused first),
@@ -229,11 +230,20 @@ pub async fn run(demo: &mut Demo) -> Result<(), String> {
         .as_str()
         .ok_or("no destinationId")?
         .to_string();
+    let mappings = dest["mappings"].as_array().cloned().unwrap_or_default();
+    let active = mappings.iter().filter(|m| m["status"] == "active").count();
+    let rest = if active == mappings.len() {
+        "backfills the slice could not finish continue on the schedule"
+    } else {
+        "the scheduled task creates the rest"
+    };
     demo.ok(format!(
-        "destination {id} created (202); mappings pending until the scheduled task runs:"
+        "destination {id} created (202): within its slice the request created {active} of {} \
+         audience(s) (1 per second) and started their backfills; {rest}:",
+        mappings.len()
     ));
-    for m in dest["mappings"].as_array().cloned().unwrap_or_default() {
-        demo.info(progress_line(&m, &names));
+    for m in &mappings {
+        demo.info(progress_line(m, &names));
     }
     demo.remember("destination_id", json!(id));
 
