@@ -6,7 +6,9 @@
 //! summary prints events/s/core for both, their ratio, and heap allocations per event.
 
 use adsync::domain::conversion::matchkey::{prehashed, sha256_hex};
-use adsync::domain::conversion::{Arena, KeyHasher, KeyType, Processor, batch_body, parse_body};
+use adsync::domain::conversion::{
+    Arena, KeyHasher, KeyType, Processor, batch_body, parse_body, prepare_body,
+};
 use criterion::{Criterion, Throughput};
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::hint::black_box;
@@ -147,11 +149,9 @@ fn fixture() -> Fixture {
 fn cpu_path(f: &Fixture, arena: &mut Arena, ranges: &mut Vec<std::ops::Range<usize>>) -> usize {
     arena.clear();
     ranges.clear();
-    let events = parse_body(&f.body).expect("valid body");
     let mut p = Processor::new(f.now_ms);
-    for i in 0..events.len() {
-        let prepared = p.prepare_nth(&events, i, arena).expect("valid event");
-        ranges.push(prepared.event);
+    for outcome in prepare_body(&f.body, &mut p, arena).expect("valid body") {
+        ranges.push(outcome.expect("valid event").event);
     }
     let mut total = 0;
     for chunk in ranges.chunks(500) {
@@ -206,6 +206,10 @@ fn main() {
     });
     g.finish();
     c.final_summary();
+    if std::env::args().any(|a| a == "--profile-time") {
+        // Profiling one benchmark (`--profile-time N <filter>`): no summary runs to muddle it.
+        return;
+    }
 
     // Allocations per event on a warm arena.
     cpu_path(&f, &mut arena, &mut ranges);
@@ -230,6 +234,22 @@ fn main() {
         },
         budget,
     );
+    // Where the time goes: reading the body alone (into the inbound events, nothing checked).
+    let parse_only = rate(
+        || {
+            black_box(parse_body(&f.body).expect("valid body"));
+        },
+        budget,
+    );
+    // …and the JSON syntax alone (every byte read, nothing kept): the floor of any serde reader.
+    let syntax_only = rate(
+        || {
+            black_box(
+                serde_json::from_slice::<serde::de::IgnoredAny>(&f.body).expect("valid body"),
+            );
+        },
+        budget,
+    );
     println!();
     println!(
         "conversions summary ({EVENTS} events, {keys} hashed match keys, body {} bytes):",
@@ -238,6 +258,11 @@ fn main() {
     println!("  cpu path (parse+validate+normalise+hash+body): {cpu:>12.0} events/s/core");
     println!("  bare SHA-256 over the same match-key bytes:    {sha:>12.0} events/s/core");
     println!("  ratio: {:.1} % (target >= 30 %)", cpu / sha * 100.0);
+    println!("  where the time goes, each part alone:");
+    println!("    reading the body into the inbound events:      {parse_only:>12.0} events/s/core");
+    println!(
+        "    JSON syntax only (serde IgnoredAny):           {syntax_only:>12.0} events/s/core"
+    );
     println!(
         "  heap allocations: {:.2} per event in all, {:.2} of them in parsing (serde: the events list, match-key and customData lists); the rest reuses buffers",
         allocs as f64 / EVENTS as f64,

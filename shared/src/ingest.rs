@@ -31,9 +31,7 @@
 use crate::amazon::{AmazonClient, AmazonError, EventError, EventsOutcome};
 use crate::aws::AwsClients;
 use crate::config::{Tables, dedupe_window, required};
-use crate::domain::conversion::{
-    self, Arena, Events, FieldError, Prepared, Processor, Reason, batch_body,
-};
+use crate::domain::conversion::{self, Arena, FieldError, Prepared, Processor, Reason, batch_body};
 use crate::http::auth::ApiKeyAuth;
 use crate::http::{HttpRequest, HttpResponse};
 use crate::runtime::{Handler, Invocation, now_ms};
@@ -326,29 +324,31 @@ impl IngestCtx {
             Ok(a) => a,
             Err(resp) => return resp,
         };
-        let events = match conversion::parse_body(&req.body) {
+        let mut arena = Arena::for_body(req.body.len());
+        let mut processor = Processor::new(now_ms() as i64);
+        let outcomes = match conversion::prepare_body(&req.body, &mut processor, &mut arena) {
             Ok(r) => r,
             Err(e) => return HttpResponse::error(e.status, e.code, e.message),
         };
-        let report = self.ingest(&account, &events, inv).await;
+        let report = self.ingest(&account, &arena, outcomes, inv).await;
         HttpResponse::json(report.status_code(), &report)
     }
 
-    /// Validates, deduplicates and delivers (or parks) the events of one request.
+    /// Deduplicates and delivers (or parks) the events of one request, prepared into `arena`
+    /// ([`conversion::prepare_body`]).
     pub async fn ingest(
         &self,
         account: &IntegratedAccount,
-        events: &Events<'_>,
+        arena: &Arena,
+        outcomes: Vec<conversion::Outcome>,
         inv: &Invocation,
     ) -> IngestReport {
         let started = Instant::now();
-        let n = events.len();
+        let n = outcomes.len();
         let mut results: Vec<Option<EventResult>> = vec![None; n];
-        let mut arena = Arena::with_capacity(n);
         let mut prepared: Vec<Option<Prepared>> = Vec::with_capacity(n);
-        let mut processor = Processor::new(now_ms() as i64);
-        for (i, slot) in results.iter_mut().enumerate() {
-            match processor.prepare_nth(events, i, &mut arena) {
+        for (i, (slot, outcome)) in results.iter_mut().zip(outcomes).enumerate() {
+            match outcome {
                 Ok(p) => prepared.push(Some(p)),
                 Err(errors) => {
                     prepared.push(None);
@@ -421,7 +421,7 @@ impl IngestCtx {
         // Input order: Amazon's indexes then follow the request, and logs read naturally.
         to_send.sort_by_key(|w| w.index);
         let settled = self
-            .send(account, to_send, &arena, &prepared, inv, &mut stats)
+            .send(account, to_send, arena, &prepared, inv, &mut stats)
             .await;
         // Settle our own claims before waiting on anyone else's: two requests holding some of
         // each other's ids must not wait on each other.
@@ -451,7 +451,7 @@ impl IngestCtx {
             }
             ready.sort_by_key(|w| w.index);
             let settled = self
-                .send(account, ready, &arena, &prepared, inv, &mut stats)
+                .send(account, ready, arena, &prepared, inv, &mut stats)
                 .await;
             for (w, r) in self.settle(settled).await {
                 match r {

@@ -297,6 +297,7 @@ macro_rules! object {
 
 scalar!(Text<'a>, Ident<'a>, Num, Flag<'a>);
 object!(
+    InEvent,
     EventDescriptionIn,
     KeyIn,
     ConsentIn,

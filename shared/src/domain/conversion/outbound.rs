@@ -2,11 +2,11 @@
 //! a reusable byte buffer: each event is serialised exactly once, and a batch body is the
 //! concatenation of already-written events.
 
-use super::validate::ValidEvent;
+use super::validate::{Scratch, ValidEvent};
 use std::io::Write;
 
-/// Appends one event as compact JSON to `out`.
-pub fn write_event(e: &ValidEvent<'_>, out: &mut Vec<u8>) {
+/// Appends one event as compact JSON to `out`; `scratch` is the one it was validated with.
+pub fn write_event(e: &ValidEvent<'_>, scratch: &Scratch, out: &mut Vec<u8>) {
     out.extend_from_slice(b"{\"eventDescription\":{\"name\":");
     string(out, e.name);
     out.extend_from_slice(b",\"conversionType\":\"");
@@ -23,23 +23,7 @@ pub fn write_event(e: &ValidEvent<'_>, out: &mut Vec<u8>) {
     out.extend_from_slice(b"\",\"countryCode\":\"");
     out.extend_from_slice(e.country.as_str().as_bytes());
     out.extend_from_slice(b"\",\"matchKeys\":[");
-    for (i, (kind, value)) in e.match_keys().enumerate() {
-        if i > 0 {
-            out.push(b',');
-        }
-        out.extend_from_slice(b"{\"type\":\"");
-        out.extend_from_slice(kind.as_str().as_bytes());
-        out.extend_from_slice(b"\",\"values\":[");
-        match value {
-            super::KeyValue::Hashed(h) => {
-                out.push(b'"');
-                out.extend_from_slice(h);
-                out.push(b'"');
-            }
-            super::KeyValue::Raw(s) => string(out, s),
-        }
-        out.extend_from_slice(b"]}");
-    }
+    out.extend_from_slice(&scratch.keys);
     out.push(b']');
     if let Some(id) = e.event_id {
         out.extend_from_slice(b",\"eventId\":");
@@ -100,31 +84,16 @@ pub fn write_event(e: &ValidEvent<'_>, out: &mut Vec<u8>) {
         }
         out.push(b'}');
     }
-    let mut custom = e.custom_data.iter().map_while(Option::as_ref).peekable();
-    if custom.peek().is_some() {
+    if !scratch.custom.is_empty() {
         out.extend_from_slice(b",\"customData\":[");
-        for (i, c) in custom.enumerate() {
-            if i > 0 {
-                out.push(b',');
-            }
-            out.extend_from_slice(b"{\"name\":");
-            string(out, c.name);
-            out.extend_from_slice(b",\"value\":");
-            string(out, c.value);
-            if let Some(t) = c.data_type {
-                out.extend_from_slice(b",\"dataType\":\"");
-                out.extend_from_slice(t.as_bytes());
-                out.push(b'"');
-            }
-            out.push(b'}');
-        }
+        out.extend_from_slice(&scratch.custom);
         out.push(b']');
     }
     out.push(b'}');
 }
 
 /// A JSON string with serde_json's escaping (no allocation).
-fn string(out: &mut Vec<u8>, s: &str) {
+pub(super) fn string(out: &mut Vec<u8>, s: &str) {
     // Writing to a Vec cannot fail.
     let _ = serde_json::to_writer(&mut *out, s);
 }

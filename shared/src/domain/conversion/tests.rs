@@ -32,10 +32,12 @@ fn with(mut v: Value, patch: Value) -> Value {
 fn run(ev: &Value) -> Result<Value, Vec<FieldError>> {
     let raw = serde_json::to_string(ev).unwrap();
     let mut arena = Arena::default();
-    // The one-pass path (what the webhook takes)…
-    let events = parse_body(raw.as_bytes()).expect("body");
-    assert!(matches!(events, Events::Parsed(_)));
-    let p = Processor::new(NOW).prepare_nth(&events, 0, &mut arena);
+    // The streaming pass over a batch (what the webhook takes)…
+    let body = format!("{{\"events\":[{raw}]}}");
+    let mut outcomes =
+        prepare_body(body.as_bytes(), &mut Processor::new(NOW), &mut arena).expect("body");
+    assert_eq!(outcomes.len(), 1);
+    let p = outcomes.remove(0);
     // …and the event-by-event path agree.
     let mut arena2 = Arena::default();
     let p2 = Processor::new(NOW).prepare(&raw, &mut arena2);
@@ -505,4 +507,73 @@ fn batch_body_joins_written_events() {
     let v: Value = serde_json::from_slice(&body).unwrap();
     assert_eq!(v["events"].as_array().unwrap().len(), 2);
     assert_eq!(v["events"][1]["eventDescription"]["name"], "Second");
+}
+
+#[test]
+fn the_streaming_pass_gives_one_outcome_per_index() {
+    let ok = base();
+    let bad = with(base(), json!({"countryCode": "Atlantis"}));
+    let body = format!(r#"{{"events":[{ok},{bad},5,"x",{ok}],"other":1}}"#);
+    let mut arena = Arena::default();
+    let out = prepare_body(body.as_bytes(), &mut Processor::new(NOW), &mut arena).unwrap();
+    assert_eq!(out.len(), 5);
+    assert!(out[0].is_ok() && out[4].is_ok());
+    assert_eq!(fields(out[1].as_ref().unwrap_err()), ["countryCode"]);
+    for i in [2, 3] {
+        let errs = out[i].as_ref().unwrap_err();
+        assert_eq!(errs[0].field, "");
+        assert!(errs[0].message.contains("JSON object"), "{errs:?}");
+    }
+    // Only the two valid events were written, back to back.
+    let (a, b) = (out[0].as_ref().unwrap(), out[4].as_ref().unwrap());
+    assert_eq!((a.event.start, a.event.end), (0, b.event.start));
+    assert_eq!(b.event.end, arena.json.len());
+}
+
+#[test]
+fn a_body_the_streaming_pass_cannot_read_falls_back_without_leftovers() {
+    // The second event repeats a field: the streaming pass gives up after writing the first
+    // event; the event-by-event path must start from a clean arena.
+    let body = format!(
+        r#"{{"events":[{},{{"name":"a","timestamp":"2026-08-20T14:00:00Z","eventTime":"2026-08-20T14:00:00Z"}},{}]}}"#,
+        base(),
+        with(base(), json!({"name": "Third"}))
+    );
+    let mut arena = Arena::default();
+    let out = prepare_body(body.as_bytes(), &mut Processor::new(NOW), &mut arena).unwrap();
+    assert_eq!(out.len(), 3);
+    assert!(
+        out[1].as_ref().unwrap_err()[0]
+            .message
+            .contains("duplicate field")
+    );
+    let (a, c) = (out[0].as_ref().unwrap(), out[2].as_ref().unwrap());
+    assert_eq!((a.event.start, a.event.end), (0, c.event.start));
+    assert_eq!(c.event.end, arena.json.len());
+    let third: Value = serde_json::from_slice(arena.event(c)).unwrap();
+    assert_eq!(third["eventDescription"]["name"], "Third");
+
+    // One bare event, and body-level problems, as on the parse_body path.
+    let one = base().to_string();
+    let out = prepare_body(one.as_bytes(), &mut Processor::new(NOW), &mut arena).unwrap();
+    assert_eq!(out.len(), 1);
+    assert!(out[0].is_ok());
+    for (body, status) in [
+        (&b"{\"events\":[]}"[..], 400),
+        (b"{\"events\":[{]}", 400),
+        (b"{\"events\":[{}]} trailing", 400),
+        (b"{\"events\":[\"\xff\"]}", 400),
+    ] {
+        let e = prepare_body(body, &mut Processor::new(NOW), &mut Arena::default()).unwrap_err();
+        assert_eq!(e.status, status, "{}", String::from_utf8_lossy(body));
+    }
+    let big = format!("{{\"events\":[{}]}}", vec!["{}"; MAX_EVENTS + 1].join(","));
+    let e = prepare_body(
+        big.as_bytes(),
+        &mut Processor::new(NOW),
+        &mut Arena::default(),
+    )
+    .unwrap_err();
+    assert_eq!(e.status, 413);
+    assert!(e.message.contains("10001 events"), "{}", e.message);
 }

@@ -3,6 +3,7 @@
 
 use super::input::{ConsentIn, CustomDataIn, Flag, Got, InEvent, MatchKeysIn, Text, ValuesIn};
 use super::matchkey::{KeyHasher, KeyType, KeyValue};
+use super::outbound::string;
 use super::{FieldError, Reason};
 use chrono::{DateTime, FixedOffset};
 
@@ -85,6 +86,28 @@ const CONSENT_COUNTRIES: [&str; 31] = [
     "LT", "LU", "MT", "NL", "PL", "PT", "RO", "SK", "SI", "ES", "SE", "IS", "LI", "NO", "GB",
 ];
 
+/// Two-letter code sets as bitmaps: bit `second - 'A'` of entry `first - 'A'` (a lookup on every
+/// event's path, without string compares).
+const fn code_table(codes: &[&str]) -> [u32; 26] {
+    let mut t = [0u32; 26];
+    let mut i = 0;
+    while i < codes.len() {
+        let b = codes[i].as_bytes();
+        t[(b[0] - b'A') as usize] |= 1 << (b[1] - b'A');
+        i += 1;
+    }
+    t
+}
+
+const ISO_TABLE: [u32; 26] = code_table(&ISO_COUNTRIES);
+const CONSENT_TABLE: [u32; 26] = code_table(&CONSENT_COUNTRIES);
+
+/// `c`: two ASCII uppercase letters.
+fn in_table(t: &[u32; 26], c: [u8; 2]) -> bool {
+    let (a, b) = (c[0].wrapping_sub(b'A'), c[1].wrapping_sub(b'A'));
+    a < 26 && b < 26 && t[a as usize] & (1 << b) != 0
+}
+
 /// A country code as sent: two letters, or `OTHER` / `OTHER_EEA`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Country {
@@ -106,7 +129,7 @@ impl Country {
     /// EU, EEA or UK: events need a consent signal.
     pub fn needs_consent(&self) -> bool {
         match self {
-            Country::Iso(_) => CONSENT_COUNTRIES.contains(&self.as_str()),
+            Country::Iso(c) => in_table(&CONSENT_TABLE, *c),
             Country::Other => false,
             Country::OtherEea => true,
         }
@@ -116,6 +139,16 @@ impl Country {
     /// `OTHER_EEA`, `ZZ`.
     pub fn parse(s: &str) -> Option<Country> {
         let s = s.trim();
+        let iso = |mut c: [u8; 2]| {
+            c = c.map(|b| b.to_ascii_uppercase());
+            if &c == b"UK" {
+                c = *b"GB";
+            }
+            (&c == b"ZZ" || in_table(&ISO_TABLE, c)).then_some(Country::Iso(c))
+        };
+        if let &[a, b] = s.as_bytes() {
+            return iso([a, b]);
+        }
         if s.eq_ignore_ascii_case("OTHER") {
             return Some(Country::Other);
         }
@@ -134,18 +167,7 @@ impl Country {
         {
             return None;
         }
-        let mut c = [
-            region.as_bytes()[0].to_ascii_uppercase(),
-            region.as_bytes()[1].to_ascii_uppercase(),
-        ];
-        if &c == b"UK" {
-            c = *b"GB";
-        }
-        let code = std::str::from_utf8(&c).ok()?;
-        if code != "ZZ" && ISO_COUNTRIES.binary_search(&code).is_err() {
-            return None;
-        }
-        Some(Country::Iso(c))
+        iso([region.as_bytes()[0], region.as_bytes()[1]])
     }
 }
 
@@ -177,16 +199,31 @@ impl ConsentOut<'_> {
     }
 }
 
-/// One validated custom-data entry.
-#[derive(Debug, Clone, Copy, PartialEq)]
-pub struct CustomOut<'b> {
-    pub name: &'b str,
-    pub value: &'b str,
-    pub data_type: Option<&'static str>,
+/// Buffers reused for every event: the normalisation scratch, and the outbound JSON of the match
+/// keys and custom data of the event being validated (written as they are checked, so a valid
+/// event carries no per-key arrays around).
+#[derive(Debug, Default)]
+pub struct Scratch {
+    pub hasher: KeyHasher,
+    /// `{"type":…,"values":[…]}` entries, comma-separated.
+    pub keys: Vec<u8>,
+    /// `{"name":…,"value":…}` entries, comma-separated.
+    pub custom: Vec<u8>,
+}
+
+impl Scratch {
+    pub fn new() -> Self {
+        Self {
+            hasher: KeyHasher::new(),
+            keys: Vec::with_capacity(1024),
+            custom: Vec::with_capacity(512),
+        }
+    }
 }
 
 /// An event that passed validation, normalised and with its match keys hashed, ready to be
-/// written in the Events API shape. Borrows from the parsed input; no heap allocation.
+/// written in the Events API shape; its match keys and custom data are already written in the
+/// [`Scratch`] it was validated with. Borrows from the parsed input; no heap allocation.
 #[derive(Debug, Clone)]
 pub struct ValidEvent<'b> {
     pub name: &'b str,
@@ -198,22 +235,18 @@ pub struct ValidEvent<'b> {
     pub event_time_ms: i64,
     pub country: Country,
     pub event_id: Option<&'b str>,
-    pub keys: [Option<(KeyType, KeyValue<'b>)>; MAX_MATCH_KEYS],
+    /// How many match keys went out (their JSON is in [`Scratch::keys`]).
+    pub keys: usize,
     pub value: Option<f64>,
     pub currency_code: Option<[u8; 3]>,
     pub units_sold: Option<i32>,
     pub limited_data_use: bool,
     pub consent: Option<ConsentOut<'b>>,
-    pub custom_data: [Option<CustomOut<'b>>; MAX_CUSTOM_DATA],
 }
 
 impl ValidEvent<'_> {
     pub fn event_time_str(&self) -> &str {
         std::str::from_utf8(&self.event_time).unwrap_or("")
-    }
-
-    pub fn match_keys(&self) -> impl Iterator<Item = &(KeyType, KeyValue<'_>)> {
-        self.keys.iter().map_while(Option::as_ref)
     }
 
     pub fn is_purchase(&self) -> bool {
@@ -259,8 +292,10 @@ const A_STRING: &str = "a string";
 pub fn validate<'b>(
     ev: &'b InEvent<'_>,
     now_ms: i64,
-    hasher: &mut KeyHasher,
+    scratch: &mut Scratch,
 ) -> Result<ValidEvent<'b>, Vec<FieldError>> {
+    scratch.keys.clear();
+    scratch.custom.clear();
     let mut errs = Errors(Vec::new());
     let desc = errs
         .got(
@@ -490,8 +525,8 @@ pub fn validate<'b>(
     };
 
     let keys = match errs.got("matchKeys", ev.match_keys.as_ref(), MATCH_KEYS_SHAPE) {
-        Err(()) => [None; MAX_MATCH_KEYS],
-        Ok(k) => match_keys(k, hasher, &mut errs),
+        Err(()) => 0,
+        Ok(k) => match_keys(k, scratch, &mut errs),
     };
 
     let is_purchase = conversion_type == "OFF_AMAZON_PURCHASES";
@@ -608,10 +643,9 @@ pub fn validate<'b>(
         );
     }
 
-    let custom_data = match errs.got("customData", ev.custom_data.as_ref(), "a list") {
-        Ok(Some(items)) => custom_data(items, &mut errs),
-        _ => [None; MAX_CUSTOM_DATA],
-    };
+    if let Ok(Some(items)) = errs.got("customData", ev.custom_data.as_ref(), "a list") {
+        custom_data(items, &mut scratch.custom, &mut errs);
+    }
 
     if !errs.0.is_empty() {
         return Err(errs.0);
@@ -631,7 +665,6 @@ pub fn validate<'b>(
         units_sold,
         limited_data_use,
         consent,
-        custom_data,
     })
 }
 
@@ -783,19 +816,15 @@ pub fn format_time_ms(ms: i64) -> [u8; 24] {
     o
 }
 
-fn match_keys<'b>(
-    keys: Option<&'b MatchKeysIn<'_>>,
-    hasher: &mut KeyHasher,
-    errs: &mut Errors,
-) -> [Option<(KeyType, KeyValue<'b>)>; MAX_MATCH_KEYS] {
-    let mut out: [Option<(KeyType, KeyValue<'b>)>; MAX_MATCH_KEYS] = [None; MAX_MATCH_KEYS];
+/// Checks, normalises and hashes the match keys into `scratch.keys`; returns how many went out.
+fn match_keys(keys: Option<&MatchKeysIn<'_>>, scratch: &mut Scratch, errs: &mut Errors) -> usize {
     let Some(keys) = keys else {
         errs.push(
             "matchKeys",
             Reason::Missing,
             "matchKeys is required (at least one key such as EMAIL)",
         );
-        return out;
+        return 0;
     };
     let before = errs.0.len();
     let mut acc = KeyAcc {
@@ -861,8 +890,7 @@ fn match_keys<'b>(
                     values,
                     format_args!("matchKeys[{i}]"),
                     true,
-                    hasher,
-                    &mut out,
+                    scratch,
                     errs,
                 );
             }
@@ -882,7 +910,7 @@ fn match_keys<'b>(
                     Ok(Some(v)) => v,
                     _ => continue,
                 };
-                acc.add(kind, values, field, false, hasher, &mut out, errs);
+                acc.add(kind, values, field, false, scratch, errs);
             }
         }
     }
@@ -899,7 +927,7 @@ fn match_keys<'b>(
             "no usable match key: every key was empty or normalised to nothing",
         );
     }
-    out
+    acc.n
 }
 
 /// Match keys gathered so far.
@@ -912,14 +940,13 @@ struct KeyAcc {
 impl KeyAcc {
     /// `at`: the key's path; `list`: Amazon's form (sub-fields `.type`, `.values[0]`).
     #[allow(clippy::too_many_arguments)]
-    fn add<'b>(
+    fn add(
         &mut self,
         kind: KeyType,
-        values: &'b ValuesIn<'_>,
+        values: &ValuesIn<'_>,
         at: std::fmt::Arguments<'_>,
         list: bool,
-        hasher: &mut KeyHasher,
-        out: &mut [Option<(KeyType, KeyValue<'b>)>; MAX_MATCH_KEYS],
+        scratch: &mut Scratch,
         errs: &mut Errors,
     ) {
         self.given += 1;
@@ -967,10 +994,25 @@ impl KeyAcc {
             }
             Some(Got::Ok(v)) => v,
         };
-        if let Some(kv) = hasher.key_value(kind, v.as_str())
+        if let Some(kv) = scratch.hasher.key_value(kind, v.as_str())
             && self.n < MAX_MATCH_KEYS
         {
-            out[self.n] = Some((kind, kv));
+            let out = &mut scratch.keys;
+            if self.n > 0 {
+                out.push(b',');
+            }
+            out.extend_from_slice(b"{\"type\":\"");
+            out.extend_from_slice(kind.as_str().as_bytes());
+            out.extend_from_slice(b"\",\"values\":[");
+            match kv {
+                KeyValue::Hashed(h) => {
+                    out.push(b'"');
+                    out.extend_from_slice(&h);
+                    out.push(b'"');
+                }
+                KeyValue::Raw(s) => string(out, s),
+            }
+            out.extend_from_slice(b"]}");
             self.n += 1;
         }
     }
@@ -1090,11 +1132,8 @@ impl std::fmt::Display for CustomAt {
     }
 }
 
-fn custom_data<'b>(
-    items: &'b [Got<CustomDataIn<'_>>],
-    errs: &mut Errors,
-) -> [Option<CustomOut<'b>>; MAX_CUSTOM_DATA] {
-    let mut out = [None; MAX_CUSTOM_DATA];
+/// Checks the custom data and writes its entries into `out`.
+fn custom_data(items: &[Got<CustomDataIn<'_>>], out: &mut Vec<u8>, errs: &mut Errors) {
     if items.len() > MAX_CUSTOM_DATA {
         errs.push(
             "customData",
@@ -1104,7 +1143,7 @@ fn custom_data<'b>(
                 items.len()
             ),
         );
-        return out;
+        return;
     }
     let word = |s: &str| {
         !s.is_empty() && s.len() <= 256 && s.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_')
@@ -1162,12 +1201,19 @@ fn custom_data<'b>(
             _ => None,
         };
         if let (Ok(name), Ok(value)) = (name, value) {
-            out[i] = Some(CustomOut {
-                name,
-                value,
-                data_type,
-            });
+            if !out.is_empty() {
+                out.push(b',');
+            }
+            out.extend_from_slice(b"{\"name\":");
+            string(out, name);
+            out.extend_from_slice(b",\"value\":");
+            string(out, value);
+            if let Some(t) = data_type {
+                out.extend_from_slice(b",\"dataType\":\"");
+                out.extend_from_slice(t.as_bytes());
+                out.push(b'"');
+            }
+            out.push(b'}');
         }
     }
-    out
 }
