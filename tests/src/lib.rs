@@ -3,3 +3,4 @@ pub mod demo;
 pub mod openapi;
 pub mod sandbox;
 pub mod stack;
+pub mod tables;

@@ -9,7 +9,9 @@ use crate::sandbox::{SandboxAdmin, SandboxLogin, SandboxUser};
 use adsync::amazon::client::{DEFAULT_SCOPES, http_client};
 use adsync::amazon::tokens::TokenSecret;
 use adsync::amazon::{AmazonClient, Endpoints, LoginRef, LwaCredentials, Region, RetryPolicy};
+use adsync::amazon::{SecretString, TokenGrant};
 use adsync::aws::AwsClients;
+use adsync::store::accounts::{AccountStatus, AccountStore, IntegratedAccount};
 use adsync::store::secrets::SecretsStore;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -204,4 +206,52 @@ pub fn capture_logs() -> (LogCapture, tracing::subscriber::DefaultGuard) {
         .with_writer(cap.clone())
         .finish();
     (cap, tracing::subscriber::set_default(subscriber))
+}
+
+/// Links `login` the way a confirmed consent does, without the browser: saves its refresh token
+/// (with an already expired access token, so the first call refreshes) under
+/// `{secret_prefix}{connection id}`, and stores its first advertiser as an active NA account in
+/// `ACCOUNTS_TABLE`. Returns the account and the store it is in.
+pub async fn seed_linked_account(
+    aws: &AwsClients,
+    amazon: &AmazonClient,
+    login: &SandboxLogin,
+    secret_prefix: &str,
+) -> Result<(IntegratedAccount, AccountStore), String> {
+    let connection_id = uuid::Uuid::new_v4().simple().to_string();
+    let login_ref = LoginRef {
+        region: Region::NA,
+        secret_name: format!("{secret_prefix}{connection_id}"),
+    };
+    amazon
+        .save_login(
+            &login_ref,
+            &TokenGrant {
+                access_token: SecretString::new("Atza|expired".to_string()),
+                refresh_token: Some(SecretString::new(login.refresh_token.clone())),
+                expires_in: 0,
+            },
+        )
+        .await
+        .map_err(|e| format!("saving the test login in moto: {e}"))?;
+    let adv = login.user.advertiser().clone();
+    let account = IntegratedAccount {
+        account_id: adv.advertiser_id.to_string(),
+        region: Region::NA,
+        profile_id: login.user.profile().profile_id,
+        advertiser_id: adv.advertiser_id,
+        name: adv.name.clone(),
+        currency: adv.currency.clone(),
+        country: adv.country.clone(),
+        connection_id,
+        token_secret: login_ref.secret_name.clone(),
+        status: AccountStatus::Active,
+        created_at: chrono::Utc::now().to_rfc3339(),
+    };
+    let accounts = AccountStore::new(aws.dynamodb.clone(), env("ACCOUNTS_TABLE"));
+    accounts
+        .put_account(&account)
+        .await
+        .map_err(|e| format!("seeding the account: {e}"))?;
+    Ok((account, accounts))
 }

@@ -10,10 +10,7 @@
 //! Run: `cargo test -p adsync-tests --test segments_members`
 
 use adsync::amazon::client::{DEFAULT_SCOPES, http_client};
-use adsync::amazon::{
-    AmazonClient, Endpoints, LoginRef, LwaCredentials, Region, RetryPolicy, SecretString,
-    TokenGrant,
-};
+use adsync::amazon::{AmazonClient, Endpoints, LwaCredentials, RetryPolicy, SecretString};
 use adsync::export::members::{
     BackfillOptions, backfill_progress, handle_qualifications, run_backfill_with, run_redrive,
     start_backfill,
@@ -21,7 +18,7 @@ use adsync::export::members::{
 use adsync::export::{ExportCtx, InlineWork};
 use adsync::http::HttpRequest;
 use adsync::runtime::{Invocation, now_ms};
-use adsync::store::accounts::{AccountStatus, AccountStore, IntegratedAccount};
+use adsync::store::accounts::{AccountStatus, IntegratedAccount};
 use adsync::store::destinations::{DestinationStore, MappingStatus, SegmentMapping};
 use adsync::store::jobs::JobStore;
 use adsync::store::ledger::{LedgerRow, LedgerStore, Upsert};
@@ -59,61 +56,6 @@ fn require_env() {
             unsafe { std::env::set_var(k, v) };
         }
     }
-}
-
-/// A destinations table for one test (pk/sk + gsi1, as template.yaml), so the backfill task of
-/// one test never works another's jobs.
-async fn fresh_destinations_table(ddb: &aws_sdk_dynamodb::Client) -> String {
-    use aws_sdk_dynamodb::types::{
-        AttributeDefinition, BillingMode, GlobalSecondaryIndex, KeySchemaElement, KeyType,
-        Projection, ProjectionType, ScalarAttributeType,
-    };
-    let table = format!("adsync-test-dest-{}", uuid::Uuid::new_v4().simple());
-    let attr = |n: &str| {
-        AttributeDefinition::builder()
-            .attribute_name(n)
-            .attribute_type(ScalarAttributeType::S)
-            .build()
-            .unwrap()
-    };
-    let key = |n: &str, t| {
-        KeySchemaElement::builder()
-            .attribute_name(n)
-            .key_type(t)
-            .build()
-            .unwrap()
-    };
-    ddb.create_table()
-        .table_name(&table)
-        .billing_mode(BillingMode::PayPerRequest)
-        .attribute_definitions(attr("pk"))
-        .attribute_definitions(attr("sk"))
-        .attribute_definitions(attr("gsi1pk"))
-        .attribute_definitions(attr("gsi1sk"))
-        .key_schema(key("pk", KeyType::Hash))
-        .key_schema(key("sk", KeyType::Range))
-        .global_secondary_indexes(
-            GlobalSecondaryIndex::builder()
-                .index_name("gsi1")
-                .key_schema(key("gsi1pk", KeyType::Hash))
-                .key_schema(key("gsi1sk", KeyType::Range))
-                .projection(
-                    Projection::builder()
-                        .projection_type(ProjectionType::All)
-                        .build(),
-                )
-                .build()
-                .unwrap(),
-        )
-        .send()
-        .await
-        .unwrap_or_else(|e| {
-            panic!(
-                "cannot create table {table} in DynamoDB Local: {}",
-                aws_sdk_dynamodb::error::DisplayErrorContext(&e)
-            )
-        });
-    table
 }
 
 struct Rig {
@@ -171,45 +113,11 @@ async fn rig_with_policy(policy: RetryPolicy) -> Rig {
         DEFAULT_SCOPES.to_string(),
     )
     .with_retry_policy(policy);
-    let connection_id = uuid::Uuid::new_v4().simple().to_string();
-    let login_ref = LoginRef {
-        region: Region::NA,
-        secret_name: format!("adsync-test/tokens-{connection_id}"),
-    };
-    amazon
-        .save_login(
-            &login_ref,
-            &TokenGrant {
-                access_token: SecretString::new("Atza|expired".to_string()),
-                refresh_token: Some(SecretString::new(login.refresh_token.clone())),
-                expires_in: 0,
-            },
-        )
-        .await
-        .expect("saving the test login in moto");
-    let adv = login.user.advertiser().clone();
-    let account = IntegratedAccount {
-        account_id: adv.advertiser_id.to_string(),
-        region: Region::NA,
-        profile_id: login.user.profile().profile_id,
-        advertiser_id: adv.advertiser_id,
-        name: adv.name.clone(),
-        currency: adv.currency.clone(),
-        country: adv.country.clone(),
-        connection_id,
-        token_secret: login_ref.secret_name.clone(),
-        status: AccountStatus::Active,
-        created_at: chrono::Utc::now().to_rfc3339(),
-    };
-    let accounts = AccountStore::new(
-        aws.dynamodb.clone(),
-        std::env::var("ACCOUNTS_TABLE").unwrap(),
-    );
-    accounts
-        .put_account(&account)
-        .await
-        .expect("seeding the account");
-    let dest_table = fresh_destinations_table(&aws.dynamodb).await;
+    let (account, accounts) =
+        adsync_tests::stack::seed_linked_account(&aws, &amazon, &login, "adsync-test/tokens-")
+            .await
+            .unwrap_or_else(|e| panic!("{e}"));
+    let dest_table = adsync_tests::tables::fresh_destinations_table(&aws.dynamodb).await;
     let queue = aws
         .sqs
         .create_queue()

@@ -21,10 +21,6 @@ use adsync::store::ledger::LedgerStore;
 use adsync::store::parked::ParkedQueue;
 use adsync_tests::sandbox::random_id;
 use adsync_tests::stack::{TestLogin, env, fresh_login, secret_name};
-use aws_sdk_dynamodb::types::{
-    AttributeDefinition, BillingMode, GlobalSecondaryIndex, KeySchemaElement, KeyType, Projection,
-    ProjectionType, ScalarAttributeType,
-};
 use serde_json::{Value, json};
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
@@ -38,63 +34,13 @@ struct Env {
     table: String,
 }
 
-/// A destinations table of the stack's shape (pk, sk, gsi1 on gsi1pk/gsi1sk) for one test.
-async fn create_destinations_table(ddb: &aws_sdk_dynamodb::Client) -> String {
-    let name = format!("adsync-test-destinations-{}", uuid::Uuid::new_v4().simple());
-    let attr = |n: &str| {
-        AttributeDefinition::builder()
-            .attribute_name(n)
-            .attribute_type(ScalarAttributeType::S)
-            .build()
-            .unwrap()
-    };
-    let key = |n: &str, t: KeyType| {
-        KeySchemaElement::builder()
-            .attribute_name(n)
-            .key_type(t)
-            .build()
-            .unwrap()
-    };
-    ddb.create_table()
-        .table_name(&name)
-        .billing_mode(BillingMode::PayPerRequest)
-        .attribute_definitions(attr("pk"))
-        .attribute_definitions(attr("sk"))
-        .attribute_definitions(attr("gsi1pk"))
-        .attribute_definitions(attr("gsi1sk"))
-        .key_schema(key("pk", KeyType::Hash))
-        .key_schema(key("sk", KeyType::Range))
-        .global_secondary_indexes(
-            GlobalSecondaryIndex::builder()
-                .index_name("gsi1")
-                .key_schema(key("gsi1pk", KeyType::Hash))
-                .key_schema(key("gsi1sk", KeyType::Range))
-                .projection(
-                    Projection::builder()
-                        .projection_type(ProjectionType::All)
-                        .build(),
-                )
-                .build()
-                .unwrap(),
-        )
-        .send()
-        .await
-        .unwrap_or_else(|e| {
-            panic!(
-                "cannot create a table in DynamoDB Local ({}): is the local stack up?",
-                aws_sdk_dynamodb::error::DisplayErrorContext(e)
-            )
-        });
-    name
-}
-
 /// A fresh login, an active account on it (`advertiser_id` = `None`: the login's own advertiser;
 /// `Some(id)`: an advertiser the login cannot reach), an API key and a context whose creating
 /// requests work for `inline` before answering.
 async fn setup_full(advertiser_id: Option<i64>, inline: InlineWork) -> Env {
     let login = fresh_login(1).await;
     let aws = login.aws.clone();
-    let table = create_destinations_table(&aws.dynamodb).await;
+    let table = adsync_tests::tables::fresh_destinations_table(&aws.dynamodb).await;
     let accounts = AccountStore::new(aws.dynamodb.clone(), env("ACCOUNTS_TABLE"));
     let advertiser_id = advertiser_id.unwrap_or_else(|| login.advertiser_id());
     let account = IntegratedAccount {
@@ -1045,7 +991,7 @@ async fn store_claims_each_audience_creation_once_and_paces_metadata_calls() {
     use adsync::store::destinations::{Destination, MappingStatus, Segment, SegmentMapping};
 
     let aws = adsync_tests::stack::aws().await;
-    let table = create_destinations_table(&aws.dynamodb).await;
+    let table = adsync_tests::tables::fresh_destinations_table(&aws.dynamodb).await;
     let store = DestinationStore::new(aws.dynamodb.clone(), table.clone());
     let now = chrono::Utc::now().to_rfc3339();
     let seg = Segment {

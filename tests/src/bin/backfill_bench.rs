@@ -16,24 +16,17 @@
 //! (`/proc/self/clear_refs` = 5), so the figure is the backfill's own peak.
 
 use adsync::amazon::client::{DEFAULT_SCOPES, http_client};
-use adsync::amazon::{
-    AmazonClient, Endpoints, LoginRef, LwaCredentials, Region, SecretString, TokenGrant,
-};
+use adsync::amazon::{AmazonClient, Endpoints, LwaCredentials, SecretString};
 use adsync::export::ExportCtx;
 use adsync::export::members::{BackfillOptions, backfill_progress, run_backfill_with};
 use adsync::http::HttpRequest;
 use adsync::runtime::{Invocation, now_ms};
-use adsync::store::accounts::{AccountStatus, AccountStore, IntegratedAccount};
 use adsync::store::destinations::{DestinationStore, MappingStatus};
 use adsync::store::jobs::JobStore;
 use adsync::store::ledger::{LedgerRow, LedgerStore};
 use adsync::store::parked::ParkedQueue;
 use adsync::store::secrets::SecretsStore;
 use adsync_tests::sandbox::SandboxAdmin;
-use aws_sdk_dynamodb::types::{
-    AttributeDefinition, BillingMode, GlobalSecondaryIndex, KeySchemaElement, KeyType, Projection,
-    ProjectionType, ScalarAttributeType,
-};
 use futures::StreamExt;
 use serde_json::json;
 use std::time::{Duration, Instant};
@@ -86,56 +79,6 @@ fn proc_kib(field: &str) -> Option<u64> {
         .ok()
 }
 
-async fn create_table(ddb: &aws_sdk_dynamodb::Client, name: &str, gsi: bool) -> Result<(), String> {
-    let attr = |n: &str| {
-        AttributeDefinition::builder()
-            .attribute_name(n)
-            .attribute_type(ScalarAttributeType::S)
-            .build()
-            .unwrap()
-    };
-    let key = |n: &str, t| {
-        KeySchemaElement::builder()
-            .attribute_name(n)
-            .key_type(t)
-            .build()
-            .unwrap()
-    };
-    let mut c = ddb
-        .create_table()
-        .table_name(name)
-        .billing_mode(BillingMode::PayPerRequest)
-        .attribute_definitions(attr("pk"))
-        .attribute_definitions(attr("sk"))
-        .key_schema(key("pk", KeyType::Hash))
-        .key_schema(key("sk", KeyType::Range));
-    if gsi {
-        c = c
-            .attribute_definitions(attr("gsi1pk"))
-            .attribute_definitions(attr("gsi1sk"))
-            .global_secondary_indexes(
-                GlobalSecondaryIndex::builder()
-                    .index_name("gsi1")
-                    .key_schema(key("gsi1pk", KeyType::Hash))
-                    .key_schema(key("gsi1sk", KeyType::Range))
-                    .projection(
-                        Projection::builder()
-                            .projection_type(ProjectionType::All)
-                            .build(),
-                    )
-                    .build()
-                    .unwrap(),
-            );
-    }
-    c.send().await.map_err(|e| {
-        format!(
-            "create table {name}: {}",
-            aws_sdk_dynamodb::error::DisplayErrorContext(&e)
-        )
-    })?;
-    Ok(())
-}
-
 fn json_req(method: &str, path: &str, body: &serde_json::Value) -> HttpRequest {
     HttpRequest::new(method, path)
         .with_header("content-type", "application/json")
@@ -172,8 +115,8 @@ async fn run() -> Result<(), String> {
     let run_id = uuid::Uuid::new_v4().simple().to_string();
     let ledger_table = format!("adsync-bench-ledger-{}", &run_id[..12]);
     let dest_table = format!("adsync-bench-dest-{}", &run_id[..12]);
-    create_table(&aws.dynamodb, &ledger_table, false).await?;
-    create_table(&aws.dynamodb, &dest_table, true).await?;
+    adsync_tests::tables::create_table(&aws.dynamodb, &ledger_table, false).await?;
+    adsync_tests::tables::create_table(&aws.dynamodb, &dest_table, true).await?;
     let result = bench(&args, &aws, &sandbox, &ledger_table, &dest_table).await;
     for t in [&ledger_table, &dest_table] {
         let _ = aws.dynamodb.delete_table().table_name(t).send().await;
@@ -201,44 +144,9 @@ async fn bench(
         secrets,
         DEFAULT_SCOPES.to_string(),
     );
-    let connection_id = uuid::Uuid::new_v4().simple().to_string();
-    let login_ref = LoginRef {
-        region: Region::NA,
-        secret_name: format!("adsync-bench/tokens-{connection_id}"),
-    };
-    amazon
-        .save_login(
-            &login_ref,
-            &TokenGrant {
-                access_token: SecretString::new("Atza|expired".to_string()),
-                refresh_token: Some(SecretString::new(login.refresh_token.clone())),
-                expires_in: 0,
-            },
-        )
-        .await
-        .map_err(|e| e.to_string())?;
-    let adv = login.user.advertiser().clone();
-    let account = IntegratedAccount {
-        account_id: adv.advertiser_id.to_string(),
-        region: Region::NA,
-        profile_id: login.user.profile().profile_id,
-        advertiser_id: adv.advertiser_id,
-        name: adv.name.clone(),
-        currency: adv.currency.clone(),
-        country: adv.country.clone(),
-        connection_id,
-        token_secret: login_ref.secret_name.clone(),
-        status: AccountStatus::Active,
-        created_at: chrono::Utc::now().to_rfc3339(),
-    };
-    let accounts = AccountStore::new(
-        aws.dynamodb.clone(),
-        std::env::var("ACCOUNTS_TABLE").unwrap(),
-    );
-    accounts
-        .put_account(&account)
-        .await
-        .map_err(|e| e.to_string())?;
+    let (account, accounts) =
+        adsync_tests::stack::seed_linked_account(aws, &amazon, &login, "adsync-bench/tokens-")
+            .await?;
     let queue_url = match std::env::var("PARKED_PATCHES_QUEUE_URL") {
         Ok(u) if !u.is_empty() => u,
         _ => aws

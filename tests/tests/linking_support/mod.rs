@@ -71,38 +71,11 @@ pub async fn stack() -> Stack {
 
 /// Creates the accounts table if it is missing (idempotent; stack-up.sh normally does it).
 pub async fn ensure_accounts_table(ddb: &aws_sdk_dynamodb::Client) -> String {
-    use aws_sdk_dynamodb::types::{
-        AttributeDefinition, BillingMode, KeySchemaElement, KeyType, ScalarAttributeType,
-    };
     let table = std::env::var("ACCOUNTS_TABLE").unwrap_or_else(|_| "adsync-accounts".into());
     if ddb.describe_table().table_name(&table).send().await.is_ok() {
         return table;
     }
-    let attr = |n: &str| {
-        AttributeDefinition::builder()
-            .attribute_name(n)
-            .attribute_type(ScalarAttributeType::S)
-            .build()
-            .unwrap()
-    };
-    let key = |n: &str, t| {
-        KeySchemaElement::builder()
-            .attribute_name(n)
-            .key_type(t)
-            .build()
-            .unwrap()
-    };
-    let res = ddb
-        .create_table()
-        .table_name(&table)
-        .billing_mode(BillingMode::PayPerRequest)
-        .attribute_definitions(attr("pk"))
-        .attribute_definitions(attr("sk"))
-        .key_schema(key("pk", KeyType::Hash))
-        .key_schema(key("sk", KeyType::Range))
-        .send()
-        .await;
-    if let Err(e) = res {
+    if let Err(e) = adsync_tests::tables::create_table(ddb, &table, false).await {
         // Another test may have created it at the same moment.
         if ddb
             .describe_table()
@@ -111,10 +84,7 @@ pub async fn ensure_accounts_table(ddb: &aws_sdk_dynamodb::Client) -> String {
             .await
             .is_err()
         {
-            panic!(
-                "cannot create table {table}: {}",
-                aws_sdk_dynamodb::error::DisplayErrorContext(&e)
-            );
+            panic!("{e}");
         }
     }
     table
