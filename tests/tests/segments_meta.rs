@@ -1329,6 +1329,38 @@ async fn a_creating_request_creates_and_backfills_its_audiences_within_its_slice
     assert_eq!(posts.len(), 3, "{posts:?}");
     assert!(posts.iter().all(|r| r.status == 200), "{posts:?}");
     assert_a_second_apart(&posts);
+
+    // A stale queue entry (the schedule read its queue before the request dequeued it) met after
+    // the backfill finished must not start that backfill over.
+    let m = env
+        .ctx
+        .destinations
+        .get_mapping(&id, &segs[0])
+        .await
+        .unwrap()
+        .expect("the mapping");
+    let before = env
+        .ctx
+        .jobs
+        .get_job(&id, &segs[0])
+        .await
+        .unwrap()
+        .expect("its job");
+    env.ctx.destinations.queue_audience(&m).await.unwrap();
+    env.backfill_task(30).await;
+    let after = env
+        .ctx
+        .jobs
+        .get_job(&id, &segs[0])
+        .await
+        .unwrap()
+        .expect("its job");
+    assert_eq!(
+        (after.generation, after.state),
+        (before.generation, before.state),
+        "a stale queue entry restarted a finished backfill"
+    );
+    assert_eq!(audience_creations(&env).await.len(), 3);
     env.cleanup().await;
 }
 

@@ -1586,7 +1586,15 @@ async fn create_one(
         MappingStatus::Pending if current.audience_id.is_none() => {}
         MappingStatus::Pending | MappingStatus::Active if current.audience_id.is_some() => {
             // A previous run created the audience but stopped before queueing the backfill.
-            if current.status == MappingStatus::Active {
+            // Only then: a stale entry met after another caller (a creating request) created the
+            // audience and already ran its backfill must not start that backfill over.
+            if current.status == MappingStatus::Active
+                && !ctx
+                    .jobs
+                    .get_job(dst, seg_id)
+                    .await?
+                    .is_some_and(|j| Some(j.audience_id) == current.audience_id)
+            {
                 members::start_backfill(ctx, &current).await?;
             }
             store.dequeue_audience(p).await?;
