@@ -1589,11 +1589,11 @@ async fn create_one(
             // Only then: a stale entry met after another caller (a creating request) created the
             // audience and already ran its backfill must not start that backfill over.
             if current.status == MappingStatus::Active
-                && !ctx
+                && ctx
                     .jobs
                     .get_job(dst, seg_id)
                     .await?
-                    .is_some_and(|j| Some(j.audience_id) == current.audience_id)
+                    .is_none_or(|j| Some(j.audience_id) != current.audience_id)
             {
                 members::start_backfill(ctx, &current).await?;
             }
