@@ -418,23 +418,16 @@ impl IngestCtx {
         }
 
         let mut stats = SendStats::default();
-        // Input order: Amazon's indexes then follow the request, and logs read naturally.
-        to_send.sort_by_key(|w| w.index);
         let settled = self
             .send(account, to_send, arena, &prepared, inv, &mut stats)
             .await;
         // Settle our own claims before waiting on anyone else's: two requests holding some of
         // each other's ids must not wait on each other.
-        for (w, r) in self.settle(settled).await {
-            match r {
-                Ok(res) => results[w.index] = Some(res),
-                Err(reason) => to_park.push((w, reason)),
-            }
-        }
+        self.settle(settled, &mut results, &mut to_park).await;
 
         // Claims held by other live requests: wait for them to settle.
         if !waiting.is_empty() {
-            let (mut ready, dups, parked_elsewhere, timed_out) =
+            let (ready, dups, parked_elsewhere, timed_out) =
                 self.wait_for_holders(waiting, inv).await;
             for w in dups {
                 results[w.index] = Some(done(w.index, Status::Duplicate));
@@ -449,16 +442,10 @@ impl IngestCtx {
                         .into(),
                 ));
             }
-            ready.sort_by_key(|w| w.index);
             let settled = self
                 .send(account, ready, arena, &prepared, inv, &mut stats)
                 .await;
-            for (w, r) in self.settle(settled).await {
-                match r {
-                    Ok(res) => results[w.index] = Some(res),
-                    Err(reason) => to_park.push((w, reason)),
-                }
-            }
+            self.settle(settled, &mut results, &mut to_park).await;
         }
 
         if stats.reauthorization_required {
@@ -513,20 +500,28 @@ impl IngestCtx {
         }
     }
 
-    /// Completes (accepted) or releases (rejected) the claims of delivered events; what is left
-    /// to park comes back as `Err(reason)`.
+    /// Completes (accepted) or releases (rejected) the claims of delivered events and records
+    /// their results; what is left to park goes to `to_park` with its reason.
     async fn settle(
         &self,
         settled: Vec<(Work, Delivery)>,
-    ) -> Vec<(Work, Result<EventResult, String>)> {
+        results: &mut [Option<EventResult>],
+        to_park: &mut Vec<(Work, String)>,
+    ) {
         let mut futs = Vec::with_capacity(settled.len());
         for (w, d) in settled {
             futs.push(self.settle_one(w, d));
         }
-        futures::stream::iter(futs)
+        let done: Vec<_> = futures::stream::iter(futs)
             .buffer_unordered(self.settings.claim_concurrency)
             .collect()
-            .await
+            .await;
+        for (w, r) in done {
+            match r {
+                Ok(res) => results[w.index] = Some(res),
+                Err(reason) => to_park.push((w, reason)),
+            }
+        }
     }
 
     async fn settle_one(&self, w: Work, d: Delivery) -> (Work, Result<EventResult, String>) {
@@ -619,7 +614,7 @@ impl IngestCtx {
     async fn send(
         &self,
         account: &IntegratedAccount,
-        work: Vec<Work>,
+        mut work: Vec<Work>,
         arena: &Arena,
         prepared: &[Option<Prepared>],
         inv: &Invocation,
@@ -628,6 +623,8 @@ impl IngestCtx {
         if work.is_empty() {
             return Vec::new();
         }
+        // Input order: Amazon's indexes then follow the request, and logs read naturally.
+        work.sort_by_key(|w| w.index);
         let bodies: Vec<&[u8]> = work
             .iter()
             .map(|w| {

@@ -5,6 +5,7 @@
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering};
+use tracing_subscriber::EnvFilter;
 
 /// Amazon answers seen by this process since the last metrics record, by class:
 /// all, 4xx other than 429, 429, 5xx. Drained into every [`Metrics::emit`].
@@ -25,7 +26,6 @@ pub fn record_amazon_status(status: u16) {
         AMAZON_ANSWERS[i].fetch_add(1, Ordering::Relaxed);
     }
 }
-use tracing_subscriber::EnvFilter;
 
 /// Installs the JSON log subscriber once. Level from `RUST_LOG` (default `info`).
 pub fn init_tracing() {

@@ -596,39 +596,45 @@ async fn destination_view(
 ) -> Result<Value, StoreError> {
     let mappings = ctx.destinations.list_mappings(&d.destination_id).await?;
     let problem = account_problem(ctx, &d.account_id).await?;
-    let progress: Vec<Option<Value>> = if with_progress {
-        // Owned keys: a closure over borrowed items would make the handler's future not `Send`.
-        let keys: Vec<Option<(String, String)>> = mappings
-            .iter()
-            .map(|m| {
-                m.audience_id
-                    .map(|_| (m.destination_id.clone(), m.segment_id.clone()))
-            })
-            .collect();
-        futures::stream::iter(keys)
-            .map(|k| async move {
-                let (dst, seg) = k?;
-                match members::backfill_progress(ctx, &dst, &seg).await {
-                    Ok(v) => Some(v),
-                    Err(e) => {
-                        tracing::warn!(error = %e, "backfill progress unavailable");
-                        None
-                    }
-                }
-            })
-            .buffered(8)
-            .collect()
-            .await
+    let views = if with_progress {
+        mapping_views(ctx, &mappings).await
     } else {
-        vec![None; mappings.len()]
+        mappings.iter().map(|m| mapping_view(m, None)).collect()
     };
     let (status, errors) = destination_status(problem, &mappings);
-    let views: Vec<Value> = mappings
+    Ok(destination_json(d, status, errors, views))
+}
+
+/// The views of `mappings`, with backfill progress for those with an audience (read a few at a
+/// time; a progress that cannot be read is left out, not an error).
+async fn mapping_views(ctx: &ExportCtx, mappings: &[SegmentMapping]) -> Vec<Value> {
+    // Owned keys: a closure over borrowed items would make the handler's future not `Send`.
+    let keys: Vec<Option<(String, String)>> = mappings
+        .iter()
+        .map(|m| {
+            m.audience_id
+                .map(|_| (m.destination_id.clone(), m.segment_id.clone()))
+        })
+        .collect();
+    let progress: Vec<Option<Value>> = futures::stream::iter(keys)
+        .map(|k| async move {
+            let (dst, seg) = k?;
+            match members::backfill_progress(ctx, &dst, &seg).await {
+                Ok(v) => Some(v),
+                Err(e) => {
+                    tracing::warn!(error = %e, "backfill progress unavailable");
+                    None
+                }
+            }
+        })
+        .buffered(8)
+        .collect()
+        .await;
+    mappings
         .iter()
         .zip(progress)
         .map(|(m, p)| mapping_view(m, p))
-        .collect();
-    Ok(destination_json(d, status, errors, views))
+        .collect()
 }
 
 fn destination_json(
@@ -1205,28 +1211,30 @@ async fn add_mappings_inner(
     ))
 }
 
-/// The mappings as stored now (consistent reads), with backfill progress once they have an
-/// audience.
+/// `mappings` (all of one destination) as stored now, in their order, with backfill progress
+/// once they have an audience: one consistent query for the lot.
 async fn current_views(
     ctx: &ExportCtx,
     mappings: &[SegmentMapping],
 ) -> Result<Vec<Value>, StoreError> {
-    let mut views = Vec::with_capacity(mappings.len());
-    for m in mappings {
-        let now = ctx
-            .destinations
-            .get_mapping(&m.destination_id, &m.segment_id)
-            .await?
-            .unwrap_or_else(|| m.clone());
-        let progress = match now.audience_id {
-            Some(_) => {
-                Some(members::backfill_progress(ctx, &now.destination_id, &now.segment_id).await?)
-            }
-            None => None,
-        };
-        views.push(mapping_view(&now, progress));
-    }
-    Ok(views)
+    let Some(first) = mappings.first() else {
+        return Ok(Vec::new());
+    };
+    let stored = ctx
+        .destinations
+        .list_mappings(&first.destination_id)
+        .await?;
+    let now: Vec<SegmentMapping> = mappings
+        .iter()
+        .map(|m| {
+            stored
+                .iter()
+                .find(|s| s.segment_id == m.segment_id)
+                .unwrap_or(m)
+                .clone()
+        })
+        .collect();
+    Ok(mapping_views(ctx, &now).await)
 }
 
 /// Brings a removed or failed mapping back.
@@ -1712,18 +1720,17 @@ async fn create_one(
 
 /// What a creating request did within its slice (logged and counted in metrics; the answer shows
 /// the mappings themselves).
-#[derive(Debug, Default, Clone, serde::Serialize)]
-#[serde(rename_all = "camelCase")]
-pub struct InlineSummary {
-    pub created: u32,
-    pub failed: u32,
-    pub retry_later: u32,
+#[derive(Debug, Default)]
+struct InlineSummary {
+    created: u32,
+    failed: u32,
+    retry_later: u32,
     /// Left queued for the scheduled run: no metadata slot within the slice, the slice's
     /// creation share was spent, or another invocation held the claim.
-    pub left_queued: u32,
+    left_queued: u32,
     /// `members::run_backfill_for`'s summary (`null` when no job ran).
-    pub backfill: Value,
-    pub ms: u64,
+    backfill: Value,
+    ms: u64,
 }
 
 /// The creating request's slice of work on the mappings it just stored (see the module doc):
@@ -1815,6 +1822,7 @@ async fn work_inline(
         failed = summary.failed,
         retry_later = summary.retry_later,
         left_queued = summary.left_queued,
+        backfill = %summary.backfill,
         ms = summary.ms,
         "inline work of a creating request done"
     );

@@ -1,7 +1,9 @@
 //! Writes a [`ValidEvent`] in the Events API shape (`CreateEventRequest.events[]`), straight into
 //! a reusable byte buffer: each event is serialised exactly once, and a batch body is the
-//! concatenation of already-written events.
+//! concatenation of already-written events. Match keys and custom data are written while they are
+//! checked ([`write_match_key`], [`write_custom_entry`] into the [`Scratch`]); the rest here.
 
+use super::matchkey::{KeyType, KeyValue};
 use super::validate::{Scratch, ValidEvent};
 use std::io::Write;
 
@@ -92,8 +94,49 @@ pub fn write_event(e: &ValidEvent<'_>, scratch: &Scratch, out: &mut Vec<u8>) {
     out.push(b'}');
 }
 
+/// Appends one `{"type","values":[…]}` entry of `matchKeys` (comma-separated from the previous).
+pub(super) fn write_match_key(out: &mut Vec<u8>, kind: KeyType, value: &KeyValue<'_>) {
+    if !out.is_empty() {
+        out.push(b',');
+    }
+    out.extend_from_slice(b"{\"type\":\"");
+    out.extend_from_slice(kind.as_str().as_bytes());
+    out.extend_from_slice(b"\",\"values\":[");
+    match value {
+        KeyValue::Hashed(h) => {
+            out.push(b'"');
+            out.extend_from_slice(h);
+            out.push(b'"');
+        }
+        KeyValue::Raw(s) => string(out, s),
+    }
+    out.extend_from_slice(b"]}");
+}
+
+/// Appends one `{"name","value","dataType"?}` entry of `customData` (comma-separated).
+pub(super) fn write_custom_entry(
+    out: &mut Vec<u8>,
+    name: &str,
+    value: &str,
+    data_type: Option<&str>,
+) {
+    if !out.is_empty() {
+        out.push(b',');
+    }
+    out.extend_from_slice(b"{\"name\":");
+    string(out, name);
+    out.extend_from_slice(b",\"value\":");
+    string(out, value);
+    if let Some(t) = data_type {
+        out.extend_from_slice(b",\"dataType\":\"");
+        out.extend_from_slice(t.as_bytes());
+        out.push(b'"');
+    }
+    out.push(b'}');
+}
+
 /// A JSON string with serde_json's escaping (no allocation).
-pub(super) fn string(out: &mut Vec<u8>, s: &str) {
+fn string(out: &mut Vec<u8>, s: &str) {
     // Writing to a Vec cannot fail.
     let _ = serde_json::to_writer(&mut *out, s);
 }

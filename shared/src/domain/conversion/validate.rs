@@ -2,8 +2,8 @@
 //! problem with its field path (`timestamp`, `matchKeys[1].values[0]`, `consent.amazonConsent`).
 
 use super::input::{ConsentIn, CustomDataIn, Flag, Got, InEvent, MatchKeysIn, Text, ValuesIn};
-use super::matchkey::{KeyHasher, KeyType, KeyValue};
-use super::outbound::string;
+use super::matchkey::{KeyHasher, KeyType};
+use super::outbound::{write_custom_entry, write_match_key};
 use super::{FieldError, Reason};
 use chrono::{DateTime, FixedOffset};
 
@@ -235,8 +235,6 @@ pub struct ValidEvent<'b> {
     pub event_time_ms: i64,
     pub country: Country,
     pub event_id: Option<&'b str>,
-    /// How many match keys went out (their JSON is in [`Scratch::keys`]).
-    pub keys: usize,
     pub value: Option<f64>,
     pub currency_code: Option<[u8; 3]>,
     pub units_sold: Option<i32>,
@@ -524,10 +522,9 @@ pub fn validate<'b>(
         other => other,
     };
 
-    let keys = match errs.got("matchKeys", ev.match_keys.as_ref(), MATCH_KEYS_SHAPE) {
-        Err(()) => 0,
-        Ok(k) => match_keys(k, scratch, &mut errs),
-    };
+    if let Ok(k) = errs.got("matchKeys", ev.match_keys.as_ref(), MATCH_KEYS_SHAPE) {
+        match_keys(k, scratch, &mut errs);
+    }
 
     let is_purchase = conversion_type == "OFF_AMAZON_PURCHASES";
     let value = match errs.got("value", ev.value.as_ref(), "a number") {
@@ -659,7 +656,6 @@ pub fn validate<'b>(
         event_time_ms,
         country: country.unwrap_or(Country::Other),
         event_id,
-        keys,
         value,
         currency_code,
         units_sold,
@@ -816,15 +812,15 @@ pub fn format_time_ms(ms: i64) -> [u8; 24] {
     o
 }
 
-/// Checks, normalises and hashes the match keys into `scratch.keys`; returns how many went out.
-fn match_keys(keys: Option<&MatchKeysIn<'_>>, scratch: &mut Scratch, errs: &mut Errors) -> usize {
+/// Checks, normalises and hashes the match keys, writing them into `scratch.keys`.
+fn match_keys(keys: Option<&MatchKeysIn<'_>>, scratch: &mut Scratch, errs: &mut Errors) {
     let Some(keys) = keys else {
         errs.push(
             "matchKeys",
             Reason::Missing,
             "matchKeys is required (at least one key such as EMAIL)",
         );
-        return 0;
+        return;
     };
     let before = errs.0.len();
     let mut acc = KeyAcc {
@@ -927,7 +923,6 @@ fn match_keys(keys: Option<&MatchKeysIn<'_>>, scratch: &mut Scratch, errs: &mut 
             "no usable match key: every key was empty or normalised to nothing",
         );
     }
-    acc.n
 }
 
 /// Match keys gathered so far.
@@ -997,22 +992,7 @@ impl KeyAcc {
         if let Some(kv) = scratch.hasher.key_value(kind, v.as_str())
             && self.n < MAX_MATCH_KEYS
         {
-            let out = &mut scratch.keys;
-            if self.n > 0 {
-                out.push(b',');
-            }
-            out.extend_from_slice(b"{\"type\":\"");
-            out.extend_from_slice(kind.as_str().as_bytes());
-            out.extend_from_slice(b"\",\"values\":[");
-            match kv {
-                KeyValue::Hashed(h) => {
-                    out.push(b'"');
-                    out.extend_from_slice(&h);
-                    out.push(b'"');
-                }
-                KeyValue::Raw(s) => string(out, s),
-            }
-            out.extend_from_slice(b"]}");
+            write_match_key(&mut scratch.keys, kind, &kv);
             self.n += 1;
         }
     }
@@ -1201,19 +1181,7 @@ fn custom_data(items: &[Got<CustomDataIn<'_>>], out: &mut Vec<u8>, errs: &mut Er
             _ => None,
         };
         if let (Ok(name), Ok(value)) = (name, value) {
-            if !out.is_empty() {
-                out.push(b',');
-            }
-            out.extend_from_slice(b"{\"name\":");
-            string(out, name);
-            out.extend_from_slice(b",\"value\":");
-            string(out, value);
-            if let Some(t) = data_type {
-                out.extend_from_slice(b",\"dataType\":\"");
-                out.extend_from_slice(t.as_bytes());
-                out.push(b'"');
-            }
-            out.push(b'}');
+            write_custom_entry(out, name, value, data_type);
         }
     }
 }
