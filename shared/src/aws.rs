@@ -18,7 +18,8 @@ impl AwsClients {
     /// declares: the template declares these empty (unset in AWS), whereas an empty
     /// `AWS_ENDPOINT_URL` makes the SDK fail on the first call.
     pub async fn from_env() -> Self {
-        let mut loader = aws_config::defaults(aws_config::BehaviorVersion::latest());
+        let mut loader = aws_config::defaults(aws_config::BehaviorVersion::latest())
+            .timeout_config(SdkTimeouts::from_env().config());
         if let Some(url) = crate::config::optional("ADSYNC_AWS_ENDPOINT_URL") {
             loader = loader.endpoint_url(url);
         }
@@ -32,5 +33,73 @@ impl AwsClients {
             secrets: aws_sdk_secretsmanager::Client::new(&conf),
             sqs: aws_sdk_sqs::Client::new(&conf),
         }
+    }
+}
+
+/// Operation timeouts of every AWS SDK client, so that no DynamoDB, SQS or Secrets Manager call
+/// can hang a request past its budget or a backfill shard past its lease:
+/// `ADSYNC_AWS_ATTEMPT_TIMEOUT_MS` (one HTTP attempt, default 5 000),
+/// `ADSYNC_AWS_OPERATION_TIMEOUT_MS` (the call with the SDK's own retries, default 12 000),
+/// connect 2 s.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SdkTimeouts {
+    pub connect: std::time::Duration,
+    pub attempt: std::time::Duration,
+    pub operation: std::time::Duration,
+}
+
+impl Default for SdkTimeouts {
+    fn default() -> Self {
+        Self {
+            connect: std::time::Duration::from_secs(2),
+            attempt: std::time::Duration::from_millis(5_000),
+            operation: std::time::Duration::from_millis(12_000),
+        }
+    }
+}
+
+impl SdkTimeouts {
+    /// From the environment; an unreadable value keeps the default (logged).
+    pub fn from_env() -> Self {
+        let d = Self::default();
+        let ms = |name: &'static str, def: std::time::Duration| {
+            match crate::config::parsed_or::<u64>(name, def.as_millis() as u64) {
+                Ok(v) if v >= 100 => std::time::Duration::from_millis(v),
+                Ok(_) | Err(_) => {
+                    tracing::warn!(variable = name, "invalid AWS SDK timeout; using the default");
+                    def
+                }
+            }
+        };
+        let attempt = ms("ADSYNC_AWS_ATTEMPT_TIMEOUT_MS", d.attempt);
+        Self {
+            connect: d.connect,
+            attempt,
+            operation: ms("ADSYNC_AWS_OPERATION_TIMEOUT_MS", d.operation).max(attempt),
+        }
+    }
+
+    pub fn config(&self) -> aws_config::timeout::TimeoutConfig {
+        aws_config::timeout::TimeoutConfig::builder()
+            .connect_timeout(self.connect)
+            .operation_attempt_timeout(self.attempt)
+            .operation_timeout(self.operation)
+            .build()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_client_gets_operation_timeouts() {
+        let t = SdkTimeouts::default();
+        let c = t.config();
+        assert_eq!(c.operation_timeout(), Some(t.operation));
+        assert_eq!(c.operation_attempt_timeout(), Some(t.attempt));
+        assert_eq!(c.connect_timeout(), Some(t.connect));
+        // A long poll (1 s) fits in one attempt.
+        assert!(t.attempt > std::time::Duration::from_secs(1));
     }
 }

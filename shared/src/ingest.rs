@@ -28,6 +28,8 @@
 //! Delivery to Amazon is at least once at the network boundary (a request that timed out may
 //! still have arrived); the event carries `eventId` = `clientDedupeId` so Amazon dedupes that case.
 
+mod redrive;
+
 use crate::amazon::{AmazonClient, AmazonError, EventError, EventsOutcome};
 use crate::aws::AwsClients;
 use crate::config::{Tables, dedupe_window, required};
@@ -36,9 +38,11 @@ use crate::http::auth::ApiKeyAuth;
 use crate::http::{HttpRequest, HttpResponse};
 use crate::runtime::{Handler, Invocation, now_ms};
 use crate::store::StoreError;
-use crate::store::accounts::{AccountStatus, AccountStore, IntegratedAccount, require_active};
+use crate::store::accounts::{AccountStore, IntegratedAccount, require_active};
 use crate::store::dedupe::{Claim, ClaimOutcome, DedupeKey, DedupeStore, TakeOutcome};
 use crate::store::parked::ParkedQueue;
+use crate::store::parked_counts::{Counter, ParkedCounts};
+use crate::store::parked_retry::{ParkedRetry, RetryState};
 use crate::store::secrets::SecretsStore;
 use crate::telemetry::Metrics;
 use futures::StreamExt;
@@ -68,6 +72,8 @@ pub struct IngestSettings {
     pub park_message_bytes: usize,
     /// The `Function` dimension of the metrics.
     pub metrics_fn: &'static str,
+    /// How parked events are retried and when they go to the dead-letter queue.
+    pub retry: ParkedRetry,
 }
 
 impl Default for IngestSettings {
@@ -82,6 +88,7 @@ impl Default for IngestSettings {
             max_wait: Duration::from_secs(10),
             park_message_bytes: 200 * 1024,
             metrics_fn: "conversion-ingest",
+            retry: ParkedRetry::default(),
         }
     }
 }
@@ -111,8 +118,12 @@ impl IngestCtx {
                 Tables::from_env()?.dedupe,
                 dedupe_window()?,
             ),
-            parked: ParkedQueue::new(aws.sqs.clone(), required("PARKED_CONVERSIONS_QUEUE_URL")?),
-            settings: IngestSettings::default(),
+            parked: ParkedQueue::new(aws.sqs.clone(), required("PARKED_CONVERSIONS_QUEUE_URL")?)
+                .with_dead_letter(crate::config::optional("PARKED_DLQ_URL")),
+            settings: IngestSettings {
+                retry: ParkedRetry::from_env()?,
+                ..IngestSettings::default()
+            },
         })
     }
 }
@@ -175,6 +186,12 @@ pub struct RedriveSummary {
     pub already_delivered: usize,
     pub rejected: usize,
     pub still_parked: usize,
+    /// Events sent back to the queue with a delay (`store::parked_retry`).
+    #[serde(default)]
+    pub requeued: usize,
+    /// Events put on the dead-letter queue (refused by Amazon for good, or too old).
+    #[serde(default)]
+    pub dead_lettered: usize,
 }
 
 /// One SQS message of parked conversions (all for one account).
@@ -185,6 +202,9 @@ pub struct ParkedBatch {
     pub account_id: String,
     pub advertiser_id: i64,
     pub events: Vec<ParkedEvent>,
+    /// Redrive attempts, age and delay (`store::parked_retry`).
+    #[serde(default)]
+    pub retry: RetryState,
 }
 
 /// One parked event: its dedupe key and the outbound (normalised, hashed) JSON.
@@ -916,9 +936,16 @@ impl IngestCtx {
                 account_id: account.account_id.clone(),
                 advertiser_id: account.advertiser_id,
                 events: parked,
+                retry: RetryState::parked_at(now),
             };
             match self.parked.park(&msg).await {
                 Ok(()) => {
+                    ParkedCounts::new(&self.accounts)
+                        .add_logged(
+                            &account.account_id,
+                            &[(Counter::Conversions, msg.events.len() as i64)],
+                        )
+                        .await;
                     // Futures built in a loop, not a closure over references: keeps the
                     // handler future `Send` (rustc's higher-ranked closure limitation).
                     let mut futs = Vec::with_capacity(works.len());
@@ -956,129 +983,6 @@ impl IngestCtx {
             }
         }
         out
-    }
-
-    /// The scheduled `{"task":"redrive"}`: delivers parked conversions until the queue is empty
-    /// or the deadline is near.
-    pub async fn redrive(&self, inv: &Invocation) -> RedriveSummary {
-        let mut summary = RedriveSummary::default();
-        let mut accounts: HashMap<String, Option<IntegratedAccount>> = HashMap::new();
-        let mut stats = SendStats::default();
-        while inv.remaining() > self.settings.deadline_margin * 3 {
-            let msgs = match self.parked.receive::<ParkedBatch>(10).await {
-                Ok(m) => m,
-                Err(e) => {
-                    tracing::error!(error = %e, "could not read the parked queue");
-                    break;
-                }
-            };
-            if msgs.is_empty() {
-                break;
-            }
-            for msg in msgs {
-                summary.messages += 1;
-                let batch = &msg.item;
-                if !accounts.contains_key(&batch.account_id) {
-                    let a = self
-                        .accounts
-                        .get_account(&batch.account_id)
-                        .await
-                        .ok()
-                        .flatten();
-                    accounts.insert(batch.account_id.clone(), a);
-                }
-                let account = match accounts.get(&batch.account_id).cloned().flatten() {
-                    Some(a) if a.status == AccountStatus::Active => a,
-                    _ => {
-                        // Left on the queue: it goes to the DLQ after maxReceiveCount if the
-                        // account is not relinked in time (alarmed; never dropped silently).
-                        tracing::warn!(account_id = %batch.account_id, message_id = %msg.message_id, "parked conversions wait for an active account");
-                        summary.still_parked += batch.events.len();
-                        continue;
-                    }
-                };
-                let mut settled = true;
-                let mut futs = Vec::with_capacity(batch.events.len());
-                for (i, pe) in batch.events.iter().enumerate() {
-                    futs.push(self.take_one(i, pe, inv));
-                }
-                let takes: Vec<(usize, Result<TakeOutcome, StoreError>)> =
-                    futures::stream::iter(futs)
-                        .buffer_unordered(self.settings.claim_concurrency)
-                        .collect()
-                        .await;
-                let mut taken: Vec<(usize, Claim)> = Vec::new();
-                for (i, t) in takes {
-                    match t {
-                        Ok(TakeOutcome::Taken(c)) => taken.push((i, c)),
-                        Ok(TakeOutcome::Completed) => summary.already_delivered += 1,
-                        Ok(TakeOutcome::Busy { .. }) | Err(_) => {
-                            settled = false;
-                            summary.still_parked += 1;
-                        }
-                    }
-                }
-                let bodies: Vec<&[u8]> = taken
-                    .iter()
-                    .map(|(i, _)| batch.events[*i].event.get().as_bytes())
-                    .collect();
-                let deliveries = if bodies.is_empty() {
-                    Vec::new()
-                } else {
-                    self.deliver(&account, &bodies, inv, &mut stats).await
-                };
-                for ((i, claim), d) in taken.iter().zip(deliveries) {
-                    let pe = &batch.events[*i];
-                    match d {
-                        Delivery::Accepted => {
-                            summary.delivered += 1;
-                            self.finish(self.dedupe.complete(claim).await, "complete");
-                        }
-                        Delivery::Rejected(errors) => {
-                            summary.rejected += 1;
-                            let fields: Vec<&str> =
-                                errors.iter().map(|e| e.field.as_str()).collect();
-                            tracing::warn!(account_id = %batch.account_id, park_id = %pe.park_id, ?fields, "Amazon rejected a redriven conversion");
-                            self.finish(self.dedupe.release(claim).await, "release");
-                        }
-                        Delivery::Park(reason) => {
-                            settled = false;
-                            summary.still_parked += 1;
-                            tracing::warn!(account_id = %batch.account_id, park_id = %pe.park_id, reason = %reason, "redrive failed; left parked");
-                            self.finish(
-                                self.dedupe.mark_parked(claim, &pe.park_id).await,
-                                "mark parked",
-                            );
-                        }
-                    }
-                }
-                if settled {
-                    match self.parked.ack(&msg.receipt_handle).await {
-                        Ok(()) => summary.acked += 1,
-                        Err(e) => {
-                            tracing::error!(error = %e, "could not acknowledge a redriven message")
-                        }
-                    }
-                }
-            }
-        }
-        if stats.reauthorization_required {
-            for a in accounts.values().flatten() {
-                self.mark_reauthorization(a).await;
-            }
-        }
-        let mut m = Metrics::new(self.settings.metrics_fn);
-        m.count("RedriveMessages", summary.messages as u64)
-            .count("RedriveDelivered", summary.delivered as u64)
-            .count("RedriveAlreadyDelivered", summary.already_delivered as u64)
-            .count("RedriveRejected", summary.rejected as u64)
-            .count("RedriveStillParked", summary.still_parked as u64);
-        if !stats.latencies_ms.is_empty() {
-            m.millis("AmazonLatency", mean(&stats.latencies_ms));
-        }
-        m.emit();
-        tracing::info!(?summary, "redrive finished");
-        summary
     }
 
     fn emit_metrics(&self, results: &[EventResult], totals: &Totals, stats: &SendStats) {
@@ -1209,7 +1113,7 @@ impl Handler for ConversionHandler {
     async fn task(
         &self,
         name: &str,
-        _input: serde_json::Value,
+        input: serde_json::Value,
         inv: Invocation,
     ) -> Result<serde_json::Value, String> {
         match name {
@@ -1217,8 +1121,14 @@ impl Handler for ConversionHandler {
                 let s = self.ctx.redrive(&inv).await;
                 serde_json::to_value(s).map_err(|e| e.to_string())
             }
+            "redrive-dlq" => {
+                use crate::parked_dlq::{DeadLetterMover, Scope};
+                let mover = DeadLetterMover::for_conversions(&self.ctx.parked, &self.ctx.accounts)?;
+                let s = mover.run(&Scope::from_input(&input), &inv).await?;
+                serde_json::to_value(s).map_err(|e| e.to_string())
+            }
             other => Err(format!(
-                "unknown task {other:?}; this function runs \"redrive\""
+                "unknown task {other:?}; this function runs \"redrive\" and \"redrive-dlq\""
             )),
         }
     }

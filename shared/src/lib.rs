@@ -4,12 +4,14 @@
 
 pub mod amazon;
 pub mod aws;
+pub mod budget;
 pub mod config;
 pub mod domain;
 pub mod export;
 pub mod http;
 pub mod ingest;
 pub mod linking;
+pub mod parked_dlq;
 pub mod runtime;
 pub mod store;
 pub mod telemetry;

@@ -913,6 +913,13 @@ impl Linking {
         if let Err(e) = self.accounts.mark_linked(cid).await {
             tracing::warn!(connection_id = cid, error = %e, "cannot mark connection linked");
         }
+        // The next scheduled `redrive-dlq` moves this account's dead-lettered work back.
+        if let Err(e) = crate::store::parked_counts::ParkedCounts::new(&self.accounts)
+            .mark_relinked(&account_id, crate::runtime::now_ms())
+            .await
+        {
+            tracing::warn!(account_id = %account_id, error = %e, "cannot record the relink");
+        }
         // Re-linked from a new login: the old login's secret goes when nothing else uses it.
         if let Some(prev) = previous
             && prev.status != AccountStatus::Removed
@@ -954,7 +961,24 @@ impl Linking {
         }
         match self.accounts.list_accounts().await {
             Ok(list) => {
-                let accounts: Vec<serde_json::Value> = list.iter().map(account_json).collect();
+                let ids: Vec<String> = list.iter().map(|a| a.account_id.clone()).collect();
+                let parked = crate::store::parked_counts::ParkedCounts::new(&self.accounts)
+                    .views(&ids)
+                    .await
+                    .inspect_err(|e| tracing::warn!(error = %e, "cannot read the parked counts"))
+                    .ok();
+                let accounts: Vec<serde_json::Value> = list
+                    .iter()
+                    .map(|a| {
+                        let mut v = account_json(a);
+                        if let Some(p) = &parked {
+                            v["parked"] = serde_json::json!(
+                                p.get(&a.account_id).copied().unwrap_or_default()
+                            );
+                        }
+                        v
+                    })
+                    .collect();
                 HttpResponse::json(200, &serde_json::json!({ "accounts": accounts }))
             }
             Err(e) => {

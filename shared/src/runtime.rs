@@ -5,6 +5,7 @@
 //! explicit input such as `{"task":"backfill"}`. [`run`] tells them apart and hands each to the
 //! function's [`Handler`].
 
+use crate::budget::HttpBudget;
 use crate::http::{HttpRequest, HttpResponse};
 use lambda_runtime::{Error, LambdaEvent, service_fn};
 use serde_json::Value;
@@ -85,7 +86,8 @@ pub async fn dispatch<H: Handler + ?Sized>(
             let method = req.method.clone();
             let path = req.path.clone();
             let started = std::time::Instant::now();
-            let resp = handler.http(req, inv).await;
+            let budget = *HTTP_BUDGET.get_or_init(HttpBudget::default);
+            let resp = answer_within(handler, req, inv, &payload, budget).await;
             tracing::info!(
                 method = %method,
                 path = %redact_path(&path),
@@ -96,6 +98,51 @@ pub async fn dispatch<H: Handler + ?Sized>(
             Ok(resp.to_apigw_v2())
         }
         Err(e) => Err(format!("unsupported event: {e}").into()),
+    }
+}
+
+/// The budget of HTTP requests, read once by [`run`] (the default when never set, e.g. in tests).
+static HTTP_BUDGET: std::sync::OnceLock<HttpBudget> = std::sync::OnceLock::new();
+
+/// Runs one HTTP request under the request budget (`crate::budget`): the invocation's deadline is
+/// the budget's, Amazon calls end `reserve` before it, and a handler still running at the deadline
+/// is answered 503 (the work it accepted is durable; what it did not finish can be sent again).
+pub async fn answer_within<H: Handler + ?Sized>(
+    handler: &H,
+    req: HttpRequest,
+    inv: Invocation,
+    payload: &Value,
+    budget: HttpBudget,
+) -> HttpResponse {
+    let now = now_ms();
+    let arrival = payload
+        .pointer("/requestContext/timeEpoch")
+        .and_then(Value::as_u64);
+    let deadline_ms = budget.deadline_ms(inv.deadline_ms, arrival, now);
+    let left = Duration::from_millis(deadline_ms.saturating_sub(now));
+    let amazon_until = std::time::Instant::now() + left.saturating_sub(budget.reserve);
+    let inv = Invocation {
+        deadline_ms,
+        ..inv
+    };
+    let work = crate::budget::with_amazon_deadline(amazon_until, handler.http(req, inv));
+    match tokio::time::timeout(left, work).await {
+        Ok(resp) => resp,
+        Err(_) => {
+            tracing::error!(
+                budget_ms = budget.total.as_millis() as u64,
+                "the request did not finish within its budget"
+            );
+            HttpResponse::error(
+                503,
+                "deadline_exceeded",
+                format!(
+                    "adsync could not finish this request within its {} ms budget; what it \
+                     accepted is kept, send the request again to learn the rest",
+                    budget.total.as_millis()
+                ),
+            )
+        }
     }
 }
 
@@ -119,6 +166,8 @@ pub fn effective_deadline(deadline_ms: u64, now_ms: u64) -> u64 {
 
 /// Runs the Lambda runtime loop with `handler` (built once, shared by every invocation).
 pub async fn run<H: Handler>(handler: H) -> Result<(), Error> {
+    let budget = HttpBudget::from_env()?;
+    let _ = HTTP_BUDGET.set(budget);
     let handler = Arc::new(handler);
     lambda_runtime::run(service_fn(move |ev: LambdaEvent<Value>| {
         let handler = handler.clone();
@@ -151,6 +200,54 @@ mod tests {
         async fn task(&self, name: &str, _input: Value, _inv: Invocation) -> Result<Value, String> {
             Ok(serde_json::json!({"ran": name}))
         }
+    }
+
+    struct Slow;
+
+    #[async_trait::async_trait]
+    impl Handler for Slow {
+        async fn http(&self, _req: HttpRequest, inv: Invocation) -> HttpResponse {
+            let amazon_left = crate::budget::amazon_time_left().unwrap();
+            if inv.remaining() > Duration::from_secs(2) {
+                tokio::time::sleep(Duration::from_secs(30)).await;
+            }
+            HttpResponse::json(
+                200,
+                &serde_json::json!({"amazonLeftMs": amazon_left.as_millis() as u64}),
+            )
+        }
+    }
+
+    #[tokio::test]
+    async fn http_answers_come_within_the_budget() {
+        let budget = HttpBudget {
+            total: Duration::from_millis(1_500),
+            reserve: Duration::from_millis(500),
+        };
+        let req = HttpRequest::new("GET", "/x");
+        // Arrived 600 ms ago: the handler sees ~900 ms left, Amazon ~400 ms.
+        let payload = serde_json::json!({"requestContext": {"timeEpoch": now_ms() - 600}});
+        let t0 = std::time::Instant::now();
+        let resp = answer_within(&Slow, req.clone(), Invocation::with_timeout(60), &payload, budget)
+            .await;
+        assert_eq!(resp.status, 200, "{}", resp.body);
+        let left = resp.json_body()["amazonLeftMs"].as_u64().unwrap();
+        assert!((300..=400).contains(&left), "{left}");
+        assert!(t0.elapsed() < Duration::from_millis(100));
+        // A handler that overruns is cut at the budget with a clear 503.
+        let long = HttpBudget {
+            total: Duration::from_millis(3_000),
+            reserve: Duration::from_millis(500),
+        };
+        let t0 = std::time::Instant::now();
+        let resp = answer_within(&Slow, req, Invocation::with_timeout(60), &Value::Null, long).await;
+        let took = t0.elapsed();
+        assert_eq!(resp.status, 503);
+        assert!(resp.body.contains("deadline_exceeded"), "{}", resp.body);
+        assert!(
+            took >= Duration::from_millis(2_900) && took < Duration::from_millis(3_500),
+            "{took:?}"
+        );
     }
 
     #[test]

@@ -211,8 +211,8 @@ impl AmazonClient {
         grant: &Grant<'_>,
     ) -> Result<TokenGrant, AmazonError> {
         let url = self.inner.endpoints.token_url(region);
-        let timeout = self.policy.request_timeout;
         let call = || async {
+            let timeout = self.attempt_timeout()?;
             super::lwa::token_request(&self.inner.http, url, &self.inner.creds, grant, timeout)
                 .await
         };
@@ -240,7 +240,7 @@ impl AmazonClient {
         f.retry(backoff)
             .sleep(tokio::time::sleep)
             .when(is_transient)
-            .adjust(|e, d| d.map(|d| retry_delay(e, d)))
+            .adjust(|e, d| d.map(|d| retry_delay(e, d)).filter(|d| fits_budget(*d)))
             .notify(|e, d| {
                 tracing::warn!(
                     method,
@@ -251,6 +251,16 @@ impl AmazonClient {
                 );
             })
             .await
+    }
+
+    /// One attempt's timeout: the policy's, clipped to the request budget's Amazon deadline
+    /// (`crate::budget`); no attempt starts with less than [`crate::budget::MIN_ATTEMPT`] left.
+    pub(crate) fn attempt_timeout(&self) -> Result<Duration, AmazonError> {
+        match crate::budget::amazon_time_left() {
+            None => Ok(self.policy.request_timeout),
+            Some(left) if left < crate::budget::MIN_ATTEMPT => Err(AmazonError::Timeout),
+            Some(left) => Ok(self.policy.request_timeout.min(left)),
+        }
     }
 
     /// Sends one Ads API call for `login`: token, headers, rate limit, retries, and one token
@@ -304,11 +314,12 @@ impl AmazonClient {
         token: &str,
     ) -> Result<ApiResponse, AmazonError> {
         let client_id = self.client_id();
+        let timeout = self.attempt_timeout()?;
         let mut rb = self
             .inner
             .http
             .request(req.method.clone(), url)
-            .timeout(self.policy.request_timeout)
+            .timeout(timeout)
             .bearer_auth(token)
             .header(reqwest::header::ACCEPT, "application/json");
         rb = match req.headers {
@@ -408,6 +419,13 @@ fn is_transient(e: &AmazonError) -> bool {
             | AmazonError::Timeout
             | AmazonError::Network(_)
     )
+}
+
+/// Inside a request (`crate::budget`), a retry is only started when its wait and a minimal
+/// attempt end before the request's Amazon deadline; outside one, always.
+fn fits_budget(wait: Duration) -> bool {
+    crate::budget::amazon_time_left()
+        .is_none_or(|left| left > wait + crate::budget::MIN_ATTEMPT)
 }
 
 /// The wait before the next attempt: `Retry-After` (capped) on a 429 that carries one, else a

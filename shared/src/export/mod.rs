@@ -146,7 +146,8 @@ impl ExportCtx {
             destinations: DestinationStore::new(aws.dynamodb.clone(), tables.destinations.clone()),
             ledger: LedgerStore::new(aws.dynamodb.clone(), tables.ledger),
             jobs: JobStore::new(aws.dynamodb.clone(), tables.destinations),
-            parked: ParkedQueue::new(aws.sqs.clone(), required("PARKED_PATCHES_QUEUE_URL")?),
+            parked: ParkedQueue::new(aws.sqs.clone(), required("PARKED_PATCHES_QUEUE_URL")?)
+                .with_dead_letter(crate::config::optional("PARKED_DLQ_URL")),
             metrics_fn: "segment-export",
             inline: InlineWork::from_env()?,
         })
@@ -177,8 +178,8 @@ impl Handler for ExportHandler {
         route(&self.ctx, &self.auth, &req, &inv).await
     }
 
-    async fn task(&self, name: &str, _input: Value, inv: Invocation) -> Result<Value, String> {
-        run_task(&self.ctx, name, &inv).await
+    async fn task(&self, name: &str, input: Value, inv: Invocation) -> Result<Value, String> {
+        run_task_with(&self.ctx, name, &input, &inv).await
     }
 }
 
@@ -268,6 +269,16 @@ pub async fn route(
 
 /// Runs a scheduled task: `backfill` (audience creation, then backfill jobs) or `redrive`.
 pub async fn run_task(ctx: &ExportCtx, name: &str, inv: &Invocation) -> Result<Value, String> {
+    run_task_with(ctx, name, &json!({ "task": name }), inv).await
+}
+
+/// [`run_task`] with the task's input (`redrive-dlq` reads its scope from it).
+pub async fn run_task_with(
+    ctx: &ExportCtx,
+    name: &str,
+    input: &Value,
+    inv: &Invocation,
+) -> Result<Value, String> {
     match name {
         "backfill" => {
             let budget = inv.remaining().mul_f64(AUDIENCE_CREATION_SHARE);
@@ -284,8 +295,14 @@ pub async fn run_task(ctx: &ExportCtx, name: &str, inv: &Invocation) -> Result<V
             let redrive = members::run_redrive(ctx, inv).await?;
             Ok(json!({"task": "redrive", "redrive": redrive}))
         }
+        "redrive-dlq" => {
+            use crate::parked_dlq::{DeadLetterMover, Scope};
+            let mover = DeadLetterMover::for_patches(&ctx.parked, &ctx.accounts)?;
+            let moved = mover.run(&Scope::from_input(input), inv).await?;
+            Ok(json!({"task": "redrive-dlq", "redriveDlq": moved}))
+        }
         other => Err(format!(
-            "unknown task {other:?} (expected \"backfill\" or \"redrive\")"
+            "unknown task {other:?} (expected \"backfill\", \"redrive\" or \"redrive-dlq\")"
         )),
     }
 }

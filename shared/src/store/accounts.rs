@@ -379,6 +379,11 @@ impl AccountStore {
         &self.table
     }
 
+    /// The DynamoDB client (for adapters of other items in this table, `store::parked_counts`).
+    pub(crate) fn client(&self) -> &Client {
+        &self.client
+    }
+
     // ---- integrated accounts -------------------------------------------------------------
 
     /// The account with this id, in whatever status (removed accounts are kept as tombstones).

@@ -8,6 +8,8 @@ pub mod dynamo;
 pub mod jobs;
 pub mod ledger;
 pub mod parked;
+pub mod parked_counts;
+pub mod parked_retry;
 pub mod secrets;
 
 /// A store failure. Messages never carry secret values or personal data.

@@ -13,9 +13,13 @@ use super::StoreError;
 use aws_sdk_sqs::types::MessageSystemAttributeName;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
+use std::time::Duration;
 
 /// SQS's hard limit for one message body.
 pub const MAX_MESSAGE_BYTES: usize = 256 * 1024;
+
+/// SQS's longest per-message delay (15 minutes).
+pub const MAX_DELAY_SECS: u64 = 900;
 
 /// How long a receive waits for messages (long polling: short polls may miss messages on a
 /// lightly used queue).
@@ -26,6 +30,9 @@ const RECEIVE_WAIT_SECS: i32 = 1;
 pub struct ParkedQueue {
     client: aws_sdk_sqs::Client,
     queue_url: String,
+    /// The dead-letter queue (`PARKED_DLQ_URL`): where the redrive puts what can never be
+    /// delivered or has waited too long (`store::parked_retry`).
+    dead_letter_url: Option<String>,
 }
 
 /// One received item with what is needed to acknowledge it.
@@ -40,7 +47,29 @@ pub struct Parked<T> {
 
 impl ParkedQueue {
     pub fn new(client: aws_sdk_sqs::Client, queue_url: String) -> Self {
-        Self { client, queue_url }
+        Self {
+            client,
+            queue_url,
+            dead_letter_url: None,
+        }
+    }
+
+    /// The same queue with its dead-letter queue.
+    pub fn with_dead_letter(mut self, url: Option<String>) -> Self {
+        self.dead_letter_url = url;
+        self
+    }
+
+    /// The dead-letter queue as a queue of its own (to read it back: `redrive-dlq`).
+    pub fn dead_letter(&self) -> Option<ParkedQueue> {
+        self.dead_letter_url
+            .as_ref()
+            .map(|u| ParkedQueue::new(self.client.clone(), u.clone()))
+    }
+
+    /// The same SQS client on another queue.
+    pub fn sibling(&self, queue_url: String) -> ParkedQueue {
+        ParkedQueue::new(self.client.clone(), queue_url)
     }
 
     /// The queue URL (for logs and tests).
@@ -50,6 +79,53 @@ impl ParkedQueue {
 
     /// Parks one item as one message.
     pub async fn park<T: Serialize>(&self, item: &T) -> Result<(), StoreError> {
+        self.send_to(&self.queue_url, item, Duration::ZERO).await
+    }
+
+    /// Parks one item that becomes visible after `delay` (SQS allows at most 15 minutes; longer
+    /// waits are held in the item, `store::parked_retry::RetryState::not_before_ms`).
+    pub async fn park_delayed<T: Serialize>(
+        &self,
+        item: &T,
+        delay: Duration,
+    ) -> Result<(), StoreError> {
+        self.send_to(&self.queue_url, item, delay).await
+    }
+
+    /// Puts one item on the dead-letter queue (an error when there is none).
+    pub async fn dead_letter_item<T: Serialize>(&self, item: &T) -> Result<(), StoreError> {
+        let url = self.dead_letter_url.as_deref().ok_or_else(|| {
+            StoreError::Aws("no dead-letter queue configured (PARKED_DLQ_URL)".into())
+        })?;
+        self.send_to(url, item, Duration::ZERO).await
+    }
+
+    /// Makes a received message visible again after `after` (zero: at once). It counts as a
+    /// receive towards `maxReceiveCount`, so the redrive only uses it for messages it re-enqueued
+    /// itself in the same run (those are fresh messages, received at most twice).
+    pub async fn release(&self, receipt_handle: &str, after: Duration) -> Result<(), StoreError> {
+        self.client
+            .change_message_visibility()
+            .queue_url(&self.queue_url)
+            .receipt_handle(receipt_handle)
+            .visibility_timeout(after.as_secs().min(43_200) as i32)
+            .send()
+            .await
+            .map_err(|e| {
+                StoreError::Aws(format!(
+                    "SQS ChangeMessageVisibility: {}",
+                    aws_sdk_sqs::error::DisplayErrorContext(e)
+                ))
+            })?;
+        Ok(())
+    }
+
+    async fn send_to<T: Serialize>(
+        &self,
+        url: &str,
+        item: &T,
+        delay: Duration,
+    ) -> Result<(), StoreError> {
         let body = serde_json::to_string(item)
             .map_err(|e| StoreError::Corrupt(format!("parked item does not serialize: {e}")))?;
         if body.len() > MAX_MESSAGE_BYTES {
@@ -60,8 +136,9 @@ impl ParkedQueue {
         }
         self.client
             .send_message()
-            .queue_url(&self.queue_url)
+            .queue_url(url)
             .message_body(body)
+            .delay_seconds(delay.as_secs().min(MAX_DELAY_SECS) as i32)
             .send()
             .await
             .map_err(|e| {
