@@ -10,6 +10,7 @@ use adsync::runtime::{Handler, Invocation};
 use adsync::store::accounts::{AccountStatus, AccountStore, IntegratedAccount};
 use adsync::store::dedupe::DedupeStore;
 use adsync::store::parked::ParkedQueue;
+use adsync::store::parked_retry::ParkedRetry;
 use serde_json::{Value, json};
 use std::time::Duration;
 
@@ -44,22 +45,7 @@ impl IngestFixture {
             .put_account(&account)
             .await
             .expect("seed the account in DynamoDB Local");
-        let queue_url = aws
-            .sqs
-            .create_queue()
-            .queue_name(format!(
-                "adsync-test-conversions-{}",
-                uuid::Uuid::new_v4().simple()
-            ))
-            .attributes(
-                aws_sdk_sqs::types::QueueAttributeName::VisibilityTimeout,
-                "2",
-            )
-            .send()
-            .await
-            .expect("create a parked queue on moto")
-            .queue_url
-            .expect("queue url");
+        let (queue_url, dlq_url) = parked_queue_with_dlq(&aws.sqs, "conversions").await;
         let window: u64 = std::env::var("DEDUPE_WINDOW_DAYS")
             .ok()
             .and_then(|d| d.parse().ok())
@@ -72,10 +58,16 @@ impl IngestFixture {
                 env("DEDUPE_TABLE"),
                 Duration::from_secs(window * 86_400),
             ),
-            parked: ParkedQueue::new(aws.sqs.clone(), queue_url),
+            parked: ParkedQueue::new(aws.sqs.clone(), queue_url).with_dead_letter(Some(dlq_url)),
             settings: IngestSettings {
                 deadline_margin: Duration::from_secs(2),
                 max_wait: Duration::from_secs(20),
+                // The time scale of the redrive shrunk: every run may try again.
+                retry: ParkedRetry {
+                    base_delay: Duration::ZERO,
+                    max_delay: Duration::ZERO,
+                    ..ParkedRetry::default()
+                },
                 ..IngestSettings::default()
             },
         };
@@ -120,6 +112,15 @@ impl IngestFixture {
         resp
     }
 
+    /// Runs `{"task":"redrive-dlq"}` with `input`'s extra fields.
+    pub async fn redrive_dlq(&self, mut input: Value) -> Value {
+        input["task"] = json!("redrive-dlq");
+        self.handler
+            .task("redrive-dlq", input, Invocation::with_timeout(60))
+            .await
+            .expect("redrive-dlq task")
+    }
+
     /// Runs the scheduled redrive.
     pub async fn redrive(&self) -> Value {
         self.handler
@@ -131,6 +132,69 @@ impl IngestFixture {
             .await
             .expect("redrive task")
     }
+}
+
+/// A fresh parked queue on moto (visibility 2 s, also on its DLQ) whose redrive policy moves a message to a fresh
+/// dead-letter queue after 10 receives, as the template's queues do. Returns both URLs.
+pub async fn parked_queue_with_dlq(sqs: &aws_sdk_sqs::Client, kind: &str) -> (String, String) {
+    use aws_sdk_sqs::types::QueueAttributeName as A;
+    let id = uuid::Uuid::new_v4().simple();
+    let dlq_url = sqs
+        .create_queue()
+        .queue_name(format!("adsync-test-{kind}-dlq-{id}"))
+        .attributes(A::VisibilityTimeout, "2")
+        .send()
+        .await
+        .expect("create a dead-letter queue on moto")
+        .queue_url
+        .expect("queue url");
+    let dlq_arn = sqs
+        .get_queue_attributes()
+        .queue_url(&dlq_url)
+        .attribute_names(A::QueueArn)
+        .send()
+        .await
+        .expect("dead-letter queue ARN")
+        .attributes
+        .and_then(|a| a.get(&A::QueueArn).cloned())
+        .expect("QueueArn");
+    let url = sqs
+        .create_queue()
+        .queue_name(format!("adsync-test-{kind}-{id}"))
+        .attributes(A::VisibilityTimeout, "2")
+        .attributes(
+            A::RedrivePolicy,
+            json!({"deadLetterTargetArn": dlq_arn, "maxReceiveCount": 10}).to_string(),
+        )
+        .send()
+        .await
+        .expect("create a parked queue on moto")
+        .queue_url
+        .expect("queue url");
+    (url, dlq_url)
+}
+
+/// Messages visible or in flight on a queue.
+pub async fn queue_depth(sqs: &aws_sdk_sqs::Client, url: &str) -> u64 {
+    use aws_sdk_sqs::types::QueueAttributeName as A;
+    let attrs = sqs
+        .get_queue_attributes()
+        .queue_url(url)
+        .attribute_names(A::All)
+        .send()
+        .await
+        .expect("queue attributes")
+        .attributes
+        .unwrap_or_default();
+    let n = |k: A| {
+        attrs
+            .get(&k)
+            .and_then(|v| v.parse::<u64>().ok())
+            .unwrap_or(0)
+    };
+    n(A::ApproximateNumberOfMessages)
+        + n(A::ApproximateNumberOfMessagesNotVisible)
+        + n(A::ApproximateNumberOfMessagesDelayed)
 }
 
 /// A valid purchase event with a unique id (`prefix-i`) and an e-mail + phone.
