@@ -50,7 +50,7 @@ const FED: &[(&str, &[&str])] = &[
     ),
     (
         "conversion-ingest",
-        &["ingest-conversions.json", "redrive.json"],
+        &["ingest-conversions.json", "redrive.json", "redrive-dlq.json"],
     ),
     (
         "segment-export",
@@ -584,6 +584,14 @@ async fn conversion_ingest_sample_events() {
             "redrive summary lacks {k}: {summary}"
         );
     }
+    // The scheduled move of relinked accounts' dead-lettered work.
+    let summary = invoke_task(&handler, load("conversion-ingest", "redrive-dlq.json"), 20).await;
+    for k in ["messages", "moved", "kept"] {
+        assert!(
+            summary.get(k).is_some_and(Value::is_u64),
+            "redrive-dlq summary lacks {k}: {summary}"
+        );
+    }
 }
 
 // ----------------------------------------------------------------------------- segment-export
@@ -955,6 +963,7 @@ fn schedules_are_schedule_v2_with_the_sample_inputs() {
         "segment-export/backfill",
         "segment-export/redrive",
         "conversion-ingest/redrive",
+        "conversion-ingest/redrive-dlq",
     ]
     .into_iter()
     .map(String::from)

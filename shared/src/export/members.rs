@@ -63,6 +63,10 @@
 //! recomputes each patch from the ledger's current state, so a late redrive cannot undo a newer
 //! change.
 
+mod redrive;
+
+pub use redrive::{run_redrive, run_redrive_with};
+
 use super::ExportCtx;
 use crate::amazon::AmazonError;
 use crate::domain::audience::{
@@ -76,6 +80,8 @@ use crate::store::accounts::{AccountStatus, IntegratedAccount};
 use crate::store::destinations::{MappingStatus, SegmentMapping};
 use crate::store::jobs::{BackfillJob, JobState};
 use crate::store::ledger::{LEDGER_SHARDS, LedgerRow, Upsert};
+use crate::store::parked_counts::{Counter, ParkedCounts};
+use crate::store::parked_retry::RetryState;
 use futures::StreamExt;
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
@@ -381,6 +387,9 @@ pub struct ParkedPatch {
     pub devices: Vec<(String, String)>,
     /// Why it was parked (no personal data).
     pub reason: String,
+    /// Redrive attempts, age and delay (`store::parked_retry`).
+    #[serde(default)]
+    pub retry: RetryState,
 }
 
 const PARKED_KIND: &str = "segment_patch_v1";
@@ -677,6 +686,7 @@ fn push_parked(
             targets: targets.clone(),
             devices: chunk.to_vec(),
             reason: reason.to_string(),
+            retry: RetryState::parked_at(now_ms()),
         });
     }
 }
@@ -722,11 +732,15 @@ struct ItemResult {
     errors: Vec<FieldError>,
 }
 
-/// `POST /qualifications` (the router checks the API key first).
+const OUT_OF_TIME: &str = "not stored: the request's time budget ran out";
+
+/// `POST /qualifications` (the router checks the API key first). It answers within the request
+/// budget: ledger writes stop 10 s before it (a third of the time left, if shorter), and device updates Amazon cannot take before the
+/// budget's Amazon deadline are parked (`delivery.parked`) and redriven.
 pub async fn handle_qualifications(
     ctx: &ExportCtx,
     req: &HttpRequest,
-    _inv: &Invocation,
+    inv: &Invocation,
 ) -> HttpResponse {
     let body: Value = match parse_json_body(req, MAX_REQUEST_BYTES) {
         Ok(v) => v,
@@ -785,8 +799,17 @@ pub async fn handle_qualifications(
     // 1. The ledger: conditional writes, an older update never wins.
     // Owned inputs: closures over borrowed tuples trip the Send check of the handler's future.
     let writes: Vec<(usize, LedgerRow)> = valid.iter().map(|(i, q)| (*i, q.row.clone())).collect();
+    // The request budget: no ledger write starts in the last 10 s (a third of a shorter
+    // invocation): sending and parking need them. Items not stored are answered `failed`.
+    let keep = Duration::from_secs(10).min(inv.remaining() / 3);
+    let stop_writes_at = inv.deadline_ms.saturating_sub(keep.as_millis() as u64);
     let outcomes: Vec<(usize, Result<Upsert, StoreError>)> = futures::stream::iter(writes)
-        .map(|(i, row)| async move { (i, ctx.ledger.upsert(&row).await) })
+        .map(|(i, row)| async move {
+            if now_ms() >= stop_writes_at {
+                return (i, Err(StoreError::Conflict(OUT_OF_TIME.into())));
+            }
+            (i, ctx.ledger.upsert(&row).await)
+        })
         .buffer_unordered(LEDGER_WRITE_CONCURRENCY)
         .collect()
         .await;
@@ -810,6 +833,14 @@ pub async fn handle_qualifications(
                 r.message = Some(
                     "not applied: the ledger already holds an update for this segment and device at the same or a later timestamp",
                 );
+            }
+            Err(StoreError::Conflict(m)) if m == OUT_OF_TIME => {
+                store_failed = true;
+                r.status = "failed";
+                r.errors.push(FieldError {
+                    field: "qualification",
+                    message: format!("{OUT_OF_TIME}; send it again"),
+                });
             }
             Err(e) => {
                 store_failed = true;
@@ -903,16 +934,32 @@ pub async fn handle_qualifications(
         .into_iter()
         .filter(|r| targets.contains_key(&r.segment_id))
         .collect();
-    let mut report = deliver(ctx, &mut lookups, &targets, to_send).await;
+    // Amazon calls end `reserve` before the budget (`crate::budget`); with under a second left
+    // nothing is sent: the rows are parked for the redrive at once.
+    let mut report = if crate::budget::amazon_time_left().is_some_and(|l| l < Duration::from_secs(1))
+    {
+        let mut r = DeliveryReport::default();
+        park_rows(&targets, to_send, "the request's time budget ran out before sending", &mut r);
+        r
+    } else {
+        deliver(ctx, &mut lookups, &targets, to_send).await
+    };
     if !parked_rows.is_empty() {
         park_rows(&targets, parked_rows, "dirty mark failed", &mut report);
     }
     let mut park_errors = 0u64;
     for p in std::mem::take(&mut report.failed) {
-        if let Err(e) = ctx.parked.park(&p).await {
-            // The ledger still holds the truth; a restarted backfill resends it.
-            tracing::error!(error = %e, "could not park a patch");
-            park_errors += p.devices.len() as u64;
+        match ctx.parked.park(&p).await {
+            Ok(()) => {
+                ParkedCounts::new(&ctx.accounts)
+                    .add_logged(&p.account_id, &[(Counter::Patches, p.devices.len() as i64)])
+                    .await
+            }
+            Err(e) => {
+                // The ledger still holds the truth; a restarted backfill resends it.
+                tracing::error!(error = %e, "could not park a patch");
+                park_errors += p.devices.len() as u64;
+            }
         }
     }
     report.errors.extend(errors);
@@ -1698,106 +1745,6 @@ async fn drain_and_finish(
 
 // ------------------------------------------------------------------------------------------
 // Redrive
-
-/// Scheduled `{"task":"redrive"}`: redrive parked patches. Each message's devices are re-read
-/// from the ledger and sent in their *current* state to the mappings still active; a message is
-/// deleted only once everything in it was delivered (otherwise SQS hands it back later, and after
-/// the queue's maxReceiveCount it goes to the alarmed DLQ).
-pub async fn run_redrive(ctx: &ExportCtx, inv: &Invocation) -> Result<Value, String> {
-    let margin = BackfillOptions::from_env()
-        .safety_margin
-        .min(Duration::from_secs(10));
-    let (mut messages, mut acked, mut devices, mut patches, mut kept) =
-        (0u64, 0u64, 0u64, 0u64, 0u64);
-    let mut errors: Vec<String> = Vec::new();
-    while inv.remaining() > margin {
-        let batch = ctx
-            .parked
-            .receive::<ParkedPatch>(10)
-            .await
-            .map_err(|e| e.to_string())?;
-        if batch.is_empty() {
-            break;
-        }
-        for p in batch {
-            messages += 1;
-            if p.item.kind != PARKED_KIND {
-                errors.push(format!(
-                    "message {} is not a parked patch; left for the DLQ",
-                    p.message_id
-                ));
-                kept += 1;
-                continue;
-            }
-            let mut lookups = Lookups::default();
-            let mut targets: BTreeMap<String, Vec<Target>> = BTreeMap::new();
-            let mut lookup_failed = false;
-            for t in &p.item.targets {
-                let m = SegmentMapping {
-                    destination_id: t.destination_id.clone(),
-                    segment_id: t.segment_id.clone(),
-                    status: MappingStatus::Active,
-                    audience_id: None,
-                    external_audience_id: String::new(),
-                    audience_name: String::new(),
-                    audience_fees: Vec::new(),
-                    last_error: None,
-                    blocked_reason: None,
-                    created_at: String::new(),
-                    updated_at: String::new(),
-                };
-                match lookups.target(ctx, &m).await {
-                    // Only towards the account the message was parked for.
-                    Ok(Some(tg)) if tg.account_id == p.item.account_id => {
-                        targets.entry(tg.r.segment_id.clone()).or_default().push(tg)
-                    }
-                    Ok(_) => {}
-                    Err(e) => {
-                        errors.push(format!("mapping lookup failed: {e}"));
-                        lookup_failed = true;
-                    }
-                }
-            }
-            if lookup_failed {
-                kept += 1;
-                continue;
-            }
-            let rows = match ctx.ledger.get_many(&p.item.devices).await {
-                Ok(r) => r,
-                Err(e) => {
-                    errors.push(format!("ledger read failed: {e}"));
-                    kept += 1;
-                    continue;
-                }
-            };
-            let rows: Vec<LedgerRow> = rows
-                .into_iter()
-                .filter(|r| targets.contains_key(&r.segment_id))
-                .collect();
-            devices += rows.len() as u64;
-            let report = deliver(ctx, &mut lookups, &targets, rows).await;
-            patches += report.patches;
-            if report.failed.is_empty() {
-                ctx.parked
-                    .ack(&p.receipt_handle)
-                    .await
-                    .map_err(|e| e.to_string())?;
-                acked += 1;
-            } else {
-                kept += 1;
-                errors.extend(report.errors);
-            }
-        }
-    }
-    Ok(json!({
-        "messages": messages,
-        "redriven": acked,
-        "kept": kept,
-        "devices": devices,
-        "patches": patches,
-        "errors": errors,
-    }))
-}
 
 // ------------------------------------------------------------------------------------------
 // Progress
