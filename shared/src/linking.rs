@@ -594,28 +594,46 @@ impl Linking {
         Ok(view)
     }
 
-    /// Agency profiles of the region's marketplaces, and the DSP advertisers of each.
+    /// Agency profiles of the region's marketplaces, and the DSP advertisers of each: the
+    /// profiles' pages are read concurrently (bounded), within the request budget, and no more
+    /// pages than needed to tell that a login reaches more than [`MAX_ADVERTISERS`].
     async fn list_linkable(&self, login: &LoginRef) -> Result<Vec<ListedAdvertiser>, Failure> {
+        use futures::StreamExt;
         let profiles = self
             .amazon
             .list_profiles(login)
             .await
             .map_err(|e| listing_failure(&e))?;
+        let agency: Vec<&crate::amazon::Profile> = profiles
+            .iter()
+            .filter(|p| {
+                p.account_type.eq_ignore_ascii_case("agency")
+                    && login
+                        .region
+                        .marketplaces()
+                        .iter()
+                        .any(|m| m.eq_ignore_ascii_case(&p.country_code))
+            })
+            .collect();
+        // Futures built in a loop, not a closure over references: keeps the handler future
+        // `Send` (rustc's higher-ranked closure limitation).
+        let mut futs = Vec::with_capacity(agency.len());
+        for p in &agency {
+            futs.push(
+                self.amazon
+                    .list_advertisers_upto(login, p.profile_id, MAX_ADVERTISERS),
+            );
+        }
+        let lists: Vec<_> = futures::stream::iter(futs)
+            .buffered(crate::amazon::accounts::PAGE_CONCURRENCY)
+        .collect()
+        .await;
         let mut out = Vec::new();
-        for p in profiles.iter().filter(|p| {
-            p.account_type.eq_ignore_ascii_case("agency")
-                && login
-                    .region
-                    .marketplaces()
-                    .iter()
-                    .any(|m| m.eq_ignore_ascii_case(&p.country_code))
-        }) {
-            let advertisers = self
-                .amazon
-                .list_advertisers(login, p.profile_id)
-                .await
-                .map_err(|e| listing_failure(&e))?;
-            for a in advertisers {
+        let mut reachable = 0usize;
+        for (p, list) in agency.iter().zip(lists) {
+            let list = list.map_err(|e| listing_failure(&e))?;
+            reachable += list.total;
+            for a in list.advertisers {
                 if out
                     .iter()
                     .any(|x: &ListedAdvertiser| x.advertiser_id == a.advertiser_id)
@@ -639,7 +657,7 @@ impl Linking {
                 "Too many advertiser accounts",
                 format!(
                     "The Amazon login can reach {} advertiser accounts; adsync lists at most {MAX_ADVERTISERS}.",
-                    out.len()
+                    reachable.max(out.len())
                 ),
                 "Sign in with an Amazon login scoped to fewer advertisers, then start again with POST /connections.",
             ));
@@ -1094,6 +1112,18 @@ fn exchange_failure(e: &AmazonError) -> Failure {
 
 fn listing_failure(e: &AmazonError) -> Failure {
     tracing::warn!(error = %e, "listing profiles or advertisers failed");
+    if matches!(e, AmazonError::Timeout) {
+        return Failure::new(
+            504,
+            "Amazon is too slow to list the advertiser accounts",
+            format!(
+                "adsync signed in, but Amazon did not list the login's profiles and DSP advertisers within \
+                 this page's time budget ({} s). The login was not kept.",
+                crate::budget::DEFAULT_BUDGET_MS / 1000
+            ),
+            "Try again in a few minutes: create a new connection (POST /connections) and open its authorizeUrl.",
+        );
+    }
     Failure::new(
         502,
         "Amazon could not list the advertiser accounts",

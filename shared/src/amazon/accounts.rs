@@ -136,46 +136,105 @@ impl AmazonClient {
         })
     }
 
-    /// Every DSP advertiser of an agency profile, paging with `startIndex`/`count=100` until
-    /// `totalResults` are read (or a short page arrives).
+    /// Every DSP advertiser of an agency profile (`GET /dsp/advertisers`, 100 per page).
     pub async fn list_advertisers(
         &self,
         login: &LoginRef,
         profile_id: i64,
     ) -> Result<Vec<Advertiser>, AmazonError> {
+        Ok(self
+            .list_advertisers_upto(login, profile_id, usize::MAX)
+            .await?
+            .advertisers)
+    }
+
+    /// The DSP advertisers of an agency profile, reading no more pages than needed to know
+    /// whether there are more than `cap`. The first page says how many there are
+    /// (`totalResults`); the other pages are then fetched [`PAGE_CONCURRENCY`] at a time (each
+    /// call bounded by the request budget, `crate::budget`). Without `totalResults`, pages are
+    /// read one after another until a short page.
+    pub async fn list_advertisers_upto(
+        &self,
+        login: &LoginRef,
+        profile_id: i64,
+        cap: usize,
+    ) -> Result<AdvertiserList, AmazonError> {
+        use futures::StreamExt;
+        let first = self.advertiser_page(login, profile_id, 0).await?;
+        let mut total = first.total_results;
         let mut out: Vec<Advertiser> = Vec::new();
-        let mut start = 0usize;
-        loop {
-            let req = ApiRequest {
-                method: reqwest::Method::GET,
-                path: format!("/dsp/advertisers?startIndex={start}&count={PAGE}"),
-                headers: HeaderStyle::Advertising {
-                    profile_id: Some(profile_id),
-                },
-                body: None,
-                account: None,
-                limit: None,
-            };
-            let resp = self.send(login, &req).await?;
-            let page: AdvertiserPage = resp.json("/dsp/advertisers")?;
-            let n = page.response.len();
-            out.extend(page.response.into_iter().map(|a| Advertiser {
-                advertiser_id: a.advertiser_id,
-                name: a.name,
-                currency: a.currency,
-                country: a.country,
-                timezone: a.timezone,
-            }));
-            start += n;
-            let done = match page.total_results {
-                Some(total) => start as u64 >= total || n == 0,
-                None => n < PAGE,
-            };
-            if done {
-                return Ok(out);
+        let mut last_len = first.response.len();
+        extend(&mut out, first);
+        match total {
+            Some(t) => {
+                // Enough pages to hold min(total, cap + 1) advertisers.
+                let want = (t.min(cap.saturating_add(1) as u64)) as usize;
+                let starts: Vec<usize> = (1..).map(|k| k * PAGE).take_while(|s| *s < want).collect();
+                let pages: Vec<Result<AdvertiserPage, AmazonError>> =
+                    futures::stream::iter(starts)
+                        .map(|start| self.advertiser_page(login, profile_id, start))
+                        .buffered(PAGE_CONCURRENCY)
+                        .collect()
+                        .await;
+                for p in pages {
+                    extend(&mut out, p?);
+                }
+            }
+            None => {
+                while last_len == PAGE && out.len() <= cap {
+                    let p = self.advertiser_page(login, profile_id, out.len()).await?;
+                    last_len = p.response.len();
+                    total = total.or(p.total_results);
+                    extend(&mut out, p);
+                }
             }
         }
+        Ok(AdvertiserList {
+            total: total.map(|t| t as usize).unwrap_or(out.len()).max(out.len()),
+            advertisers: out,
+        })
     }
+
+    async fn advertiser_page(
+        &self,
+        login: &LoginRef,
+        profile_id: i64,
+        start: usize,
+    ) -> Result<AdvertiserPage, AmazonError> {
+        let req = ApiRequest {
+            method: reqwest::Method::GET,
+            path: format!("/dsp/advertisers?startIndex={start}&count={PAGE}"),
+            headers: HeaderStyle::Advertising {
+                profile_id: Some(profile_id),
+            },
+            body: None,
+            account: None,
+            limit: None,
+        };
+        let resp = self.send(login, &req).await?;
+        resp.json("/dsp/advertisers")
+    }
+}
+
+/// A profile's advertisers as far as they were read.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct AdvertiserList {
+    pub advertisers: Vec<Advertiser>,
+    /// How many the profile has (Amazon's `totalResults`, else as many as were read).
+    pub total: usize,
+}
+
+/// Advertiser pages fetched at once.
+pub const PAGE_CONCURRENCY: usize = 4;
+
+fn extend(out: &mut Vec<Advertiser>, page: AdvertiserPage) {
+    out.extend(page.response.into_iter().map(|a| Advertiser {
+        advertiser_id: a.advertiser_id,
+        name: a.name,
+        currency: a.currency,
+        country: a.country,
+        timezone: a.timezone,
+    }));
 }
 
 #[cfg(test)]

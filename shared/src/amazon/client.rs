@@ -56,6 +56,15 @@ impl Default for RetryPolicy {
     }
 }
 
+impl RetryPolicy {
+    /// The longest one call can take under this policy: every attempt timing out, and the
+    /// longest wait between attempts (the backoff cap, or a capped `Retry-After`).
+    pub fn worst_case(&self) -> Duration {
+        let waits = self.max_attempts.saturating_sub(1);
+        self.request_timeout * self.max_attempts + self.max_delay.max(RETRY_AFTER_CAP) * waits
+    }
+}
+
 /// The DSP account a call acts for: the agency profile (sent as `Amazon-Advertising-API-Scope`)
 /// and the advertiser.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -848,6 +857,17 @@ mod tests {
             data_source_country: Vec::new(),
             audience_fees: None,
         }
+    }
+
+    #[test]
+    fn the_worst_case_of_a_call_counts_every_attempt_and_wait() {
+        // 4 × 30 s + 3 × 30 s (Retry-After cap over the 20 s backoff cap).
+        assert_eq!(RetryPolicy::default().worst_case(), Duration::from_secs(210));
+        let one = RetryPolicy {
+            max_attempts: 1,
+            ..RetryPolicy::default()
+        };
+        assert_eq!(one.worst_case(), Duration::from_secs(30));
     }
 
     #[test]

@@ -1414,7 +1414,15 @@ async fn apply_fees(
         data_source_country: d.data_source_country.clone(),
         audience_fees: Some(fees.to_vec()),
     };
-    pace(ctx, account).await.map_err(store_failure)?;
+    // Inside a request, only a slot that leaves the call its time before the budget's Amazon
+    // deadline (`crate::budget`); none free → 503, nothing changed.
+    let not_after = crate::budget::latest_start_ms(FEES_CALL_ALLOWANCE);
+    if !pace_by(ctx, account, not_after)
+        .await
+        .map_err(store_failure)?
+    {
+        return Err(metadata_busy());
+    }
     let result = ctx
         .amazon
         .update_audience(&account.login(), account.scope(), audience_id, &update)
@@ -1435,14 +1443,25 @@ async fn apply_fees(
         .ok_or_else(|| mapping_not_found(&d.destination_id, &m.segment_id))
 }
 
-/// Waits for this process's turn at Amazon's metadata endpoints (1 request/s per LwA client,
-/// shared by every concurrent invocation through the table).
-async fn pace(ctx: &ExportCtx, account: &IntegratedAccount) -> Result<(), StoreError> {
-    pace_by(ctx, account, None).await.map(|_| ())
+/// Time a fee update keeps for its Amazon call after its metadata slot.
+const FEES_CALL_ALLOWANCE: Duration = Duration::from_secs(3);
+
+/// A fee update that found no metadata slot within its request budget.
+fn metadata_busy() -> HttpResponse {
+    HttpResponse::error(
+        503,
+        "metadata_busy",
+        "Amazon allows one audience metadata call per second for this LwA client, and every slot \
+         until this request's time budget runs out is taken (audience creations, other fee \
+         updates). Nothing was changed; send the request again in a few seconds.",
+    )
+    .with_header("retry-after", "5")
 }
 
-/// [`pace`] for a slot no later than `not_after` (epoch ms): `false`, with nothing reserved and
-/// no wait, when the next free slot is later.
+/// Waits for this process's turn at Amazon's metadata endpoints (1 request/s per LwA client,
+/// shared by every concurrent invocation through the table), for a slot no later than
+/// `not_after` (epoch ms): `false`, with nothing reserved and no wait, when the next free slot
+/// is later.
 async fn pace_by(
     ctx: &ExportCtx,
     account: &IntegratedAccount,

@@ -1012,7 +1012,8 @@ pub struct BackfillOptions {
     pub parallel_shards: usize,
     /// Patches per body (≤ 2 000; tests lower it to get more checkpoints).
     pub max_patches: usize,
-    /// Shard lease length; renewed at every checkpoint.
+    /// Shard lease length; renewed at every checkpoint. A body's send is cut at the lease's
+    /// end minus [`CHECKPOINT_ALLOWANCE`], so no send outlives the lease.
     pub lease: Duration,
     /// Invocations allowed to run backfills at once, across all processes (slot leases).
     pub max_invocations: u16,
@@ -1027,11 +1028,22 @@ impl Default for BackfillOptions {
             safety_margin: Duration::from_secs(20),
             parallel_shards: 4,
             max_patches: MAX_PATCHES,
-            lease: Duration::from_secs(120),
+            lease: default_lease(),
             max_invocations: 2,
             patch_rps: 100.0,
         }
     }
+}
+
+/// Time kept for the checkpoint write after a body's send: one DynamoDB operation with its
+/// retries (`aws::SdkTimeouts`), and slack.
+pub const CHECKPOINT_ALLOWANCE: Duration = Duration::from_secs(15);
+
+/// The shard lease: longer than the worst-case send of one body under the default retry policy
+/// (every attempt timing out, the longest waits between them: 210 s) plus the checkpoint write,
+/// so a live invocation never loses its shard mid-send (225 s).
+pub fn default_lease() -> Duration {
+    crate::amazon::RetryPolicy::default().worst_case() + CHECKPOINT_ALLOWANCE
 }
 
 impl BackfillOptions {
@@ -1485,7 +1497,13 @@ async fn work_shard(
             let n = batch.len() as u64;
             let last = batch.tags.last().cloned().unwrap_or_default();
             run.pacer.wait().await;
-            match send_body(ctx, &run.account, batch.body).await {
+            // Never past the lease (a 413 split, a token refresh and retries included).
+            let left = Duration::from_millis(lease_until.saturating_sub(now_ms()));
+            let cap = left.saturating_sub(CHECKPOINT_ALLOWANCE).max(left / 2);
+            let sent = tokio::time::timeout(cap, send_body(ctx, &run.account, batch.body))
+                .await
+                .unwrap_or(Err(AmazonError::Timeout));
+            match sent {
                 Ok(reqs) => {
                     stats.devices.fetch_add(n, Ordering::Relaxed);
                     stats.requests.fetch_add(reqs, Ordering::Relaxed);
