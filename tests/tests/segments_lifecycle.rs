@@ -23,8 +23,12 @@ async fn upkeep(rig: &Rig) -> Value {
     run_upkeep(&rig.ctx, now + 20_000, &o, now).await
 }
 
-fn req(method: &str, path: &str) -> HttpRequest {
-    HttpRequest::new(method, path)
+/// A request as API Gateway hands it over: the query apart from the path.
+fn req(method: &str, path_and_query: &str) -> HttpRequest {
+    match path_and_query.split_once('?') {
+        Some((p, q)) => HttpRequest::new(method, p).with_query(q),
+        None => HttpRequest::new(method, path_and_query),
+    }
 }
 
 /// A scheduled run: upkeep, then backfill jobs.

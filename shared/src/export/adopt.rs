@@ -97,9 +97,13 @@ pub async fn check(
     paced_call_done(ctx).await;
     let a = match read {
         Ok(a) => a,
-        Err(AmazonError::Rejected { status, .. }) if status == 403 || status == 404 => {
+        // 404: no such audience; 403: another LwA client's (not readable by ours).
+        Err(
+            AmazonError::Rejected { status, .. } | AmazonError::AccountNotFound { status, .. },
+        ) if status == 403 || status == 404 => {
             return Err(not_found(field, id));
         }
+        // 401 "No matching advertiser found for scope": the audience's advertiser is not ours.
         Err(AmazonError::AccountNotFound { .. }) => {
             return Err(other_advertiser(field, id, account));
         }
