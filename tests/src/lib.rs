@@ -1,5 +1,6 @@
 pub mod conversions;
 pub mod demo;
+pub mod export_rig;
 pub mod openapi;
 pub mod sandbox;
 pub mod stack;

@@ -542,6 +542,20 @@ impl SandboxAdmin {
         Self::decode("GET /admin/audiences/{id}/members", v["members"].take())
     }
 
+    /// Moves one audience's clock forward by `seconds` (its members' TTL expiry only).
+    pub async fn advance_audience_clock(
+        &self,
+        audience_id: i64,
+        seconds: u64,
+    ) -> Result<(), SandboxError> {
+        self.post(
+            &format!("/admin/audiences/{audience_id}/clock"),
+            &serde_json::json!({"advanceSeconds": seconds}),
+        )
+        .await
+        .map(|_| ())
+    }
+
     /// Logged non-admin requests, optionally filtered.
     pub async fn requests(
         &self,

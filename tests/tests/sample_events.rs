@@ -50,7 +50,11 @@ const FED: &[(&str, &[&str])] = &[
     ),
     (
         "conversion-ingest",
-        &["ingest-conversions.json", "redrive.json", "redrive-dlq.json"],
+        &[
+            "ingest-conversions.json",
+            "redrive.json",
+            "redrive-dlq.json",
+        ],
     ),
     (
         "segment-export",
@@ -65,6 +69,9 @@ const FED: &[(&str, &[&str])] = &[
             "update-fees.json",
             "qualifications.json",
             "delete-mapping.json",
+            "list-segments.json",
+            "delete-segment.json",
+            "delete-destination.json",
             "backfill.json",
             "redrive.json",
         ],
@@ -744,6 +751,9 @@ async fn segment_export_sample_events() {
         v["dataExportLabels"],
         json!(["OFFSITE_AD_TARGETING", "ONSITE_AD_TARGETING"])
     );
+    // New TTL and countries: pending until the schedule PUTs them on each audience.
+    assert_eq!(v["ttlSeconds"], 1_209_600);
+    assert_eq!(v["dataSourceCountry"], json!(["US", "CA"]));
 
     // POST /destinations/{id}/mappings
     let resp = invoke_http(&handler, fresh("add-mappings.json", &dest)).await;
@@ -803,6 +813,47 @@ async fn segment_export_sample_events() {
     assert_eq!(status(&resp), 200, "{resp}");
     assert_eq!(json_body(&resp)["status"], "removed");
     assert_eq!(json_body(&resp)["segmentId"], cart.as_str());
+
+    // DELETE /segments/{id}: the cart segment is no longer mapped.
+    let resp = invoke_http(&handler, fresh("delete-segment.json", &dest)).await;
+    assert_eq!(status(&resp), 200, "{resp}");
+    assert_eq!(json_body(&resp)["deleted"], true);
+
+    // GET /segments (paged until ours shows up; the deleted one is not listed).
+    let (mut token, mut seen) = (None::<String>, Vec::<String>::new());
+    for _ in 0..500 {
+        let mut ev = load("segment-export", "list-segments.json");
+        match &token {
+            Some(t) => set_query(&mut ev, &[("limit", "100"), ("nextToken", t)]),
+            None => set_query(&mut ev, &[("limit", "100")]),
+        }
+        let resp = invoke_http(&handler, ev).await;
+        assert_eq!(status(&resp), 200, "{resp}");
+        let page = json_body(&resp);
+        seen.extend(
+            page["segments"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .filter_map(|s| s["segmentId"].as_str().map(str::to_string)),
+        );
+        token = page["nextToken"].as_str().map(str::to_string);
+        if token.is_none() {
+            break;
+        }
+    }
+    assert!(seen.contains(&loyal), "GET /segments does not list {loyal}");
+    assert!(
+        !seen.contains(&cart),
+        "GET /segments lists the deleted {cart}"
+    );
+
+    // DELETE /destinations/{id}?purge=true: 202, deleting while its audiences are emptied.
+    let resp = invoke_http(&handler, fresh("delete-destination.json", &dest)).await;
+    assert_eq!(status(&resp), 202, "{resp}");
+    assert_eq!(json_body(&resp)["status"], "deleting");
+    let resp = invoke_http(&handler, get()).await;
+    assert_eq!(json_body(&resp)["status"], "deleting", "{resp}");
 
     // The scheduled redrive of parked patches.
     let summary = invoke_task(&handler, load("segment-export", "redrive.json"), 15).await;

@@ -318,7 +318,15 @@ pub async fn audiences(
         Ok(a) => a,
         Err(r) => return r,
     };
-    let g = sb.lock();
+    let mut g = sb.lock();
+    let now = g.now();
+    for a in g
+        .audiences
+        .values_mut()
+        .filter(|a| a.advertiser_id == advertiser)
+    {
+        a.expire(now);
+    }
     let list: Vec<Value> = g
         .audiences_by_advertiser
         .get(&advertiser)
@@ -341,14 +349,48 @@ pub async fn members(State(sb): State<Sandbox>, Path(id): Path<String>) -> Respo
         return bad("audience id must be an integer");
     };
     let mut members: Vec<String> = {
-        let g = sb.lock();
-        let Some(a) = g.audiences.get(&id) else {
+        let mut g = sb.lock();
+        let now = g.now();
+        let Some(a) = g.audiences.get_mut(&id) else {
             return not_found("unknown audience id");
         };
+        a.expire(now);
         a.members.iter().map(|m| m.to_string()).collect()
     };
     members.sort_unstable();
     json_response(StatusCode::OK, json!({"members": members}))
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+struct ClockIn {
+    advance_seconds: u64,
+}
+
+/// `POST /admin/audiences/{id}/clock {"advanceSeconds": n}`: moves this audience's clock forward
+/// (only its members' TTL expiry; nothing else in the sandbox), so tests see several TTLs pass
+/// in seconds. Answers the audience's total offset.
+pub async fn audience_clock(
+    State(sb): State<Sandbox>,
+    Path(id): Path<String>,
+    body: Bytes,
+) -> Response {
+    let Ok(id) = id.parse::<i64>() else {
+        return bad("audience id must be an integer");
+    };
+    let c: ClockIn = match parse(&body) {
+        Ok(c) => c,
+        Err(r) => return r,
+    };
+    let mut g = sb.lock();
+    let Some(a) = g.audiences.get_mut(&id) else {
+        return not_found("unknown audience id");
+    };
+    a.clock_offset += std::time::Duration::from_secs(c.advance_seconds);
+    json_response(
+        StatusCode::OK,
+        json!({"audienceId": id, "clockOffsetSeconds": a.clock_offset.as_secs()}),
+    )
 }
 
 /// `GET /admin/requests?clientId=&pathPrefix=&accountId=`

@@ -417,6 +417,8 @@ pub async fn create(
         audience_fees: meta.audience_fees,
         members: HashSet::new(),
         received: 0,
+        last_added: Default::default(),
+        clock_offset: Default::default(),
     };
     let resp = audience_answer(&rid, &audience, false);
     g.audience_keys.insert(key, id);
@@ -487,6 +489,11 @@ pub async fn get_one(
         Ok(x) => x,
         Err(r) => return r,
     };
+    // Members whose TTL lapsed are gone before the size is reported.
+    let now = g.now();
+    if let Some(a) = id.parse::<i64>().ok().and_then(|i| g.audiences.get_mut(&i)) {
+        a.expire(now);
+    }
     match find_audience(&g, &id, &caller, profile_id, &rid) {
         Ok(a) => audience_answer(&rid, a, true),
         Err(r) => r,
@@ -874,17 +881,16 @@ pub async fn patch(
         errs.truncate(MAX_REPORTED_ERRORS);
         return bad_request(&rid, errs);
     }
+    let now = g.now();
     for p in &patches {
         for id in &p.audiences {
             if let Some(a) = g.audiences.get_mut(id) {
                 let record: &str = &p.record;
                 if p.add {
-                    a.received += 1;
-                    if !a.members.contains(record) {
-                        a.members.insert(record.into());
-                    }
+                    a.add_member(record, now);
                 } else {
                     a.members.remove(record);
+                    a.last_added.remove(record);
                 }
             }
         }

@@ -63,6 +63,7 @@ pub fn router(sb: Sandbox) -> Router {
         .route("/admin/events", get(admin::events))
         .route("/admin/audiences", get(admin::audiences))
         .route("/admin/audiences/{id}/members", get(admin::members))
+        .route("/admin/audiences/{id}/clock", post(admin::audience_clock))
         .route("/admin/requests", get(admin::requests))
         .route("/admin/config", post(admin::config))
         .fallback(not_found)

@@ -113,9 +113,42 @@ pub struct Audience {
     pub members: HashSet<Box<str>>,
     /// Every record id ever added (the "received" side of audienceSize).
     pub received: u64,
+    /// When each member was last added, on this audience's clock: Amazon drops a member `ttl`
+    /// seconds after the last add that named it ([`Audience::expire`]).
+    pub last_added: HashMap<Box<str>, Instant>,
+    /// This audience's clock runs ahead of the sandbox's by this much
+    /// (`POST /admin/audiences/{id}/clock`), so tests see TTLs lapse without waiting.
+    pub clock_offset: Duration,
 }
 
 impl Audience {
+    /// The audience's clock at sandbox time `now`.
+    pub fn clock(&self, now: Instant) -> Instant {
+        now + self.clock_offset
+    }
+
+    /// Drops the members whose last add is `ttl` seconds old or more (`ttl` 0 or absent: none).
+    pub fn expire(&mut self, now: Instant) {
+        let Some(ttl) = self.ttl.filter(|t| *t > 0).map(Duration::from_secs) else {
+            return;
+        };
+        let now = self.clock(now);
+        let live = |t: &Instant| now.saturating_duration_since(*t) < ttl;
+        let last = &self.last_added;
+        self.members.retain(|m| last.get(m).is_none_or(live));
+        self.last_added.retain(|_, t| live(t));
+    }
+
+    /// Records an add of `record` at sandbox time `now`.
+    pub fn add_member(&mut self, record: &str, now: Instant) {
+        self.received += 1;
+        if !self.members.contains(record) {
+            self.members.insert(record.into());
+        }
+        let at = self.clock(now);
+        self.last_added.insert(record.into(), at);
+    }
+
     pub fn metadata_json(&self, with_size: bool) -> Value {
         let mut m = serde_json::Map::new();
         m.insert("type".into(), Value::from("DATA_PROVIDER"));

@@ -53,9 +53,13 @@ impl ExportLabel {
         }
     }
 
-    /// Parses the wire name (exact, as in JSON).
+    /// Parses the wire name (exact, as in JSON), or Audience Manager's API name of the pair
+    /// ([`AAM_ALIASES`]).
     pub fn parse(s: &str) -> Option<Self> {
-        Self::ALL.into_iter().find(|l| l.as_str() == s)
+        Self::ALL
+            .into_iter()
+            .find(|l| l.as_str() == s)
+            .or_else(|| aam_pair(s).map(|i| Self::ALL[i]))
     }
 
     /// The control this label is incompatible with.
@@ -87,10 +91,29 @@ impl ExportControl {
         }
     }
 
-    /// Parses the wire name (exact, as in JSON).
+    /// Parses the wire name (exact, as in JSON), or Audience Manager's API name of the pair
+    /// ([`AAM_ALIASES`]).
     pub fn parse(s: &str) -> Option<Self> {
-        Self::ALL.into_iter().find(|c| c.as_str() == s)
+        Self::ALL
+            .into_iter()
+            .find(|c| c.as_str() == s)
+            .or_else(|| aam_pair(s).map(|i| Self::ALL[i]))
     }
+}
+
+/// Audience Manager's API names of the four label/control pairs, in the order of
+/// [`ExportLabel::ALL`] and [`ExportControl::ALL`]: accepted on both sides as aliases (`PII` is
+/// the label `PII_COMBINATION` on a destination and the control `NO_PII_COMBINATION` on a
+/// segment), always answered in adsync's own spelling.
+pub const AAM_ALIASES: [&str; 4] = [
+    "PII",
+    "ONSITE_ADVERTISING",
+    "OFFSITE_ADVERTISING",
+    "ONSITE_PERSONALIZATION",
+];
+
+fn aam_pair(s: &str) -> Option<usize> {
+    AAM_ALIASES.iter().position(|a| *a == s)
 }
 
 impl std::fmt::Display for ExportLabel {
@@ -199,6 +222,37 @@ mod tests {
         }
         assert_eq!(ExportLabel::parse("pii_combination"), None);
         assert_eq!(ExportControl::parse("PII_COMBINATION"), None);
+    }
+
+    #[test]
+    fn audience_manager_names_are_aliases_of_both_sides_of_each_pair() {
+        let pairs = [
+            ("PII", "PII_COMBINATION", "NO_PII_COMBINATION"),
+            (
+                "ONSITE_ADVERTISING",
+                "ONSITE_AD_TARGETING",
+                "NO_ONSITE_AD_TARGETING",
+            ),
+            (
+                "OFFSITE_ADVERTISING",
+                "OFFSITE_AD_TARGETING",
+                "NO_OFFSITE_AD_TARGETING",
+            ),
+            (
+                "ONSITE_PERSONALIZATION",
+                "ONSITE_PERSONALIZATION",
+                "NO_ONSITE_PERSONALIZATION",
+            ),
+        ];
+        for (alias, label, control) in pairs {
+            assert_eq!(ExportLabel::parse(alias).unwrap().as_str(), label);
+            assert_eq!(ExportControl::parse(alias).unwrap().as_str(), control);
+            // The alias pair conflicts like the names it stands for.
+            let l = ExportLabel::parse(alias).unwrap();
+            assert_eq!(l.opposing_control(), ExportControl::parse(alias).unwrap());
+        }
+        assert_eq!(ExportLabel::parse("pii"), None);
+        assert_eq!(ExportControl::parse("NO_PII"), None);
     }
 
     #[test]

@@ -76,11 +76,11 @@ const CREATION_BATCH: i32 = 200;
 
 // ------------------------------------------------------------------ helpers
 
-fn invalid(field: &str, message: impl Into<String>) -> HttpResponse {
+pub(super) fn invalid(field: &str, message: impl Into<String>) -> HttpResponse {
     HttpResponse::field_error(400, "invalid_request", field, message)
 }
 
-fn store_failure(e: StoreError) -> HttpResponse {
+pub(super) fn store_failure(e: StoreError) -> HttpResponse {
     tracing::error!(error = %e, "destination store failure");
     HttpResponse::error(
         503,
@@ -89,7 +89,7 @@ fn store_failure(e: StoreError) -> HttpResponse {
     )
 }
 
-fn destination_not_found(id: &str) -> HttpResponse {
+pub(super) fn destination_not_found(id: &str) -> HttpResponse {
     HttpResponse::error(
         404,
         "destination_not_found",
@@ -97,7 +97,7 @@ fn destination_not_found(id: &str) -> HttpResponse {
     )
 }
 
-fn segment_not_found(id: &str, field: Option<&str>) -> HttpResponse {
+pub(super) fn segment_not_found(id: &str, field: Option<&str>) -> HttpResponse {
     let msg = format!("segment {id} does not exist; register it first with PUT /segments/{id}");
     match field {
         Some(f) => HttpResponse::field_error(404, "segment_not_found", f, msg),
@@ -105,7 +105,7 @@ fn segment_not_found(id: &str, field: Option<&str>) -> HttpResponse {
     }
 }
 
-fn mapping_not_found(destination_id: &str, segment_id: &str) -> HttpResponse {
+pub(super) fn mapping_not_found(destination_id: &str, segment_id: &str) -> HttpResponse {
     HttpResponse::error(
         404,
         "mapping_not_found",
@@ -114,7 +114,7 @@ fn mapping_not_found(destination_id: &str, segment_id: &str) -> HttpResponse {
 }
 
 /// The answer for an Amazon failure on a user-triggered call, worded by `user_message()`.
-fn amazon_failure(e: &AmazonError) -> HttpResponse {
+pub(super) fn amazon_failure(e: &AmazonError) -> HttpResponse {
     let (status, code) = match e {
         AmazonError::ReauthorizationRequired => (409, "reauthorization_required"),
         AmazonError::AccountNotFound { .. } => (404, "account_not_found"),
@@ -283,7 +283,7 @@ pub fn parse_fees(
     Ok(out)
 }
 
-fn parse_countries(v: &Value) -> Result<Vec<String>, HttpResponse> {
+pub(super) fn parse_countries(v: &Value) -> Result<Vec<String>, HttpResponse> {
     let field = "dataSourceCountry";
     let items = array(v, field)?;
     if items.is_empty() {
@@ -353,6 +353,8 @@ fn parse_account_id(v: Option<&Value>) -> Result<String, HttpResponse> {
 struct MappingRequest {
     segment_id: String,
     fees: Option<Vec<AudienceFee>>,
+    /// An existing audience to adopt (`super::adopt`).
+    audience_id: Option<i64>,
     /// `mappings[i]` (or "" for a single-object body), for error fields.
     field: String,
 }
@@ -405,8 +407,16 @@ fn parse_mapping_object(
         None | Some(Value::Null) => None,
         Some(v) => Some(parse_fees(v, &format!("{dot}audienceFees"), currency)?),
     };
+    let audience_id =
+        super::adopt::parse_audience_id(obj.get("audienceId"), &format!("{dot}audienceId"))?;
+    if audience_id.is_some() && fees.is_some() {
+        return Err(invalid(
+            &format!("{dot}audienceFees"),
+            "an adopted audience keeps its own fees: give audienceFees later with PUT …/fees",
+        ));
+    }
     for k in obj.keys() {
-        if k != "segmentId" && k != "audienceFees" {
+        if k != "segmentId" && k != "audienceFees" && k != "audienceId" {
             return Err(invalid(
                 &format!("{dot}{k}"),
                 format!("unknown field {dot}{k}"),
@@ -416,12 +426,13 @@ fn parse_mapping_object(
     Ok(MappingRequest {
         segment_id: segment_id.to_string(),
         fees,
+        audience_id,
         field: prefix.to_string(),
     })
 }
 
 /// The audience description: the segment's, or a generated one (Amazon requires the field).
-fn audience_description(seg: &Segment) -> String {
+pub(super) fn audience_description(seg: &Segment) -> String {
     let d = seg.description.trim();
     if d.is_empty() {
         format!("adsync segment {}", seg.segment_id)
@@ -468,7 +479,7 @@ fn conflict_response(
     )
 }
 
-async fn load_account(
+pub(super) async fn load_account(
     ctx: &ExportCtx,
     account_id: &str,
 ) -> Result<IntegratedAccount, HttpResponse> {
@@ -523,7 +534,7 @@ fn segment_view(s: &Segment) -> Value {
 }
 
 /// A mapping as users see it. `audienceId` is serialized from the `i64` (a JSON integer, exact).
-fn mapping_view(m: &SegmentMapping, backfill: Option<Value>) -> Value {
+pub(super) fn mapping_view(m: &SegmentMapping, backfill: Option<Value>) -> Value {
     json!({
         "segmentId": m.segment_id,
         "status": m.status,
@@ -616,11 +627,14 @@ async fn mapping_views(ctx: &ExportCtx, mappings: &[SegmentMapping]) -> Vec<Valu
                 .map(|_| (m.destination_id.clone(), m.segment_id.clone()))
         })
         .collect();
-    let progress: Vec<Option<Value>> = futures::stream::iter(keys)
+    let progress: Vec<Option<(Value, Map<String, Value>)>> = futures::stream::iter(keys)
         .map(|k| async move {
             let (dst, seg) = k?;
             match members::backfill_progress(ctx, &dst, &seg).await {
-                Ok(v) => Some(v),
+                Ok(v) => {
+                    let extra = super::audience_view::extras(ctx, &dst, &seg, &v).await;
+                    Some((v, extra))
+                }
                 Err(e) => {
                     tracing::warn!(error = %e, "backfill progress unavailable");
                     None
@@ -633,7 +647,16 @@ async fn mapping_views(ctx: &ExportCtx, mappings: &[SegmentMapping]) -> Vec<Valu
     mappings
         .iter()
         .zip(progress)
-        .map(|(m, p)| mapping_view(m, p))
+        .map(|(m, p)| match p {
+            Some((p, extra)) => {
+                let mut v = mapping_view(m, Some(p));
+                if let Value::Object(o) = &mut v {
+                    o.extend(extra);
+                }
+                v
+            }
+            None => mapping_view(m, None),
+        })
         .collect()
 }
 
@@ -918,22 +941,33 @@ async fn create_destination_inner(
         ttl_seconds,
         created_at: now.clone(),
     };
+    let adopted = adopt_all(ctx, &account, &destination.destination_id, &reqs).await?;
     let mappings: Vec<SegmentMapping> = reqs
         .iter()
         .zip(&segments)
-        .map(|(r, seg)| {
-            new_mapping(
+        .zip(&adopted)
+        .map(|((r, seg), a)| {
+            let m = new_mapping(
                 &destination.destination_id,
                 seg,
                 r.fees.clone().unwrap_or_default(),
                 &now,
-            )
+            );
+            a.as_ref()
+                .map_or(m.clone(), |a| super::adopt::adopted(m, a))
         })
         .collect();
     ctx.destinations
         .create_destination(&destination, &mappings)
         .await
         .map_err(store_failure)?;
+    for (m, a) in mappings.iter().zip(&adopted) {
+        if let Some(a) = a {
+            super::adopt::start(ctx, &destination, m, a)
+                .await
+                .map_err(store_failure)?;
+        }
+    }
     tracing::info!(destination = %destination.destination_id, mappings = mappings.len(), "destination created");
     // The destination exists from here on: whatever the inline work meets, the answer is 202
     // (its failures are on the mappings, and the schedule takes over what is left).
@@ -1000,6 +1034,9 @@ pub async fn get_destination(ctx: &ExportCtx, id: &str) -> HttpResponse {
         Ok(None) => return destination_not_found(id),
         Err(e) => return store_failure(e),
     };
+    if let Some(deleting) = super::lifecycle::deleting_answer(ctx, id).await {
+        return deleting;
+    }
     match destination_view(ctx, &d, true).await {
         Ok(v) => HttpResponse::json(200, &v),
         Err(e) => store_failure(e),
@@ -1021,14 +1058,14 @@ pub async fn patch_destination(ctx: &ExportCtx, id: &str, req: &HttpRequest) -> 
     };
     for (k, v) in &obj {
         match k.as_str() {
-            "description" | "dataExportLabels" => {}
+            "description" | "dataExportLabels" | "ttlSeconds" | "dataSourceCountry" => {}
             "name" => {
                 if v.as_str().map(str::trim) != Some(d.name.as_str()) {
                     return invalid("name", "the name of a destination cannot be changed");
                 }
             }
             "destinationId" if v.as_str() == Some(id) => {}
-            "accountId" | "dataSourceCountry" | "ttlSeconds" | "mappings" | "destinationId" => {
+            "accountId" | "mappings" | "destinationId" => {
                 let how = if k == "mappings" {
                     " (use POST /destinations/{id}/mappings and DELETE /destinations/{id}/mappings/{segmentId})"
                 } else {
@@ -1052,6 +1089,15 @@ pub async fn patch_destination(ctx: &ExportCtx, id: &str, req: &HttpRequest) -> 
     } else {
         d.data_export_labels.clone()
     };
+    let settings = match super::audience_meta::parse_settings(&obj, &d) {
+        Ok(s) => s,
+        Err(r) => return r,
+    };
+    if let Some((ttl, countries)) = &settings
+        && let Err(e) = super::audience_meta::apply_settings(ctx, &d, *ttl, countries).await
+    {
+        return store_failure(e);
+    }
     let updated = match ctx
         .destinations
         .update_destination(id, &description, &labels)
@@ -1157,7 +1203,8 @@ async fn add_mappings_inner(
             .await
             .map_err(store_failure)?;
         if let Some(m) = &current
-            && !matches!(m.status, MappingStatus::Removed | MappingStatus::Failed)
+            && (r.audience_id.is_some()
+                || !matches!(m.status, MappingStatus::Removed | MappingStatus::Failed))
         {
             return Err(HttpResponse::field_error(
                 409,
@@ -1173,11 +1220,15 @@ async fn add_mappings_inner(
         existing.push(current);
     }
     let now = now_rfc3339();
+    let adopted = adopt_all(ctx, &account, id, &reqs).await?;
     let mut out = Vec::new();
-    for ((r, seg), current) in reqs.iter().zip(&segments).zip(existing) {
+    for (((r, seg), current), a) in reqs.iter().zip(&segments).zip(existing).zip(&adopted) {
         let m = match current {
             None => {
                 let m = new_mapping(id, seg, r.fees.clone().unwrap_or_default(), &now);
+                let m = a
+                    .as_ref()
+                    .map_or(m.clone(), |a| super::adopt::adopted(m, a));
                 if !ctx
                     .destinations
                     .add_mapping(&m)
@@ -1189,6 +1240,11 @@ async fn add_mappings_inner(
                         "already_mapped",
                         format!("segment {} was mapped concurrently", seg.segment_id),
                     ));
+                }
+                if let Some(a) = a {
+                    super::adopt::start(ctx, &d, &m, a)
+                        .await
+                        .map_err(store_failure)?;
                 }
                 m
             }
@@ -1209,6 +1265,51 @@ async fn add_mappings_inner(
         202,
         &json!({"destinationId": id, "mappings": views}),
     ))
+}
+
+/// The audiences the requests adopt, in their order (`None` for audiences to create), each read
+/// at Amazon and claimed for its mapping (`super::adopt`).
+async fn adopt_all(
+    ctx: &ExportCtx,
+    account: &IntegratedAccount,
+    destination_id: &str,
+    reqs: &[MappingRequest],
+) -> Result<Vec<Option<crate::amazon::Audience>>, HttpResponse> {
+    let wanted = reqs.iter().filter(|r| r.audience_id.is_some()).count();
+    if wanted > super::adopt::MAX_ADOPTIONS_PER_REQUEST {
+        return Err(invalid(
+            "mappings",
+            format!(
+                "at most {} mappings with audienceId per request (Amazon reads one audience per second)",
+                super::adopt::MAX_ADOPTIONS_PER_REQUEST
+            ),
+        ));
+    }
+    let mut out = Vec::with_capacity(reqs.len());
+    for r in reqs {
+        out.push(match r.audience_id {
+            Some(aid) => {
+                let dot = if r.field.is_empty() {
+                    String::new()
+                } else {
+                    format!("{}.", r.field)
+                };
+                Some(
+                    super::adopt::check(
+                        ctx,
+                        account,
+                        aid,
+                        &format!("{dot}audienceId"),
+                        destination_id,
+                        &r.segment_id,
+                    )
+                    .await?,
+                )
+            }
+            None => None,
+        });
+    }
+    Ok(out)
 }
 
 /// `mappings` (all of one destination) as stored now, in their order, with backfill progress
@@ -1459,10 +1560,9 @@ fn metadata_busy() -> HttpResponse {
 }
 
 /// Waits for this process's turn at Amazon's metadata endpoints (1 request/s per LwA client,
-/// shared by every concurrent invocation through the table), for a slot no later than
-/// `not_after` (epoch ms): `false`, with nothing reserved and no wait, when the next free slot
-/// is later.
-async fn pace_by(
+/// shared by every concurrent invocation through the table), for a slot no later than `not_after` (epoch ms): `false`, with nothing reserved and
+/// no wait, when the next free slot is later.
+pub(super) async fn pace_by(
     ctx: &ExportCtx,
     account: &IntegratedAccount,
     not_after: Option<i64>,
@@ -1490,7 +1590,7 @@ async fn pace_by(
 
 /// After a metadata call (answered or not): the next one starts a full second after this one
 /// ended, so a slow call never lets the next arrive at Amazon less than a second later.
-async fn paced_call_done(ctx: &ExportCtx) {
+pub(super) async fn paced_call_done(ctx: &ExportCtx) {
     if let Err(e) = ctx
         .destinations
         .metadata_call_done(ctx.amazon.client_id(), METADATA_MIN_GAP_MS)

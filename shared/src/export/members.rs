@@ -78,7 +78,7 @@ use crate::runtime::{Invocation, now_ms};
 use crate::store::StoreError;
 use crate::store::accounts::{AccountStatus, IntegratedAccount};
 use crate::store::destinations::{MappingStatus, SegmentMapping};
-use crate::store::jobs::{BackfillJob, JobState};
+use crate::store::jobs::{BackfillJob, JobPurpose, JobState};
 use crate::store::ledger::{LEDGER_SHARDS, LedgerRow, Upsert};
 use crate::store::parked_counts::{Counter, ParkedCounts};
 use crate::store::parked_retry::RetryState;
@@ -936,14 +936,19 @@ pub async fn handle_qualifications(
         .collect();
     // Amazon calls end `reserve` before the budget (`crate::budget`); with under a second left
     // nothing is sent: the rows are parked for the redrive at once.
-    let mut report = if crate::budget::amazon_time_left().is_some_and(|l| l < Duration::from_secs(1))
-    {
-        let mut r = DeliveryReport::default();
-        park_rows(&targets, to_send, "the request's time budget ran out before sending", &mut r);
-        r
-    } else {
-        deliver(ctx, &mut lookups, &targets, to_send).await
-    };
+    let mut report =
+        if crate::budget::amazon_time_left().is_some_and(|l| l < Duration::from_secs(1)) {
+            let mut r = DeliveryReport::default();
+            park_rows(
+                &targets,
+                to_send,
+                "the request's time budget ran out before sending",
+                &mut r,
+            );
+            r
+        } else {
+            deliver(ctx, &mut lookups, &targets, to_send).await
+        };
     if !parked_rows.is_empty() {
         park_rows(&targets, parked_rows, "dirty mark failed", &mut report);
     }
@@ -1105,6 +1110,7 @@ async fn queue_backfill(
             mapping.destination_id
         )));
     };
+    super::refresh::register(ctx, mapping, &dest, None).await?;
     let outcome = ctx
         .jobs
         .ensure_job(
@@ -1294,9 +1300,7 @@ async fn backfill_in_slot(
             .get_mapping(&job.destination_id, &job.segment_id)
             .await
             .map_err(|e| e.to_string())?;
-        let live = mapping.as_ref().is_some_and(|m| {
-            m.status == MappingStatus::Active && m.audience_id == Some(job.audience_id)
-        });
+        let live = super::lifecycle::job_is_live(&job, mapping.as_ref());
         if !live {
             let gone = mapping.as_ref().is_none_or(|m| {
                 m.status == MappingStatus::Removed || m.audience_id != Some(job.audience_id)
@@ -1564,7 +1568,8 @@ async fn work_shard(
         next = page.last_key.clone().map(|k| fetch(Some(k)));
         for row in page.rows {
             let patch = Patch {
-                op: PatchOp::for_status(row.qualified),
+                // A purge removes every member the ledger knows of, whatever their state.
+                op: PatchOp::for_status(row.qualified && job.purpose != JobPurpose::Purge),
                 audience_ids: vec![job.audience_id],
                 consent: row.consent,
                 device: row.device,
@@ -1684,7 +1689,9 @@ async fn drain_and_finish(
         }
     }
     let mut cursor: Option<String> = None;
-    loop {
+    // A purge re-sends nothing: its mapping is removed, and a dirty entry left by an earlier
+    // pass would send an add.
+    while job.purpose != JobPurpose::Purge {
         if inv.remaining() < opts.safety_margin {
             let _ = ctx.jobs.release_job(dest, seg, owner).await;
             return Ok(false);
@@ -1796,6 +1803,7 @@ pub async fn backfill_progress(
     };
     Ok(json!({
         "state": job.state.as_str(),
+        "purpose": job.purpose,
         "phase": phase,
         "audienceId": job.audience_id,
         "devicesSent": sent,

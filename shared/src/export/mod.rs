@@ -9,7 +9,9 @@
 //! Scheduled tasks:
 //! - `{"task":"backfill"}`: first creates queued audiences (1 request/s, within at most
 //!   [`AUDIENCE_CREATION_SHARE`] of the time left), which queues the new mappings' backfills,
-//!   then continues backfill jobs (`members::run_backfill`) until the deadline margin.
+//!   then the audience upkeep ([`upkeep`]: purges, membership refreshes, settings and size
+//!   reads in the rest of that metadata share), then continues backfill jobs
+//!   (`members::run_backfill`, which also runs refreshes and purges) until the deadline margin.
 //! - `{"task":"redrive"}`: `members::run_redrive`.
 //!
 //! The creating requests (`POST /destinations`, `POST /destinations/{id}/mappings`) also spend
@@ -18,8 +20,14 @@
 //! checkpointed backfill as the scheduled task; whatever the slice does not finish stays queued
 //! or checkpointed for the schedule.
 
+pub mod adopt;
+pub mod audience_meta;
+pub mod audience_view;
 pub mod destinations;
+pub mod lifecycle;
 pub mod members;
+pub mod refresh;
+pub mod upkeep;
 
 use crate::amazon::{AmazonClient, RetryPolicy};
 use crate::aws::AwsClients;
@@ -188,6 +196,9 @@ impl Handler for ExportHandler {
 enum Route<'a> {
     PutSegment(&'a str),
     GetSegment(&'a str),
+    ListSegments,
+    DeleteSegment(&'a str),
+    DeleteDestination(&'a str),
     CreateDestination,
     ListDestinations,
     GetDestination(&'a str),
@@ -216,13 +227,17 @@ fn match_route<'a>(method: &str, segs: &[&'a str]) -> Route<'a> {
     match (method, segs) {
         ("PUT", ["segments", id]) => PutSegment(id),
         ("GET", ["segments", id]) => GetSegment(id),
-        (_, ["segments", _]) => WrongMethod("GET, PUT"),
+        ("DELETE", ["segments", id]) => DeleteSegment(id),
+        (_, ["segments", _]) => WrongMethod("GET, PUT, DELETE"),
+        ("GET", ["segments"]) => ListSegments,
+        (_, ["segments"]) => WrongMethod("GET"),
         ("POST", ["destinations"]) => CreateDestination,
         ("GET", ["destinations"]) => ListDestinations,
         (_, ["destinations"]) => WrongMethod("GET, POST"),
         ("GET", ["destinations", id]) => GetDestination(id),
         ("PATCH", ["destinations", id]) => PatchDestination(id),
-        (_, ["destinations", _]) => WrongMethod("GET, PATCH"),
+        ("DELETE", ["destinations", id]) => DeleteDestination(id),
+        (_, ["destinations", _]) => WrongMethod("GET, PATCH, DELETE"),
         ("POST", ["destinations", id, "mappings"]) => AddMappings(id),
         (_, ["destinations", _, "mappings"]) => WrongMethod("POST"),
         ("DELETE", ["destinations", id, "mappings", seg]) => RemoveMapping(id, seg),
@@ -255,12 +270,15 @@ pub async fn route(
     match r {
         Route::PutSegment(id) => destinations::put_segment(ctx, id, req).await,
         Route::GetSegment(id) => destinations::get_segment(ctx, id).await,
+        Route::ListSegments => lifecycle::list_segments(ctx, req).await,
+        Route::DeleteSegment(id) => lifecycle::delete_segment(ctx, id, req, inv).await,
+        Route::DeleteDestination(id) => lifecycle::delete_destination(ctx, id, req).await,
         Route::CreateDestination => destinations::create_destination(ctx, req, inv).await,
         Route::ListDestinations => destinations::list_destinations(ctx, req).await,
         Route::GetDestination(id) => destinations::get_destination(ctx, id).await,
         Route::PatchDestination(id) => destinations::patch_destination(ctx, id, req).await,
         Route::AddMappings(id) => destinations::add_mappings(ctx, id, req, inv).await,
-        Route::RemoveMapping(id, seg) => destinations::remove_mapping(ctx, id, seg).await,
+        Route::RemoveMapping(id, seg) => lifecycle::remove_mapping(ctx, id, seg, req).await,
         Route::PutFees(id, seg) => destinations::put_fees(ctx, id, seg, req).await,
         Route::Qualifications => members::handle_qualifications(ctx, req, inv).await,
         Route::WrongMethod(_) | Route::NotFound => HttpResponse::not_found(),
@@ -281,15 +299,26 @@ pub async fn run_task_with(
 ) -> Result<Value, String> {
     match name {
         "backfill" => {
+            let started = crate::runtime::now_ms() as i64;
             let budget = inv.remaining().mul_f64(AUDIENCE_CREATION_SHARE);
             let audiences = destinations::create_pending_audiences(ctx, inv, budget).await;
+            // Refreshes, purges and audience metadata, within the same metadata share.
+            let upkeep = upkeep::run_upkeep(
+                ctx,
+                started + budget.as_millis() as i64,
+                &upkeep::UpkeepOptions::from_env(),
+                crate::runtime::now_ms() as i64,
+            )
+            .await;
             let mut metrics = crate::telemetry::Metrics::new(ctx.metrics_fn);
             metrics
                 .count("AudiencesCreated", audiences.created as u64)
                 .count("AudienceCreationFailures", audiences.failed as u64);
             metrics.emit();
             let backfill = members::run_backfill(ctx, inv).await?;
-            Ok(json!({"task": "backfill", "audiences": audiences, "backfill": backfill}))
+            Ok(
+                json!({"task": "backfill", "audiences": audiences, "upkeep": upkeep, "backfill": backfill}),
+            )
         }
         "redrive" => {
             let redrive = members::run_redrive(ctx, inv).await?;
@@ -357,9 +386,13 @@ mod tests {
                 "PutFees(\"d1\", \"s1\")"
             );
             assert_eq!(r("POST", "/qualifications"), "Qualifications");
+            assert_eq!(r("DELETE", "/destinations/d1"), "DeleteDestination(\"d1\")");
+            assert_eq!(r("GET", "/segments"), "ListSegments");
+            assert_eq!(r("DELETE", "/segments/s1"), "DeleteSegment(\"s1\")");
+            assert_eq!(r("POST", "/segments"), "WrongMethod(\"GET\")");
             assert_eq!(
-                r("DELETE", "/destinations/d1"),
-                "WrongMethod(\"GET, PATCH\")"
+                r("POST", "/destinations/d1"),
+                "WrongMethod(\"GET, PATCH, DELETE\")"
             );
             assert_eq!(r("GET", "/nope"), "NotFound");
             assert_eq!(r("GET", "/destinations/d1/mappings/s1/fees/x"), "NotFound");

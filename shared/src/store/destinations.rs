@@ -6,11 +6,14 @@
 //!
 //! | item | pk | sk | gsi1pk / gsi1sk | attributes |
 //! |---|---|---|---|---|
-//! | segment | `SEG#<segmentId>` | `SEGMENT` | — | `segmentId, name, description, dataExportControls (L of S), updatedAt` |
+//! | segment | `SEG#<segmentId>` | `SEGMENT` | `SEGMENTS` / `<segmentId>` | `segmentId, name, description, dataExportControls (L of S), updatedAt` |
 //! | destination | `DST#<destinationId>` | `DESTINATION` | `DESTINATIONS` / `<createdAt>#<destinationId>` | `destinationId, name, description, accountId, dataExportLabels (L of S), dataSourceCountry (L of S), ttlSeconds (N), createdAt, updatedAt` |
 //! | mapping | `DST#<destinationId>` | `MAP#<segmentId>` | `SEGMAP#<segmentId>` / `DST#<destinationId>` | `destinationId, segmentId, status, audienceId (N)?, externalAudienceId, audienceName, audienceFees (L of M{cpmCents N, currency S}), lastError?, lastErrorAt?, blockedReason?, leaseUntil (N, epoch ms)?, createdAt, updatedAt` |
 //! | audience to create | `PENDING#AUDIENCE` | `<mapping createdAt>#<destinationId>#<segmentId>` | — | `destinationId, segmentId` |
 //! | metadata pacing | `RATE#<LwA client id>` | `METADATA` | — | `nextAt (N, epoch ms)` |
+//!
+//! Audience upkeep (`AUDSTATE`, `PURGES`) is laid out in [`audiences`]; segment listing and
+//! destination deletion in [`lifecycle`] (a destination being deleted also has `deleting`).
 //!
 //! Other owners keep their items in this table under other `pk` prefixes (the backfill jobs of
 //! `store::jobs` use `JOB#…`); the prefixes above are reserved for this module.
@@ -34,6 +37,9 @@ use aws_sdk_dynamodb::operation::transact_write_items::TransactWriteItemsError;
 use aws_sdk_dynamodb::types::{AttributeValue, Put, ReturnValue, TransactWriteItem};
 use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
+
+pub mod audiences;
+pub mod lifecycle;
 
 type Item = HashMap<String, AttributeValue>;
 
@@ -426,6 +432,8 @@ impl DestinationStore {
     /// Creates or replaces a segment; returns the previous version (to notice changed controls).
     pub async fn put_segment(&self, seg: &Segment) -> Result<Option<Segment>, StoreError> {
         let mut item = key(seg_pk(&seg.segment_id), "SEGMENT");
+        item.insert("gsi1pk".into(), s(lifecycle::SEGMENTS_GSI_PK));
+        item.insert("gsi1sk".into(), s(&seg.segment_id));
         item.insert("segmentId".into(), s(&seg.segment_id));
         item.insert("name".into(), s(&seg.name));
         item.insert("description".into(), s(&seg.description));

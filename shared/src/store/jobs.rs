@@ -6,7 +6,7 @@
 //!
 //! | item | pk | sk | attributes |
 //! |---|---|---|---|
-//! | job | `JOB#<destinationId>#<segmentId>` | `JOB` | `destinationId, segmentId, accountId, audienceId (N), generation (N), state` (`running`/`done`/`failed`), `shards (N), includeRemovals (BOOL), draining (BOOL), createdAt, updatedAt, finishedAt?, lastError?, leaseOwner?, leaseUntil (N)?, drained (N)`; while unfinished also `gsi1pk = JOBS#active`, `gsi1sk = <createdAt>#<destinationId>#<segmentId>` |
+//! | job | `JOB#<destinationId>#<segmentId>` | `JOB` | `destinationId, segmentId, accountId, audienceId (N), generation (N), state` (`running`/`done`/`failed`), `purpose` (`backfill`/`refresh`/`purge`, absent = backfill), `shards (N), includeRemovals (BOOL), draining (BOOL), createdAt, updatedAt, finishedAt?, lastError?, leaseOwner?, leaseUntil (N)?, drained (N)`; while unfinished also `gsi1pk = JOBS#active`, `gsi1sk = <createdAt>#<destinationId>#<segmentId>` |
 //! | shard | same pk | `SHARD#<nn>` | `generation (N), state` (`pending`/`done`), `lastKey?` (ledger sort key of the last acknowledged row), `sent (N), batches (N), leaseOwner?, leaseUntil (N), lastError?, updatedAt` |
 //! | dirty device | same pk | `DIRTY#<deviceKey>` | `segmentId, device, nonce` |
 //! | backfill slot | `JOBS#slots` | `SLOT#<n>` | `leaseOwner, leaseUntil (N)`: at most `n` invocations run backfill at once |
@@ -64,6 +64,36 @@ impl JobState {
     }
 }
 
+/// What a job's pass over the ledger is for. All three share the job's shards, leases,
+/// checkpoints, backfill slots and PATCH pacing (`export::members`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum JobPurpose {
+    /// The mapping's historical backfill (or its restart).
+    Backfill,
+    /// Members re-added before Amazon's TTL drops them (`export::refresh`): qualified rows only.
+    Refresh,
+    /// Every row of the segment removed from the audience (`export::lifecycle`, `?purge=true`).
+    Purge,
+}
+
+impl JobPurpose {
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            JobPurpose::Backfill => "backfill",
+            JobPurpose::Refresh => "refresh",
+            JobPurpose::Purge => "purge",
+        }
+    }
+    fn parse(s: Option<&str>) -> Self {
+        match s {
+            Some("refresh") => JobPurpose::Refresh,
+            Some("purge") => JobPurpose::Purge,
+            _ => JobPurpose::Backfill,
+        }
+    }
+}
+
 /// A backfill job: one per mapping (destination × segment).
 #[derive(Clone, Debug, PartialEq)]
 pub struct BackfillJob {
@@ -86,6 +116,8 @@ pub struct BackfillJob {
     /// Every shard is done and the dirty-set drain has begun: deltas no longer need to mark
     /// devices dirty (their sends come after every scan batch).
     pub draining: bool,
+    /// What this generation's pass is for.
+    pub purpose: JobPurpose,
 }
 
 /// One shard of a job.
@@ -120,6 +152,19 @@ pub enum Ensure {
     Rearmed,
     /// Restarted from scratch (new audience, or a finished job asked again).
     Restarted,
+}
+
+/// A new generation of a mapping's job ([`JobStore::put_generation`]).
+#[derive(Clone, Debug)]
+pub struct Generation<'a> {
+    pub destination_id: &'a str,
+    pub segment_id: &'a str,
+    pub account_id: &'a str,
+    pub audience_id: i64,
+    pub shards: u16,
+    /// Also read unqualified rows (a backfill restart sends their removals; a purge removes all).
+    pub include_removals: bool,
+    pub purpose: JobPurpose,
 }
 
 /// The job adapter. Cheap to clone.
@@ -194,6 +239,7 @@ impl JobStore {
             last_error: get_s(item, "lastError"),
             drained: get_n(item, "drained").unwrap_or(0),
             draining: matches!(item.get("draining"), Some(AttributeValue::Bool(true))),
+            purpose: JobPurpose::parse(get_s(item, "purpose").as_deref()),
         })
     }
 
@@ -295,8 +341,39 @@ impl JobStore {
             Some(j) => (j.generation + 1, false, Ensure::Restarted),
             None => (1, false, Ensure::Created),
         };
+        let g = Generation {
+            destination_id,
+            segment_id,
+            account_id,
+            audience_id,
+            shards,
+            include_removals,
+            purpose: JobPurpose::Backfill,
+        };
+        match self
+            .put_generation(&g, existing.as_ref(), generation)
+            .await?
+        {
+            true => Ok(outcome),
+            // Someone else started it at the same moment: theirs stands.
+            false => Ok(Ensure::AlreadyRunning),
+        }
+    }
+
+    /// Starts generation `generation` of a mapping's job (fresh shards, then the job item,
+    /// conditional on `existing`'s generation so two starters never both win). `false` when
+    /// another writer got there first.
+    pub async fn put_generation(
+        &self,
+        g: &Generation<'_>,
+        existing: Option<&BackfillJob>,
+        generation: u64,
+    ) -> Result<bool, StoreError> {
+        let (destination_id, segment_id) = (g.destination_id, g.segment_id);
+        let pk = job_pk(destination_id, segment_id);
+        let now = now_rfc3339();
         // Shards first, the job item last: a listed job always has its shards.
-        for sh in 0..shards {
+        for sh in 0..g.shards {
             self.client
                 .put_item()
                 .table_name(&self.table)
@@ -308,15 +385,16 @@ impl JobStore {
         let mut job = Self::key(&pk, "JOB");
         job.insert("destinationId".into(), s(destination_id));
         job.insert("segmentId".into(), s(segment_id));
-        job.insert("accountId".into(), s(account_id));
-        job.insert("audienceId".into(), n(audience_id));
+        job.insert("accountId".into(), s(g.account_id));
+        job.insert("audienceId".into(), n(g.audience_id));
         job.insert("gen".into(), n(generation));
         job.insert("state".into(), s("running"));
-        job.insert("shards".into(), n(shards));
+        job.insert("shards".into(), n(g.shards));
         job.insert(
             "includeRemovals".into(),
-            AttributeValue::Bool(include_removals),
+            AttributeValue::Bool(g.include_removals),
         );
+        job.insert("purpose".into(), s(g.purpose.as_str()));
         job.insert("createdAt".into(), s(&now));
         job.insert("updatedAt".into(), s(&now));
         job.insert("drained".into(), n(0));
@@ -332,16 +410,15 @@ impl JobStore {
             .put_item()
             .table_name(&self.table)
             .set_item(Some(job));
-        put = match &existing {
+        put = match existing {
             None => put.condition_expression("attribute_not_exists(pk)"),
             Some(j) => put
                 .condition_expression("gen = :gen")
                 .expression_attribute_values(":gen", n(j.generation)),
         };
         match put.send().await {
-            Ok(_) => Ok(outcome),
-            // Someone else started it at the same moment: theirs stands.
-            Err(e) if is_condition_failed(&e) => Ok(Ensure::AlreadyRunning),
+            Ok(_) => Ok(true),
+            Err(e) if is_condition_failed(&e) => Ok(false),
             Err(e) => Err(aws("put job", e)),
         }
     }

@@ -28,6 +28,8 @@ pub const LEDGER_SHARDS: u16 = 16;
 
 type Item = HashMap<String, AttributeValue>;
 
+pub mod purge;
+
 /// One ledger row.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct LedgerRow {
