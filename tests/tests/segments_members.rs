@@ -630,10 +630,31 @@ async fn bad_items_get_per_item_errors_and_bad_bodies_are_refused() {
             json!({"segmentId": seg, "deviceId": "a/b", "idType": "EMAIL", "status": "qualified", "timestamp": "2026-13-01"}),
             json!({"segmentId": seg, "deviceId": "x", "idType": "MAID", "status": "qualified", "timestamp": now - 1,
                    "consent": {"consentType": "Amazon", "amazonConsent": {"amazonAdStorage": "GRANTED", "amazonUserData": "GRANTED"}}}),
+            // A segment id that `PUT /segments` refuses is refused here too, in the same words.
+            q("spring#sale", "ok2", "qualified", now - 1000),
         ],
     )
     .await;
     assert_eq!(st, 207, "{body}");
+    let rule = "must be 1–128 characters of A–Z, a–z, 0–9, '-', '_', '.', ':' (it contains '#' at position 6)";
+    assert_eq!(body["results"][3]["index"], 3);
+    assert_eq!(body["results"][3]["status"], "rejected");
+    assert_eq!(
+        body["results"][3]["errors"],
+        json!([{"field": "segmentId", "message": rule}])
+    );
+    let put = adsync::export::destinations::put_segment(
+        &rig.ctx,
+        "spring#sale",
+        &json_req("PUT", "/segments/spring%23sale", &json!({"name": "Spring sale"})),
+    )
+    .await;
+    assert_eq!(put.status, 400, "{}", put.body);
+    assert_eq!(put.json_body()["error"]["field"], "segmentId");
+    assert_eq!(
+        put.json_body()["error"]["message"],
+        format!("segmentId (in the path) {rule}")
+    );
     assert_eq!(body["results"][0]["status"], "applied");
     assert_eq!(body["results"][1]["status"], "rejected");
     let fields: Vec<&str> = body["results"][1]["errors"]
@@ -646,7 +667,7 @@ async fn bad_items_get_per_item_errors_and_bad_bodies_are_refused() {
     assert_eq!(body["results"][2]["status"], "applied");
     assert_eq!(
         body["totals"],
-        json!({"received": 3, "applied": 2, "stale": 0, "rejected": 1, "failed": 0})
+        json!({"received": 4, "applied": 2, "stale": 0, "rejected": 2, "failed": 0})
     );
 
     let send = |r: HttpRequest| {

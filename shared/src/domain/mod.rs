@@ -4,3 +4,4 @@ pub mod audience;
 pub mod audience_names;
 pub mod conversion;
 pub mod export_controls;
+pub mod segment;

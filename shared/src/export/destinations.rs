@@ -31,6 +31,7 @@ use super::members;
 use crate::amazon::{AmazonError, AudienceFee, AudienceUpdate, NewAudience};
 use crate::domain::audience_names::{audience_name, external_audience_id};
 use crate::domain::export_controls::{ExportControl, ExportLabel, conflicts, describe_conflicts};
+use crate::domain::segment::check_segment_id;
 use crate::http::{HttpRequest, HttpResponse, parse_json_body};
 use crate::runtime::Invocation;
 use crate::store::StoreError;
@@ -59,7 +60,6 @@ pub const DEFAULT_TTL_SECONDS: u64 = 2_592_000;
 /// Amazon's audience description limit.
 const MAX_AUDIENCE_DESCRIPTION: usize = 1000;
 const MAX_NAME_CHARS: usize = 255;
-const MAX_SEGMENT_ID_CHARS: usize = 128;
 /// Amazon's documented pace of metadata calls (create, read, update) is 1 request/s per client.
 /// Slots are 1.1 s apart: the margin absorbs the jitter between reserving a slot and the request
 /// reaching Amazon (a token refresh before one call, network latency), so two calls never
@@ -137,17 +137,9 @@ fn body_object(req: &HttpRequest) -> Result<Map<String, Value>, HttpResponse> {
     }
 }
 
-/// Segment ids end up in table keys and Amazon's `externalAudienceId`: a conservative alphabet.
+/// Segment ids follow one rule everywhere ([`crate::domain::segment::check_segment_id`]).
 pub fn valid_segment_id(id: &str) -> bool {
-    !id.is_empty()
-        && id.len() <= MAX_SEGMENT_ID_CHARS
-        && id
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b':'))
-}
-
-fn segment_id_rule() -> String {
-    format!("1–{MAX_SEGMENT_ID_CHARS} characters of A–Z, a–z, 0–9, '-', '_', '.', ':'")
+    check_segment_id(id).is_ok()
 }
 
 fn req_string(obj: &Map<String, Value>, field: &str, max: usize) -> Result<String, HttpResponse> {
@@ -400,8 +392,8 @@ fn parse_mapping_object(
         .get("segmentId")
         .and_then(Value::as_str)
         .ok_or_else(|| invalid(&sf, format!("{sf} is required (a string)")))?;
-    if !valid_segment_id(segment_id) {
-        return Err(invalid(&sf, format!("{sf} must be {}", segment_id_rule())));
+    if let Err(why) = check_segment_id(segment_id) {
+        return Err(invalid(&sf, format!("{sf} {why}")));
     }
     let fees = match obj.get("audienceFees") {
         None | Some(Value::Null) => None,
@@ -687,11 +679,8 @@ fn destination_json(
 /// against every destination the segment is mapped to at once: a new conflict blocks the mapping
 /// (deliveries stop), a resolved one unblocks it (and re-sends its members through a backfill).
 pub async fn put_segment(ctx: &ExportCtx, segment_id: &str, req: &HttpRequest) -> HttpResponse {
-    if !valid_segment_id(segment_id) {
-        return invalid(
-            "segmentId",
-            format!("the segment id in the path must be {}", segment_id_rule()),
-        );
+    if let Err(why) = check_segment_id(segment_id) {
+        return invalid("segmentId", format!("segmentId (in the path) {why}"));
     }
     let obj = match body_object(req) {
         Ok(o) => o,

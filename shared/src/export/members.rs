@@ -73,6 +73,7 @@ use crate::domain::audience::{
     Batch, Batcher, Change, IdType, MAX_BODY_BYTES, MAX_PATCHES, Patch, PatchOp, group, split_body,
     validate_consent, validate_device_id,
 };
+use crate::domain::segment::check_segment_id;
 use crate::http::{HttpRequest, HttpResponse, parse_json_body};
 use crate::runtime::{Invocation, now_ms};
 use crate::store::StoreError;
@@ -125,20 +126,6 @@ struct Qualification {
 struct FieldError {
     field: &'static str,
     message: String,
-}
-
-/// Segment ids go into ledger and job keys: printable ASCII, no '/' or spaces, ≤ 128.
-fn validate_segment_id(id: &str) -> Result<(), String> {
-    if id.is_empty() {
-        return Err("must not be empty".into());
-    }
-    if id.len() > 128 {
-        return Err("must be at most 128 characters".into());
-    }
-    if id.chars().any(|c| !c.is_ascii_graphic() || c == '/') {
-        return Err("must be printable ASCII without '/' or spaces".into());
-    }
-    Ok(())
 }
 
 /// RFC 3339, or epoch milliseconds (an integer below 10^11 is taken as epoch seconds).
@@ -198,7 +185,7 @@ fn validate_item(v: &Value, now: i64) -> Result<Qualification, Vec<FieldError>> 
             }
         }
     };
-    let segment_id = text("segmentId", &mut errs).and_then(|s| match validate_segment_id(&s) {
+    let segment_id = text("segmentId", &mut errs).and_then(|s| match check_segment_id(&s) {
         Ok(()) => Some(s),
         Err(m) => {
             errs.push(FieldError {

@@ -174,7 +174,7 @@ pub async fn run(demo: &mut Demo) -> Result<(), String> {
         .find(|e| e["eventDescription"]["conversionType"] == "LEAD")
     {
         demo.info(format!(
-            "a received lead (match keys hashed, name folded \"José\" → jose): {sample}"
+            "a received lead (match keys hashed, \"José\" hashed as jos, no accent folding): {sample}"
         ));
     }
     Ok(())

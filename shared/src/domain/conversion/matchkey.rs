@@ -5,7 +5,7 @@
 //! |---|---|
 //! | EMAIL | trim, lowercase, keep only `a-z 0-9 . @ -` (so `+` is dropped) |
 //! | PHONE | keep ASCII digits only (country code included, no `+`) |
-//! | FIRST_NAME, LAST_NAME, ADDRESS, CITY, STATE | fold Latin accents to ASCII, lowercase, keep only `a-z 0-9` |
+//! | FIRST_NAME, LAST_NAME, ADDRESS, CITY, STATE | lowercase, keep only `a-z 0-9` (no accent folding) |
 //! | POSTAL | lowercase, remove all white space |
 //! | MAID, RAMP_ID, MATCH_ID, REAL_ID, MERKLE_ID, KANTAR_ID, FIP | sent as given, never hashed |
 //!
@@ -13,15 +13,15 @@
 //! hashed: it is lowercased and sent without hashing again. A value that normalises to nothing
 //! (empty, only punctuation, …) is dropped; the caller rejects an event left with no key.
 //!
-//! **Accents.** For the name and address types, a non-ASCII letter from a Latin block (Latin-1
-//! Supplement, Latin Extended-A/B, Latin Extended Additional) is folded to its ASCII spelling
-//! with `deunicode` before stripping, so "José" → `jose`, "Müller" → `muller`, "Łódź" → `lodz`,
-//! "Straße" → `strasse`. This is what a user expects and what an advertiser's ASCII copy of the
-//! same name hashes to; stripping instead would turn "José" into `jos`, which matches nobody.
-//! Letters from other scripts (Cyrillic, CJK, …) are dropped, as the contract's `a-z 0-9` rule
-//! says, rather than transliterated: a romanisation is a guess that would not match either.
-//! E-mail addresses are not folded (an address with `é` is a different address); POSTAL keeps
-//! non-ASCII characters (lowercased), since the contract only removes white space there.
+//! **Accents.** The contract follows Amazon's rule to the letter: the name and address types are
+//! lowercased and everything outside `a-z 0-9` is removed, with no accent folding or
+//! transliteration, so "José" → `jos`, "São Paulo" → `sopaulo`, "Müller" → `mller`, "Straße" →
+//! `strae`, and other scripts (Cyrillic, CJK, …) vanish. Lowercasing is Unicode's (as the
+//! JavaScript `toLowerCase` of Amazon's partner samples), so the rare capitals that lowercase to
+//! ASCII keep their letter ("İ" → `i`, the Kelvin sign → `k`). Amazon hashes its side the same
+//! way, so this is what matches, even where a folded spelling would read better. E-mail
+//! addresses are not folded either; POSTAL keeps non-ASCII characters (lowercased), since the
+//! contract only removes white space there.
 
 use sha2::{Digest, Sha256};
 
@@ -264,13 +264,14 @@ pub fn normalise_into(kind: KeyType, value: &str, out: &mut Vec<u8>) {
             if value.is_ascii() {
                 push_alnum(value.as_bytes(), out);
             } else {
+                // Unicode lowercase first, then keep ASCII letters and digits only.
                 for c in value.chars() {
                     if c.is_ascii() {
                         push_alnum(&[c as u8], out);
-                    } else if is_latin(c)
-                        && let Some(folded) = deunicode::deunicode_char(c)
-                    {
-                        push_alnum(folded.as_bytes(), out);
+                    } else {
+                        for l in c.to_lowercase().filter(char::is_ascii) {
+                            push_alnum(&[l as u8], out);
+                        }
                     }
                 }
             }
@@ -286,11 +287,6 @@ fn push_alnum(bytes: &[u8], out: &mut Vec<u8>) {
             out.push(b.to_ascii_lowercase());
         }
     }
-}
-
-/// Latin letters with diacritics and ligatures: the blocks folded to ASCII.
-fn is_latin(c: char) -> bool {
-    matches!(c as u32, 0x00C0..=0x024F | 0x1E00..=0x1EFF)
 }
 
 #[cfg(test)]
@@ -328,21 +324,30 @@ mod tests {
             (Phone, "+49 (0) 30/123 456-78", "4903012345678"),
             (Phone, "tel:+81-3-1234-5678", "81312345678"),
             (Phone, "15551234567", "15551234567"),
-            // names, address, city, state: fold accents, lowercase, keep a-z 0-9
-            (FirstName, "José", "jose"),
+            // names, address, city, state: lowercase, keep a-z 0-9, no accent folding (the
+            // contract's own examples first)
+            (FirstName, "José", "jos"),
+            (City, "São Paulo", "sopaulo"),
+            (LastName, "Müller", "mller"),
+            (FirstName, "JOSÉ", "jos"),
             (FirstName, "  Mary-Jane ", "maryjane"),
             (LastName, "O'Brien-Smith", "obriensmith"),
-            (LastName, "Müller", "muller"),
-            (LastName, "Ærøskøbing", "aeroskobing"),
-            (LastName, "Łukasiewicz", "lukasiewicz"),
-            (LastName, "Nguyễn", "nguyen"),
-            (FirstName, "François", "francois"),
+            (LastName, "Ærøskøbing", "rskbing"),
+            (LastName, "Łukasiewicz", "ukasiewicz"),
+            (LastName, "Nguyễn", "nguyn"),
+            (FirstName, "François", "franois"),
             (Address, "123 Main St., Apt #4", "123mainstapt4"),
-            (Address, "Straße 5", "strasse5"),
-            (City, "São Paulo", "saopaulo"),
-            (City, "Saint-Étienne", "saintetienne"),
+            (Address, "Straße 5", "strae5"),
+            (City, "Saint-Étienne", "sainttienne"),
+            (City, "Zürich", "zrich"),
             (State, "N.Y.", "ny"),
-            // non-Latin scripts are dropped, not transliterated
+            (State, "Île-de-France", "ledefrance"),
+            // combining accents (decomposed form) go too: "José" as J o s e + U+0301
+            (FirstName, "Jose\u{301}", "jose"),
+            // capitals whose Unicode lowercase is ASCII keep their letter
+            (City, "\u{130}stanbul", "istanbul"),
+            (Address, "5 \u{212A}ing St", "5kingst"),
+            // other scripts vanish, never transliterated
             (City, "Москва", ""),
             (LastName, "李", ""),
             // postal: lowercase, remove all white space
@@ -366,6 +371,8 @@ mod tests {
         let mut h = KeyHasher::new();
         let upper = "86E0B9E56C17CC4D12387E1949B85053FBE73BC3CE5A1188713A9D300CC6133D";
         // Expected digests computed with `printf '%s' <normalised> | sha256sum`.
+        const JOS: &str = "f854b2aeb789d616b26acff4df9ff7741d09d5f7a63add238201880e5b10bf2b";
+        const SOPAULO: &str = "4a287883aa51936209f313e4c62d9b38b41b7df896dfdff33b98dc1a86607668";
         let cases: &[(KeyType, &str, Option<&str>)] = &[
             (
                 KeyType::Email,
@@ -387,15 +394,21 @@ mod tests {
                 "1-555-123-4567",
                 Some("d6736136ea896c1bfdc553e0e86e702c70d060d805696ca3e4e9e0961353860a"),
             ),
+            // José → "jos" (no accent folding), JOSE → "jose": different hashes.
             (
                 KeyType::FirstName,
                 "José",
-                Some("1ec4ed037766aa181d8840ad04b9fc6e195fd37dedc04c98a5767a67d3758ece"),
+                Some(JOS),
             ),
             (
                 KeyType::FirstName,
                 "JOSE",
                 Some("1ec4ed037766aa181d8840ad04b9fc6e195fd37dedc04c98a5767a67d3758ece"),
+            ),
+            (
+                KeyType::City,
+                "São Paulo",
+                Some(SOPAULO),
             ),
             (
                 KeyType::Postal,
