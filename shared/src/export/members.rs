@@ -786,7 +786,7 @@ pub async fn handle_qualifications(
     // Owned inputs: closures over borrowed tuples trip the Send check of the handler's future.
     let writes: Vec<(usize, LedgerRow)> = valid.iter().map(|(i, q)| (*i, q.row.clone())).collect();
     let outcomes: Vec<(usize, Result<Upsert, StoreError>)> = futures::stream::iter(writes)
-        .map(|(i, row)| async move { (i, ctx.ledger.upsert(&row).await) })
+        .map(|(i, row)| async move { (i, super::privacy::upsert_unless_erased(ctx, &row).await) })
         .buffer_unordered(LEDGER_WRITE_CONCURRENCY)
         .collect()
         .await;

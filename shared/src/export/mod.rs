@@ -19,7 +19,10 @@
 //! or checkpointed for the schedule.
 
 pub mod destinations;
+pub mod erasure;
+pub mod identities;
 pub mod members;
+pub mod privacy;
 
 use crate::amazon::{AmazonClient, RetryPolicy};
 use crate::aws::AwsClients;
@@ -140,6 +143,8 @@ impl ExportCtx {
     pub async fn from_env(aws: &AwsClients) -> Result<Self, StartError> {
         let tables = Tables::from_env()?;
         let amazon = AmazonClient::from_env(aws).await?;
+        // Checked at start-up: identities park there (`identities::queue`).
+        required(identities::QUEUE_VAR)?;
         Ok(Self {
             amazon,
             accounts: AccountStore::new(aws.dynamodb.clone(), tables.accounts),
@@ -195,6 +200,7 @@ enum Route<'a> {
     RemoveMapping(&'a str, &'a str),
     PutFees(&'a str, &'a str),
     Qualifications,
+    Privacy(privacy::PrivacyRoute<'a>),
     /// The path exists but not with this method: the allowed methods.
     WrongMethod(&'static str),
     NotFound,
@@ -230,7 +236,11 @@ fn match_route<'a>(method: &str, segs: &[&'a str]) -> Route<'a> {
         (_, ["destinations", _, "mappings", _, "fees"]) => WrongMethod("PUT"),
         ("POST", ["qualifications"]) => Qualifications,
         (_, ["qualifications"]) => WrongMethod("POST"),
-        _ => NotFound,
+        _ => match privacy::match_route(method, segs) {
+            Some(Ok(r)) => Privacy(r),
+            Some(Err(allowed)) => WrongMethod(allowed),
+            None => NotFound,
+        },
     }
 }
 
@@ -262,6 +272,7 @@ pub async fn route(
         Route::RemoveMapping(id, seg) => destinations::remove_mapping(ctx, id, seg).await,
         Route::PutFees(id, seg) => destinations::put_fees(ctx, id, seg, req).await,
         Route::Qualifications => members::handle_qualifications(ctx, req, inv).await,
+        Route::Privacy(r) => privacy::route(ctx, r, req, inv).await,
         Route::WrongMethod(_) | Route::NotFound => HttpResponse::not_found(),
     }
 }
@@ -278,11 +289,15 @@ pub async fn run_task(ctx: &ExportCtx, name: &str, inv: &Invocation) -> Result<V
                 .count("AudienceCreationFailures", audiences.failed as u64);
             metrics.emit();
             let backfill = members::run_backfill(ctx, inv).await?;
-            Ok(json!({"task": "backfill", "audiences": audiences, "backfill": backfill}))
+            let erasures = erasure::run_erasures(ctx, inv, &Default::default()).await?;
+            Ok(
+                json!({"task": "backfill", "audiences": audiences, "backfill": backfill, "erasures": erasures}),
+            )
         }
         "redrive" => {
             let redrive = members::run_redrive(ctx, inv).await?;
-            Ok(json!({"task": "redrive", "redrive": redrive}))
+            let identities = identities::run_redrive(ctx, inv).await?;
+            Ok(json!({"task": "redrive", "redrive": redrive, "identities": identities}))
         }
         other => Err(format!(
             "unknown task {other:?} (expected \"backfill\" or \"redrive\")"
