@@ -13,6 +13,7 @@ pub mod events;
 pub mod faults;
 pub mod http;
 pub mod lwa;
+pub mod privacy;
 pub mod state;
 
 use std::future::Future;
@@ -42,6 +43,10 @@ pub fn router(sb: Sandbox) -> Router {
             get(dp::get_one).put(dp::update),
         )
         .route("/v2/dp/audience", patch(dp::patch))
+        .route("/v2/dp/users", patch(privacy::delete_users))
+        .route("/dp/records/hashed/", post(privacy::upload_records))
+        .route("/admin/user-deletions", get(privacy::admin_deletions))
+        .route("/admin/hashed-records", get(privacy::admin_records))
         .route("/adsApi/v1/create/events", post(events::create_events))
         .route("/admin/health", get(admin::health))
         .route("/admin/clients", post(admin::create_client))

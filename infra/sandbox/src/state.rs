@@ -261,6 +261,8 @@ pub struct Inner {
     pub clock_offset: Duration,
     /// No access log on stderr (in-process tests).
     pub quiet: bool,
+    /// User deletions and hashed records (`privacy.rs`).
+    pub privacy: crate::privacy::PrivacyState,
 }
 
 impl Inner {

@@ -330,9 +330,9 @@ impl AmazonClient {
             .request(req.method.clone(), url)
             .timeout(timeout)
             .bearer_auth(token)
-            .header(reqwest::header::ACCEPT, "application/json");
+            .header(reqwest::header::ACCEPT, req.headers.media_type());
         rb = match req.headers {
-            HeaderStyle::Advertising { profile_id } => {
+            HeaderStyle::Advertising { profile_id } | HeaderStyle::Versioned { profile_id, .. } => {
                 let rb = rb.header("Amazon-Advertising-API-ClientId", client_id);
                 match profile_id {
                     Some(p) => rb.header("Amazon-Advertising-API-Scope", p.to_string()),
@@ -345,7 +345,7 @@ impl AmazonClient {
         };
         if let Some(body) = &req.body {
             rb = rb
-                .header(CONTENT_TYPE, "application/json")
+                .header(CONTENT_TYPE, req.headers.media_type())
                 .body(body.clone());
         }
         let resp = rb.send().await.map_err(transport_error)?;
@@ -375,6 +375,22 @@ pub(crate) enum HeaderStyle {
     Advertising { profile_id: Option<i64> },
     /// The Events API: `Amazon-Ads-ClientId`, `Amazon-Ads-AccountId`.
     AdsAccount { account_id: i64 },
+    /// Like `Advertising`, with a versioned media type as `Content-Type` and `Accept`
+    /// (`POST /dp/records/hashed/`).
+    Versioned {
+        profile_id: Option<i64>,
+        media_type: &'static str,
+    },
+}
+
+impl HeaderStyle {
+    /// The `Content-Type` (and `Accept`) of the call.
+    fn media_type(&self) -> &'static str {
+        match self {
+            HeaderStyle::Versioned { media_type, .. } => media_type,
+            _ => "application/json",
+        }
+    }
 }
 
 /// Which advertiser a call is about, so an authorisation failure can name it.
@@ -527,6 +543,7 @@ pub(crate) fn parse_error_body(body: &[u8]) -> (Option<String>, Option<String>) 
     };
     let err_obj = v.get("error").filter(|e| e.is_object());
     let primary = s(v.get("message"))
+        .or_else(|| s(v.get("errorMessage")))
         .or_else(|| s(v.get("details")))
         .or_else(|| err_obj.and_then(|e| s(e.get("description")).or_else(|| s(e.get("message")))))
         .or_else(|| s(v.get("description")))

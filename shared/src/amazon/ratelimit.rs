@@ -49,8 +49,10 @@ impl Spacer {
 pub enum Limit {
     /// Data Provider audience metadata (create, get, update): 1 request/s.
     Metadata,
-    /// `PATCH /v2/dp/audience`: 100 requests/s.
+    /// `PATCH /v2/dp/audience` and `PATCH /v2/dp/users`: 100 requests/s together.
     Patch,
+    /// `POST /dp/records/hashed/`: 10 requests/s.
+    HashedRecords,
 }
 
 impl Limit {
@@ -58,6 +60,7 @@ impl Limit {
         match self {
             Limit::Metadata => Duration::from_secs(1),
             Limit::Patch => Duration::from_millis(10),
+            Limit::HashedRecords => Duration::from_millis(100),
         }
     }
 }

@@ -795,7 +795,7 @@ pub async fn handle_qualifications(
             if now_ms() >= stop_writes_at {
                 return (i, Err(StoreError::Conflict(OUT_OF_TIME.into())));
             }
-            (i, ctx.ledger.upsert(&row).await)
+            (i, super::privacy::upsert_unless_erased(ctx, &row).await)
         })
         .buffer_unordered(LEDGER_WRITE_CONCURRENCY)
         .collect()

@@ -24,8 +24,12 @@ pub mod adopt;
 pub mod audience_meta;
 pub mod audience_view;
 pub mod destinations;
+pub mod erasure;
+pub mod identities;
 pub mod lifecycle;
 pub mod members;
+pub mod members;
+pub mod privacy;
 pub mod refresh;
 pub mod upkeep;
 
@@ -148,6 +152,8 @@ impl ExportCtx {
     pub async fn from_env(aws: &AwsClients) -> Result<Self, StartError> {
         let tables = Tables::from_env()?;
         let amazon = AmazonClient::from_env(aws).await?;
+        // Checked at start-up: identities park there (`identities::queue`).
+        required(identities::QUEUE_VAR)?;
         Ok(Self {
             amazon,
             accounts: AccountStore::new(aws.dynamodb.clone(), tables.accounts),
@@ -207,6 +213,7 @@ enum Route<'a> {
     RemoveMapping(&'a str, &'a str),
     PutFees(&'a str, &'a str),
     Qualifications,
+    Privacy(privacy::PrivacyRoute<'a>),
     /// The path exists but not with this method: the allowed methods.
     WrongMethod(&'static str),
     NotFound,
@@ -246,7 +253,11 @@ fn match_route<'a>(method: &str, segs: &[&'a str]) -> Route<'a> {
         (_, ["destinations", _, "mappings", _, "fees"]) => WrongMethod("PUT"),
         ("POST", ["qualifications"]) => Qualifications,
         (_, ["qualifications"]) => WrongMethod("POST"),
-        _ => NotFound,
+        _ => match privacy::match_route(method, segs) {
+            Some(Ok(r)) => Privacy(r),
+            Some(Err(allowed)) => WrongMethod(allowed),
+            None => NotFound,
+        },
     }
 }
 
@@ -281,6 +292,7 @@ pub async fn route(
         Route::RemoveMapping(id, seg) => lifecycle::remove_mapping(ctx, id, seg, req).await,
         Route::PutFees(id, seg) => destinations::put_fees(ctx, id, seg, req).await,
         Route::Qualifications => members::handle_qualifications(ctx, req, inv).await,
+        Route::Privacy(r) => privacy::route(ctx, r, req, inv).await,
         Route::WrongMethod(_) | Route::NotFound => HttpResponse::not_found(),
     }
 }
@@ -316,13 +328,16 @@ pub async fn run_task_with(
                 .count("AudienceCreationFailures", audiences.failed as u64);
             metrics.emit();
             let backfill = members::run_backfill(ctx, inv).await?;
-            Ok(
-                json!({"task": "backfill", "audiences": audiences, "upkeep": upkeep, "backfill": backfill}),
-            )
+            let erasures = erasure::run_erasures(ctx, inv, &Default::default()).await?;
+            Ok(json!({
+                "task": "backfill", "audiences": audiences, "upkeep": upkeep,
+                "backfill": backfill, "erasures": erasures
+            }))
         }
         "redrive" => {
             let redrive = members::run_redrive(ctx, inv).await?;
-            Ok(json!({"task": "redrive", "redrive": redrive}))
+            let identities = identities::run_redrive(ctx, inv).await?;
+            Ok(json!({"task": "redrive", "redrive": redrive, "identities": identities}))
         }
         "redrive-dlq" => {
             use crate::parked_dlq::{DeadLetterMover, Scope};

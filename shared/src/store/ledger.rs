@@ -16,6 +16,8 @@
 //! Writes are conditional on the timestamp (`ts < :ts`), so an older update never overwrites a
 //! newer one; an update with the same timestamp as the stored one is stale too (the first write
 //! wins), which makes retries of the same update idempotent.
+//!
+//! Erasure tombstones (`ERASED#<sha256>` / `ERASED`) share this table; `store::erasures` owns them.
 
 use super::StoreError;
 use aws_sdk_dynamodb::Client;
@@ -105,6 +107,11 @@ impl LedgerStore {
 
     pub fn table(&self) -> &str {
         &self.table
+    }
+
+    /// The DynamoDB client (`store::erasures` keeps its tombstones in this table).
+    pub fn client(&self) -> &Client {
+        &self.client
     }
 
     fn key(segment_id: &str, device: &str) -> Item {

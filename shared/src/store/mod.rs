@@ -5,6 +5,7 @@ pub mod accounts;
 pub mod dedupe;
 pub mod destinations;
 pub mod dynamo;
+pub mod erasures;
 pub mod jobs;
 pub mod ledger;
 pub mod parked;

@@ -1,0 +1,470 @@
+//! `POST /accounts/{accountId}/identities`: hashed PII behind `EXTERNAL_USER_ID` members, uploaded
+//! with `POST /dp/records/hashed/` so Amazon can match them.
+//!
+//! Every value is normalised and hashed by the conversion code (`domain::conversion::matchkey`,
+//! one implementation, one table); a 64-hex value is taken as already hashed. Raw values never
+//! leave this module's memory: bodies, parked messages and logs carry hashes only.
+//!
+//! Identities with the same `externalUserId` go out as one record with several `hashedRecords`.
+//! Bodies are packed to ≤ 5 MB (a 413 halves the body and resends), paced to 10 requests/s by the
+//! client. Within the request, Amazon calls use a short retry policy and no new body starts after
+//! [`SEND_BUDGET`], so the answer stays well under API Gateway's 30 s. What still fails
+//! transiently is parked (hashed records only) on `PARKED_IDENTITIES_QUEUE_URL` and answered
+//! `parked`; the scheduled `redrive` task resends it ([`run_redrive`]). Amazon's refusal (other
+//! 4xx) answers the identities of that body `rejected` with Amazon's message.
+
+use super::ExportCtx;
+use crate::amazon::privacy::{
+    HashedFields, HashedRecord, MAX_RECORDS_BODY_BYTES, pack_records, records_body,
+};
+use crate::amazon::{AmazonClient, AmazonError, RetryPolicy};
+use crate::domain::conversion::matchkey::{KeyHasher, KeyType, KeyValue};
+use crate::http::{HttpRequest, HttpResponse, parse_json_body};
+use crate::runtime::Invocation;
+use crate::store::accounts::{AccountStatus, IntegratedAccount, require_active};
+use crate::store::parked::ParkedQueue;
+use serde::{Deserialize, Serialize};
+use serde_json::{Value, json};
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+
+/// Most identities per request.
+pub const MAX_IDENTITIES: usize = 10_000;
+/// Largest request body (Lambda's synchronous payload limit).
+pub const MAX_REQUEST_BYTES: usize = 6 * 1024 * 1024;
+/// No new body starts after this much of the request's time went into sending.
+pub const SEND_BUDGET: Duration = Duration::from_secs(10);
+/// The queue variable of parked identity records.
+pub const QUEUE_VAR: &str = "PARKED_IDENTITIES_QUEUE_URL";
+const PARKED_KIND: &str = "identity_records_v1";
+/// Records per parked message (each ≤ ~700 bytes: well under SQS's 256 KB).
+const PARK_CHUNK: usize = 200;
+
+/// The PII fields: request name, match-key type, wire name.
+const FIELDS: [(&str, KeyType); 8] = [
+    ("email", KeyType::Email),
+    ("phone", KeyType::Phone),
+    ("firstName", KeyType::FirstName),
+    ("lastName", KeyType::LastName),
+    ("address", KeyType::Address),
+    ("city", KeyType::City),
+    ("state", KeyType::State),
+    ("postalCode", KeyType::Postal),
+];
+
+/// Hashed records that could not be delivered yet.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ParkedIdentities {
+    pub kind: String,
+    pub account_id: String,
+    pub records: Vec<HashedRecord>,
+    pub reason: String,
+}
+
+#[derive(Debug, Serialize)]
+struct FieldError {
+    field: String,
+    message: String,
+}
+
+#[derive(Debug, Serialize)]
+struct ItemResult {
+    index: usize,
+    status: &'static str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    message: Option<String>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    errors: Vec<FieldError>,
+}
+
+fn valid_external_id(id: &str) -> bool {
+    (1..=128).contains(&id.len())
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+}
+
+fn set(f: &mut HashedFields, name: &str, h: String) {
+    let slot = match name {
+        "email" => &mut f.email,
+        "phone" => &mut f.phone,
+        "firstName" => &mut f.first_name,
+        "lastName" => &mut f.last_name,
+        "address" => &mut f.address,
+        "city" => &mut f.city,
+        "state" => &mut f.state,
+        _ => &mut f.postal_code,
+    };
+    *slot = Some(h);
+}
+
+/// Validates, normalises and hashes one identity (field errors name the field).
+fn hash_identity(
+    v: &Value,
+    hasher: &mut KeyHasher,
+) -> Result<(String, HashedFields), Vec<FieldError>> {
+    let err = |field: &str, message: &str| FieldError {
+        field: field.into(),
+        message: message.into(),
+    };
+    let Some(obj) = v.as_object() else {
+        return Err(vec![err("identity", "must be an object")]);
+    };
+    let mut errors = Vec::new();
+    for k in obj.keys() {
+        if k != "externalUserId" && !FIELDS.iter().any(|(n, _)| n == k) {
+            errors.push(err(k, "is not a known field (externalUserId, email, phone, firstName, lastName, address, city, state, postalCode)"));
+        }
+    }
+    let id = match obj.get("externalUserId") {
+        Some(Value::String(s)) if valid_external_id(s) => Some(s.clone()),
+        Some(Value::String(_)) => {
+            errors.push(err(
+                "externalUserId",
+                "must be 1-128 characters of A-Z a-z 0-9 _ -",
+            ));
+            None
+        }
+        _ => {
+            errors.push(err("externalUserId", "is required (a string)"));
+            None
+        }
+    };
+    let mut fields = HashedFields::default();
+    let mut dropped = Vec::new();
+    let mut any = false;
+    for (name, kind) in FIELDS {
+        match obj.get(name) {
+            None | Some(Value::Null) => {}
+            Some(Value::String(s)) => match hasher.key_value(kind, s) {
+                Some(KeyValue::Hashed(h)) => {
+                    any = true;
+                    set(&mut fields, name, String::from_utf8_lossy(&h).into_owned());
+                }
+                _ => dropped.push(name),
+            },
+            Some(_) => errors.push(err(name, "must be a string")),
+        }
+    }
+    if !any && errors.is_empty() {
+        errors.push(err(
+            "identity",
+            "needs at least one of email, phone, firstName, lastName, address, city, state, postalCode with a usable value",
+        ));
+        errors.extend(
+            dropped
+                .into_iter()
+                .map(|n| err(n, "normalises to nothing (no letters or digits left)")),
+        );
+    }
+    match id {
+        Some(id) if errors.is_empty() => Ok((id, fields)),
+        _ => Err(errors),
+    }
+}
+
+/// The parking queue of identity records (`PARKED_IDENTITIES_QUEUE_URL`), on the SQS client of
+/// the context's parked queue.
+pub fn queue(ctx: &ExportCtx) -> Result<ParkedQueue, String> {
+    let url = crate::config::required(QUEUE_VAR).map_err(|e| e.to_string())?;
+    Ok(ctx.parked.sibling(url))
+}
+
+/// The request's Amazon client: two attempts, short timeouts (the answer must come in time).
+fn request_client(ctx: &ExportCtx) -> AmazonClient {
+    ctx.amazon.clone().with_retry_policy(RetryPolicy {
+        max_attempts: 2,
+        base_delay: Duration::from_millis(200),
+        max_delay: Duration::from_secs(1),
+        request_timeout: Duration::from_secs(6),
+    })
+}
+
+/// Sends one body of records; a 413 halves it. `Err` carries the records not delivered.
+fn upload<'a>(
+    amazon: &'a AmazonClient,
+    a: &'a IntegratedAccount,
+    records: Vec<HashedRecord>,
+) -> futures::future::BoxFuture<'a, Result<u64, (AmazonError, Vec<HashedRecord>)>> {
+    Box::pin(async move {
+        match amazon
+            .upload_hashed_records(&a.login(), a.scope(), records_body(&records))
+            .await
+        {
+            Ok(_) => Ok(1),
+            Err(AmazonError::PayloadTooLarge { .. }) if records.len() > 1 => {
+                let mut first = records;
+                let second = first.split_off(first.len() / 2);
+                let n = upload(amazon, a, first).await?;
+                Ok(1 + n + upload(amazon, a, second).await?)
+            }
+            Err(e) => Err((e, records)),
+        }
+    })
+}
+
+/// Parks records (chunked under SQS's message limit). Returns the records that could not be
+/// parked either.
+async fn park(
+    q: &ParkedQueue,
+    account_id: &str,
+    records: Vec<HashedRecord>,
+    reason: &str,
+) -> usize {
+    let mut lost = 0;
+    for chunk in records.chunks(PARK_CHUNK) {
+        let msg = ParkedIdentities {
+            kind: PARKED_KIND.into(),
+            account_id: account_id.into(),
+            records: chunk.to_vec(),
+            reason: reason.into(),
+        };
+        if let Err(e) = q.park(&msg).await {
+            tracing::error!(error = %e, "could not park identity records");
+            lost += chunk.len();
+        }
+    }
+    lost
+}
+
+/// `POST /accounts/{accountId}/identities` (the router checks the API key first).
+pub async fn handle(
+    ctx: &ExportCtx,
+    account_id: &str,
+    req: &HttpRequest,
+    _inv: &Invocation,
+) -> HttpResponse {
+    let body: Value = match parse_json_body(req, MAX_REQUEST_BYTES) {
+        Ok(v) => v,
+        Err(r) => return r,
+    };
+    let Some(items) = body.get("identities").and_then(Value::as_array) else {
+        return HttpResponse::field_error(
+            400,
+            "invalid_request",
+            "identities",
+            "the body must be an object with an \"identities\" array",
+        );
+    };
+    if items.is_empty() || items.len() > MAX_IDENTITIES {
+        let status = if items.is_empty() { 400 } else { 413 };
+        return HttpResponse::field_error(
+            status,
+            "invalid_request",
+            "identities",
+            format!(
+                "identities must hold 1 to {MAX_IDENTITIES} entries (got {})",
+                items.len()
+            ),
+        );
+    }
+    let account = match ctx.accounts.get_account(account_id).await {
+        Ok(found) => match require_active(account_id, found) {
+            Ok(a) => a,
+            Err(r) => return r,
+        },
+        Err(e) => {
+            tracing::error!(error = %e, "account lookup failed");
+            return HttpResponse::error(503, "store_unavailable", "try again");
+        }
+    };
+    let queue = match queue(ctx) {
+        Ok(q) => q,
+        Err(e) => return HttpResponse::error(500, "misconfigured", e),
+    };
+    let mut hasher = KeyHasher::new();
+    let mut results = Vec::with_capacity(items.len());
+    // externalId → (indexes, hashed records)
+    let mut by_id: BTreeMap<String, (Vec<usize>, Vec<HashedFields>)> = BTreeMap::new();
+    for (i, it) in items.iter().enumerate() {
+        let (status, errors) = match hash_identity(it, &mut hasher) {
+            Ok((id, fields)) => {
+                let e = by_id.entry(id).or_default();
+                e.0.push(i);
+                e.1.push(fields);
+                ("accepted", Vec::new())
+            }
+            Err(errors) => ("rejected", errors),
+        };
+        results.push(ItemResult {
+            index: i,
+            status,
+            message: None,
+            errors,
+        });
+    }
+    let mut index_of: BTreeMap<String, Vec<usize>> = BTreeMap::new();
+    let records: Vec<HashedRecord> = by_id
+        .into_iter()
+        .map(|(id, (idx, hashed))| {
+            index_of.insert(id.clone(), idx);
+            HashedRecord {
+                external_id: id,
+                hashed_records: hashed,
+            }
+        })
+        .collect();
+    let amazon = request_client(ctx);
+    let started = Instant::now();
+    let (mut requests, mut parked) = (0u64, 0usize);
+    for body in pack_records(records, MAX_RECORDS_BODY_BYTES) {
+        let outcome = if started.elapsed() > SEND_BUDGET {
+            Err((AmazonError::Timeout, body))
+        } else {
+            upload(&amazon, &account, body).await
+        };
+        let (e, failed) = match outcome {
+            Ok(n) => {
+                requests += n;
+                continue;
+            }
+            Err(x) => x,
+        };
+        let mark = |results: &mut Vec<ItemResult>, status: &'static str, msg: &str| {
+            for r in &failed {
+                for &i in index_of.get(&r.external_id).into_iter().flatten() {
+                    results[i].status = status;
+                    results[i].message = Some(msg.to_string());
+                }
+            }
+        };
+        if matches!(
+            e,
+            AmazonError::Rejected { .. } | AmazonError::AccountNotFound { .. }
+        ) {
+            mark(&mut results, "rejected", &e.user_message());
+            continue;
+        }
+        if matches!(e, AmazonError::ReauthorizationRequired)
+            && let Err(se) = ctx
+                .accounts
+                .mark_reauthorization_required(&account.token_secret)
+                .await
+        {
+            tracing::error!(error = %se, "could not mark the accounts for reauthorization");
+        }
+        let n = failed.len();
+        let lost = park(&queue, account_id, failed.clone(), &e.user_message()).await;
+        if lost == 0 {
+            parked += n;
+            mark(
+                &mut results,
+                "parked",
+                "Amazon could not take it now; parked and redriven later",
+            );
+        } else {
+            mark(
+                &mut results,
+                "failed",
+                "could not be delivered or parked; send it again",
+            );
+        }
+    }
+    let count = |s: &str| results.iter().filter(|r| r.status == s).count();
+    let accepted = count("accepted");
+    let mut m = crate::telemetry::Metrics::new(ctx.metrics_fn);
+    m.count("IdentitiesAccepted", accepted as u64)
+        .count("IdentitiesRejected", count("rejected") as u64)
+        .count("IdentityRecordsParked", parked as u64);
+    m.emit();
+    let status = if accepted == results.len() { 200 } else { 207 };
+    HttpResponse::json(
+        status,
+        &json!({
+            "results": results,
+            "totals": {"received": results.len(), "accepted": accepted, "rejected": count("rejected"),
+                       "parked": count("parked"), "failed": count("failed")},
+            "delivery": {"requests": requests, "parkedRecords": parked},
+        }),
+    )
+}
+
+/// Scheduled `redrive` of parked identity records: resent with the full retry policy; a message
+/// is deleted once delivered, or once Amazon refused it (logged, never retried blindly);
+/// otherwise SQS hands it back later (and after `maxReceiveCount` to the dead-letter queue).
+pub async fn run_redrive(ctx: &ExportCtx, inv: &Invocation) -> Result<Value, String> {
+    let q = queue(ctx)?;
+    let (mut messages, mut delivered, mut refused, mut kept) = (0u64, 0u64, 0u64, 0u64);
+    while inv.remaining() > Duration::from_secs(10) {
+        let batch = q
+            .receive::<ParkedIdentities>(10)
+            .await
+            .map_err(|e| e.to_string())?;
+        if batch.is_empty() {
+            break;
+        }
+        for p in batch {
+            messages += 1;
+            let account = match ctx.accounts.get_account(&p.item.account_id).await {
+                Ok(Some(a)) if a.status == AccountStatus::Active => a,
+                _ => {
+                    kept += 1;
+                    continue;
+                }
+            };
+            let done = match upload(&ctx.amazon, &account, p.item.records).await {
+                Ok(_) => {
+                    delivered += 1;
+                    true
+                }
+                Err((
+                    e @ (AmazonError::Rejected { .. } | AmazonError::AccountNotFound { .. }),
+                    _,
+                )) => {
+                    tracing::error!(message_id = %p.message_id, error = %e, "parked identity records refused by Amazon; dropped");
+                    refused += 1;
+                    true
+                }
+                Err(_) => false,
+            };
+            if done {
+                q.ack(&p.receipt_handle).await.map_err(|e| e.to_string())?;
+            } else {
+                kept += 1;
+            }
+        }
+    }
+    Ok(json!({"messages": messages, "delivered": delivered, "refused": refused, "kept": kept}))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn identities_hash_with_the_conversion_code_and_name_bad_fields() {
+        let mut h = KeyHasher::new();
+        let pre = "A".repeat(64);
+        let (id, f) = hash_identity(
+            &json!({"externalUserId": "u_1", "email": " Jane.Doe@Example.com ", "phone": pre}),
+            &mut h,
+        )
+        .unwrap();
+        assert_eq!(id, "u_1");
+        let expect = |k, v| match KeyHasher::new().key_value(k, v) {
+            Some(KeyValue::Hashed(x)) => String::from_utf8_lossy(&x).into_owned(),
+            _ => panic!(),
+        };
+        assert_eq!(
+            f.email.unwrap(),
+            expect(KeyType::Email, "jane.doe@example.com")
+        );
+        assert_eq!(
+            f.phone.unwrap(),
+            "a".repeat(64),
+            "pre-hashed kept, lowercased"
+        );
+        let errs = hash_identity(
+            &json!({"externalUserId": "a b", "email": 5, "mail": "x"}),
+            &mut h,
+        )
+        .unwrap_err();
+        let fields: Vec<&str> = errs.iter().map(|e| e.field.as_str()).collect();
+        assert_eq!(fields, ["mail", "externalUserId", "email"]);
+        let errs =
+            hash_identity(&json!({"externalUserId": "u", "firstName": "!!"}), &mut h).unwrap_err();
+        assert_eq!(errs[0].field, "identity");
+        assert_eq!(errs[1].field, "firstName");
+    }
+}
