@@ -85,10 +85,12 @@ pub async fn dispatch<H: Handler + ?Sized>(
             let method = req.method.clone();
             let path = req.path.clone();
             let started = std::time::Instant::now();
-            let resp = handler.http(req, inv).await;
+            let (resp, key) = crate::http::auth::audit_scope(handler.http(req, inv)).await;
+            // Audit: the accepting key's name (never the key) on every request line.
             tracing::info!(
                 method = %method,
                 path = %redact_path(&path),
+                key = key.as_deref().unwrap_or("-"),
                 status = resp.status,
                 ms = started.elapsed().as_millis() as u64,
                 "request"

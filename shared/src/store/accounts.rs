@@ -379,6 +379,11 @@ impl AccountStore {
         &self.table
     }
 
+    /// The DynamoDB client (for the linking flow's own records in the same table).
+    pub fn client(&self) -> &Client {
+        &self.client
+    }
+
     // ---- integrated accounts -------------------------------------------------------------
 
     /// The account with this id, in whatever status (removed accounts are kept as tombstones).
