@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Creates adsync's AWS resources on the local stack, from template.yaml.
 
-template.yaml is the single source of truth: this reads its AWS::DynamoDB::Table,
+template.yaml is the single source of truth: this reads its AWS::KMS::Key, AWS::DynamoDB::Table,
 AWS::SQS::Queue and AWS::SecretsManager::Secret resources and the functions' environment
 (Globals), resolves them as if the stack were named "adsync" (so `!Sub "${AWS::StackName}-accounts"`
 becomes `adsync-accounts`), creates what is missing on DynamoDB Local and moto, seeds the local
@@ -48,12 +48,17 @@ def _cfn_tag(loader, tag_suffix, node):
 CfnLoader.add_multi_constructor("!", _cfn_tag)
 
 
+# What `!Ref AWS::NoValue` resolves to: the property is dropped.
+NO_VALUE = object()
+
+
 class Resolver:
     """Resolves the intrinsic functions the template uses, for a local stack named `stack_name`."""
 
     def __init__(self, template, stack_name, overrides):
         self.resources = template.get("Resources", {})
         self.parameters = template.get("Parameters", {})
+        self.conditions = template.get("Conditions", {})
         self.pseudo = {
             "AWS::StackName": stack_name,
             "AWS::Region": REGION,
@@ -69,7 +74,7 @@ class Resolver:
         if isinstance(value, (str, int, float, bool)) or value is None:
             return value
         if isinstance(value, list):
-            return [self.resolve(v) for v in value]
+            return [v for v in (self.resolve(v) for v in value) if v is not NO_VALUE]
         if not isinstance(value, dict):
             raise ValueError(f"unsupported template value {value!r}")
         if len(value) == 1:
@@ -80,11 +85,36 @@ class Resolver:
                 return self.sub(arg)
             if key == "Fn::GetAtt":
                 return self.get_att(arg[0], arg[1])
+            if key == "Fn::If":
+                name, when_true, when_false = arg
+                return self.resolve(when_true if self.condition(name) else when_false)
             if key.startswith("Fn::"):
                 raise ValueError(f"setup.py does not support {key} (in {value!r})")
-        return {k: self.resolve(v) for k, v in value.items()}
+        out = {k: self.resolve(v) for k, v in value.items()}
+        return {k: v for k, v in out.items() if v is not NO_VALUE}
+
+    def condition(self, name):
+        """Evaluates a named condition (Fn::Equals, Fn::Not, Fn::And, Fn::Or, Condition)."""
+        return self.evaluate(self.conditions[name])
+
+    def evaluate(self, expr):
+        (key, arg), = expr.items()
+        if key == "Fn::Equals":
+            a, b = (self.resolve(x) for x in arg)
+            return str(a) == str(b)
+        if key == "Fn::Not":
+            return not self.evaluate(arg[0])
+        if key == "Fn::And":
+            return all(self.evaluate(x) for x in arg)
+        if key == "Fn::Or":
+            return any(self.evaluate(x) for x in arg)
+        if key == "Condition":
+            return self.condition(arg)
+        raise ValueError(f"setup.py does not support the condition {key}")
 
     def ref(self, name):
+        if name == "AWS::NoValue":
+            return NO_VALUE
         if name in self.pseudo:
             return self.pseudo[name]
         if name in self.parameters:
@@ -99,6 +129,8 @@ class Resolver:
             return self.resolve(props["TableName"])
         if kind == "AWS::SQS::Queue":
             return self.physical[name]["url"]
+        if kind == "AWS::KMS::Key":
+            return self.physical[name]["KeyId"]
         if kind == "AWS::SecretsManager::Secret":
             # Ref is the ARN on AWS; locally the name is what every client accepts.
             return self.resolve(props["Name"])
@@ -135,6 +167,29 @@ class Resolver:
 
 def of_type(template, kind):
     return [(n, r) for n, r in template.get("Resources", {}).items() if r.get("Type") == kind]
+
+
+def create_keys(kms, template, resolver, log):
+    """The template's KMS keys (those its conditions create), found again by their alias."""
+    aliases = {}
+    for _, res in of_type(template, "AWS::KMS::Alias"):
+        target = res["Properties"]["TargetKeyId"]
+        if isinstance(target, dict) and "Ref" in target:
+            aliases[target["Ref"]] = resolver.resolve(res["Properties"]["AliasName"])
+    existing = {a["AliasName"]: a.get("TargetKeyId") for a in kms.list_aliases()["Aliases"]}
+    for logical, res in of_type(template, "AWS::KMS::Key"):
+        if "Condition" in res and not resolver.condition(res["Condition"]):
+            continue
+        alias = aliases.get(logical, f"alias/{resolver.pseudo['AWS::StackName']}-{logical}")
+        key_id = existing.get(alias)
+        if key_id:
+            log(f"kms key {alias}: exists")
+        else:
+            key_id = kms.create_key(Description=f"adsync local {logical}")["KeyMetadata"]["KeyId"]
+            kms.create_alias(AliasName=alias, TargetKeyId=key_id)
+            log(f"kms key {alias}: created ({logical})")
+        arn = kms.describe_key(KeyId=key_id)["KeyMetadata"]["Arn"]
+        resolver.physical[logical] = {"KeyId": key_id, "Arn": arn}
 
 
 def wait_active(ddb, name, timeout=30):
@@ -185,6 +240,8 @@ SQS_ATTRIBUTES = [
     "MessageRetentionPeriod",
     "ReceiveMessageWaitTimeSeconds",
     "VisibilityTimeout",
+    "KmsMasterKeyId",
+    "KmsDataKeyReusePeriodSeconds",
 ]
 
 
@@ -216,7 +273,7 @@ def create_queues(sqs, template, resolver, log):
         resolver.physical[logical] = {"url": url, "Arn": arn, "QueueName": name}
 
 
-def put_secret(sm, name, value, log):
+def put_secret(sm, name, value, log, kms_key_id=None):
     try:
         current = sm.get_secret_value(SecretId=name, VersionStage="AWSCURRENT")["SecretString"]
         if current == value:
@@ -227,7 +284,8 @@ def put_secret(sm, name, value, log):
     except ClientError as e:
         if e.response["Error"]["Code"] != "ResourceNotFoundException":
             raise
-        sm.create_secret(Name=name, SecretString=value)
+        extra = {"KmsKeyId": kms_key_id} if kms_key_id else {}
+        sm.create_secret(Name=name, SecretString=value, **extra)
         log(f"secret {name}: created")
 
 
@@ -258,7 +316,9 @@ def main():
     ddb = session.client("dynamodb", endpoint_url=args.ddb_endpoint, config=cfg)
     sqs = session.client("sqs", endpoint_url=args.aws_endpoint, config=cfg)
     sm = session.client("secretsmanager", endpoint_url=args.aws_endpoint, config=cfg)
+    kms = session.client("kms", endpoint_url=args.aws_endpoint, config=cfg)
 
+    create_keys(kms, template, resolver, log)
     create_tables(ddb, template, resolver, log)
     create_queues(sqs, template, resolver, log)
 
@@ -267,6 +327,8 @@ def main():
     for _, res in of_type(template, "AWS::Serverless::Function"):
         fn_env = res.get("Properties", {}).get("Environment", {}).get("Variables", {})
         env.update({k: resolver.resolve(v) for k, v in fn_env.items()})
+    # The local stack is not AWS: its endpoint overrides are plain http.
+    env["ADSYNC_RUNNING_IN_AWS"] = "false"
 
     # Every template secret plus the operator-created LwA secret, with local values.
     seeds = {
@@ -280,10 +342,10 @@ def main():
     for logical, res in of_type(template, "AWS::SecretsManager::Secret"):
         props = resolver.resolve(res["Properties"])
         name = props["Name"]
-        put_secret(sm, name, seeds.get(name, props.get("SecretString", "{}")), log)
+        put_secret(sm, name, seeds.get(name, props.get("SecretString", "{}")), log, props.get("KmsKeyId"))
         seeds.pop(name, None)
     for name, value in seeds.items():
-        put_secret(sm, name, value, log)
+        put_secret(sm, name, value, log, env.get("ADSYNC_KMS_KEY_ID"))
 
     for k, v in env.items():
         if v is None or str(v) == "":

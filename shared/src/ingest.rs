@@ -1095,14 +1095,15 @@ fn route_segments(path: &str) -> Vec<&str> {
 #[async_trait::async_trait]
 impl Handler for ConversionHandler {
     async fn http(&self, req: HttpRequest, inv: Invocation) -> HttpResponse {
+        // Authenticate and authorize before routing (crate::http::scopes owns the rules).
+        if let Err(resp) = crate::http::scopes::authorize(&self.auth, &req).await {
+            return resp;
+        }
         let segs = route_segments(&req.path);
         match segs.as_slice() {
             ["accounts", account_id, "conversions"] => {
                 if req.method != "POST" {
                     return HttpResponse::method_not_allowed("POST");
-                }
-                if let Err(resp) = self.auth.check(&req).await {
-                    return resp;
                 }
                 self.ctx.handle_conversions(&req, &inv, account_id).await
             }

@@ -12,6 +12,7 @@ pub mod http;
 pub mod ingest;
 pub mod linking;
 pub mod parked_dlq;
+pub mod random;
 pub mod runtime;
 pub mod store;
 pub mod telemetry;

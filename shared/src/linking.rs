@@ -19,8 +19,10 @@
 //! Codes, states, tokens and the client secret are never logged: log lines carry connection ids,
 //! account ids and outcomes only.
 
+pub mod binding;
+
 use crate::amazon::{AmazonClient, AmazonError, LoginRef, LwaError, Region};
-use crate::http::auth::ApiKeyAuth;
+use crate::http::auth::{ApiKeyAuth, Caller};
 use crate::http::html::{self, AccountsPage, AdvertiserRow, STYLE, SuccessPage, Tone};
 use crate::http::{HttpRequest, HttpResponse};
 use crate::runtime::{Handler, Invocation};
@@ -28,8 +30,7 @@ use crate::store::accounts::{
     AccountStatus, AccountStore, Connection, ConnectionStatus, ConsumeError, CsrfOutcome,
     IntegratedAccount, ListedAdvertiser,
 };
-use base64::Engine;
-use rand::TryRngCore;
+use binding::{Binding, BindingStore};
 use serde::Deserialize;
 use std::time::Duration;
 
@@ -76,8 +77,11 @@ impl LinkingConfig {
 pub struct Linking {
     amazon: AmazonClient,
     accounts: AccountStore,
+    bindings: BindingStore,
     auth: ApiKeyAuth,
     config: LinkingConfig,
+    /// PKCE on every consent (`LWA_PKCE`, default on).
+    pkce: bool,
 }
 
 /// `POST /connections` answer.
@@ -91,14 +95,28 @@ pub struct NewConnection {
 }
 
 /// A fresh random value: 256 bits from the OS, base64url without padding (URL and form safe).
-pub fn random_token() -> String {
-    let mut buf = [0u8; 32];
-    // The OS generator failing is not recoverable; rand's thread generator (a CSPRNG seeded from
-    // the OS) is the documented fallback.
-    if rand::rngs::OsRng.try_fill_bytes(&mut buf).is_err() {
-        rand::RngCore::fill_bytes(&mut rand::rng(), &mut buf);
-    }
-    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(buf)
+/// A failing OS generator is an error (answered 503), never a panic.
+pub fn random_token() -> Result<String, crate::random::RandomUnavailable> {
+    crate::random::token()
+}
+
+fn random_failure() -> Failure {
+    Failure::new(
+        503,
+        "adsync could not create a secure link",
+        "The server's random number generator did not answer, so no sign-in value could be made.",
+        "Try again in a minute. If it keeps failing, check the oauth-callback function's logs.",
+    )
+}
+
+fn browser_failure() -> Failure {
+    Failure::new(
+        403,
+        "This account list belongs to another browser",
+        "The account list can only be used in the browser that signed in with Amazon (it carries a cookie \
+         set at sign-in), and this request did not carry it.",
+        "Open the authorizeUrl of the connection in this browser, or start again with POST /connections.",
+    )
 }
 
 fn now_secs() -> i64 {
@@ -272,12 +290,21 @@ impl Linking {
         auth: ApiKeyAuth,
         config: LinkingConfig,
     ) -> Self {
+        let bindings = BindingStore::new(accounts.client().clone(), accounts.table().to_string());
         Self {
             amazon,
             accounts,
+            bindings,
             auth,
             config,
+            pkce: true,
         }
+    }
+
+    /// Turns PKCE on or off (`LWA_PKCE`).
+    pub fn with_pkce(mut self, on: bool) -> Self {
+        self.pkce = on;
+        self
     }
 
     /// Builds everything from the environment, once per process.
@@ -290,12 +317,14 @@ impl Linking {
             .await
             .map_err(|e| e.to_string())?;
         let secrets = crate::store::secrets::SecretsStore::new(aws.secrets.clone());
+        let pkce = crate::amazon::pkce::enabled_from_env().map_err(|e| e.to_string())?;
         Ok(Self::new(
             amazon,
             AccountStore::new(aws.dynamodb.clone(), tables),
             ApiKeyAuth::new(secrets, keys),
             config,
-        ))
+        )
+        .with_pkce(pkce))
     }
 
     pub fn accounts(&self) -> &AccountStore {
@@ -315,28 +344,10 @@ impl Linking {
 
     // ---- POST /connections -----------------------------------------------------------------
 
-    /// The redirect URI for this request: the configured one, else derived from the host the
-    /// request came to (both the consent URL and the code exchange derive it the same way).
+    /// The redirect URI of a new connection (see [`binding::redirect_uri_for`]).
     fn redirect_uri_for(&self, req: &HttpRequest) -> Result<String, HttpResponse> {
-        if !self.config.redirect_uri.is_empty() {
-            return Ok(self.config.redirect_uri.clone());
-        }
-        let host = req
-            .header("x-forwarded-host")
-            .or_else(|| req.header("host"))
-            .filter(|h| !h.is_empty() && !h.contains(['/', ' ', '?', '#']));
-        match host {
-            Some(host) => {
-                let proto = req.header("x-forwarded-proto").unwrap_or("https");
-                let proto = if proto == "http" { "http" } else { "https" };
-                Ok(format!("{proto}://{host}/oauth/callback"))
-            }
-            None => Err(HttpResponse::error(
-                500,
-                "configuration",
-                "OAUTH_REDIRECT_URI is not set and the request has no Host header to derive it from",
-            )),
-        }
+        binding::redirect_uri_for(&self.config.redirect_uri, req)
+            .map_err(|m| HttpResponse::error(500, "configuration", m))
     }
 
     /// Starts a linking attempt: a pending connection and a single-use state for `region`,
@@ -352,13 +363,33 @@ impl Linking {
         redirect_uri: &str,
     ) -> Result<NewConnection, HttpResponse> {
         let connection_id = uuid::Uuid::new_v4().simple().to_string();
-        let state = random_token();
+        let unavailable = || {
+            HttpResponse::error(
+                503,
+                "unavailable",
+                "the server's random generator did not answer; try again",
+            )
+        };
+        let state = random_token().map_err(|_| unavailable())?;
+        let verifier = match self.pkce {
+            true => Some(crate::amazon::pkce::new_verifier().map_err(|_| unavailable())?),
+            false => None,
+        };
         let expires = now_secs() + STATE_TTL.as_secs() as i64;
-        if let Err(e) = self
-            .accounts
-            .create_connection(&connection_id, region, &state, expires, expires)
-            .await
-        {
+        // The binding first: a connection never exists without its redirect URI and verifier.
+        let stored = self
+            .bindings
+            .put(&connection_id, redirect_uri, verifier.as_deref(), expires)
+            .await;
+        let stored = match stored {
+            Ok(()) => {
+                self.accounts
+                    .create_connection(&connection_id, region, &state, expires, expires)
+                    .await
+            }
+            Err(e) => Err(e),
+        };
+        if let Err(e) = stored {
             tracing::error!(error = %e, "could not store the new connection");
             return Err(HttpResponse::error(
                 503,
@@ -366,18 +397,19 @@ impl Linking {
                 "adsync could not store the connection; try again",
             ));
         }
-        tracing::info!(connection_id = %connection_id, region = %region, "connection created");
+        tracing::info!(connection_id = %connection_id, region = %region, pkce = self.pkce, "connection created");
+        let mut authorize_url = self.amazon.authorize_url(region, redirect_uri, &state);
+        if let Some(v) = &verifier {
+            authorize_url = crate::amazon::pkce::with_challenge(&authorize_url, v);
+        }
         Ok(NewConnection {
-            authorize_url: self.amazon.authorize_url(region, redirect_uri, &state),
+            authorize_url,
             connection_id,
             expires_at: rfc3339(expires),
         })
     }
 
     async fn post_connections(&self, req: &HttpRequest) -> HttpResponse {
-        if let Err(r) = self.auth.check(req).await {
-            return r;
-        }
         let body: CreateConnectionBody = match crate::http::parse_json_body(req, 4096) {
             Ok(b) => b,
             Err(r) => return r,
@@ -436,7 +468,7 @@ impl Linking {
             && get("code").is_none()
             && get("state").is_none()
         {
-            return self.render_view(view).await;
+            return self.render_view(view, req).await;
         }
         let Some(state) = get("state") else {
             return Failure::new(
@@ -465,15 +497,26 @@ impl Linking {
             )
             .page(Some(&cid));
         };
-        let redirect_uri = match self.redirect_uri_for(req) {
-            Ok(u) => u,
-            Err(r) => return r,
+        // The redirect URI and verifier chosen at POST /connections, never this request's headers.
+        let bound = match self.bindings.get(&cid).await {
+            Ok(Some(b)) => b,
+            Ok(None) => {
+                self.fail_connection(&cid, None, "binding_missing").await;
+                return consume_failure("state", &ConsumeError::Expired).page(Some(&cid));
+            }
+            Err(e) => {
+                tracing::error!(connection_id = %cid, error = %e, "cannot read the link binding");
+                return store_failure("read the connection").page(Some(&cid));
+            }
         };
         match self
-            .complete_consent(&cid, grant.region, code, &redirect_uri)
+            .complete_consent(&cid, grant.region, code, &bound)
             .await
         {
-            Ok(view) => html::see_other(&format!("callback?view={view}")),
+            Ok((view, cookie)) => html::see_other(&format!("callback?view={view}")).with_header(
+                "set-cookie",
+                &binding::set_cookie(&cid, &cookie, PICK_TTL.as_secs()),
+            ),
             Err(f) => f.page(Some(&cid)),
         }
     }
@@ -497,14 +540,15 @@ impl Linking {
         provider_error(error).page(reference.as_deref())
     }
 
-    /// Exchange, store the token, list advertisers, record them; returns the view id.
+    /// Exchange, store the token, list advertisers, record them, bind the browser; returns the
+    /// view id and the browser cookie's value.
     async fn complete_consent(
         &self,
         cid: &str,
         region: Region,
         code: &str,
-        redirect_uri: &str,
-    ) -> Result<String, Failure> {
+        bound: &Binding,
+    ) -> Result<(String, String), Failure> {
         let conn = match self.accounts.get_connection(cid).await {
             Ok(Some(c)) => c,
             Ok(None) => {
@@ -523,7 +567,16 @@ impl Linking {
             );
             return Err(consume_failure("state", &ConsumeError::Used));
         }
-        let grant = match self.amazon.exchange_code(region, code, redirect_uri).await {
+        let exchanged = self
+            .amazon
+            .exchange_code_pkce(
+                region,
+                code,
+                &bound.redirect_uri,
+                bound.code_verifier.as_deref(),
+            )
+            .await;
+        let grant = match exchanged {
             Ok(g) => g,
             Err(e) => {
                 self.fail_connection(cid, None, "exchange_failed").await;
@@ -579,8 +632,16 @@ impl Linking {
                 _ => store_failure("record the advertiser list"),
             });
         }
-        let view = random_token();
-        if let Err(e) = self.accounts.put_view(&view, cid, expires).await {
+        let (Ok(view), Ok(cookie)) = (random_token(), random_token()) else {
+            self.fail_connection(cid, Some(&login), "random_unavailable")
+                .await;
+            return Err(random_failure());
+        };
+        let recorded = match self.accounts.put_view(&view, cid, expires).await {
+            Ok(()) => self.bindings.bind_browser(cid, &cookie, expires).await,
+            Err(e) => Err(e),
+        };
+        if let Err(e) = recorded {
             tracing::error!(connection_id = cid, error = %e, "cannot store the view");
             self.fail_connection(cid, Some(&login), "view_not_stored")
                 .await;
@@ -591,7 +652,7 @@ impl Linking {
             advertisers = advertisers.len(),
             "consent recorded"
         );
-        Ok(view)
+        Ok((view, cookie))
     }
 
     /// Agency profiles of the region's marketplaces, and the DSP advertisers of each: the
@@ -684,17 +745,41 @@ impl Linking {
         tracing::info!(connection_id = cid, reason, "connection failed");
     }
 
-    /// `GET /oauth/callback?view=…`: the advertiser list with a fresh CSRF token.
-    async fn render_view(&self, view: &str) -> HttpResponse {
+    /// Whether the request carries the browser cookie of the connection.
+    async fn check_browser(&self, cid: &str, req: &HttpRequest) -> Result<(), Failure> {
+        match self.bindings.get(cid).await {
+            Ok(Some(b)) if binding::browser_matches(req, cid, &b) => Ok(()),
+            Ok(_) => {
+                tracing::warn!(
+                    connection_id = cid,
+                    "request without the browser's cookie refused"
+                );
+                Err(browser_failure())
+            }
+            Err(e) => {
+                tracing::error!(connection_id = cid, error = %e, "cannot read the link binding");
+                Err(store_failure("read the connection"))
+            }
+        }
+    }
+
+    /// `GET /oauth/callback?view=…`: the advertiser list with a fresh CSRF token, only in the
+    /// browser that signed in (its cookie).
+    async fn render_view(&self, view: &str, req: &HttpRequest) -> HttpResponse {
         let cid = match self.accounts.resolve_view(view).await {
             Ok(c) => c,
             Err(e) => return consume_failure("view", &e).page(None),
         };
+        if let Err(f) = self.check_browser(&cid, req).await {
+            return f.page(Some(&cid));
+        }
         let conn = match self.usable_connection(&cid).await {
             Ok(c) => c,
             Err(f) => return f.page(Some(&cid)),
         };
-        let csrf = random_token();
+        let Ok(csrf) = random_token() else {
+            return random_failure().page(Some(&cid));
+        };
         if let Err(e) = self.accounts.put_csrf(&csrf, &cid, conn.expires_at).await {
             tracing::error!(connection_id = %cid, error = %e, "cannot store the form token");
             return store_failure("prepare the form").page(Some(&cid));
@@ -814,11 +899,21 @@ impl Linking {
             )
             .page(None);
         };
-        let (cid, repeat) = match self
+        let outcome = self
             .accounts
             .consume_csrf(&csrf, &advertiser_id.to_string())
-            .await
+            .await;
+        // Only the browser that signed in may confirm (whatever the form token's state).
+        if let Ok(
+            CsrfOutcome::Fresh { connection_id }
+            | CsrfOutcome::Repeat { connection_id }
+            | CsrfOutcome::UsedForOther { connection_id },
+        ) = &outcome
+            && let Err(f) = self.check_browser(connection_id, req).await
         {
+            return f.page(Some(connection_id));
+        }
+        let (cid, repeat) = match outcome {
             Ok(CsrfOutcome::Fresh { connection_id }) => (connection_id, false),
             Ok(CsrfOutcome::Repeat { connection_id }) => (connection_id, true),
             Ok(CsrfOutcome::UsedForOther { connection_id }) => {
@@ -973,10 +1068,8 @@ impl Linking {
 
     // ---- GET /accounts, DELETE /accounts/{id} ------------------------------------------------
 
-    async fn get_accounts(&self, req: &HttpRequest) -> HttpResponse {
-        if let Err(r) = self.auth.check(req).await {
-            return r;
-        }
+    /// The accounts the caller's key may use (all for a key without an `accounts` restriction).
+    async fn get_accounts(&self, caller: Option<&Caller>) -> HttpResponse {
         match self.accounts.list_accounts().await {
             Ok(list) => {
                 let ids: Vec<String> = list.iter().map(|a| a.account_id.clone()).collect();
@@ -987,6 +1080,7 @@ impl Linking {
                     .ok();
                 let accounts: Vec<serde_json::Value> = list
                     .iter()
+                    .filter(|a| caller.is_none_or(|c| c.may_use(&a.account_id)))
                     .map(|a| {
                         let mut v = account_json(a);
                         if let Some(p) = &parked {
@@ -1010,10 +1104,7 @@ impl Linking {
         }
     }
 
-    async fn delete_account(&self, req: &HttpRequest, account_id: &str) -> HttpResponse {
-        if let Err(r) = self.auth.check(req).await {
-            return r;
-        }
+    async fn delete_account(&self, account_id: &str) -> HttpResponse {
         if account_id.is_empty()
             || account_id.len() > 20
             || !account_id.bytes().all(|b| b.is_ascii_digit())
@@ -1138,6 +1229,12 @@ fn listing_failure(e: &AmazonError) -> Failure {
 #[async_trait::async_trait]
 impl Handler for Linking {
     async fn http(&self, req: HttpRequest, _inv: Invocation) -> HttpResponse {
+        // Authenticate and authorize before routing (crate::http::scopes owns the rules; the
+        // browser steps are open).
+        let caller = match crate::http::scopes::authorize(&self.auth, &req).await {
+            Ok(c) => c,
+            Err(denied) => return denied,
+        };
         let segs = req.segments();
         let m = req.method.as_str();
         match segs.as_slice() {
@@ -1155,11 +1252,11 @@ impl Handler for Linking {
                 _ => HttpResponse::method_not_allowed("POST"),
             },
             [.., "accounts"] => match m {
-                "GET" => self.get_accounts(&req).await,
+                "GET" => self.get_accounts(caller.as_ref()).await,
                 _ => HttpResponse::method_not_allowed("GET"),
             },
             [.., "accounts", id] => match m {
-                "DELETE" => self.delete_account(&req, id).await,
+                "DELETE" => self.delete_account(id).await,
                 _ => HttpResponse::method_not_allowed("DELETE"),
             },
             _ => HttpResponse::not_found(),
@@ -1173,8 +1270,8 @@ mod tests {
 
     #[test]
     fn random_tokens_are_long_and_distinct() {
-        let a = random_token();
-        let b = random_token();
+        let a = random_token().unwrap();
+        let b = random_token().unwrap();
         assert_ne!(a, b);
         // 32 bytes → 43 base64url characters: 256 bits.
         assert_eq!(a.len(), 43);

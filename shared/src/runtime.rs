@@ -87,10 +87,14 @@ pub async fn dispatch<H: Handler + ?Sized>(
             let path = req.path.clone();
             let started = std::time::Instant::now();
             let budget = *HTTP_BUDGET.get_or_init(HttpBudget::default);
-            let resp = answer_within(handler, req, inv, &payload, budget).await;
+            // Audit: the accepting key's name (never the key) on every request line.
+            let (resp, key) =
+                crate::http::auth::audit_scope(answer_within(handler, req, inv, &payload, budget))
+                    .await;
             tracing::info!(
                 method = %method,
                 path = %redact_path(&path),
+                key = key.as_deref().unwrap_or("-"),
                 status = resp.status,
                 ms = started.elapsed().as_millis() as u64,
                 "request"

@@ -22,6 +22,7 @@ async fn write_keys(store: &SecretsStore, name: &str, keys: &[(&str, &str)]) {
             .map(|(n, k)| ApiKeyEntry {
                 name: n.to_string(),
                 sha256: ApiKeyAuth::digest(k),
+                ..Default::default()
             })
             .collect(),
     };

@@ -309,7 +309,7 @@ async fn an_expired_state_is_refused() {
     let rig = rig(&stack, REDIRECT).await;
     let user = user_in_every_region(&rig.sandbox, 1).await;
     let cid = uuid::Uuid::new_v4().simple().to_string();
-    let state = random_token();
+    let state = random_token().unwrap();
     let past = chrono::Utc::now().timestamp() - 1;
     rig.accounts
         .create_connection(&cid, Region::EU, &state, past, past)
@@ -333,7 +333,7 @@ async fn a_forged_or_missing_state_is_refused() {
     let stack = stack().await;
     let rig = rig(&stack, REDIRECT).await;
     let r = rig
-        .callback(&format!("code=ANfake&state={}", random_token()))
+        .callback(&format!("code=ANfake&state={}", random_token().unwrap()))
         .await;
     assert_eq!(r.status, 400, "{}", r.body);
     assert_eq!(title_of(&r.body), "This sign-in link is not valid");
@@ -389,19 +389,34 @@ async fn invalid_grant_on_exchange_leaves_no_connection_behind() {
         .unwrap()
         .1
         .into_owned();
-    // Someone else spends the code first: Amazon now answers invalid_grant.
-    let spent = reqwest::Client::new()
-        .post(rig.sandbox.token_url())
-        .form(&[
-            ("grant_type", "authorization_code"),
-            ("code", code.as_str()),
-            ("redirect_uri", REDIRECT),
-            ("client_id", rig.client.client_id.as_str()),
-            ("client_secret", rig.client.client_secret.as_str()),
-        ])
-        .send()
-        .await
-        .unwrap();
+    // Someone else spends the code first: Amazon now answers invalid_grant. With PKCE a stolen
+    // code alone cannot be spent; the spender here also has the connection's verifier.
+    let spend = |verifier: Option<String>| {
+        let mut form = vec![
+            ("grant_type", "authorization_code".to_string()),
+            ("code", code.clone()),
+            ("redirect_uri", REDIRECT.to_string()),
+            ("client_id", rig.client.client_id.clone()),
+            ("client_secret", rig.client.client_secret.clone()),
+        ];
+        if let Some(v) = verifier {
+            form.push(("code_verifier", v));
+        }
+        reqwest::Client::new()
+            .post(rig.sandbox.token_url())
+            .form(&form)
+            .send()
+    };
+    assert_eq!(spend(None).await.unwrap().status().as_u16(), 400);
+    let binding = adsync::linking::binding::BindingStore::new(
+        rig.accounts.client().clone(),
+        rig.accounts.table().to_string(),
+    )
+    .get(&cid)
+    .await
+    .unwrap()
+    .expect("the connection's binding");
+    let spent = spend(binding.code_verifier).await.unwrap();
     assert_eq!(spent.status().as_u16(), 200);
 
     let r = rig.callback(&back).await;
@@ -518,7 +533,7 @@ async fn confirm_accepts_only_its_own_forms_and_listed_advertisers() {
     let ids = advertiser_ids(&page.body);
     let csrf = csrf_of(&page.body);
 
-    let forged = rig.confirm(&random_token(), &ids[0]).await;
+    let forged = rig.confirm(&random_token().unwrap(), &ids[0]).await;
     assert_eq!(forged.status, 403, "{}", forged.body);
     let not_listed = rig.confirm(&csrf, &random_id(13).to_string()).await;
     assert_eq!(not_listed.status, 400, "{}", not_listed.body);
@@ -552,7 +567,7 @@ async fn confirm_accepts_only_its_own_forms_and_listed_advertisers() {
         .unwrap();
     assert_eq!(on_login.len(), 2);
     assert_eq!(
-        rig.callback(&format!("view={}", random_token()))
+        rig.callback(&format!("view={}", random_token().unwrap()))
             .await
             .status,
         404

@@ -7,6 +7,11 @@ use lambda_runtime::Error;
 #[tokio::main]
 async fn main() -> Result<(), Error> {
     adsync::telemetry::init_tracing();
+    // In AWS, a plain-http endpoint override is refused before any client is built.
+    adsync::config::refuse_insecure_endpoints().map_err(|e| {
+        tracing::error!(error = %e, "cannot start");
+        Error::from(e)
+    })?;
     let aws = adsync::aws::AwsClients::from_env().await;
     let handler = adsync::ingest::ConversionHandler::from_env(&aws)
         .await

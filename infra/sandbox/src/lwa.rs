@@ -99,6 +99,20 @@ pub async fn consent(
         drop(g);
         return error_page("The sandbox_user does not exist.");
     }
+    // PKCE (RFC 7636): only S256 is accepted, as adsync sends it.
+    let code_challenge = match (get("code_challenge"), get("code_challenge_method")) {
+        (None, None) => None,
+        (Some(c), Some("S256")) if c.len() == 43 && c.bytes().all(is_b64url) => Some(c.to_string()),
+        (Some(_), Some("S256")) => {
+            return fail("invalid_request", "The code_challenge is malformed");
+        }
+        _ => {
+            return fail(
+                "invalid_request",
+                "code_challenge_method must be S256 and come with a code_challenge",
+            );
+        }
+    };
     if get("sandbox_deny") == Some("1") {
         return fail("access_denied", "The user denied the request");
     }
@@ -109,6 +123,7 @@ pub async fn consent(
         AuthCode {
             client_id: client_id.to_string(),
             redirect_uri: redirect_uri.to_string(),
+            code_challenge,
             user_id,
             issued,
             used: false,
@@ -198,12 +213,14 @@ pub async fn token(State(sb): State<Sandbox>, headers: HeaderMap, body: Bytes) -
             );
         };
         let now = g.now();
+        let verifier = get("code_verifier");
         let user_id = match g.codes.get_mut(code) {
             Some(c)
                 if !c.used
                     && now.duration_since(c.issued) < CODE_TTL
                     && c.client_id == client_id
-                    && c.redirect_uri == redirect_uri =>
+                    && c.redirect_uri == redirect_uri
+                    && pkce_ok(c.code_challenge.as_deref(), verifier) =>
             {
                 c.used = true;
                 c.user_id.clone()
@@ -253,4 +270,40 @@ fn grant(access: &str, refresh: &str, ttl: u64) -> Response {
         axum::http::HeaderValue::from_static("no-store"),
     );
     resp
+}
+
+fn is_b64url(b: u8) -> bool {
+    b.is_ascii_alphanumeric() || b == b'-' || b == b'_'
+}
+
+/// RFC 7636 §4.6: a code issued with a challenge needs the verifier whose S256 is that challenge
+/// (43–128 unreserved characters); a code issued without one must not be given a verifier.
+fn pkce_ok(challenge: Option<&str>, verifier: Option<&str>) -> bool {
+    use base64::Engine;
+    use sha2::{Digest, Sha256};
+    match (challenge, verifier) {
+        (None, None) => true,
+        (Some(c), Some(v)) => {
+            (43..=128).contains(&v.len())
+                && v.bytes().all(|b| is_b64url(b) || b == b'.' || b == b'~')
+                && base64::engine::general_purpose::URL_SAFE_NO_PAD
+                    .encode(Sha256::digest(v.as_bytes()))
+                    == c
+        }
+        _ => false,
+    }
+}
+
+#[cfg(test)]
+mod pkce_tests {
+    #[test]
+    fn pkce_check_follows_rfc7636() {
+        let v = "dBjftJeZ4CVP-mB92K27uhbUJU1p1r_wW1gFWFOEjXk";
+        let c = "E9Melhoa2OwvFrEMTJguCHaoeK1t8URWbuGJSstw-cM";
+        assert!(super::pkce_ok(Some(c), Some(v)));
+        assert!(!super::pkce_ok(Some(c), None), "the verifier is required");
+        assert!(!super::pkce_ok(Some(c), Some(&v.replace('d', "e"))));
+        assert!(!super::pkce_ok(None, Some(v)), "no challenge, no verifier");
+        assert!(super::pkce_ok(None, None));
+    }
 }

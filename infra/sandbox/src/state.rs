@@ -72,6 +72,9 @@ pub struct Advertiser {
 pub struct AuthCode {
     pub client_id: String,
     pub redirect_uri: String,
+    /// The PKCE S256 challenge of the consent, when it carried one: the exchange must then
+    /// present the matching `code_verifier`.
+    pub code_challenge: Option<String>,
     pub user_id: String,
     pub issued: Instant,
     pub used: bool,

@@ -192,8 +192,25 @@ impl AmazonClient {
         code: &str,
         redirect_uri: &str,
     ) -> Result<TokenGrant, AmazonError> {
-        self.token_call(region, &Grant::Code { code, redirect_uri })
+        self.exchange_code_pkce(region, code, redirect_uri, None)
             .await
+    }
+
+    /// [`exchange_code`](Self::exchange_code) with the PKCE verifier of the consent (when it
+    /// carried a challenge).
+    pub async fn exchange_code_pkce(
+        &self,
+        region: Region,
+        code: &str,
+        redirect_uri: &str,
+        code_verifier: Option<&str>,
+    ) -> Result<TokenGrant, AmazonError> {
+        let grant = Grant::Code {
+            code,
+            redirect_uri,
+            code_verifier,
+        };
+        self.token_call(region, &grant).await
     }
 
     /// Refreshes an access token. `invalid_grant` (consent revoked) becomes

@@ -87,6 +87,8 @@ pub(crate) enum Grant<'a> {
     Code {
         code: &'a str,
         redirect_uri: &'a str,
+        /// The PKCE verifier, when the consent carried its challenge.
+        code_verifier: Option<&'a str>,
     },
     Refresh {
         refresh_token: &'a str,
@@ -102,12 +104,19 @@ pub(crate) async fn token_request(
     grant: &Grant<'_>,
     timeout: Duration,
 ) -> Result<TokenGrant, AmazonError> {
-    let mut form: Vec<(&str, &str)> = Vec::with_capacity(5);
+    let mut form: Vec<(&str, &str)> = Vec::with_capacity(6);
     match grant {
-        Grant::Code { code, redirect_uri } => {
+        Grant::Code {
+            code,
+            redirect_uri,
+            code_verifier,
+        } => {
             form.push(("grant_type", "authorization_code"));
             form.push(("code", code));
             form.push(("redirect_uri", redirect_uri));
+            if let Some(v) = code_verifier {
+                form.push(("code_verifier", v));
+            }
         }
         Grant::Refresh { refresh_token } => {
             form.push(("grant_type", "refresh_token"));

@@ -8,6 +8,7 @@ pub mod client;
 pub mod error;
 pub mod events;
 pub mod lwa;
+pub mod pkce;
 pub mod privacy;
 pub mod ratelimit;
 pub mod region;

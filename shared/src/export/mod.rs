@@ -28,7 +28,6 @@ pub mod erasure;
 pub mod identities;
 pub mod lifecycle;
 pub mod members;
-pub mod members;
 pub mod privacy;
 pub mod refresh;
 pub mod upkeep;
@@ -261,24 +260,20 @@ fn match_route<'a>(method: &str, segs: &[&'a str]) -> Route<'a> {
     }
 }
 
-/// Routes one request of the segment-export function. Every route needs the API key.
+/// Routes one request of the segment-export function. Every route needs an API key with the
+/// route's scope and no account restriction.
 pub async fn route(
     ctx: &ExportCtx,
     auth: &ApiKeyAuth,
     req: &HttpRequest,
     inv: &Invocation,
 ) -> HttpResponse {
-    let segs = route_segments(&req.path);
-    let r = match_route(&req.method, &segs);
-    match r {
-        Route::NotFound => return HttpResponse::not_found(),
-        Route::WrongMethod(allowed) => return HttpResponse::method_not_allowed(allowed),
-        _ => {}
-    }
-    if let Err(denied) = auth.check(req).await {
+    // Authenticate and authorize before routing (crate::http::scopes owns the rules).
+    if let Err(denied) = crate::http::scopes::authorize(auth, req).await {
         return denied;
     }
-    match r {
+    let segs = route_segments(&req.path);
+    match match_route(&req.method, &segs) {
         Route::PutSegment(id) => destinations::put_segment(ctx, id, req).await,
         Route::GetSegment(id) => destinations::get_segment(ctx, id).await,
         Route::ListSegments => lifecycle::list_segments(ctx, req).await,
@@ -293,7 +288,8 @@ pub async fn route(
         Route::PutFees(id, seg) => destinations::put_fees(ctx, id, seg, req).await,
         Route::Qualifications => members::handle_qualifications(ctx, req, inv).await,
         Route::Privacy(r) => privacy::route(ctx, r, req, inv).await,
-        Route::WrongMethod(_) | Route::NotFound => HttpResponse::not_found(),
+        Route::WrongMethod(allowed) => HttpResponse::method_not_allowed(allowed),
+        Route::NotFound => HttpResponse::not_found(),
     }
 }
 

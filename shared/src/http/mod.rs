@@ -7,6 +7,7 @@
 
 pub mod auth;
 pub mod html;
+pub mod scopes;
 
 use base64::Engine;
 use serde::{Deserialize, Serialize};
@@ -24,6 +25,9 @@ pub struct HttpRequest {
     pub body: Vec<u8>,
     pub request_id: String,
     pub source_ip: Option<String>,
+    /// API Gateway's `requestContext.domainName`: the host the API was called on, set by API
+    /// Gateway (not a client header).
+    pub domain_name: Option<String>,
 }
 
 impl HttpRequest {
@@ -110,6 +114,7 @@ impl HttpRequest {
             body,
             request_id: ev.request_context.request_id.unwrap_or_default(),
             source_ip: ev.request_context.http.source_ip,
+            domain_name: ev.request_context.domain_name,
         })
     }
 }
@@ -133,6 +138,7 @@ struct ApiGwV2Request {
 #[serde(rename_all = "camelCase")]
 struct ApiGwV2Context {
     request_id: Option<String>,
+    domain_name: Option<String>,
     http: ApiGwV2Http,
 }
 
@@ -206,14 +212,17 @@ impl HttpResponse {
     }
 
     /// The API Gateway HTTP API (payload 2.0) response document.
+    /// A `set-cookie` header goes into payload 2.0's `cookies` list, where API Gateway expects it.
     pub fn to_apigw_v2(&self) -> serde_json::Value {
+        let mut headers = self.headers.clone();
+        let cookies: Vec<String> = headers.remove("set-cookie").into_iter().collect();
         serde_json::json!({
             "statusCode": self.status,
-            "headers": self.headers,
+            "headers": headers,
             "body": self.body,
             "isBase64Encoded": false,
             // `cargo lambda watch` rejects a function-URL answer without this field.
-            "cookies": [],
+            "cookies": cookies,
         })
     }
 

@@ -379,8 +379,9 @@ impl AccountStore {
         &self.table
     }
 
-    /// The DynamoDB client (for adapters of other items in this table, `store::parked_counts`).
-    pub(crate) fn client(&self) -> &Client {
+    /// The DynamoDB client (for the linking flow's own records and other items in this table,
+    /// `store::parked_counts`).
+    pub fn client(&self) -> &Client {
         &self.client
     }
 

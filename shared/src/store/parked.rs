@@ -72,14 +72,6 @@ impl ParkedQueue {
         ParkedQueue::new(self.client.clone(), queue_url)
     }
 
-    /// Another queue on the same SQS client (each kind of parked work has its own queue).
-    pub fn sibling(&self, queue_url: String) -> Self {
-        Self {
-            client: self.client.clone(),
-            queue_url,
-        }
-    }
-
     /// The queue URL (for logs and tests).
     pub fn queue_url(&self) -> &str {
         &self.queue_url

@@ -9,11 +9,18 @@ use serde::de::DeserializeOwned;
 #[derive(Clone, Debug)]
 pub struct SecretsStore {
     client: aws_sdk_secretsmanager::Client,
+    /// The customer-managed KMS key new secrets are encrypted with (`ADSYNC_KMS_KEY_ID`, set by
+    /// the template); `None`: Secrets Manager's default key.
+    kms_key_id: Option<String>,
 }
 
 impl SecretsStore {
+    /// A store whose new secrets use `ADSYNC_KMS_KEY_ID` when it is set.
     pub fn new(client: aws_sdk_secretsmanager::Client) -> Self {
-        Self { client }
+        Self {
+            client,
+            kms_key_id: crate::config::optional("ADSYNC_KMS_KEY_ID"),
+        }
     }
 
     /// Reads and parses a secret; `None` when it does not exist (or is scheduled for deletion).
@@ -55,6 +62,7 @@ impl SecretsStore {
             .create_secret()
             .name(name)
             .secret_string(&text)
+            .set_kms_key_id(self.kms_key_id.clone())
             .send()
             .await
         {

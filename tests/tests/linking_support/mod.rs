@@ -102,6 +102,8 @@ pub struct Rig {
     pub sandbox: SandboxAdmin,
     /// A client that never follows redirects (plays the browser step by step).
     pub browser: reqwest::Client,
+    /// The cookies the handler set (as the browser keeps them): sent on every `call`.
+    pub cookies: Arc<Mutex<Vec<(String, String)>>>,
 }
 
 pub async fn rig(stack: &Stack, redirect_uri: &str) -> Rig {
@@ -154,6 +156,7 @@ pub async fn rig(stack: &Stack, redirect_uri: &str) -> Rig {
             .redirect(reqwest::redirect::Policy::none())
             .build()
             .unwrap(),
+        cookies: Default::default(),
     }
 }
 
@@ -210,6 +213,18 @@ impl Rig {
     /// Sends the request through the Lambda runtime's dispatch as an HTTP API payload 2.0 event
     /// (so the runtime's own request log line is part of what the tests search).
     pub async fn call(&self, req: HttpRequest) -> HttpResponse {
+        let jar = self.cookies.lock().unwrap().clone();
+        let req = if jar.is_empty() || req.header("cookie").is_some() {
+            req
+        } else {
+            let header: Vec<String> = jar.iter().map(|(k, v)| format!("{k}={v}")).collect();
+            req.with_header("cookie", &header.join("; "))
+        };
+        self.call_as_is(req).await
+    }
+
+    /// As `call`, without adding the jar's cookies (another browser, or a crafted request).
+    pub async fn call_as_is(&self, req: HttpRequest) -> HttpResponse {
         let event = serde_json::json!({
             "version": "2.0",
             "rawPath": req.path,
@@ -217,7 +232,7 @@ impl Rig {
             "headers": req.headers,
             "body": String::from_utf8(req.body.clone()).expect("test bodies are UTF-8"),
             "isBase64Encoded": false,
-            "requestContext": {"requestId": uuid::Uuid::new_v4().to_string(), "http": {"method": req.method, "path": req.path}},
+            "requestContext": {"requestId": uuid::Uuid::new_v4().to_string(), "domainName": req.domain_name, "http": {"method": req.method, "path": req.path}},
         });
         let out = adsync::runtime::dispatch(&self.linking, event, Invocation::with_timeout(30))
             .await
@@ -227,6 +242,17 @@ impl Rig {
             r.headers.insert(k.clone(), v.as_str().unwrap().to_string());
         }
         r.body = out["body"].as_str().unwrap_or_default().to_string();
+        // API Gateway's payload 2.0 carries cookies in their own list: keep them like a browser.
+        for c in out["cookies"].as_array().into_iter().flatten() {
+            let c = c.as_str().unwrap().to_string();
+            let pair = c.split(';').next().unwrap_or("");
+            if let Some((k, v)) = pair.split_once('=') {
+                let mut jar = self.cookies.lock().unwrap();
+                jar.retain(|(name, _)| name != k);
+                jar.push((k.to_string(), v.to_string()));
+            }
+            r.headers.insert("set-cookie".into(), c);
+        }
         validate(&req, &r);
         r
     }
