@@ -776,3 +776,39 @@ async fn a_listing_amazon_is_too_slow_for_says_so_within_the_budget() {
     assert_eq!(conn.status, ConnectionStatus::Failed);
     assert!(rig.token_secret(&cid).await.is_none(), "the login was not kept");
 }
+
+#[tokio::test]
+async fn a_confirm_records_the_relink_and_accounts_show_their_parked_work() {
+    use adsync::store::parked_counts::{Counter, ParkedCounts};
+    let stack = stack().await;
+    let rig = rig(&stack, REDIRECT).await;
+    let user = agency_user(1);
+    rig.sandbox.register_user(&user).await.unwrap();
+    let (_, url) = rig.create_connection("NA").await;
+    let back = rig.consent(&url, &user.user_id, false).await;
+    let page = rig.follow(&rig.callback(&back).await).await;
+    let id = advertiser_ids(&page.body)[0].clone();
+    let counts = ParkedCounts::new(&rig.accounts);
+    let before = adsync::runtime::now_ms();
+    assert_eq!(rig.confirm(&csrf_of(&page.body), &id).await.status, 200);
+    // The schedule's redrive-dlq moves work dead-lettered before this time back.
+    assert!(counts.relinked_at(&id).await.unwrap() >= before);
+    counts
+        .add(&id, &[(Counter::Conversions, 4), (Counter::PatchesDeadLettered, 2)])
+        .await
+        .unwrap();
+    let listed = rig
+        .call(rig.with_key(HttpRequest::new("GET", "/accounts")))
+        .await
+        .json_body();
+    let a = listed["accounts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|a| a["accountId"] == id.as_str())
+        .unwrap();
+    assert_eq!(
+        a["parked"],
+        serde_json::json!({"conversions": 4, "conversionsDeadLettered": 0, "patches": 0, "patchesDeadLettered": 2})
+    );
+}
