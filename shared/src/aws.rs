@@ -62,13 +62,17 @@ impl SdkTimeouts {
     /// From the environment; an unreadable value keeps the default (logged).
     pub fn from_env() -> Self {
         let d = Self::default();
-        let ms = |name: &'static str, def: std::time::Duration| {
-            match crate::config::parsed_or::<u64>(name, def.as_millis() as u64) {
-                Ok(v) if v >= 100 => std::time::Duration::from_millis(v),
-                Ok(_) | Err(_) => {
-                    tracing::warn!(variable = name, "invalid AWS SDK timeout; using the default");
-                    def
-                }
+        let ms = |name: &'static str, def: std::time::Duration| match crate::config::parsed_or::<u64>(
+            name,
+            def.as_millis() as u64,
+        ) {
+            Ok(v) if v >= 100 => std::time::Duration::from_millis(v),
+            Ok(_) | Err(_) => {
+                tracing::warn!(
+                    variable = name,
+                    "invalid AWS SDK timeout; using the default"
+                );
+                def
             }
         };
         let attempt = ms("ADSYNC_AWS_ATTEMPT_TIMEOUT_MS", d.attempt);

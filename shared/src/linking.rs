@@ -626,8 +626,8 @@ impl Linking {
         }
         let lists: Vec<_> = futures::stream::iter(futs)
             .buffered(crate::amazon::accounts::PAGE_CONCURRENCY)
-        .collect()
-        .await;
+            .collect()
+            .await;
         let mut out = Vec::new();
         let mut reachable = 0usize;
         for (p, list) in agency.iter().zip(lists) {

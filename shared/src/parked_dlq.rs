@@ -107,7 +107,12 @@ impl DeadLetterMover {
         let dlq = own.dead_letter().ok_or(NO_DLQ)?;
         let conversions =
             crate::config::optional("PARKED_CONVERSIONS_QUEUE_URL").map(|u| own.sibling(u));
-        Ok(Self::new(dlq, conversions, Some(own.clone()), accounts.clone()))
+        Ok(Self::new(
+            dlq,
+            conversions,
+            Some(own.clone()),
+            accounts.clone(),
+        ))
     }
 
     /// Moves messages in `scope` until the dead-letter queue has nothing new or the deadline is
@@ -156,7 +161,11 @@ impl DeadLetterMover {
                 let mut item = m.item.clone();
                 item["retry"] = json!({"firstParkedAtMs": now_ms()});
                 let moved = match target.park(&item).await {
-                    Ok(()) => self.dlq.ack(&m.receipt_handle).await.map_err(|e| e.to_string()),
+                    Ok(()) => self
+                        .dlq
+                        .ack(&m.receipt_handle)
+                        .await
+                        .map_err(|e| e.to_string()),
                     Err(e) => Err(e.to_string()),
                 };
                 if let Err(e) = moved {
@@ -253,7 +262,10 @@ mod tests {
 
     #[test]
     fn scope_from_the_task_input() {
-        assert_eq!(Scope::from_input(&json!({"task":"redrive-dlq"})), Scope::All);
+        assert_eq!(
+            Scope::from_input(&json!({"task":"redrive-dlq"})),
+            Scope::All
+        );
         assert_eq!(
             Scope::from_input(&json!({"task":"redrive-dlq","accountId":"7"})),
             Scope::Account("7".into())

@@ -121,10 +121,7 @@ pub async fn answer_within<H: Handler + ?Sized>(
     let deadline_ms = budget.deadline_ms(inv.deadline_ms, arrival, now);
     let left = Duration::from_millis(deadline_ms.saturating_sub(now));
     let amazon_until = std::time::Instant::now() + left.saturating_sub(budget.reserve);
-    let inv = Invocation {
-        deadline_ms,
-        ..inv
-    };
+    let inv = Invocation { deadline_ms, ..inv };
     let work = crate::budget::with_amazon_deadline(amazon_until, handler.http(req, inv));
     match tokio::time::timeout(left, work).await {
         Ok(resp) => resp,
@@ -228,8 +225,14 @@ mod tests {
         // Arrived 600 ms ago: the handler sees ~900 ms left, Amazon ~400 ms.
         let payload = serde_json::json!({"requestContext": {"timeEpoch": now_ms() - 600}});
         let t0 = std::time::Instant::now();
-        let resp = answer_within(&Slow, req.clone(), Invocation::with_timeout(60), &payload, budget)
-            .await;
+        let resp = answer_within(
+            &Slow,
+            req.clone(),
+            Invocation::with_timeout(60),
+            &payload,
+            budget,
+        )
+        .await;
         assert_eq!(resp.status, 200, "{}", resp.body);
         let left = resp.json_body()["amazonLeftMs"].as_u64().unwrap();
         assert!((300..=400).contains(&left), "{left}");
@@ -240,7 +243,8 @@ mod tests {
             reserve: Duration::from_millis(500),
         };
         let t0 = std::time::Instant::now();
-        let resp = answer_within(&Slow, req, Invocation::with_timeout(60), &Value::Null, long).await;
+        let resp =
+            answer_within(&Slow, req, Invocation::with_timeout(60), &Value::Null, long).await;
         let took = t0.elapsed();
         assert_eq!(resp.status, 503);
         assert!(resp.body.contains("deadline_exceeded"), "{}", resp.body);

@@ -720,11 +720,18 @@ async fn advertiser_pages_are_read_together_and_stop_at_the_cap() {
     rig.sandbox.remove_fault(&fault).await.unwrap();
     let page = rig.follow(&r).await;
     assert_eq!(advertiser_ids(&page.body).len(), 250);
-    let mut at: Vec<i64> = advertiser_pages(&rig).await.iter().map(|r| r.at_ms).collect();
+    let mut at: Vec<i64> = advertiser_pages(&rig)
+        .await
+        .iter()
+        .map(|r| r.at_ms)
+        .collect();
     at.sort_unstable();
     assert_eq!(at.len(), 3);
     assert!(at[1] - at[0] >= 1_400, "the first page comes first: {at:?}");
-    assert!(at[2] - at[1] < 1_000, "the other pages are read together: {at:?}");
+    assert!(
+        at[2] - at[1] < 1_000,
+        "the other pages are read together: {at:?}"
+    );
 
     // 1 500 advertisers: the cap (1 000) is known to be passed after 11 pages, not 15.
     let rig = support::rig(&stack, REDIRECT).await;
@@ -771,10 +778,16 @@ async fn a_listing_amazon_is_too_slow_for_says_so_within_the_budget() {
     validate(&req, &r);
     assert!(took < budget.total, "answered after {took:?}");
     assert_eq!(r.status, 504, "{}", r.body);
-    assert_eq!(title_of(&r.body), "Amazon is too slow to list the advertiser accounts");
+    assert_eq!(
+        title_of(&r.body),
+        "Amazon is too slow to list the advertiser accounts"
+    );
     let conn = rig.accounts.get_connection(&cid).await.unwrap().unwrap();
     assert_eq!(conn.status, ConnectionStatus::Failed);
-    assert!(rig.token_secret(&cid).await.is_none(), "the login was not kept");
+    assert!(
+        rig.token_secret(&cid).await.is_none(),
+        "the login was not kept"
+    );
 }
 
 #[tokio::test]
@@ -794,7 +807,10 @@ async fn a_confirm_records_the_relink_and_accounts_show_their_parked_work() {
     // The schedule's redrive-dlq moves work dead-lettered before this time back.
     assert!(counts.relinked_at(&id).await.unwrap() >= before);
     counts
-        .add(&id, &[(Counter::Conversions, 4), (Counter::PatchesDeadLettered, 2)])
+        .add(
+            &id,
+            &[(Counter::Conversions, 4), (Counter::PatchesDeadLettered, 2)],
+        )
         .await
         .unwrap();
     let listed = rig

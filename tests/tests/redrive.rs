@@ -139,7 +139,11 @@ async fn thirty_failed_redrives_then_recovery_deliver_once_with_nothing_dead_let
     for run in 1..=30 {
         let s = f.redrive().await;
         assert_eq!(
-            (s["delivered"].as_u64(), s["requeued"].as_u64(), s["deadLettered"].as_u64()),
+            (
+                s["delivered"].as_u64(),
+                s["requeued"].as_u64(),
+                s["deadLettered"].as_u64()
+            ),
             (Some(0), Some(3), Some(0)),
             "run {run}: {s}"
         );
@@ -153,7 +157,11 @@ async fn thirty_failed_redrives_then_recovery_deliver_once_with_nothing_dead_let
     assert_eq!((n, counts), (3, vec![1, 1]));
     let sqs = &f.login.aws.sqs;
     assert_eq!(queue_depth(sqs, f.ctx().parked.queue_url()).await, 0);
-    assert_eq!(queue_depth(sqs, &dlq_url(&f)).await, 0, "nothing dead-lettered");
+    assert_eq!(
+        queue_depth(sqs, &dlq_url(&f)).await,
+        0,
+        "nothing dead-lettered"
+    );
     assert_eq!(parked_view(&f).await, ParkedView::default());
 }
 
@@ -169,9 +177,17 @@ async fn an_inactive_accounts_parked_events_wait_and_go_after_the_relink() {
     let before = events_requests(&f).await;
     for _ in 0..3 {
         let s = f.redrive().await;
-        assert_eq!((s["delivered"].as_u64(), s["requeued"].as_u64()), (Some(0), Some(3)), "{s}");
+        assert_eq!(
+            (s["delivered"].as_u64(), s["requeued"].as_u64()),
+            (Some(0), Some(3)),
+            "{s}"
+        );
     }
-    assert_eq!(events_requests(&f).await, before, "nothing sent while inactive");
+    assert_eq!(
+        events_requests(&f).await,
+        before,
+        "nothing sent while inactive"
+    );
 
     // Still inactive when the age limit passes: dead-lettered, not dropped.
     let mut aged = f.ctx().clone();
@@ -233,10 +249,18 @@ async fn a_dead_lettered_message_moved_back_twice_is_delivered_once() {
     q.ack(&got[0].receipt_handle).await.unwrap();
 
     let moved = f.redrive_dlq(json!({})).await;
-    assert_eq!((moved["moved"].as_u64(), moved["movedConversions"].as_u64()), (Some(2), Some(6)), "{moved}");
+    assert_eq!(
+        (moved["moved"].as_u64(), moved["movedConversions"].as_u64()),
+        (Some(2), Some(6)),
+        "{moved}"
+    );
     let s = f.redrive().await;
     assert_eq!(
-        (s["delivered"].as_u64(), s["alreadyDelivered"].as_u64(), s["acked"].as_u64()),
+        (
+            s["delivered"].as_u64(),
+            s["alreadyDelivered"].as_u64(),
+            s["acked"].as_u64()
+        ),
         (Some(3), Some(3), Some(2)),
         "{s}"
     );
@@ -266,16 +290,25 @@ async fn events_amazon_refuses_on_redrive_go_to_the_dead_letter_queue() {
     let s = f.redrive().await;
     f.login.sandbox.remove_fault(&refuse).await.unwrap();
     assert_eq!(
-        (s["rejected"].as_u64(), s["deadLettered"].as_u64(), s["requeued"].as_u64()),
+        (
+            s["rejected"].as_u64(),
+            s["deadLettered"].as_u64(),
+            s["requeued"].as_u64()
+        ),
         (Some(3), Some(3), Some(0)),
         "{s}"
     );
     let dlq = f.ctx().parked.dead_letter().unwrap();
     let got = dlq.receive::<Value>(10).await.unwrap();
     assert_eq!(got.len(), 1);
-    let reason = got[0].item["retry"]["deadLetterReason"].as_str().unwrap_or("");
+    let reason = got[0].item["retry"]["deadLetterReason"]
+        .as_str()
+        .unwrap_or("");
     assert!(reason.contains("Amazon"), "{reason}");
-    assert!(!got[0].item.to_string().contains("Buyer."), "no raw personal data");
+    assert!(
+        !got[0].item.to_string().contains("Buyer."),
+        "no raw personal data"
+    );
 }
 
 #[tokio::test]
@@ -317,7 +350,11 @@ async fn retries_and_waits_stop_at_the_requests_amazon_deadline() {
     s.remove_fault(&id).await.unwrap();
     assert!(matches!(r, Err(AmazonError::Throttled { .. })), "{r:?}");
     assert!(took < Duration::from_millis(1_500), "{took:?}");
-    assert_eq!(events_requests(&f).await, 1, "no retry that cannot finish in time");
+    assert_eq!(
+        events_requests(&f).await,
+        1,
+        "no retry that cannot finish in time"
+    );
 
     // Amazon takes 40 s: the attempt is cut at the deadline, no retry after it.
     let slow = FaultSpec::delay_ms(40_000)

@@ -50,7 +50,11 @@ const FED: &[(&str, &[&str])] = &[
     ),
     (
         "conversion-ingest",
-        &["ingest-conversions.json", "redrive.json", "redrive-dlq.json"],
+        &[
+            "ingest-conversions.json",
+            "redrive.json",
+            "redrive-dlq.json",
+        ],
     ),
     (
         "segment-export",

@@ -966,7 +966,11 @@ async fn a_slow_amazon_parks_qualifications_within_the_budget_and_an_outage_is_o
     let audience = maps[0].audience_id.unwrap();
     let client = rig.login.client.client_id.clone();
     let t = chrono::Utc::now().timestamp_millis() - 60_000;
-    let patch = |f: FaultSpec| f.method("PATCH").path_prefix("/v2/dp/audience").client_id(&client);
+    let patch = |f: FaultSpec| {
+        f.method("PATCH")
+            .path_prefix("/v2/dp/audience")
+            .client_id(&client)
+    };
 
     // Amazon takes 40 s per PATCH: the answer still comes within the (shrunk) budget.
     let slow = rig
@@ -1020,19 +1024,28 @@ async fn a_slow_amazon_parks_qualifications_within_the_budget_and_an_outage_is_o
         )
         .await
         .unwrap();
-        assert_eq!((r["redriven"].as_u64(), r["requeued"].as_u64()), (Some(0), Some(1)), "run {run}: {r}");
+        assert_eq!(
+            (r["redriven"].as_u64(), r["requeued"].as_u64()),
+            (Some(0), Some(1)),
+            "run {run}: {r}"
+        );
     }
-    let r = adsync::export::members::run_redrive_with(&rig.ctx, &Invocation::with_timeout(30), &policy)
-        .await
-        .unwrap();
+    let r =
+        adsync::export::members::run_redrive_with(&rig.ctx, &Invocation::with_timeout(30), &policy)
+            .await
+            .unwrap();
     assert_eq!(r["redriven"], 1, "{r}");
     assert_eq!(
         members(&rig, audience).await,
         BTreeSet::from(["COOKIE-s1".to_string(), "COOKIE-s2".to_string()])
     );
-    assert_eq!(members(&rig, audience).await, ledger_qualified(&rig, &seg).await);
-    let again = adsync::export::members::run_redrive_with(&rig.ctx, &Invocation::with_timeout(30), &policy)
-        .await
-        .unwrap();
+    assert_eq!(
+        members(&rig, audience).await,
+        ledger_qualified(&rig, &seg).await
+    );
+    let again =
+        adsync::export::members::run_redrive_with(&rig.ctx, &Invocation::with_timeout(30), &policy)
+            .await
+            .unwrap();
     assert_eq!(again["messages"], 0, "{again}");
 }

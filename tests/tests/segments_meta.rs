@@ -1618,7 +1618,10 @@ async fn a_fee_update_without_a_metadata_slot_in_its_budget_answers_503_and_chan
     let req = HttpRequest::new("PUT", &format!("/destinations/{id}/mappings/{s}/fees"))
         .with_header("authorization", &format!("Bearer {}", env.api_key))
         .with_header("content-type", "application/json")
-        .with_body(serde_json::to_vec(&json!({"audienceFees": [{"cpmCents": 250, "currency": "USD"}]})).unwrap());
+        .with_body(
+            serde_json::to_vec(&json!({"audienceFees": [{"cpmCents": 250, "currency": "USD"}]}))
+                .unwrap(),
+        );
     let budget = adsync::budget::HttpBudget {
         total: Duration::from_secs(6),
         reserve: Duration::from_secs(2),
@@ -1634,7 +1637,10 @@ async fn a_fee_update_without_a_metadata_slot_in_its_budget_answers_503_and_chan
     .await;
     let took = t0.elapsed();
     adsync_tests::openapi::assert_http_response_valid(&req.method, &req.path, &r);
-    assert!(took < Duration::from_secs(3), "no waiting for a slot it cannot use: {took:?}");
+    assert!(
+        took < Duration::from_secs(3),
+        "no waiting for a slot it cannot use: {took:?}"
+    );
     assert_eq!(r.status, 503, "{}", r.body);
     assert_eq!(r.json_body()["error"]["code"], "metadata_busy");
     assert_eq!(r.headers.get("retry-after").map(String::as_str), Some("5"));

@@ -169,13 +169,13 @@ impl AmazonClient {
             Some(t) => {
                 // Enough pages to hold min(total, cap + 1) advertisers.
                 let want = (t.min(cap.saturating_add(1) as u64)) as usize;
-                let starts: Vec<usize> = (1..).map(|k| k * PAGE).take_while(|s| *s < want).collect();
-                let pages: Vec<Result<AdvertiserPage, AmazonError>> =
-                    futures::stream::iter(starts)
-                        .map(|start| self.advertiser_page(login, profile_id, start))
-                        .buffered(PAGE_CONCURRENCY)
-                        .collect()
-                        .await;
+                let starts: Vec<usize> =
+                    (1..).map(|k| k * PAGE).take_while(|s| *s < want).collect();
+                let pages: Vec<Result<AdvertiserPage, AmazonError>> = futures::stream::iter(starts)
+                    .map(|start| self.advertiser_page(login, profile_id, start))
+                    .buffered(PAGE_CONCURRENCY)
+                    .collect()
+                    .await;
                 for p in pages {
                     extend(&mut out, p?);
                 }
@@ -190,7 +190,10 @@ impl AmazonClient {
             }
         }
         Ok(AdvertiserList {
-            total: total.map(|t| t as usize).unwrap_or(out.len()).max(out.len()),
+            total: total
+                .map(|t| t as usize)
+                .unwrap_or(out.len())
+                .max(out.len()),
             advertisers: out,
         })
     }

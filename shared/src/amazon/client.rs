@@ -433,8 +433,7 @@ fn is_transient(e: &AmazonError) -> bool {
 /// Inside a request (`crate::budget`), a retry is only started when its wait and a minimal
 /// attempt end before the request's Amazon deadline; outside one, always.
 fn fits_budget(wait: Duration) -> bool {
-    crate::budget::amazon_time_left()
-        .is_none_or(|left| left > wait + crate::budget::MIN_ATTEMPT)
+    crate::budget::amazon_time_left().is_none_or(|left| left > wait + crate::budget::MIN_ATTEMPT)
 }
 
 /// The wait before the next attempt: `Retry-After` (capped) on a 429 that carries one, else a
@@ -862,7 +861,10 @@ mod tests {
     #[test]
     fn the_worst_case_of_a_call_counts_every_attempt_and_wait() {
         // 4 × 30 s + 3 × 30 s (Retry-After cap over the 20 s backoff cap).
-        assert_eq!(RetryPolicy::default().worst_case(), Duration::from_secs(210));
+        assert_eq!(
+            RetryPolicy::default().worst_case(),
+            Duration::from_secs(210)
+        );
         let one = RetryPolicy {
             max_attempts: 1,
             ..RetryPolicy::default()

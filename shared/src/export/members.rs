@@ -936,14 +936,19 @@ pub async fn handle_qualifications(
         .collect();
     // Amazon calls end `reserve` before the budget (`crate::budget`); with under a second left
     // nothing is sent: the rows are parked for the redrive at once.
-    let mut report = if crate::budget::amazon_time_left().is_some_and(|l| l < Duration::from_secs(1))
-    {
-        let mut r = DeliveryReport::default();
-        park_rows(&targets, to_send, "the request's time budget ran out before sending", &mut r);
-        r
-    } else {
-        deliver(ctx, &mut lookups, &targets, to_send).await
-    };
+    let mut report =
+        if crate::budget::amazon_time_left().is_some_and(|l| l < Duration::from_secs(1)) {
+            let mut r = DeliveryReport::default();
+            park_rows(
+                &targets,
+                to_send,
+                "the request's time budget ran out before sending",
+                &mut r,
+            );
+            r
+        } else {
+            deliver(ctx, &mut lookups, &targets, to_send).await
+        };
     if !parked_rows.is_empty() {
         park_rows(&targets, parked_rows, "dirty mark failed", &mut report);
     }

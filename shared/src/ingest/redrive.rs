@@ -61,7 +61,10 @@ impl IngestCtx {
             for msg in msgs {
                 if msg.item.retry.last_run.as_deref() == Some(run_id.as_str()) {
                     // Our own re-enqueued copy: for the next run.
-                    if let Err(e) = self.parked.release(&msg.receipt_handle, Duration::ZERO).await
+                    if let Err(e) = self
+                        .parked
+                        .release(&msg.receipt_handle, Duration::ZERO)
+                        .await
                     {
                         tracing::warn!(error = %e, "could not release a re-enqueued message");
                     }
@@ -300,11 +303,7 @@ impl IngestCtx {
 }
 
 /// A copy of `batch` with only the events at `idx`, and `retry` as its state.
-fn copy_of(
-    batch: &ParkedBatch,
-    idx: Vec<usize>,
-    retry: RetryState,
-) -> ParkedBatch {
+fn copy_of(batch: &ParkedBatch, idx: Vec<usize>, retry: RetryState) -> ParkedBatch {
     ParkedBatch {
         v: batch.v,
         account_id: batch.account_id.clone(),

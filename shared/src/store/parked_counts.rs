@@ -146,7 +146,10 @@ impl ParkedCounts {
     }
 
     /// The counts of these accounts (missing ones are all zero).
-    pub async fn views(&self, account_ids: &[String]) -> Result<HashMap<String, ParkedView>, StoreError> {
+    pub async fn views(
+        &self,
+        account_ids: &[String],
+    ) -> Result<HashMap<String, ParkedView>, StoreError> {
         let mut out = HashMap::new();
         for chunk in account_ids.chunks(100) {
             let mut keys = KeysAndAttributes::builder();
@@ -217,11 +220,20 @@ mod tests {
         c.add(&a, &[(Counter::Conversions, 5), (Counter::Patches, 2)])
             .await
             .unwrap();
-        c.add(&a, &[(Counter::Conversions, -3), (Counter::ConversionsDeadLettered, 1)])
+        c.add(
+            &a,
+            &[
+                (Counter::Conversions, -3),
+                (Counter::ConversionsDeadLettered, 1),
+            ],
+        )
+        .await
+        .unwrap();
+        c.add(&b, &[(Counter::Patches, -1)]).await.unwrap();
+        let v = c
+            .views(&[a.clone(), b.clone(), "none".into()])
             .await
             .unwrap();
-        c.add(&b, &[(Counter::Patches, -1)]).await.unwrap();
-        let v = c.views(&[a.clone(), b.clone(), "none".into()]).await.unwrap();
         assert_eq!(
             v[&a],
             ParkedView {
@@ -236,6 +248,9 @@ mod tests {
         assert_eq!(c.relinked_at(&a).await.unwrap(), 0);
         c.mark_relinked(&a, 1234).await.unwrap();
         assert_eq!(c.relinked_at(&a).await.unwrap(), 1234);
-        assert_eq!(c.views(std::slice::from_ref(&a)).await.unwrap()[&a].conversions, 2);
+        assert_eq!(
+            c.views(std::slice::from_ref(&a)).await.unwrap()[&a].conversions,
+            2
+        );
     }
 }

@@ -201,7 +201,9 @@ mod tests {
         };
         assert_eq!(delay, Duration::from_secs(120));
         let old = t0 + 4 * 86_400_000;
-        assert!(matches!(p.after_failure(&state, old, "r"), Next::DeadLetter(m) if m.contains("96 hours")));
+        assert!(
+            matches!(p.after_failure(&state, old, "r"), Next::DeadLetter(m) if m.contains("96 hours"))
+        );
     }
 
     #[test]
