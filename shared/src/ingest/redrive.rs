@@ -34,6 +34,8 @@ use std::time::Duration;
 struct Outcome {
     /// Settled (delivered, already delivered): leave the queue.
     settled: usize,
+    /// Of those, delivered now (an already delivered one is a second copy: counted once).
+    delivered: usize,
     /// Indexes to try again later, with the first reason.
     later: Vec<usize>,
     later_reason: Option<String>,
@@ -196,7 +198,7 @@ impl IngestCtx {
                 .add_logged(
                     &batch.account_id,
                     &[
-                        (Counter::Conversions, -((out.settled + dead) as i64)),
+                        (Counter::Conversions, -((out.delivered + dead) as i64)),
                         (Counter::ConversionsDeadLettered, dead as i64),
                     ],
                 )
@@ -273,6 +275,7 @@ impl IngestCtx {
                 Delivery::Accepted => {
                     summary.delivered += 1;
                     out.settled += 1;
+                    out.delivered += 1;
                     self.finish(self.dedupe.complete(claim).await, "complete");
                 }
                 Delivery::Rejected(errors) => {
