@@ -32,9 +32,7 @@ use std::time::Duration;
 /// What one message's events came to.
 #[derive(Default)]
 struct Outcome {
-    /// Settled (delivered, already delivered): leave the queue.
-    settled: usize,
-    /// Of those, delivered now (an already delivered one is a second copy: counted once).
+    /// Delivered now (an already delivered event is a second copy: it only leaves the queue).
     delivered: usize,
     /// Indexes to try again later, with the first reason.
     later: Vec<usize>,
@@ -250,7 +248,6 @@ impl IngestCtx {
                 Ok(TakeOutcome::Taken(c)) => taken.push((i, c)),
                 Ok(TakeOutcome::Completed) => {
                     summary.already_delivered += 1;
-                    out.settled += 1;
                 }
                 Ok(TakeOutcome::Busy { .. }) | Err(_) => {
                     out.later.push(i);
@@ -274,7 +271,6 @@ impl IngestCtx {
             match d {
                 Delivery::Accepted => {
                     summary.delivered += 1;
-                    out.settled += 1;
                     out.delivered += 1;
                     self.finish(self.dedupe.complete(claim).await, "complete");
                 }
