@@ -21,9 +21,14 @@
 //!    no raw personal data), then the claim is kept as `PARKED` (events without an id get a park
 //!    id), so a webhook retry is answered `parked`, never sent twice.
 //!
-//! The redrive takes each parked event's claim (`PARKED` → `IN_PROGRESS`), sends, completes, and
-//! acknowledges the message once every event in it is settled. A second redrive of the same
-//! message finds the events `COMPLETED` and only acknowledges it.
+//! The request plans against its budget (`crate::budget`: the invocation's deadline is the
+//! request's arrival + `ADSYNC_HTTP_BUDGET_MS`, and Amazon calls end before its reserve), so what
+//! Amazon does not answer in time is parked and the answer still comes within the budget.
+//!
+//! The redrive ([`redrive`], `ingest/redrive.rs`) takes each parked event's claim (`PARKED` →
+//! `IN_PROGRESS`), sends, completes, and re-enqueues what still fails with a growing delay
+//! (`store::parked_retry`). A second redrive of the same message finds the events `COMPLETED`
+//! and only acknowledges it.
 //!
 //! Delivery to Amazon is at least once at the network boundary (a request that timed out may
 //! still have arrived); the event carries `eventId` = `clientDedupeId` so Amazon dedupes that case.
