@@ -25,7 +25,7 @@
 //! request's arrival + `ADSYNC_HTTP_BUDGET_MS`, and Amazon calls end before its reserve), so what
 //! Amazon does not answer in time is parked and the answer still comes within the budget.
 //!
-//! The redrive ([`redrive`], `ingest/redrive.rs`) takes each parked event's claim (`PARKED` →
+//! The redrive (`ingest/redrive.rs`) takes each parked event's claim (`PARKED` →
 //! `IN_PROGRESS`), sends, completes, and re-enqueues what still fails with a growing delay
 //! (`store::parked_retry`). A second redrive of the same message finds the events `COMPLETED`
 //! and only acknowledges it.
