@@ -133,6 +133,9 @@ impl IngestCtx {
     }
 }
 
+/// Why an event was parked without a claim: the request's time budget.
+const CLAIMS_OUT_OF_TIME: &str = "the request's time budget ran out before this event was taken";
+
 /// The outcome of one input event.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -420,7 +423,7 @@ impl IngestCtx {
         }
 
         // Claims.
-        let claimed = self.claim_all(with_id, inv).await;
+        let claimed = self.claim_initial(with_id, inv).await;
         let mut to_send = without_id;
         let mut waiting = Vec::new();
         let mut to_park: Vec<(Work, String)> = Vec::new();
@@ -435,6 +438,9 @@ impl IngestCtx {
                 }
                 Ok(ClaimOutcome::Parked) => results[w.index] = Some(already_parked(w.index)),
                 Ok(ClaimOutcome::Held { .. }) => waiting.push(w),
+                Err(StoreError::Conflict(m)) if m == CLAIMS_OUT_OF_TIME => {
+                    to_park.push((w, CLAIMS_OUT_OF_TIME.into()));
+                }
                 Err(e) => {
                     tracing::error!(error = %e, "dedupe claim failed; parking the event");
                     to_park.push((w, "the dedupe store was unavailable".into()));
@@ -590,6 +596,31 @@ impl IngestCtx {
         inv: &Invocation,
     ) -> Vec<(Work, Result<ClaimOutcome, StoreError>)> {
         futures::stream::iter(work.into_iter().map(|w| async move {
+            let key = w.key.as_ref().expect("claimed work has a key");
+            let r = self
+                .dedupe
+                .claim(key, &w.fingerprint, inv.deadline_ms, &inv.request_id)
+                .await;
+            (w, r)
+        }))
+        .buffer_unordered(self.settings.claim_concurrency)
+        .collect()
+        .await
+    }
+
+    /// The request's first claims, started only in the first third of its Amazon window
+    /// (`crate::budget`; completions and parking come after the send): an event not claimed by
+    /// then is parked without a claim, and the redrive claims it.
+    async fn claim_initial(
+        &self,
+        work: Vec<Work>,
+        inv: &Invocation,
+    ) -> Vec<(Work, Result<ClaimOutcome, StoreError>)> {
+        let until = crate::budget::share_of_window(1.0 / 3.0);
+        futures::stream::iter(work.into_iter().map(|w| async move {
+            if until.is_some_and(|u| Instant::now() >= u) {
+                return (w, Err(StoreError::Conflict(CLAIMS_OUT_OF_TIME.into())));
+            }
             let key = w.key.as_ref().expect("claimed work has a key");
             let r = self
                 .dedupe

@@ -370,3 +370,63 @@ async fn retries_and_waits_stop_at_the_requests_amazon_deadline() {
         "{took:?}"
     );
 }
+
+#[tokio::test]
+async fn a_request_too_big_for_its_budget_parks_what_it_could_not_claim() {
+    let f = IngestFixture::new().await;
+    let events: Vec<Value> = (0..3_000).map(|i| purchase("big", i)).collect();
+    let req = f.request(&json!({ "events": events }));
+    // Claims start only in the first third of the Amazon window (1 s of 3 s here).
+    let budget = HttpBudget {
+        total: Duration::from_secs(4),
+        reserve: Duration::from_secs(1),
+    };
+    let t0 = Instant::now();
+    let resp = answer_within(
+        &f.handler,
+        req,
+        Invocation::with_timeout(60),
+        &json!({}),
+        budget,
+    )
+    .await;
+    let took = t0.elapsed();
+    assert!(took < budget.total, "answered after {took:?}");
+    assert_eq!(resp.status, 207, "{}", resp.body);
+    let body = resp.json_body();
+    let (accepted, parked) = (
+        body["totals"]["accepted"].as_u64().unwrap(),
+        body["totals"]["parked"].as_u64().unwrap(),
+    );
+    assert_eq!(accepted + parked, 3_000, "{}", body["totals"]);
+    assert!(
+        parked > 0,
+        "DynamoDB Local cannot take 3 000 claims in 1 s: {}",
+        body["totals"]
+    );
+    let parked_result = body["results"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["status"] == "parked")
+        .unwrap();
+    assert!(
+        parked_result["errors"][0]["message"]
+            .as_str()
+            .unwrap()
+            .contains("time budget"),
+        "{parked_result}"
+    );
+    // The redrive claims and delivers the rest: every event reaches Amazon once.
+    let mut delivered = 0;
+    for _ in 0..5 {
+        delivered += f.redrive().await["delivered"].as_u64().unwrap();
+        if delivered == parked {
+            break;
+        }
+    }
+    assert_eq!(delivered, parked);
+    let dump = f.login.sandbox.events(f.advertiser_id()).await.unwrap();
+    assert_eq!(dump.events.len(), 3_000);
+    assert!(dump.counts_by_event_id.values().all(|n| *n == 1));
+}
