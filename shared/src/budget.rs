@@ -76,19 +76,42 @@ impl HttpBudget {
     }
 }
 
+/// When the request started and when its Amazon calls must end.
+#[derive(Clone, Copy, Debug)]
+struct Window {
+    started: Instant,
+    amazon_deadline: Instant,
+}
+
 tokio::task_local! {
-    static AMAZON_DEADLINE: Instant;
+    static WINDOW: Window;
 }
 
 /// Runs `f` with Amazon calls bounded by `deadline` (see the module doc).
 pub async fn with_amazon_deadline<F: Future>(deadline: Instant, f: F) -> F::Output {
-    AMAZON_DEADLINE.scope(deadline, f).await
+    let w = Window {
+        started: Instant::now(),
+        amazon_deadline: deadline,
+    };
+    WINDOW.scope(w, f).await
 }
 
 /// Time left for Amazon calls in this request; `None` outside a request (scheduled tasks).
 pub fn amazon_time_left() -> Option<Duration> {
-    AMAZON_DEADLINE
-        .try_with(|d| d.saturating_duration_since(Instant::now()))
+    WINDOW
+        .try_with(|w| w.amazon_deadline.saturating_duration_since(Instant::now()))
+        .ok()
+}
+
+/// The instant `share` (0–1) of this request's Amazon window has passed; `None` outside a
+/// request. Work that must leave time for later steps (conversion claims, whose completions come
+/// after the send) stops starting then.
+pub fn share_of_window(share: f64) -> Option<Instant> {
+    WINDOW
+        .try_with(|w| {
+            let span = w.amazon_deadline.saturating_duration_since(w.started);
+            w.started + span.mul_f64(share.clamp(0.0, 1.0))
+        })
         .ok()
 }
 
@@ -127,5 +150,16 @@ mod tests {
         .await;
         assert!(left > Duration::from_secs(4) && left <= Duration::from_secs(5));
         assert_eq!(amazon_time_left(), None);
+        let t0 = Instant::now();
+        let third = with_amazon_deadline(t0 + Duration::from_secs(6), async {
+            share_of_window(1.0 / 3.0).unwrap()
+        })
+        .await;
+        let d = third.saturating_duration_since(t0);
+        assert!(
+            d > Duration::from_millis(1_900) && d <= Duration::from_secs(2),
+            "{d:?}"
+        );
+        assert!(share_of_window(0.5).is_none());
     }
 }

@@ -21,9 +21,14 @@
 //!    no raw personal data), then the claim is kept as `PARKED` (events without an id get a park
 //!    id), so a webhook retry is answered `parked`, never sent twice.
 //!
-//! The redrive takes each parked event's claim (`PARKED` → `IN_PROGRESS`), sends, completes, and
-//! acknowledges the message once every event in it is settled. A second redrive of the same
-//! message finds the events `COMPLETED` and only acknowledges it.
+//! The request plans against its budget (`crate::budget`: the invocation's deadline is the
+//! request's arrival + `ADSYNC_HTTP_BUDGET_MS`, and Amazon calls end before its reserve), so what
+//! Amazon does not answer in time is parked and the answer still comes within the budget.
+//!
+//! The redrive (`ingest/redrive.rs`) takes each parked event's claim (`PARKED` →
+//! `IN_PROGRESS`), sends, completes, and re-enqueues what still fails with a growing delay
+//! (`store::parked_retry`). A second redrive of the same message finds the events `COMPLETED`
+//! and only acknowledges it.
 //!
 //! Delivery to Amazon is at least once at the network boundary (a request that timed out may
 //! still have arrived); the event carries `eventId` = `clientDedupeId` so Amazon dedupes that case.
@@ -127,6 +132,9 @@ impl IngestCtx {
         })
     }
 }
+
+/// Why an event was parked without a claim: the request's time budget.
+const CLAIMS_OUT_OF_TIME: &str = "the request's time budget ran out before this event was taken";
 
 /// The outcome of one input event.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -415,7 +423,7 @@ impl IngestCtx {
         }
 
         // Claims.
-        let claimed = self.claim_all(with_id, inv).await;
+        let claimed = self.claim_initial(with_id, inv).await;
         let mut to_send = without_id;
         let mut waiting = Vec::new();
         let mut to_park: Vec<(Work, String)> = Vec::new();
@@ -430,6 +438,9 @@ impl IngestCtx {
                 }
                 Ok(ClaimOutcome::Parked) => results[w.index] = Some(already_parked(w.index)),
                 Ok(ClaimOutcome::Held { .. }) => waiting.push(w),
+                Err(StoreError::Conflict(m)) if m == CLAIMS_OUT_OF_TIME => {
+                    to_park.push((w, CLAIMS_OUT_OF_TIME.into()));
+                }
                 Err(e) => {
                     tracing::error!(error = %e, "dedupe claim failed; parking the event");
                     to_park.push((w, "the dedupe store was unavailable".into()));
@@ -585,6 +596,31 @@ impl IngestCtx {
         inv: &Invocation,
     ) -> Vec<(Work, Result<ClaimOutcome, StoreError>)> {
         futures::stream::iter(work.into_iter().map(|w| async move {
+            let key = w.key.as_ref().expect("claimed work has a key");
+            let r = self
+                .dedupe
+                .claim(key, &w.fingerprint, inv.deadline_ms, &inv.request_id)
+                .await;
+            (w, r)
+        }))
+        .buffer_unordered(self.settings.claim_concurrency)
+        .collect()
+        .await
+    }
+
+    /// The request's first claims, started only in the first third of its Amazon window
+    /// (`crate::budget`; completions and parking come after the send): an event not claimed by
+    /// then is parked without a claim, and the redrive claims it.
+    async fn claim_initial(
+        &self,
+        work: Vec<Work>,
+        inv: &Invocation,
+    ) -> Vec<(Work, Result<ClaimOutcome, StoreError>)> {
+        let until = crate::budget::share_of_window(1.0 / 3.0);
+        futures::stream::iter(work.into_iter().map(|w| async move {
+            if until.is_some_and(|u| Instant::now() >= u) {
+                return (w, Err(StoreError::Conflict(CLAIMS_OUT_OF_TIME.into())));
+            }
             let key = w.key.as_ref().expect("claimed work has a key");
             let r = self
                 .dedupe

@@ -1207,11 +1207,9 @@ fn listing_failure(e: &AmazonError) -> Failure {
         return Failure::new(
             504,
             "Amazon is too slow to list the advertiser accounts",
-            format!(
-                "adsync signed in, but Amazon did not list the login's profiles and DSP advertisers within \
-                 this page's time budget ({} s). The login was not kept.",
-                crate::budget::DEFAULT_BUDGET_MS / 1000
-            ),
+            "adsync signed in, but Amazon did not list the login's profiles and DSP advertisers \
+             within the time this page may take (API Gateway ends a request after 30 s). The login \
+             was not kept.",
             "Try again in a few minutes: create a new connection (POST /connections) and open its authorizeUrl.",
         );
     }

@@ -685,3 +685,161 @@ async fn create_connection_validates_the_region_and_the_key() {
     let left = expires.timestamp() - chrono::Utc::now().timestamp();
     assert!((590..=600).contains(&left), "{left}");
 }
+
+/// One NA agency profile with `n` advertisers.
+fn agency_user(n: usize) -> SandboxUser {
+    SandboxUser {
+        user_id: format!("user-{}", uuid::Uuid::new_v4().simple()),
+        profiles: vec![SandboxProfile {
+            profile_id: random_id(15),
+            country_code: "US".into(),
+            currency_code: "USD".into(),
+            timezone: "UTC".into(),
+            kind: "agency".into(),
+            name: "Big agency".into(),
+            advertisers: (0..n)
+                .map(|i| SandboxAdvertiser {
+                    advertiser_id: random_id(13),
+                    name: format!("Advertiser {i}"),
+                    currency: "USD".into(),
+                    country: "US".into(),
+                    timezone: "UTC".into(),
+                })
+                .collect(),
+        }],
+    }
+}
+
+async fn advertiser_pages(rig: &Rig) -> Vec<adsync_tests::sandbox::RequestRecord> {
+    rig.sandbox
+        .requests(Some(&rig.client.client_id), Some("/dsp/advertisers"))
+        .await
+        .unwrap()
+}
+
+#[tokio::test]
+async fn advertiser_pages_are_read_together_and_stop_at_the_cap() {
+    let stack = stack().await;
+    let rig = rig(&stack, REDIRECT).await;
+    // 250 advertisers = 3 pages, each taking 1.5 s at Amazon: pages 2 and 3 go out together.
+    let user = agency_user(250);
+    rig.sandbox.register_user(&user).await.unwrap();
+    let slow = adsync_tests::sandbox::FaultSpec::delay_ms(1_500)
+        .path_prefix("/dsp/advertisers")
+        .client_id(&rig.client.client_id)
+        .forever();
+    let fault = rig.sandbox.add_fault(&slow).await.unwrap();
+    let (_, url) = rig.create_connection("NA").await;
+    let back = rig.consent(&url, &user.user_id, false).await;
+    let r = rig.callback(&back).await;
+    rig.sandbox.remove_fault(&fault).await.unwrap();
+    let page = rig.follow(&r).await;
+    assert_eq!(advertiser_ids(&page.body).len(), 250);
+    let mut at: Vec<i64> = advertiser_pages(&rig)
+        .await
+        .iter()
+        .map(|r| r.at_ms)
+        .collect();
+    at.sort_unstable();
+    assert_eq!(at.len(), 3);
+    assert!(at[1] - at[0] >= 1_400, "the first page comes first: {at:?}");
+    assert!(
+        at[2] - at[1] < 1_000,
+        "the other pages are read together: {at:?}"
+    );
+
+    // 1 500 advertisers: the cap (1 000) is known to be passed after 11 pages, not 15.
+    let rig = support::rig(&stack, REDIRECT).await;
+    let user = agency_user(1_500);
+    rig.sandbox.register_user(&user).await.unwrap();
+    let (_, url) = rig.create_connection("NA").await;
+    let back = rig.consent(&url, &user.user_id, false).await;
+    let r = rig.callback(&back).await;
+    assert_eq!(r.status, 422, "{}", r.body);
+    assert_eq!(title_of(&r.body), "Too many advertiser accounts");
+    assert!(r.body.contains("1500 advertiser accounts"), "{}", r.body);
+    assert_eq!(advertiser_pages(&rig).await.len(), 11);
+}
+
+#[tokio::test]
+async fn a_listing_amazon_is_too_slow_for_says_so_within_the_budget() {
+    let stack = stack().await;
+    let rig = rig(&stack, REDIRECT).await;
+    let user = agency_user(3);
+    rig.sandbox.register_user(&user).await.unwrap();
+    let slow = adsync_tests::sandbox::FaultSpec::delay_ms(40_000)
+        .path_prefix("/dsp/advertisers")
+        .client_id(&rig.client.client_id)
+        .forever();
+    let fault = rig.sandbox.add_fault(&slow).await.unwrap();
+    let (cid, url) = rig.create_connection("NA").await;
+    let back = rig.consent(&url, &user.user_id, false).await;
+    let req = HttpRequest::new("GET", "/oauth/callback").with_query(&back);
+    let budget = adsync::budget::HttpBudget {
+        total: std::time::Duration::from_secs(6),
+        reserve: std::time::Duration::from_secs(2),
+    };
+    let t0 = std::time::Instant::now();
+    let r = adsync::runtime::answer_within(
+        &rig.linking,
+        req.clone(),
+        adsync::runtime::Invocation::with_timeout(60),
+        &serde_json::json!({}),
+        budget,
+    )
+    .await;
+    let took = t0.elapsed();
+    rig.sandbox.remove_fault(&fault).await.unwrap();
+    validate(&req, &r);
+    assert!(took < budget.total, "answered after {took:?}");
+    assert_eq!(r.status, 504, "{}", r.body);
+    assert_eq!(
+        title_of(&r.body),
+        "Amazon is too slow to list the advertiser accounts"
+    );
+    let conn = rig.accounts.get_connection(&cid).await.unwrap().unwrap();
+    assert_eq!(conn.status, ConnectionStatus::Failed);
+    assert!(
+        rig.token_secret(&cid).await.is_none(),
+        "the login was not kept"
+    );
+}
+
+#[tokio::test]
+async fn a_confirm_records_the_relink_and_accounts_show_their_parked_work() {
+    use adsync::store::parked_counts::{Counter, ParkedCounts};
+    let stack = stack().await;
+    let rig = rig(&stack, REDIRECT).await;
+    let user = agency_user(1);
+    rig.sandbox.register_user(&user).await.unwrap();
+    let (_, url) = rig.create_connection("NA").await;
+    let back = rig.consent(&url, &user.user_id, false).await;
+    let page = rig.follow(&rig.callback(&back).await).await;
+    let id = advertiser_ids(&page.body)[0].clone();
+    let counts = ParkedCounts::new(&rig.accounts);
+    let before = adsync::runtime::now_ms();
+    assert_eq!(rig.confirm(&csrf_of(&page.body), &id).await.status, 200);
+    // The schedule's redrive-dlq moves work dead-lettered before this time back.
+    assert!(counts.relinked_at(&id).await.unwrap() >= before);
+    counts
+        .add(
+            &id,
+            &[(Counter::Conversions, 4), (Counter::PatchesDeadLettered, 2)],
+        )
+        .await
+        .unwrap();
+    let listed = rig
+        .call(rig.with_key(HttpRequest::new("GET", "/accounts")))
+        .await
+        .json_body();
+    let a = listed["accounts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|a| a["accountId"] == id.as_str())
+        .unwrap();
+    assert_eq!(
+        a["parked"],
+        serde_json::json!({"conversions": 4, "conversionsDeadLettered": 0, "patches": 0, "patchesDeadLettered": 2})
+    );
+}

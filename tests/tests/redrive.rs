@@ -310,3 +310,123 @@ async fn events_amazon_refuses_on_redrive_go_to_the_dead_letter_queue() {
         "no raw personal data"
     );
 }
+
+#[tokio::test]
+async fn retries_and_waits_stop_at_the_requests_amazon_deadline() {
+    use adsync::amazon::{AmazonError, RetryPolicy};
+    use adsync::budget::with_amazon_deadline;
+    let f = IngestFixture::new().await;
+    // A patient policy: 10 attempts, 30 s each, up to 20 s between them.
+    let client = f.login.client.clone().with_retry_policy(RetryPolicy {
+        max_attempts: 10,
+        base_delay: Duration::from_secs(3),
+        max_delay: Duration::from_secs(20),
+        request_timeout: Duration::from_secs(30),
+    });
+    let login = f.account.login();
+    let body = br#"{"events":[{}]}"#.to_vec();
+    let s = &f.login.sandbox;
+    let call = |d: Duration| {
+        let (client, login, body) = (client.clone(), login.clone(), body.clone());
+        let adv = f.advertiser_id();
+        async move {
+            let t0 = Instant::now();
+            let r = with_amazon_deadline(Instant::now() + d, async move {
+                client.create_events(&login, adv, body, 1).await
+            })
+            .await;
+            (r, t0.elapsed())
+        }
+    };
+
+    // 429 with Retry-After: 10 s: not waited for inside a 2 s deadline.
+    let throttle = FaultSpec::status(429)
+        .retry_after(10)
+        .path_prefix(EVENTS_PATH)
+        .account_id(f.advertiser_id())
+        .forever();
+    let id = s.add_fault(&throttle).await.unwrap();
+    let (r, took) = call(Duration::from_secs(2)).await;
+    s.remove_fault(&id).await.unwrap();
+    assert!(matches!(r, Err(AmazonError::Throttled { .. })), "{r:?}");
+    assert!(took < Duration::from_millis(1_500), "{took:?}");
+    assert_eq!(
+        events_requests(&f).await,
+        1,
+        "no retry that cannot finish in time"
+    );
+
+    // Amazon takes 40 s: the attempt is cut at the deadline, no retry after it.
+    let slow = FaultSpec::delay_ms(40_000)
+        .path_prefix(EVENTS_PATH)
+        .account_id(f.advertiser_id())
+        .forever();
+    let id = s.add_fault(&slow).await.unwrap();
+    let (r, took) = call(Duration::from_secs(2)).await;
+    s.remove_fault(&id).await.unwrap();
+    assert_eq!(r.unwrap_err(), AmazonError::Timeout);
+    assert!(
+        took >= Duration::from_millis(1_900) && took < Duration::from_millis(2_600),
+        "{took:?}"
+    );
+}
+
+#[tokio::test]
+async fn a_request_too_big_for_its_budget_parks_what_it_could_not_claim() {
+    let f = IngestFixture::new().await;
+    let events: Vec<Value> = (0..3_000).map(|i| purchase("big", i)).collect();
+    let req = f.request(&json!({ "events": events }));
+    // Claims start only in the first third of the Amazon window (1 s of 3 s here).
+    let budget = HttpBudget {
+        total: Duration::from_secs(4),
+        reserve: Duration::from_secs(1),
+    };
+    let t0 = Instant::now();
+    let resp = answer_within(
+        &f.handler,
+        req,
+        Invocation::with_timeout(60),
+        &json!({}),
+        budget,
+    )
+    .await;
+    let took = t0.elapsed();
+    assert!(took < budget.total, "answered after {took:?}");
+    assert_eq!(resp.status, 207, "{}", resp.body);
+    let body = resp.json_body();
+    let (accepted, parked) = (
+        body["totals"]["accepted"].as_u64().unwrap(),
+        body["totals"]["parked"].as_u64().unwrap(),
+    );
+    assert_eq!(accepted + parked, 3_000, "{}", body["totals"]);
+    assert!(
+        parked > 0,
+        "DynamoDB Local cannot take 3 000 claims in 1 s: {}",
+        body["totals"]
+    );
+    let parked_result = body["results"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["status"] == "parked")
+        .unwrap();
+    assert!(
+        parked_result["errors"][0]["message"]
+            .as_str()
+            .unwrap()
+            .contains("time budget"),
+        "{parked_result}"
+    );
+    // The redrive claims and delivers the rest: every event reaches Amazon once.
+    let mut delivered = 0;
+    for _ in 0..5 {
+        delivered += f.redrive().await["delivered"].as_u64().unwrap();
+        if delivered == parked {
+            break;
+        }
+    }
+    assert_eq!(delivered, parked);
+    let dump = f.login.sandbox.events(f.advertiser_id()).await.unwrap();
+    assert_eq!(dump.events.len(), 3_000);
+    assert!(dump.counts_by_event_id.values().all(|n| *n == 1));
+}

@@ -970,3 +970,188 @@ async fn parked_patches_are_redriven_from_the_ledger_and_never_undo_a_newer_chan
         ledger_qualified(&rig, &seg).await
     );
 }
+
+/// `POST /qualifications` as the function serves it, for `runtime::answer_within`.
+struct Qualifications(ExportCtx);
+
+#[async_trait::async_trait]
+impl adsync::runtime::Handler for Qualifications {
+    async fn http(&self, req: HttpRequest, inv: Invocation) -> adsync::http::HttpResponse {
+        handle_qualifications(&self.0, &req, &inv).await
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_amazon_parks_qualifications_within_the_budget_and_an_outage_is_outlasted() {
+    use adsync::store::parked_retry::ParkedRetry;
+    let rig = rig().await;
+    let seg = seg_id();
+    let (dest, maps) = destination_with(&rig, &[&seg]).await;
+    backfill_until_done(&rig, &dest, &seg, &opts(300, 2000), 5_000, 3).await;
+    let audience = maps[0].audience_id.unwrap();
+    let client = rig.login.client.client_id.clone();
+    let t = chrono::Utc::now().timestamp_millis() - 60_000;
+    let patch = |f: FaultSpec| {
+        f.method("PATCH")
+            .path_prefix("/v2/dp/audience")
+            .client_id(&client)
+    };
+
+    // Amazon takes 40 s per PATCH: the answer still comes within the (shrunk) budget.
+    let slow = rig
+        .sandbox
+        .add_fault(&patch(FaultSpec::delay_ms(40_000)).forever())
+        .await
+        .unwrap();
+    let budget = adsync::budget::HttpBudget {
+        total: Duration::from_secs(6),
+        reserve: Duration::from_secs(2),
+    };
+    let req = json_req(
+        "POST",
+        "/qualifications",
+        &json!({"qualifications": [q(&seg, "s1", "qualified", t), q(&seg, "s2", "qualified", t)]}),
+    );
+    let t0 = std::time::Instant::now();
+    let resp = adsync::runtime::answer_within(
+        &Qualifications(rig.ctx.clone()),
+        req.clone(),
+        Invocation::with_timeout(60),
+        &json!({}),
+        budget,
+    )
+    .await;
+    let took = t0.elapsed();
+    adsync_tests::openapi::assert_http_response_valid(&req.method, &req.path, &resp);
+    assert!(took < budget.total, "answered after {took:?}");
+    let body = resp.json_body();
+    assert_eq!(resp.status, 200, "{body}");
+    assert_eq!(body["totals"]["applied"], 2, "{body}");
+    assert_eq!(body["delivery"]["parked"], 2, "{body}");
+    rig.sandbox.remove_fault(&slow).await.unwrap();
+
+    // Then Amazon fails three redrive runs (3 attempts each) and recovers: each run sends the
+    // message back with its delay (0 here) instead of leaving it to burn SQS receives.
+    rig.sandbox
+        .add_fault(&patch(FaultSpec::status(503)).times(9))
+        .await
+        .unwrap();
+    let policy = ParkedRetry {
+        base_delay: Duration::ZERO,
+        max_delay: Duration::ZERO,
+        ..ParkedRetry::default()
+    };
+    for run in 0..3 {
+        let r = adsync::export::members::run_redrive_with(
+            &rig.ctx,
+            &Invocation::with_timeout(30),
+            &policy,
+        )
+        .await
+        .unwrap();
+        assert_eq!(
+            (r["redriven"].as_u64(), r["requeued"].as_u64()),
+            (Some(0), Some(1)),
+            "run {run}: {r}"
+        );
+    }
+    let r =
+        adsync::export::members::run_redrive_with(&rig.ctx, &Invocation::with_timeout(30), &policy)
+            .await
+            .unwrap();
+    assert_eq!(r["redriven"], 1, "{r}");
+    assert_eq!(
+        members(&rig, audience).await,
+        BTreeSet::from(["COOKIE-s1".to_string(), "COOKIE-s2".to_string()])
+    );
+    assert_eq!(
+        members(&rig, audience).await,
+        ledger_qualified(&rig, &seg).await
+    );
+    let again =
+        adsync::export::members::run_redrive_with(&rig.ctx, &Invocation::with_timeout(30), &policy)
+            .await
+            .unwrap();
+    assert_eq!(again["messages"], 0, "{again}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn parked_patches_past_the_age_limit_are_dead_lettered_and_moved_back_by_redrive_dlq() {
+    use adsync::store::parked_retry::ParkedRetry;
+    let mut rig = rig().await;
+    // A parked queue with its own dead-letter queue (as the template has them).
+    let aws = adsync::aws::AwsClients::from_env().await;
+    let (url, dlq) = adsync_tests::conversions::parked_queue_with_dlq(&aws.sqs, "patches").await;
+    rig.ctx.parked =
+        ParkedQueue::new(aws.sqs.clone(), url.clone()).with_dead_letter(Some(dlq.clone()));
+    let seg = seg_id();
+    let (dest, maps) = destination_with(&rig, &[&seg]).await;
+    backfill_until_done(&rig, &dest, &seg, &opts(300, 2000), 5_000, 3).await;
+    let audience = maps[0].audience_id.unwrap();
+    let client = rig.login.client.client_id.clone();
+    let t = chrono::Utc::now().timestamp_millis() - 60_000;
+    let down = rig
+        .sandbox
+        .add_fault(
+            &FaultSpec::status(503)
+                .method("PATCH")
+                .path_prefix("/v2/dp/audience")
+                .client_id(&client)
+                .forever(),
+        )
+        .await
+        .unwrap();
+    let (st, body) = post_qualifications(
+        &rig,
+        vec![q(&seg, "d1", "qualified", t), q(&seg, "d2", "qualified", t)],
+    )
+    .await;
+    assert_eq!(
+        (st, &body["delivery"]["parked"]),
+        (200, &json!(2)),
+        "{body}"
+    );
+
+    // Still failing when the message is older than the age limit: to the dead-letter queue.
+    let aged = ParkedRetry {
+        max_age: Duration::from_millis(1),
+        ..ParkedRetry::default()
+    };
+    let r =
+        adsync::export::members::run_redrive_with(&rig.ctx, &Invocation::with_timeout(30), &aged)
+            .await
+            .unwrap();
+    assert_eq!(
+        (r["deadLettered"].as_u64(), r["requeued"].as_u64()),
+        (Some(1), Some(0)),
+        "{r}"
+    );
+    assert_eq!(
+        adsync_tests::conversions::queue_depth(&aws.sqs, &url).await,
+        0
+    );
+    rig.sandbox.remove_fault(&down).await.unwrap();
+
+    // Amazon is back: redrive-dlq moves it to the patches queue, the redrive delivers it.
+    let moved = adsync::export::run_task_with(
+        &rig.ctx,
+        "redrive-dlq",
+        &json!({"task": "redrive-dlq", "accountId": rig.account.account_id}),
+        &Invocation::with_timeout(30),
+    )
+    .await
+    .unwrap();
+    assert_eq!(moved["redriveDlq"]["movedPatches"], 2, "{moved}");
+    let r = run_redrive(&rig.ctx, &Invocation::with_timeout(30))
+        .await
+        .unwrap();
+    assert_eq!(r["redriven"], 1, "{r}");
+    assert_eq!(
+        members(&rig, audience).await,
+        BTreeSet::from(["COOKIE-d1".to_string(), "COOKIE-d2".to_string()])
+    );
+    assert_eq!(
+        adsync_tests::conversions::queue_depth(&aws.sqs, &dlq).await,
+        0
+    );
+}

@@ -1580,3 +1580,84 @@ async fn concurrent_creating_requests_and_the_schedule_share_one_metadata_call_p
     assert_a_second_apart(&posts);
     env.cleanup().await;
 }
+
+/// The function's router, for `runtime::answer_within`.
+struct Router(ExportCtx, ApiKeyAuth);
+
+#[async_trait::async_trait]
+impl adsync::runtime::Handler for Router {
+    async fn http(&self, req: HttpRequest, inv: Invocation) -> HttpResponse {
+        route(&self.0, &self.1, &req, &inv).await
+    }
+}
+
+#[tokio::test]
+async fn a_fee_update_without_a_metadata_slot_in_its_budget_answers_503_and_changes_nothing() {
+    let env = setup().await;
+    let s = seg_id("busy");
+    env.segment(&s, "Busy fee segment", json!([])).await;
+    let created = env
+        .expect(
+            "POST",
+            "/destinations",
+            Some(json!({"name": "busy", "accountId": env.account.account_id, "mappings": [{"segmentId": s}]})),
+            202,
+        )
+        .await;
+    let id = created["destinationId"].as_str().unwrap().to_string();
+    env.backfill_task(20).await;
+    assert!(mapping(&env.destination(&id).await, &s)["audienceId"].is_i64());
+    // Other processes hold every metadata slot of the next ~30 s (audience creations).
+    for _ in 0..30 {
+        env.ctx
+            .destinations
+            .reserve_metadata_slot(env.login.client_id(), 1_100)
+            .await
+            .unwrap();
+    }
+    let req = HttpRequest::new("PUT", &format!("/destinations/{id}/mappings/{s}/fees"))
+        .with_header("authorization", &format!("Bearer {}", env.api_key))
+        .with_header("content-type", "application/json")
+        .with_body(
+            serde_json::to_vec(&json!({"audienceFees": [{"cpmCents": 250, "currency": "USD"}]}))
+                .unwrap(),
+        );
+    let budget = adsync::budget::HttpBudget {
+        total: Duration::from_secs(6),
+        reserve: Duration::from_secs(2),
+    };
+    let t0 = std::time::Instant::now();
+    let r = adsync::runtime::answer_within(
+        &Router(env.ctx.clone(), env.auth.clone()),
+        req.clone(),
+        Invocation::with_timeout(60),
+        &json!({}),
+        budget,
+    )
+    .await;
+    let took = t0.elapsed();
+    adsync_tests::openapi::assert_http_response_valid(&req.method, &req.path, &r);
+    assert!(
+        took < Duration::from_secs(3),
+        "no waiting for a slot it cannot use: {took:?}"
+    );
+    assert_eq!(r.status, 503, "{}", r.body);
+    assert_eq!(r.json_body()["error"]["code"], "metadata_busy");
+    assert_eq!(r.headers.get("retry-after").map(String::as_str), Some("5"));
+    let puts = env
+        .login
+        .sandbox
+        .requests(Some(env.login.client_id()), Some("/v2/dp/audiencemetadata"))
+        .await
+        .unwrap()
+        .into_iter()
+        .filter(|r| r.method == "PUT")
+        .count();
+    assert_eq!(puts, 0, "Amazon was not called");
+    assert_eq!(
+        mapping(&env.destination(&id).await, &s)["audienceFees"],
+        json!([]),
+        "nothing changed"
+    );
+    env.cleanup().await;
+}

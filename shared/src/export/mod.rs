@@ -56,11 +56,12 @@ pub const AUDIENCE_CREATION_SHARE: f64 = 0.5;
 pub const DEFAULT_INLINE_WORK_MS: u64 = 5_000;
 /// The largest slice accepted: with the one Amazon call that may still be running when the slice
 /// ends (≤ [`INLINE_REQUEST_TIMEOUT`] per attempt; four in the worst case: token refresh, call,
-/// refresh after a 401, resend), the answer stays under API Gateway's 29 s integration timeout
-/// with room for the work before and after the slice.
+/// refresh after a 401, resend), the slice's Amazon work ends within 6 + 4 × 3 = 18 s, inside
+/// the request budget's Amazon deadline (`crate::budget`: 25 s − 5 s reserve = 20 s), which
+/// also cuts any call still running then.
 pub const MAX_INLINE_WORK_MS: u64 = 6_000;
 /// Per-attempt timeout of the Amazon calls made inside a request's slice.
-pub const INLINE_REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
+pub const INLINE_REQUEST_TIMEOUT: Duration = Duration::from_secs(3);
 
 /// What a creating request does before it answers: within `budget` (never past the Lambda
 /// deadline minus `backfill.safety_margin`), create its destination's queued audiences (same
@@ -362,11 +363,12 @@ mod tests {
         );
         assert_eq!(d.retry.request_timeout, INLINE_REQUEST_TIMEOUT);
         // The largest slice plus the call that may still run when it ends (token refresh, call,
-        // refresh after a 401, resend: four attempts) leaves at least 3 s of API Gateway's 29 s
-        // for the work before and after the slice.
+        // refresh after a 401, resend: four attempts) ends before the request budget's Amazon
+        // deadline, leaving its reserve for the work after the slice.
+        let budget = crate::budget::HttpBudget::default();
         assert!(
             Duration::from_millis(MAX_INLINE_WORK_MS) + INLINE_REQUEST_TIMEOUT * 4
-                <= Duration::from_secs(26)
+                <= budget.total - budget.reserve
         );
         assert!(!InlineWork::off().enabled());
     }

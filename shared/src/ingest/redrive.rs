@@ -32,8 +32,8 @@ use std::time::Duration;
 /// What one message's events came to.
 #[derive(Default)]
 struct Outcome {
-    /// Settled (delivered, already delivered): leave the queue.
-    settled: usize,
+    /// Delivered now (an already delivered event is a second copy: it only leaves the queue).
+    delivered: usize,
     /// Indexes to try again later, with the first reason.
     later: Vec<usize>,
     later_reason: Option<String>,
@@ -196,7 +196,7 @@ impl IngestCtx {
                 .add_logged(
                     &batch.account_id,
                     &[
-                        (Counter::Conversions, -((out.settled + dead) as i64)),
+                        (Counter::Conversions, -((out.delivered + dead) as i64)),
                         (Counter::ConversionsDeadLettered, dead as i64),
                     ],
                 )
@@ -248,7 +248,6 @@ impl IngestCtx {
                 Ok(TakeOutcome::Taken(c)) => taken.push((i, c)),
                 Ok(TakeOutcome::Completed) => {
                     summary.already_delivered += 1;
-                    out.settled += 1;
                 }
                 Ok(TakeOutcome::Busy { .. }) | Err(_) => {
                     out.later.push(i);
@@ -272,7 +271,7 @@ impl IngestCtx {
             match d {
                 Delivery::Accepted => {
                     summary.delivered += 1;
-                    out.settled += 1;
+                    out.delivered += 1;
                     self.finish(self.dedupe.complete(claim).await, "complete");
                 }
                 Delivery::Rejected(errors) => {
