@@ -556,7 +556,7 @@ mod tests {
         }
         assert!(d.complete(&c).await.unwrap());
         assert_eq!(
-            d.claim(&k, "fp2", later(), "r3").await.unwrap(),
+            d.claim(&k, "fp1", later(), "r3").await.unwrap(),
             ClaimOutcome::Completed {
                 fingerprint: Some("fp1".into())
             }
@@ -571,6 +571,14 @@ mod tests {
         );
         // Completing twice is refused (the claim is no longer in progress).
         assert!(!d.complete(&c).await.unwrap());
+        // Other content under the same id is a correction: claimed, and remembered once sent.
+        let fix = claimed(d.claim(&k, "fp2", later(), "r4").await.unwrap());
+        assert!(d.complete(&fix).await.unwrap());
+        let r = d.get(&k).await.unwrap().unwrap();
+        assert_eq!(
+            (r.status, r.fingerprint.as_deref()),
+            (ClaimStatus::Completed, Some("fp2"))
+        );
     }
 
     #[tokio::test]
