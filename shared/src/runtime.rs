@@ -8,6 +8,7 @@
 use crate::http::{HttpRequest, HttpResponse};
 use lambda_runtime::{Error, LambdaEvent, service_fn};
 use serde_json::Value;
+use serde_json::value::RawValue;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -81,22 +82,53 @@ pub async fn dispatch<H: Handler + ?Sized>(
         };
     }
     match HttpRequest::from_apigw_v2(&payload) {
-        Ok(req) => {
-            let method = req.method.clone();
-            let path = req.path.clone();
-            let started = std::time::Instant::now();
-            let resp = handler.http(req, inv).await;
-            tracing::info!(
-                method = %method,
-                path = %redact_path(&path),
-                status = resp.status,
-                ms = started.elapsed().as_millis() as u64,
-                "request"
-            );
-            Ok(resp.to_apigw_v2())
-        }
+        Ok(req) => Ok(answer(handler, req, inv).await),
         Err(e) => Err(format!("unsupported event: {e}").into()),
     }
+}
+
+/// [`dispatch`] for the payload as Lambda hands it over (JSON text). An HTTP event is read
+/// straight from the text, so that a request body that is not UTF-8 reaches the route (which
+/// answers 400) instead of failing the whole event's deserialisation (a 500 nobody can read).
+pub async fn dispatch_raw<H: Handler + ?Sized>(
+    handler: &H,
+    payload: &RawValue,
+    inv: Invocation,
+) -> Result<Value, Error> {
+    // Only the `task` field is read here; everything else is skipped unchecked.
+    #[derive(serde::Deserialize)]
+    struct Probe {
+        #[serde(default)]
+        task: Option<Value>,
+    }
+    let probe: Probe = serde_json::from_str(payload.get())
+        .map_err(|e| Error::from(format!("unsupported event: {e}")))?;
+    if probe.task.as_ref().is_some_and(Value::is_string) {
+        let value: Value = serde_json::from_str(payload.get())
+            .map_err(|e| Error::from(format!("unsupported event: {e}")))?;
+        return dispatch(handler, value, inv).await;
+    }
+    match HttpRequest::from_apigw_v2_json(payload.get()) {
+        Ok(req) => Ok(answer(handler, req, inv).await),
+        Err(e) => Err(format!("unsupported event: {e}").into()),
+    }
+}
+
+/// Runs one HTTP request through the handler, logs it (never its query or body) and returns the
+/// payload 2.0 answer.
+async fn answer<H: Handler + ?Sized>(handler: &H, req: HttpRequest, inv: Invocation) -> Value {
+    let method = req.method.clone();
+    let path = req.path.clone();
+    let started = std::time::Instant::now();
+    let resp = handler.http(req, inv).await;
+    tracing::info!(
+        method = %method,
+        path = %redact_path(&path),
+        status = resp.status,
+        ms = started.elapsed().as_millis() as u64,
+        "request"
+    );
+    resp.to_apigw_v2()
 }
 
 /// Paths carry ids only, never tokens; still, cut anything that looks like a query.
@@ -120,7 +152,7 @@ pub fn effective_deadline(deadline_ms: u64, now_ms: u64) -> u64 {
 /// Runs the Lambda runtime loop with `handler` (built once, shared by every invocation).
 pub async fn run<H: Handler>(handler: H) -> Result<(), Error> {
     let handler = Arc::new(handler);
-    lambda_runtime::run(service_fn(move |ev: LambdaEvent<Value>| {
+    lambda_runtime::run(service_fn(move |ev: LambdaEvent<Box<RawValue>>| {
         let handler = handler.clone();
         async move {
             let inv = Invocation {
@@ -131,7 +163,7 @@ pub async fn run<H: Handler>(handler: H) -> Result<(), Error> {
                 remaining_ms = inv.remaining().as_millis() as u64,
                 "invocation"
             );
-            dispatch(handler.as_ref(), ev.payload, inv).await
+            dispatch_raw(handler.as_ref(), &ev.payload, inv).await
         }
     }))
     .await
@@ -151,6 +183,68 @@ mod tests {
         async fn task(&self, name: &str, _input: Value, _inv: Invocation) -> Result<Value, String> {
             Ok(serde_json::json!({"ran": name}))
         }
+    }
+
+    /// Answers what `parse_json_body` makes of the body (every JSON route's first step).
+    struct JsonRoute;
+
+    #[async_trait::async_trait]
+    impl Handler for JsonRoute {
+        async fn http(&self, req: HttpRequest, _inv: Invocation) -> HttpResponse {
+            match crate::http::parse_json_body::<Value>(&req, 1 << 20) {
+                Ok(v) => HttpResponse::json(200, &v),
+                Err(r) => r,
+            }
+        }
+    }
+
+    fn http_event(body: &str, base64: bool) -> Box<RawValue> {
+        // `body` is spliced in as JSON string content: it may hold escapes no Rust string can.
+        let text = format!(
+            r#"{{"version":"2.0","rawPath":"/x","headers":{{"content-type":"application/json"}},"requestContext":{{"http":{{"method":"POST"}}}},"isBase64Encoded":{base64},"body":"{body}"}}"#
+        );
+        RawValue::from_string(text).unwrap()
+    }
+
+    #[tokio::test]
+    async fn a_body_that_is_not_utf8_is_a_400_however_it_comes() {
+        // Plain: a lone surrogate escape cannot be a Rust string; reading the event as a `Value`
+        // (what lambda_runtime would do) fails before any route runs.
+        let plain = http_event(r#"{\"events\":[{\"name\":\"\udcff\"}]}"#, false);
+        assert!(serde_json::from_str::<Value>(plain.get()).is_err());
+        // Base64: `eyJuIjoi/yJ9` is `{"n":"` 0xFF `"}`.
+        let b64 = http_event("eyJuIjoi/yJ9", true);
+        for (what, ev, offset) in [("plain", plain, 20), ("base64", b64, 6)] {
+            let out = dispatch_raw(&JsonRoute, &ev, Invocation::with_timeout(5))
+                .await
+                .unwrap_or_else(|e| panic!("{what}: {e}"));
+            assert_eq!(out["statusCode"], 400, "{what}: {out}");
+            let body: Value = serde_json::from_str(out["body"].as_str().unwrap()).unwrap();
+            assert_eq!(body["error"]["code"], "invalid_json", "{what}");
+            assert_eq!(
+                body["error"]["message"],
+                format!("the body is not UTF-8 (invalid byte at offset {offset}); JSON must be UTF-8"),
+                "{what}"
+            );
+        }
+        // A good body and a task take the same entry point.
+        let ok = http_event(r#"{\"a\":\"\u00e9\ud83d\ude00\"}"#, false);
+        let out = dispatch_raw(&JsonRoute, &ok, Invocation::with_timeout(5))
+            .await
+            .unwrap();
+        assert_eq!(out["statusCode"], 200, "{out}");
+        assert_eq!(out["body"], r#"{"a":"é😀"}"#);
+        let task = RawValue::from_string(r#"{"task":"redrive"}"#.into()).unwrap();
+        let out = dispatch_raw(&Echo, &task, Invocation::with_timeout(5))
+            .await
+            .unwrap();
+        assert_eq!(out["ran"], "redrive");
+        let other = RawValue::from_string(r#"{"x":1}"#.into()).unwrap();
+        assert!(
+            dispatch_raw(&Echo, &other, Invocation::with_timeout(5))
+                .await
+                .is_err()
+        );
     }
 
     #[test]
