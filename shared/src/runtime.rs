@@ -223,7 +223,9 @@ mod tests {
             assert_eq!(body["error"]["code"], "invalid_json", "{what}");
             assert_eq!(
                 body["error"]["message"],
-                format!("the body is not UTF-8 (invalid byte at offset {offset}); JSON must be UTF-8"),
+                format!(
+                    "the body is not UTF-8 (invalid byte at offset {offset}); JSON must be UTF-8"
+                ),
                 "{what}"
             );
         }

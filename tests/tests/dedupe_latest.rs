@@ -83,8 +83,14 @@ async fn redrive_until(f: &IngestFixture, key: &str, want: u64) -> Value {
 async fn a_correction_is_sent_and_a_repeat_of_the_same_content_is_not() {
     let f = IngestFixture::new().await;
     let original = purchase("fix", 1);
-    assert_eq!(post_statuses(&f, vec![original.clone()]).await, ["accepted"]);
-    assert_eq!(post_statuses(&f, vec![original.clone()]).await, ["duplicate"]);
+    assert_eq!(
+        post_statuses(&f, vec![original.clone()]).await,
+        ["accepted"]
+    );
+    assert_eq!(
+        post_statuses(&f, vec![original.clone()]).await,
+        ["duplicate"]
+    );
     let key = DedupeKey::client(f.advertiser_id(), "fix-1");
     let first_fp = f.ctx().dedupe.get(&key).await.unwrap().unwrap().fingerprint;
 
@@ -111,11 +117,18 @@ async fn a_correction_is_sent_and_a_repeat_of_the_same_content_is_not() {
         );
         assert_eq!(copies(&f, "fix-1").await.len(), before + 1, "{what}");
         // A repeat of the corrected content is a duplicate and is not sent.
-        assert_eq!(post_statuses(&f, vec![event.clone()]).await, ["duplicate"], "{what}");
+        assert_eq!(
+            post_statuses(&f, vec![event.clone()]).await,
+            ["duplicate"],
+            "{what}"
+        );
         assert_eq!(copies(&f, "fix-1").await.len(), before + 1, "{what}");
         let rec = f.ctx().dedupe.get(&key).await.unwrap().unwrap();
         assert_eq!(rec.status, ClaimStatus::Completed);
-        assert!(!fingerprints.contains(&rec.fingerprint), "{what}: a new fingerprint is stored");
+        assert!(
+            !fingerprints.contains(&rec.fingerprint),
+            "{what}: a new fingerprint is stored"
+        );
         fingerprints.push(rec.fingerprint);
     }
     // What Amazon keeps (the latest copy) is the last correction.
@@ -124,7 +137,10 @@ async fn a_correction_is_sent_and_a_repeat_of_the_same_content_is_not() {
     let latest = all.last().unwrap();
     assert_eq!(latest["eventDescription"]["conversionType"], "LEAD");
     assert_eq!(latest["value"], 99.5);
-    assert!(latest.get("unitsSold").is_none(), "unitsSold goes only with purchases");
+    assert!(
+        latest.get("unitsSold").is_none(),
+        "unitsSold goes only with purchases"
+    );
     assert_eq!(all[1]["value"], 99.5);
     assert_eq!(all[2]["unitsSold"], 7);
 
@@ -143,7 +159,10 @@ async fn copies_inside_one_request_send_the_latest_content_once() {
         .post(&json!({"events": [a.clone(), a.clone(), b.clone(), b.clone()]}))
         .await;
     let body = resp.json_body();
-    assert_eq!(statuses(&body), ["duplicate", "duplicate", "accepted", "duplicate"]);
+    assert_eq!(
+        statuses(&body),
+        ["duplicate", "duplicate", "accepted", "duplicate"]
+    );
     assert!(
         body["results"][0]["errors"][0]["message"]
             .as_str()
@@ -159,7 +178,10 @@ async fn copies_inside_one_request_send_the_latest_content_once() {
 #[tokio::test]
 async fn concurrent_copies_of_one_correction_send_it_exactly_once() {
     let f = IngestFixture::new().await;
-    assert_eq!(post_statuses(&f, vec![purchase("cc", 1)]).await, ["accepted"]);
+    assert_eq!(
+        post_statuses(&f, vec![purchase("cc", 1)]).await,
+        ["accepted"]
+    );
     let mut corrected = purchase("cc", 1);
     corrected["value"] = json!(42);
     // Amazon is slow for the first copy, so the requests overlap.
@@ -198,7 +220,11 @@ async fn concurrent_claims_of_a_correction_have_one_winner() {
     assert!(d.complete(&c).await.unwrap());
     let outcomes = futures::future::join_all((0..12).map(|i| {
         let key = key.clone();
-        async move { d.claim(&key, "fp-new", later, &format!("r{i}")).await.unwrap() }
+        async move {
+            d.claim(&key, "fp-new", later, &format!("r{i}"))
+                .await
+                .unwrap()
+        }
     }))
     .await;
     let won: Vec<&ClaimOutcome> = outcomes
@@ -210,7 +236,9 @@ async fn concurrent_claims_of_a_correction_have_one_winner() {
         .filter(|o| matches!(o, ClaimOutcome::Held { .. }))
         .count();
     assert_eq!((won.len(), held), (1, 11), "{outcomes:?}");
-    let ClaimOutcome::Claimed(c) = won[0] else { unreachable!() };
+    let ClaimOutcome::Claimed(c) = won[0] else {
+        unreachable!()
+    };
     assert!(d.complete(c).await.unwrap());
     assert_eq!(
         d.claim(&key, "fp-new", later, "r13").await.unwrap(),
@@ -220,7 +248,9 @@ async fn concurrent_claims_of_a_correction_have_one_winner() {
     );
     // The redrive of an old parked copy of this id is told it was superseded.
     assert_eq!(
-        d.take_parked(&key, "fp-old", later, "redrive").await.unwrap(),
+        d.take_parked(&key, "fp-old", later, "redrive")
+            .await
+            .unwrap(),
         TakeOutcome::Superseded
     );
 }
@@ -293,8 +323,15 @@ async fn an_id_less_parked_event_keeps_its_generated_event_id_through_two_redriv
     // Redrive 1: Amazon still fails; the event stays parked.
     let before = events_requests(&f).await;
     let s = f.redrive().await;
-    assert_eq!((s["delivered"].as_u64(), s["acked"].as_u64()), (Some(0), Some(0)), "{s}");
-    assert!(events_requests(&f).await > before, "redrive 1 tried to send");
+    assert_eq!(
+        (s["delivered"].as_u64(), s["acked"].as_u64()),
+        (Some(0), Some(0)),
+        "{s}"
+    );
+    assert!(
+        events_requests(&f).await > before,
+        "redrive 1 tried to send"
+    );
     f.login.sandbox.remove_fault(&fault).await.unwrap();
 
     // Redrive 2 (once the message is visible again) delivers it, with the same eventId.
@@ -307,7 +344,16 @@ async fn an_id_less_parked_event_keeps_its_generated_event_id_through_two_redriv
     // A later redrive has nothing left to send.
     let s = f.redrive().await;
     assert_eq!(s["delivered"], 0, "{s}");
-    assert_eq!(f.login.sandbox.events(f.advertiser_id()).await.unwrap().events.len(), 1);
+    assert_eq!(
+        f.login
+            .sandbox
+            .events(f.advertiser_id())
+            .await
+            .unwrap()
+            .events
+            .len(),
+        1
+    );
 }
 
 #[tokio::test]

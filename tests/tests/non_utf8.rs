@@ -25,8 +25,18 @@ async fn a_body_that_is_not_utf8_gets_400_plain_or_base64() {
     let f = IngestFixture::new().await;
     let raw: &[u8] = b"{\"events\":[{\"name\":\"\xff\xfe\"}]}";
     let cases = [
-        ("base64", event(&f, &base64::engine::general_purpose::STANDARD.encode(raw), true)),
-        ("plain", event(&f, r#"{\"events\":[{\"name\":\"\udcff\"}]}"#, false)),
+        (
+            "base64",
+            event(
+                &f,
+                &base64::engine::general_purpose::STANDARD.encode(raw),
+                true,
+            ),
+        ),
+        (
+            "plain",
+            event(&f, r#"{\"events\":[{\"name\":\"\udcff\"}]}"#, false),
+        ),
     ];
     for (what, ev) in cases {
         let out = dispatch_raw(&f.handler, &ev, Invocation::with_timeout(30))

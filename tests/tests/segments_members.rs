@@ -646,7 +646,11 @@ async fn bad_items_get_per_item_errors_and_bad_bodies_are_refused() {
     let put = adsync::export::destinations::put_segment(
         &rig.ctx,
         "spring#sale",
-        &json_req("PUT", "/segments/spring%23sale", &json!({"name": "Spring sale"})),
+        &json_req(
+            "PUT",
+            "/segments/spring%23sale",
+            &json!({"name": "Spring sale"}),
+        ),
     )
     .await;
     assert_eq!(put.status, 400, "{}", put.body);

@@ -275,7 +275,9 @@ impl DedupeStore {
                 req
             };
             let res = req
-                .return_values_on_condition_check_failure(ReturnValuesOnConditionCheckFailure::AllOld)
+                .return_values_on_condition_check_failure(
+                    ReturnValuesOnConditionCheckFailure::AllOld,
+                )
                 .send()
                 .await;
             let old = match res {

@@ -108,7 +108,11 @@ fn qualification_case(run: &str, n: usize, size: usize) -> Case {
 
 /// What is wrong with one answer, if anything.
 fn check(case: &Case, status: u16, content_type: Option<&str>, body: &str) -> Result<(), String> {
-    let want_status = if case.expect.iter().all(|s| *s == "accepted" || *s == "applied") {
+    let want_status = if case
+        .expect
+        .iter()
+        .all(|s| *s == "accepted" || *s == "applied")
+    {
         200
     } else {
         207
@@ -126,7 +130,11 @@ fn check(case: &Case, status: u16, content_type: Option<&str>, body: &str) -> Re
         .map_err(|e| format!("the body is not JSON ({e}), {} bytes", body.len()))?;
     let results = v["results"].as_array().ok_or("no results")?;
     if results.len() != case.items {
-        return Err(format!("{} results for {} items", results.len(), case.items));
+        return Err(format!(
+            "{} results for {} items",
+            results.len(),
+            case.items
+        ));
     }
     let mut counts: BTreeMap<&str, u64> = BTreeMap::new();
     for (i, (r, want)) in results.iter().zip(&case.expect).enumerate() {
@@ -156,17 +164,27 @@ fn check(case: &Case, status: u16, content_type: Option<&str>, body: &str) -> Re
 }
 
 /// The answer as the handler's type, checked against `openapi.yaml` (headers included).
-fn check_openapi(case: &Case, status: u16, headers: &BTreeMap<String, String>, body: &str) -> Result<(), String> {
+fn check_openapi(
+    case: &Case,
+    status: u16,
+    headers: &BTreeMap<String, String>,
+    body: &str,
+) -> Result<(), String> {
     let mut r = HttpResponse::new(status);
     r.headers = headers.clone();
     r.body = body.to_string();
-    let route = format!("/{}", case.path.split_once('/').map(|(_, p)| p).unwrap_or(""));
-    std::panic::catch_unwind(|| adsync_tests::openapi::assert_http_response_valid("POST", &route, &r))
-        .map_err(|e| {
-            e.downcast_ref::<String>()
-                .cloned()
-                .unwrap_or_else(|| "not valid against openapi.yaml".into())
-        })
+    let route = format!(
+        "/{}",
+        case.path.split_once('/').map(|(_, p)| p).unwrap_or("")
+    );
+    std::panic::catch_unwind(|| {
+        adsync_tests::openapi::assert_http_response_valid("POST", &route, &r)
+    })
+    .map_err(|e| {
+        e.downcast_ref::<String>()
+            .cloned()
+            .unwrap_or_else(|| "not valid against openapi.yaml".into())
+    })
 }
 
 /// A body that is not UTF-8, through the emulator: sent with a `+json` media type the
@@ -225,7 +243,11 @@ async fn linked_account() -> String {
         .await
         .expect("sandbox refresh token");
     let aws = aws().await;
-    let secret_name = format!("{}soak-{}", env("TOKEN_SECRET_PREFIX"), uuid::Uuid::new_v4().simple());
+    let secret_name = format!(
+        "{}soak-{}",
+        env("TOKEN_SECRET_PREFIX"),
+        uuid::Uuid::new_v4().simple()
+    );
     SecretsStore::new(aws.secrets.clone())
         .put_json(
             &secret_name,
@@ -308,7 +330,9 @@ async fn main() {
                 let headers: BTreeMap<String, String> = resp
                     .headers()
                     .iter()
-                    .filter_map(|(k, v)| Some((k.as_str().to_string(), v.to_str().ok()?.to_string())))
+                    .filter_map(|(k, v)| {
+                        Some((k.as_str().to_string(), v.to_str().ok()?.to_string()))
+                    })
                     .collect();
                 let ct = headers.get("content-type").map(String::as_str);
                 match resp.text().await {

@@ -395,21 +395,13 @@ mod tests {
                 Some("d6736136ea896c1bfdc553e0e86e702c70d060d805696ca3e4e9e0961353860a"),
             ),
             // José → "jos" (no accent folding), JOSE → "jose": different hashes.
-            (
-                KeyType::FirstName,
-                "José",
-                Some(JOS),
-            ),
+            (KeyType::FirstName, "José", Some(JOS)),
             (
                 KeyType::FirstName,
                 "JOSE",
                 Some("1ec4ed037766aa181d8840ad04b9fc6e195fd37dedc04c98a5767a67d3758ece"),
             ),
-            (
-                KeyType::City,
-                "São Paulo",
-                Some(SOPAULO),
-            ),
+            (KeyType::City, "São Paulo", Some(SOPAULO)),
             (
                 KeyType::Postal,
                 "SW1A 1AA",

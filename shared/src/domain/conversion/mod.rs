@@ -417,7 +417,7 @@ impl Processor {
             }
             None => {}
         }
-        let id = (arena.ids.len() > ids_at).then(|| ids_at..arena.ids.len());
+        let id = (arena.ids.len() > ids_at).then_some(ids_at..arena.ids.len());
         if let Some(r) = &id {
             valid.event_id = Some(&arena.ids[r.clone()]);
         }

@@ -582,7 +582,8 @@ fn a_body_the_streaming_pass_cannot_read_falls_back_without_leftovers() {
 #[test]
 fn events_without_an_id_get_a_generated_event_id_when_asked() {
     let no_id = serde_json::to_string(&base()).unwrap();
-    let with_id = serde_json::to_string(&with(base(), json!({"clientDedupeId": "order-1"}))).unwrap();
+    let with_id =
+        serde_json::to_string(&with(base(), json!({"clientDedupeId": "order-1"}))).unwrap();
     let mut arena = Arena::default();
     let mut p = Processor::new(NOW).with_generated_ids();
     let a = p.prepare(&no_id, &mut arena).unwrap();
@@ -593,7 +594,11 @@ fn events_without_an_id_get_a_generated_event_id_when_asked() {
         let id = arena.id(x).unwrap();
         assert!(id.starts_with(GENERATED_ID_PREFIX), "{id}");
         assert_eq!(id.len(), GENERATED_ID_PREFIX.len() + 32, "{id}");
-        assert!(id[GENERATED_ID_PREFIX.len()..].bytes().all(|c| c.is_ascii_hexdigit()));
+        assert!(
+            id[GENERATED_ID_PREFIX.len()..]
+                .bytes()
+                .all(|c| c.is_ascii_hexdigit())
+        );
         let out: Value = serde_json::from_slice(arena.event(x)).unwrap();
         assert_eq!(out["eventId"], id, "the generated id goes out as eventId");
     }
