@@ -3,7 +3,8 @@
 #   install.sh → its own local stack `test` on ports that do not collide with a dev stack
 #   (DynamoDB Local 18000, moto 15000, sandbox 19400) → cargo fmt --check, clippy -D warnings,
 #   cargo test --workspace with the stack's environment (unit, DynamoDB Local / moto / sandbox
-#   integration and browser tests), cfn-lint, the IAM wildcard check (infra/scripts/check_iam.py),
+#   integration and browser tests), a short soak of the functions served by `cargo lambda watch`
+#   (infra/scripts/soak.sh), cfn-lint, the IAM wildcard check (infra/scripts/check_iam.py),
 #   cargo deny check bans licenses sources (deny.toml), sam validate --lint → stops the stack, also on failure
 #   or Ctrl-C. Every check runs even when an earlier one fails; the exit code is 0 only if all pass.
 #
@@ -64,6 +65,9 @@ check() {
 check fmt cargo fmt --all -- --check
 check clippy cargo clippy --workspace --all-targets -- -D warnings
 check test cargo test --workspace --no-fail-fast
+# The local serving path: ~20 requests of mixed sizes through `cargo lambda watch` (the full 200
+# is a documented command: infra/scripts/soak.sh --requests 200).
+check soak env ENV_FILE="$(stack_env_file "$STACK")" bash infra/scripts/soak.sh --requests 20 --max-items 4500
 check cfn-lint cfn-lint template.yaml
 check iam-scope "$VENV/bin/python" infra/scripts/check_iam.py template.yaml
 check cargo-deny "$LOCAL_DIR/tools/bin/cargo-deny" check bans licenses sources

@@ -6,11 +6,16 @@
 //!
 //! 1. Parse and validate every event (`domain::conversion`); a bad event is `rejected` with its
 //!    field errors and never sinks the batch.
-//! 2. Deduplicate: a later copy of a `clientDedupeId` inside the request is a `duplicate` without
-//!    a claim; every other id is claimed in the dedupe store (`store::dedupe`). Completed →
-//!    `duplicate`; parked → `parked`; held by a live request → wait for it (poll with backoff,
-//!    bounded by the deadline): it completes → `duplicate`, it releases → we claim and send, time
-//!    runs out → `parked` (the redrive settles it). Events without an id are not deduplicated.
+//! 2. Deduplicate, latest wins as at Amazon: copies of a `clientDedupeId` inside the request
+//!    settle without a claim (same content → `duplicate`; other content later in the request
+//!    replaces the earlier copy); every other id is claimed in the dedupe store
+//!    (`store::dedupe`) with the fingerprint of its content. Remembered with the same
+//!    fingerprint: completed → `duplicate`, parked → `parked`. Remembered with another
+//!    fingerprint: a correction, claimed and sent like a new event. Held by a live request →
+//!    wait for it (poll with backoff, bounded by the deadline): it completes → `duplicate` (or a
+//!    correction, if its content differs), it releases → we claim and send, time runs out →
+//!    `parked` (the redrive settles it). Events without an id get a generated `eventId`
+//!    (`adsync-<32 hex>`) and are not deduplicated.
 //! 3. Send to Amazon in batches of ≤ 500 (and ≤ 1 MB) with bounded concurrency; the 207 answer is
 //!    mapped back to each input index. `AmazonClient` already refreshed on 401 and retried
 //!    429/5xx/timeouts; 413 → split in halves; a whole-batch 400 → bisect to find the bad events;
@@ -26,12 +31,15 @@
 //! Amazon does not answer in time is parked and the answer still comes within the budget.
 //!
 //! The redrive (`ingest/redrive.rs`) takes each parked event's claim (`PARKED` →
-//! `IN_PROGRESS`), sends, completes, and re-enqueues what still fails with a growing delay
+//! `IN_PROGRESS`, only while the stored fingerprint is the parked copy's), sends, completes, and re-enqueues what still fails with a growing delay
 //! (`store::parked_retry`). A second redrive of the same message finds the events `COMPLETED`
 //! and only acknowledges it.
+//! A copy a correction replaced meanwhile is acknowledged without being sent (`superseded`), so
+//! old content never follows new content to Amazon.
 //!
 //! Delivery to Amazon is at least once at the network boundary (a request that timed out may
-//! still have arrived); the event carries `eventId` = `clientDedupeId` so Amazon dedupes that case.
+//! still have arrived); every event carries an `eventId` (the `clientDedupeId`, or the generated
+//! one, kept in the parked copy) so Amazon dedupes that case.
 
 mod redrive;
 
@@ -192,6 +200,9 @@ pub struct RedriveSummary {
     pub delivered: usize,
     /// Already delivered by an earlier redrive or a retry: acknowledged only.
     pub already_delivered: usize,
+    /// Replaced by a later correction (same id, other content): acknowledged, never sent.
+    #[serde(default)]
+    pub superseded: usize,
     pub rejected: usize,
     pub still_parked: usize,
     /// Events sent back to the queue with a delay (`store::parked_retry`).
@@ -353,7 +364,7 @@ impl IngestCtx {
             Err(resp) => return resp,
         };
         let mut arena = Arena::for_body(req.body.len());
-        let mut processor = Processor::new(now_ms() as i64);
+        let mut processor = Processor::new(now_ms() as i64).with_generated_ids();
         let outcomes = match conversion::prepare_body(&req.body, &mut processor, &mut arena) {
             Ok(r) => r,
             Err(e) => return HttpResponse::error(e.status, e.code, e.message),
@@ -389,38 +400,8 @@ impl IngestCtx {
             }
         }
 
-        // Later copies of an id inside this request: duplicates, without a claim.
-        let mut first_of: HashMap<&str, usize> = HashMap::new();
-        let mut with_id = Vec::new();
-        let mut without_id = Vec::new();
-        for (i, p) in prepared.iter().enumerate() {
-            let Some(p) = p else { continue };
-            match arena.id(p) {
-                Some(id) => {
-                    if first_of.contains_key(id) {
-                        results[i] = Some(EventResult {
-                            index: i,
-                            status: Status::Duplicate,
-                            errors: vec![],
-                        });
-                    } else {
-                        first_of.insert(id, i);
-                        with_id.push(Work {
-                            index: i,
-                            key: Some(DedupeKey::client(account.advertiser_id, id)),
-                            fingerprint: fingerprint(arena.event(p)),
-                            claim: None,
-                        });
-                    }
-                }
-                None => without_id.push(Work {
-                    index: i,
-                    key: None,
-                    fingerprint: String::new(),
-                    claim: None,
-                }),
-            }
-        }
+        // Copies of an id inside this request: one goes on (see `dedupe_in_request`).
+        let (with_id, without_id) = dedupe_in_request(account, arena, &prepared, &mut results);
 
         // Claims.
         let claimed = self.claim_initial(with_id, inv).await;
@@ -1046,6 +1027,65 @@ impl IngestCtx {
         }
         m.emit();
     }
+}
+
+/// Splits a request's valid events into those with a caller's id (to be claimed) and those
+/// without (generated ids included). Copies of one id inside the request settle here, without a
+/// claim, the way Amazon would: the same content again is a `duplicate`; different content later
+/// in the request replaces the earlier copy (latest wins), which is answered `duplicate` with a
+/// note naming the copy that was sent instead.
+fn dedupe_in_request(
+    account: &IntegratedAccount,
+    arena: &Arena,
+    prepared: &[Option<Prepared>],
+    results: &mut [Option<EventResult>],
+) -> (Vec<Work>, Vec<Work>) {
+    let mut slot_of: HashMap<&str, usize> = HashMap::new();
+    let mut with_id: Vec<Work> = Vec::new();
+    let mut without_id = Vec::new();
+    for (i, p) in prepared.iter().enumerate() {
+        let Some(p) = p else { continue };
+        let id = arena.id(p).filter(|_| !p.generated_id);
+        let Some(id) = id else {
+            without_id.push(Work {
+                index: i,
+                key: None,
+                fingerprint: String::new(),
+                claim: None,
+            });
+            continue;
+        };
+        let work = Work {
+            index: i,
+            key: Some(DedupeKey::client(account.advertiser_id, id)),
+            fingerprint: fingerprint(arena.event(p)),
+            claim: None,
+        };
+        match slot_of.get(id) {
+            None => {
+                slot_of.insert(id, with_id.len());
+                with_id.push(work);
+            }
+            Some(&slot) if with_id[slot].fingerprint == work.fingerprint => {
+                results[i] = Some(done(i, Status::Duplicate));
+            }
+            Some(&slot) => {
+                let older = std::mem::replace(&mut with_id[slot], work).index;
+                results[older] = Some(EventResult {
+                    index: older,
+                    status: Status::Duplicate,
+                    errors: vec![err(
+                        "clientDedupeId",
+                        Reason::Invalid,
+                        format!(
+                            "superseded by event {i} of this request (same clientDedupeId, other content); only the latest content is sent"
+                        ),
+                    )],
+                });
+            }
+        }
+    }
+    (with_id, without_id)
 }
 
 fn mean(v: &[f64]) -> f64 {

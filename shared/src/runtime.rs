@@ -9,6 +9,7 @@ use crate::budget::HttpBudget;
 use crate::http::{HttpRequest, HttpResponse};
 use lambda_runtime::{Error, LambdaEvent, service_fn};
 use serde_json::Value;
+use serde_json::value::RawValue;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -82,25 +83,7 @@ pub async fn dispatch<H: Handler + ?Sized>(
         };
     }
     match HttpRequest::from_apigw_v2(&payload) {
-        Ok(req) => {
-            let method = req.method.clone();
-            let path = req.path.clone();
-            let started = std::time::Instant::now();
-            let budget = *HTTP_BUDGET.get_or_init(HttpBudget::default);
-            // Audit: the accepting key's name (never the key) on every request line.
-            let (resp, key) =
-                crate::http::auth::audit_scope(answer_within(handler, req, inv, &payload, budget))
-                    .await;
-            tracing::info!(
-                method = %method,
-                path = %redact_path(&path),
-                key = key.as_deref().unwrap_or("-"),
-                status = resp.status,
-                ms = started.elapsed().as_millis() as u64,
-                "request"
-            );
-            Ok(resp.to_apigw_v2())
-        }
+        Ok(req) => Ok(answer(handler, req, inv, arrival_of(&payload)).await),
         Err(e) => Err(format!("unsupported event: {e}").into()),
     }
 }
@@ -118,10 +101,18 @@ pub async fn answer_within<H: Handler + ?Sized>(
     payload: &Value,
     budget: HttpBudget,
 ) -> HttpResponse {
+    answer_within_at(handler, req, inv, arrival_of(payload), budget).await
+}
+
+/// [`answer_within`] for a request that arrived at `arrival` (epoch ms; `None`: now).
+async fn answer_within_at<H: Handler + ?Sized>(
+    handler: &H,
+    req: HttpRequest,
+    inv: Invocation,
+    arrival: Option<u64>,
+    budget: HttpBudget,
+) -> HttpResponse {
     let now = now_ms();
-    let arrival = payload
-        .pointer("/requestContext/timeEpoch")
-        .and_then(Value::as_u64);
     let deadline_ms = budget.deadline_ms(inv.deadline_ms, arrival, now);
     let left = Duration::from_millis(deadline_ms.saturating_sub(now));
     let amazon_until = std::time::Instant::now() + left.saturating_sub(budget.reserve);
@@ -147,6 +138,76 @@ pub async fn answer_within<H: Handler + ?Sized>(
     }
 }
 
+/// [`dispatch`] for the payload as Lambda hands it over (JSON text). An HTTP event is read
+/// straight from the text, so that a request body that is not UTF-8 reaches the route (which
+/// answers 400) instead of failing the whole event's deserialisation (a 500 nobody can read).
+pub async fn dispatch_raw<H: Handler + ?Sized>(
+    handler: &H,
+    payload: &RawValue,
+    inv: Invocation,
+) -> Result<Value, Error> {
+    // Only the `task` field is read here; everything else is skipped unchecked.
+    #[derive(serde::Deserialize)]
+    struct Probe {
+        #[serde(default)]
+        task: Option<Value>,
+        #[serde(default, rename = "requestContext")]
+        context: Option<ProbeContext>,
+    }
+    #[derive(serde::Deserialize)]
+    struct ProbeContext {
+        #[serde(default, rename = "timeEpoch")]
+        time_epoch: Option<u64>,
+    }
+    let probe: Probe = serde_json::from_str(payload.get())
+        .map_err(|e| Error::from(format!("unsupported event: {e}")))?;
+    if probe.task.as_ref().is_some_and(Value::is_string) {
+        let value: Value = serde_json::from_str(payload.get())
+            .map_err(|e| Error::from(format!("unsupported event: {e}")))?;
+        return dispatch(handler, value, inv).await;
+    }
+    match HttpRequest::from_apigw_v2_json(payload.get()) {
+        Ok(req) => {
+            let arrival = probe.context.and_then(|c| c.time_epoch);
+            Ok(answer(handler, req, inv, arrival).await)
+        }
+        Err(e) => Err(format!("unsupported event: {e}").into()),
+    }
+}
+
+/// API Gateway's arrival time of the request (`requestContext.timeEpoch`), when given.
+fn arrival_of(payload: &Value) -> Option<u64> {
+    payload
+        .pointer("/requestContext/timeEpoch")
+        .and_then(Value::as_u64)
+}
+
+/// Runs one HTTP request through the handler within the request budget, logs it (never its
+/// query or body, with the accepting key's name) and returns the payload 2.0 answer.
+async fn answer<H: Handler + ?Sized>(
+    handler: &H,
+    req: HttpRequest,
+    inv: Invocation,
+    arrival: Option<u64>,
+) -> Value {
+    let method = req.method.clone();
+    let path = req.path.clone();
+    let started = std::time::Instant::now();
+    let budget = *HTTP_BUDGET.get_or_init(HttpBudget::default);
+    // Audit: the accepting key's name (never the key) on every request line.
+    let (resp, key) =
+        crate::http::auth::audit_scope(answer_within_at(handler, req, inv, arrival, budget)).await;
+    tracing::info!(
+        method = %method,
+        path = %redact_path(&path),
+        key = key.as_deref().unwrap_or("-"),
+        status = resp.status,
+        ms = started.elapsed().as_millis() as u64,
+        "request"
+    );
+    resp.to_apigw_v2()
+}
+
 /// Paths carry ids only, never tokens; still, cut anything that looks like a query.
 fn redact_path(p: &str) -> &str {
     p.split('?').next().unwrap_or("")
@@ -170,7 +231,7 @@ pub async fn run<H: Handler>(handler: H) -> Result<(), Error> {
     let budget = HttpBudget::from_env()?;
     let _ = HTTP_BUDGET.set(budget);
     let handler = Arc::new(handler);
-    lambda_runtime::run(service_fn(move |ev: LambdaEvent<Value>| {
+    lambda_runtime::run(service_fn(move |ev: LambdaEvent<Box<RawValue>>| {
         let handler = handler.clone();
         async move {
             let inv = Invocation {
@@ -181,7 +242,7 @@ pub async fn run<H: Handler>(handler: H) -> Result<(), Error> {
                 remaining_ms = inv.remaining().as_millis() as u64,
                 "invocation"
             );
-            dispatch(handler.as_ref(), ev.payload, inv).await
+            dispatch_raw(handler.as_ref(), &ev.payload, inv).await
         }
     }))
     .await
@@ -227,13 +288,12 @@ mod tests {
         };
         let req = HttpRequest::new("GET", "/x");
         // Arrived 600 ms ago: the handler sees ~900 ms left, Amazon ~400 ms.
-        let payload = serde_json::json!({"requestContext": {"timeEpoch": now_ms() - 600}});
         let t0 = std::time::Instant::now();
-        let resp = answer_within(
+        let resp = answer_within_at(
             &Slow,
             req.clone(),
             Invocation::with_timeout(60),
-            &payload,
+            Some(now_ms() - 600),
             budget,
         )
         .await;
@@ -247,14 +307,77 @@ mod tests {
             reserve: Duration::from_millis(500),
         };
         let t0 = std::time::Instant::now();
-        let resp =
-            answer_within(&Slow, req, Invocation::with_timeout(60), &Value::Null, long).await;
+        let resp = answer_within_at(&Slow, req, Invocation::with_timeout(60), None, long).await;
         let took = t0.elapsed();
         assert_eq!(resp.status, 503);
         assert!(resp.body.contains("deadline_exceeded"), "{}", resp.body);
         assert!(
             took >= Duration::from_millis(2_900) && took < Duration::from_millis(3_500),
             "{took:?}"
+        );
+    }
+
+    /// Answers what `parse_json_body` makes of the body (every JSON route's first step).
+    struct JsonRoute;
+
+    #[async_trait::async_trait]
+    impl Handler for JsonRoute {
+        async fn http(&self, req: HttpRequest, _inv: Invocation) -> HttpResponse {
+            match crate::http::parse_json_body::<Value>(&req, 1 << 20) {
+                Ok(v) => HttpResponse::json(200, &v),
+                Err(r) => r,
+            }
+        }
+    }
+
+    fn http_event(body: &str, base64: bool) -> Box<RawValue> {
+        // `body` is spliced in as JSON string content: it may hold escapes no Rust string can.
+        let text = format!(
+            r#"{{"version":"2.0","rawPath":"/x","headers":{{"content-type":"application/json"}},"requestContext":{{"http":{{"method":"POST"}}}},"isBase64Encoded":{base64},"body":"{body}"}}"#
+        );
+        RawValue::from_string(text).unwrap()
+    }
+
+    #[tokio::test]
+    async fn a_body_that_is_not_utf8_is_a_400_however_it_comes() {
+        // Plain: a lone surrogate escape cannot be a Rust string; reading the event as a `Value`
+        // (what lambda_runtime would do) fails before any route runs.
+        let plain = http_event(r#"{\"events\":[{\"name\":\"\udcff\"}]}"#, false);
+        assert!(serde_json::from_str::<Value>(plain.get()).is_err());
+        // Base64: `eyJuIjoi/yJ9` is `{"n":"` 0xFF `"}`.
+        let b64 = http_event("eyJuIjoi/yJ9", true);
+        for (what, ev, offset) in [("plain", plain, 20), ("base64", b64, 6)] {
+            let out = dispatch_raw(&JsonRoute, &ev, Invocation::with_timeout(5))
+                .await
+                .unwrap_or_else(|e| panic!("{what}: {e}"));
+            assert_eq!(out["statusCode"], 400, "{what}: {out}");
+            let body: Value = serde_json::from_str(out["body"].as_str().unwrap()).unwrap();
+            assert_eq!(body["error"]["code"], "invalid_json", "{what}");
+            assert_eq!(
+                body["error"]["message"],
+                format!(
+                    "the body is not UTF-8 (invalid byte at offset {offset}); JSON must be UTF-8"
+                ),
+                "{what}"
+            );
+        }
+        // A good body and a task take the same entry point.
+        let ok = http_event(r#"{\"a\":\"\u00e9\ud83d\ude00\"}"#, false);
+        let out = dispatch_raw(&JsonRoute, &ok, Invocation::with_timeout(5))
+            .await
+            .unwrap();
+        assert_eq!(out["statusCode"], 200, "{out}");
+        assert_eq!(out["body"], r#"{"a":"é😀"}"#);
+        let task = RawValue::from_string(r#"{"task":"redrive"}"#.into()).unwrap();
+        let out = dispatch_raw(&Echo, &task, Invocation::with_timeout(5))
+            .await
+            .unwrap();
+        assert_eq!(out["ran"], "redrive");
+        let other = RawValue::from_string(r#"{"x":1}"#.into()).unwrap();
+        assert!(
+            dispatch_raw(&Echo, &other, Invocation::with_timeout(5))
+                .await
+                .is_err()
         );
     }
 

@@ -198,11 +198,21 @@ pub async fn queue_depth(sqs: &aws_sdk_sqs::Client, url: &str) -> u64 {
 }
 
 /// A valid purchase event with a unique id (`prefix-i`) and an e-mail + phone.
+/// The clock the generators count back from: fixed for the process, so that the same
+/// `(prefix, i)` always makes the same event (a retried webhook repeats its content exactly,
+/// and the dedupe compares content).
+fn base_time() -> chrono::DateTime<chrono::Utc> {
+    static BASE: std::sync::OnceLock<chrono::DateTime<chrono::Utc>> = std::sync::OnceLock::new();
+    *BASE.get_or_init(chrono::Utc::now)
+}
+
+/// A valid purchase event with a unique id (`prefix-i`) and an e-mail + phone. The same
+/// arguments give the same event.
 pub fn purchase(prefix: &str, i: usize) -> Value {
     json!({
         "name": "Website_Purchase",
         "eventType": "OFF_AMAZON_PURCHASES",
-        "timestamp": (chrono::Utc::now() - chrono::Duration::minutes((i % 300) as i64)).to_rfc3339(),
+        "timestamp": (base_time() - chrono::Duration::minutes((i % 300) as i64)).to_rfc3339(),
         "clientDedupeId": format!("{prefix}-{i}"),
         "countryCode": "US",
         "matchKeys": {"email": format!(" Buyer.{i}+tag@Example.com "), "phone": format!("+1 (555) 010-{:04}", i % 10_000)},
@@ -216,7 +226,7 @@ pub fn purchase(prefix: &str, i: usize) -> Value {
 /// with consent, app events keyed by MAID without an id, and a few invalid events (every 25th has
 /// no timestamp, every 40th an unknown key type).
 pub fn mixed(prefix: &str, i: usize) -> Value {
-    let ts = (chrono::Utc::now() - chrono::Duration::minutes((i % 600) as i64)).to_rfc3339();
+    let ts = (base_time() - chrono::Duration::minutes((i % 600) as i64)).to_rfc3339();
     if i % 25 == 24 {
         return json!({"name": "Broken", "eventType": "LEAD", "countryCode": "US", "matchKeys": {"email": "x@y.z"}});
     }

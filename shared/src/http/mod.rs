@@ -88,8 +88,23 @@ impl HttpRequest {
 
     /// Parses the API Gateway HTTP API (payload 2.0) / function-URL event.
     pub fn from_apigw_v2(event: &serde_json::Value) -> Result<Self, String> {
-        let ev: ApiGwV2Request = serde_json::from_value(event.clone())
+        let ev = ApiGwV2Request::deserialize(event)
             .map_err(|e| format!("not an HTTP API event: {e}"))?;
+        Self::from_event(ev)
+    }
+
+    /// The same from the event's JSON text, as Lambda hands it over. A body that is not UTF-8
+    /// survives either way it can come: base64-encoded (`isBase64Encoded`), or as a JSON string
+    /// with lone UTF-16 surrogate escapes (`"\udcff"`, which no Rust string can hold: the body is
+    /// read as bytes, WTF-8). The route then answers 400 naming the problem, instead of the event
+    /// failing to deserialise (a 500 before any adsync code runs).
+    pub fn from_apigw_v2_json(event: &str) -> Result<Self, String> {
+        let ev: ApiGwV2Request =
+            serde_json::from_str(event).map_err(|e| format!("not an HTTP API event: {e}"))?;
+        Self::from_event(ev)
+    }
+
+    fn from_event(ev: ApiGwV2Request) -> Result<Self, String> {
         let mut headers = BTreeMap::new();
         for (k, v) in ev.headers {
             headers.insert(k.to_ascii_lowercase(), v);
@@ -99,10 +114,10 @@ impl HttpRequest {
         }
         let body = match ev.body {
             None => Vec::new(),
-            Some(b) if ev.is_base64_encoded => base64::engine::general_purpose::STANDARD
-                .decode(b.as_bytes())
+            Some(RawBody(b)) if ev.is_base64_encoded => base64::engine::general_purpose::STANDARD
+                .decode(&b)
                 .map_err(|e| format!("body is not valid base64: {e}"))?,
-            Some(b) => b.into_bytes(),
+            Some(RawBody(b)) => b,
         };
         Ok(Self {
             method: ev.request_context.http.method.to_ascii_uppercase(),
@@ -128,10 +143,39 @@ struct ApiGwV2Request {
     headers: BTreeMap<String, String>,
     #[serde(default)]
     cookies: Vec<String>,
-    body: Option<String>,
+    body: Option<RawBody>,
     #[serde(default)]
     is_base64_encoded: bool,
     request_context: ApiGwV2Context,
+}
+
+/// A request body read as bytes, so that a string that is not UTF-8 (lone surrogate escapes)
+/// is kept rather than refused.
+struct RawBody(Vec<u8>);
+
+impl<'de> Deserialize<'de> for RawBody {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl serde::de::Visitor<'_> for V {
+            type Value = RawBody;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("a string")
+            }
+            fn visit_str<E>(self, v: &str) -> Result<RawBody, E> {
+                Ok(RawBody(v.as_bytes().to_vec()))
+            }
+            fn visit_string<E>(self, v: String) -> Result<RawBody, E> {
+                Ok(RawBody(v.into_bytes()))
+            }
+            fn visit_bytes<E>(self, v: &[u8]) -> Result<RawBody, E> {
+                Ok(RawBody(v.to_vec()))
+            }
+            fn visit_byte_buf<E>(self, v: Vec<u8>) -> Result<RawBody, E> {
+                Ok(RawBody(v))
+            }
+        }
+        d.deserialize_bytes(V)
+    }
 }
 
 #[derive(Deserialize)]
@@ -295,8 +339,23 @@ pub fn parse_json_body<T: serde::de::DeserializeOwned>(
             "the body is empty",
         ));
     }
+    if let Err(e) = std::str::from_utf8(&req.body) {
+        return Err(not_utf8(&e));
+    }
     serde_json::from_slice(&req.body)
         .map_err(|e| HttpResponse::error(400, "invalid_json", format!("malformed JSON: {e}")))
+}
+
+/// 400 for a body that is not UTF-8 (JSON must be), saying where the first bad byte is.
+pub fn not_utf8(e: &std::str::Utf8Error) -> HttpResponse {
+    HttpResponse::error(
+        400,
+        "invalid_json",
+        format!(
+            "the body is not UTF-8 (invalid byte at offset {}); JSON must be UTF-8",
+            e.valid_up_to()
+        ),
+    )
 }
 
 #[cfg(test)]

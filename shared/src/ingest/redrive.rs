@@ -91,6 +91,7 @@ impl IngestCtx {
         m.count("RedriveMessages", summary.messages as u64)
             .count("RedriveDelivered", summary.delivered as u64)
             .count("RedriveAlreadyDelivered", summary.already_delivered as u64)
+            .count("RedriveSuperseded", summary.superseded as u64)
             .count("RedriveRejected", summary.rejected as u64)
             .count("RedriveStillParked", summary.still_parked as u64)
             .count("RedriveRequeued", summary.requeued as u64)
@@ -248,6 +249,10 @@ impl IngestCtx {
                 Ok(TakeOutcome::Taken(c)) => taken.push((i, c)),
                 Ok(TakeOutcome::Completed) => {
                     summary.already_delivered += 1;
+                }
+                Ok(TakeOutcome::Superseded) => {
+                    summary.superseded += 1;
+                    tracing::info!(account_id = %batch.account_id, park_id = %batch.events[i].park_id, "a correction replaced this parked conversion; not sent");
                 }
                 Ok(TakeOutcome::Busy { .. }) | Err(_) => {
                     out.later.push(i);

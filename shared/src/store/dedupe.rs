@@ -19,17 +19,29 @@
 //!
 //! # Transitions
 //!
+//! Amazon keeps the **latest** event per id, so the fingerprint decides what a second copy is:
+//! the same content is a duplicate (or already parked), different content is a correction that
+//! must be sent and then remembered in place of the old one.
+//!
 //! - **claim**: one conditional PutItem, `attribute_not_exists(pk) OR expiresAt < :now OR
-//!   (status = IN_PROGRESS AND inProgressUntil < :nowMs)`, with
-//!   `ReturnValuesOnConditionCheckFailure = ALL_OLD` so a lost race says at once who holds it.
+//!   (status = IN_PROGRESS AND inProgressUntil < :nowMs) OR (status IN (COMPLETED, PARKED) AND
+//!   fingerprint <> :fp)`, with `ReturnValuesOnConditionCheckFailure = ALL_OLD` so a lost race
+//!   says at once who holds it. The last clause is the correction: it takes the id over with the
+//!   new fingerprint. Two requests carrying the same correction race on that one conditional
+//!   write: one sends, the other finds it `IN_PROGRESS` and waits (then sees it `COMPLETED` with
+//!   its own fingerprint: a duplicate).
 //! - **complete** (IN_PROGRESS → COMPLETED, window restarts) and **release** (delete, so a
 //!   corrected resend can go through) are conditional on `token`.
 //! - **mark_parked** (IN_PROGRESS → PARKED): a webhook retry of a parked event is answered
 //!   `parked`, never sent a second time.
-//! - **take_parked** (PARKED, or IN_PROGRESS past its deadline → IN_PROGRESS with a new token):
-//!   the redrive's claim. A COMPLETED item means another redrive (or a retry) already delivered
-//!   it: the redrive only acknowledges the message. A missing item (released, or never claimed
-//!   because the event was parked while someone else held it) is claimed afresh.
+//! - **take_parked** (PARKED, or IN_PROGRESS past its deadline → IN_PROGRESS with a new token,
+//!   and only while the item's fingerprint is the parked copy's): the redrive's claim. A
+//!   COMPLETED item with the same fingerprint means another redrive (or a retry) already
+//!   delivered it: the redrive only acknowledges the message. An item with another fingerprint
+//!   means a correction came after this copy was parked: the copy is obsolete and is
+//!   acknowledged without being sent, so old content never reaches Amazon after new content. A
+//!   missing item (released, or never claimed because the event was parked while someone else
+//!   held it) is claimed afresh, without the correction clause.
 
 use super::StoreError;
 use super::dynamo::{n, s};
@@ -135,6 +147,8 @@ pub enum TakeOutcome {
     Taken(Claim),
     /// Already delivered: acknowledge the parked message.
     Completed,
+    /// A correction with other content came after this copy was parked: never send it.
+    Superseded,
     /// Someone live holds it: leave the message for a later redrive.
     Busy {
         until_ms: u64,
@@ -202,7 +216,9 @@ impl DedupeStore {
         now_ms() / 1000 + self.window.as_secs()
     }
 
-    /// Claims `key` for an invocation that dies at `holder_deadline_ms`.
+    /// Claims `key` for an invocation that dies at `holder_deadline_ms`. An id remembered
+    /// (`COMPLETED` or `PARKED`) with another fingerprint is claimed too: the event is a
+    /// correction. `Completed` and `Parked` therefore always mean "the same content".
     pub async fn claim(
         &self,
         key: &DedupeKey,
@@ -210,12 +226,31 @@ impl DedupeStore {
         holder_deadline_ms: u64,
         request_id: &str,
     ) -> Result<ClaimOutcome, StoreError> {
+        self.claim_with(key, fingerprint, holder_deadline_ms, request_id, true)
+            .await
+    }
+
+    /// [`Self::claim`]; `corrections: false` never takes over a remembered id (the redrive's
+    /// fresh claim of an old copy must not replace a newer content).
+    async fn claim_with(
+        &self,
+        key: &DedupeKey,
+        fingerprint: &str,
+        holder_deadline_ms: u64,
+        request_id: &str,
+        corrections: bool,
+    ) -> Result<ClaimOutcome, StoreError> {
+        let condition = if corrections {
+            "attribute_not_exists(pk) OR expiresAt < :now OR (#s = :inprog AND inProgressUntil < :nowMs) OR (#s IN (:done, :parked) AND fingerprint <> :fp)"
+        } else {
+            "attribute_not_exists(pk) OR expiresAt < :now OR (#s = :inprog AND inProgressUntil < :nowMs)"
+        };
         let pk = key.pk();
         // A lost race whose old item vanished before we could read it is simply retried.
         for _ in 0..3 {
             let now = now_ms();
             let token = uuid::Uuid::new_v4().simple().to_string();
-            let res = self
+            let req = self
                 .client
                 .put_item()
                 .table_name(&self.table)
@@ -227,14 +262,22 @@ impl DedupeStore {
                 .item("fingerprint", s(fingerprint))
                 .item("requestId", s(request_id))
                 .item("updatedAt", n(now))
-                .condition_expression(
-                    "attribute_not_exists(pk) OR expiresAt < :now OR (#s = :inprog AND inProgressUntil < :nowMs)",
-                )
+                .condition_expression(condition)
                 .expression_attribute_names("#s", "status")
                 .expression_attribute_values(":now", n(now / 1000))
                 .expression_attribute_values(":nowMs", n(now))
-                .expression_attribute_values(":inprog", s(ClaimStatus::InProgress.as_str()))
-                .return_values_on_condition_check_failure(ReturnValuesOnConditionCheckFailure::AllOld)
+                .expression_attribute_values(":inprog", s(ClaimStatus::InProgress.as_str()));
+            let req = if corrections {
+                req.expression_attribute_values(":done", s(ClaimStatus::Completed.as_str()))
+                    .expression_attribute_values(":parked", s(ClaimStatus::Parked.as_str()))
+                    .expression_attribute_values(":fp", s(fingerprint))
+            } else {
+                req
+            };
+            let res = req
+                .return_values_on_condition_check_failure(
+                    ReturnValuesOnConditionCheckFailure::AllOld,
+                )
                 .send()
                 .await;
             let old = match res {
@@ -348,7 +391,8 @@ impl DedupeStore {
             .update_expression(
                 "SET #s = :inprog, #t = :token, inProgressUntil = :until, expiresAt = :exp, requestId = :rid, updatedAt = :nowMs",
             )
-            .condition_expression("attribute_exists(pk) AND (#s = :parked OR (#s = :inprog AND inProgressUntil < :nowMs))")
+            .condition_expression("attribute_exists(pk) AND fingerprint = :fp AND (#s = :parked OR (#s = :inprog AND inProgressUntil < :nowMs))")
+            .expression_attribute_values(":fp", s(fingerprint))
             .expression_attribute_names("#s", "status")
             .expression_attribute_names("#t", "token")
             .expression_attribute_values(":inprog", s(ClaimStatus::InProgress.as_str()))
@@ -375,6 +419,7 @@ impl DedupeStore {
             None => self.get(key).await?,
         };
         match old {
+            Some(r) if r.fingerprint.as_deref() != Some(fingerprint) => Ok(TakeOutcome::Superseded),
             Some(r) if r.status == ClaimStatus::Completed => Ok(TakeOutcome::Completed),
             Some(r) if r.status == ClaimStatus::InProgress => Ok(TakeOutcome::Busy {
                 until_ms: r.in_progress_until.unwrap_or(0),
@@ -385,11 +430,16 @@ impl DedupeStore {
             }),
             None => Ok(
                 match self
-                    .claim(key, fingerprint, holder_deadline_ms, request_id)
+                    .claim_with(key, fingerprint, holder_deadline_ms, request_id, false)
                     .await?
                 {
                     ClaimOutcome::Claimed(c) => TakeOutcome::Taken(c),
-                    ClaimOutcome::Completed { .. } => TakeOutcome::Completed,
+                    ClaimOutcome::Completed { fingerprint: f }
+                        if f.as_deref() == Some(fingerprint) =>
+                    {
+                        TakeOutcome::Completed
+                    }
+                    ClaimOutcome::Completed { .. } => TakeOutcome::Superseded,
                     ClaimOutcome::Held { until_ms } => TakeOutcome::Busy { until_ms },
                     ClaimOutcome::Parked => TakeOutcome::Busy { until_ms: now },
                 },
@@ -508,7 +558,7 @@ mod tests {
         }
         assert!(d.complete(&c).await.unwrap());
         assert_eq!(
-            d.claim(&k, "fp2", later(), "r3").await.unwrap(),
+            d.claim(&k, "fp1", later(), "r3").await.unwrap(),
             ClaimOutcome::Completed {
                 fingerprint: Some("fp1".into())
             }
@@ -523,6 +573,14 @@ mod tests {
         );
         // Completing twice is refused (the claim is no longer in progress).
         assert!(!d.complete(&c).await.unwrap());
+        // Other content under the same id is a correction: claimed, and remembered once sent.
+        let fix = claimed(d.claim(&k, "fp2", later(), "r4").await.unwrap());
+        assert!(d.complete(&fix).await.unwrap());
+        let r = d.get(&k).await.unwrap().unwrap();
+        assert_eq!(
+            (r.status, r.fingerprint.as_deref()),
+            (ClaimStatus::Completed, Some("fp2"))
+        );
     }
 
     #[tokio::test]

@@ -156,7 +156,7 @@ pub async fn run(demo: &mut Demo) -> Result<(), String> {
         ));
     }
     demo.ok(format!(
-        "the sandbox received {} events: {} distinct clientDedupeIds, each exactly once, plus {} without an id",
+        "the sandbox received {} events: {} distinct clientDedupeIds, each exactly once, plus {} without one (each sent with a generated eventId)",
         new.len(),
         ours.len(),
         new.len() - ours.len()

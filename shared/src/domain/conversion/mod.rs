@@ -359,6 +359,9 @@ impl Arena {
 pub struct Prepared {
     pub event: Range<usize>,
     pub id: Option<Range<usize>>,
+    /// The id is one [`Processor::with_generated_ids`] made (the event came without any): it is
+    /// sent as `eventId` but is not a caller's dedupe key.
+    pub generated_id: bool,
     /// Event time (epoch milliseconds, UTC).
     pub event_time_ms: i64,
 }
@@ -368,7 +371,11 @@ pub struct Prepared {
 pub struct Processor {
     scratch: Scratch,
     now_ms: i64,
+    generate_ids: bool,
 }
+
+/// The prefix of the `eventId`s adsync generates for events that come without one.
+pub const GENERATED_ID_PREFIX: &str = "adsync-";
 
 impl Processor {
     /// `now_ms`: the time the request was received (epoch milliseconds), for the age checks.
@@ -376,7 +383,17 @@ impl Processor {
         Self {
             scratch: Scratch::new(),
             now_ms,
+            generate_ids: false,
         }
+    }
+
+    /// Gives every event without a `clientDedupeId` / `eventId` a generated one
+    /// (`adsync-<32 hex>`, random), written into its outbound JSON as `eventId`: it then stays
+    /// with the event through parking and redrive, so Amazon can drop a copy that a redrive after
+    /// a crash sends again.
+    pub fn with_generated_ids(mut self) -> Self {
+        self.generate_ids = true;
+        self
     }
 
     /// Validates, normalises and hashes one parsed event, and appends its Events API JSON to
@@ -386,18 +403,31 @@ impl Processor {
         ev: &input::InEvent<'_>,
         arena: &mut Arena,
     ) -> Result<Prepared, Vec<FieldError>> {
-        let valid = validate(ev, self.now_ms, &mut self.scratch)?;
+        let mut valid = validate(ev, self.now_ms, &mut self.scratch)?;
+        let ids_at = arena.ids.len();
+        let generated_id = valid.event_id.is_none() && self.generate_ids;
+        match valid.event_id {
+            Some(id) => arena.ids.push_str(id),
+            None if generated_id => {
+                arena.ids.push_str(GENERATED_ID_PREFIX);
+                let mut buf = uuid::Uuid::encode_buffer();
+                arena
+                    .ids
+                    .push_str(uuid::Uuid::new_v4().simple().encode_lower(&mut buf));
+            }
+            None => {}
+        }
+        let id = (arena.ids.len() > ids_at).then_some(ids_at..arena.ids.len());
+        if let Some(r) = &id {
+            valid.event_id = Some(&arena.ids[r.clone()]);
+        }
         let start = arena.json.len();
         write_event(&valid, &self.scratch, &mut arena.json);
         let event = start..arena.json.len();
-        let id = valid.event_id.map(|id| {
-            let s = arena.ids.len();
-            arena.ids.push_str(id);
-            s..arena.ids.len()
-        });
         Ok(Prepared {
             event,
             id,
+            generated_id,
             event_time_ms: valid.event_time_ms,
         })
     }

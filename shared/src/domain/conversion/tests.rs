@@ -578,3 +578,41 @@ fn a_body_the_streaming_pass_cannot_read_falls_back_without_leftovers() {
     assert_eq!(e.status, 413);
     assert!(e.message.contains("10001 events"), "{}", e.message);
 }
+
+#[test]
+fn events_without_an_id_get_a_generated_event_id_when_asked() {
+    let no_id = serde_json::to_string(&base()).unwrap();
+    let with_id =
+        serde_json::to_string(&with(base(), json!({"clientDedupeId": "order-1"}))).unwrap();
+    let mut arena = Arena::default();
+    let mut p = Processor::new(NOW).with_generated_ids();
+    let a = p.prepare(&no_id, &mut arena).unwrap();
+    let b = p.prepare(&no_id, &mut arena).unwrap();
+    let c = p.prepare(&with_id, &mut arena).unwrap();
+    for x in [&a, &b] {
+        assert!(x.generated_id);
+        let id = arena.id(x).unwrap();
+        assert!(id.starts_with(GENERATED_ID_PREFIX), "{id}");
+        assert_eq!(id.len(), GENERATED_ID_PREFIX.len() + 32, "{id}");
+        assert!(
+            id[GENERATED_ID_PREFIX.len()..]
+                .bytes()
+                .all(|c| c.is_ascii_hexdigit())
+        );
+        let out: Value = serde_json::from_slice(arena.event(x)).unwrap();
+        assert_eq!(out["eventId"], id, "the generated id goes out as eventId");
+    }
+    assert_ne!(arena.id(&a), arena.id(&b), "every event gets its own id");
+    // A caller's id is kept as it is and is not marked generated.
+    assert!(!c.generated_id);
+    assert_eq!(arena.id(&c), Some("order-1"));
+    let out: Value = serde_json::from_slice(arena.event(&c)).unwrap();
+    assert_eq!(out["eventId"], "order-1");
+    // Without the option (the default) nothing is generated.
+    let mut arena = Arena::default();
+    let d = Processor::new(NOW).prepare(&no_id, &mut arena).unwrap();
+    assert!(!d.generated_id);
+    assert_eq!(arena.id(&d), None);
+    let out: Value = serde_json::from_slice(arena.event(&d)).unwrap();
+    assert!(out.get("eventId").is_none());
+}
