@@ -46,7 +46,10 @@ impl Drop for Rig {
 
 fn require_env() {
     for v in ["AWS_ENDPOINT_URL", "ACCOUNTS_TABLE", "LEDGER_TABLE"] {
-        if std::env::var(v).map(|s| s.trim().is_empty()).unwrap_or(true) {
+        if std::env::var(v)
+            .map(|s| s.trim().is_empty())
+            .unwrap_or(true)
+        {
             panic!(
                 "{v} is not set: these tests need the local stack. Run infra/scripts/stack-up.sh, \
                  then `set -a; . .local/stack.env; set +a`."
@@ -99,7 +102,10 @@ pub async fn rig(advertisers: usize) -> Rig {
     let queue = aws
         .sqs
         .create_queue()
-        .queue_name(format!("adsync-test-parked-{}", uuid::Uuid::new_v4().simple()))
+        .queue_name(format!(
+            "adsync-test-parked-{}",
+            uuid::Uuid::new_v4().simple()
+        ))
         .send()
         .await
         .expect("creating a test queue in moto");
@@ -191,7 +197,13 @@ pub async fn destination_with(
 
 /// Seeds `n` devices `COOKIE-<prefix><i>`, every `unq_every`-th unqualified; returns the
 /// qualified ones.
-pub async fn seed(rig: &Rig, seg: &str, prefix: &str, n: usize, unq_every: usize) -> BTreeSet<String> {
+pub async fn seed(
+    rig: &Rig,
+    seg: &str,
+    prefix: &str,
+    n: usize,
+    unq_every: usize,
+) -> BTreeSet<String> {
     let ts_ms = now_ms() as i64 - 60_000;
     let rows: Vec<LedgerRow> = (0..n)
         .map(|i| LedgerRow {
@@ -202,7 +214,11 @@ pub async fn seed(rig: &Rig, seg: &str, prefix: &str, n: usize, unq_every: usize
             consent: None,
         })
         .collect();
-    rig.ctx.ledger.seed(&rows).await.expect("seeding the ledger");
+    rig.ctx
+        .ledger
+        .seed(&rows)
+        .await
+        .expect("seeding the ledger");
     rows.into_iter()
         .filter(|r| r.qualified)
         .map(|r| r.device)
@@ -269,8 +285,12 @@ pub async fn qualify(rig: &Rig, seg: &str, devices: &[&str], status: &str) {
         .map(|d| json!({"segmentId": seg, "deviceId": d.trim_start_matches("COOKIE-"), "idType": "COOKIE", "status": status, "timestamp": ts}))
         .collect();
     let req = json_req("POST", "/qualifications", &json!({"qualifications": items}));
-    let r = adsync::export::members::handle_qualifications(&rig.ctx, &req, &Invocation::with_timeout(30))
-        .await;
+    let r = adsync::export::members::handle_qualifications(
+        &rig.ctx,
+        &req,
+        &Invocation::with_timeout(30),
+    )
+    .await;
     let (st, v) = checked(&req, &r);
     assert_eq!(st, 200, "POST /qualifications: {v}");
 }
@@ -283,7 +303,12 @@ pub async fn get_destination(rig: &Rig, dest: &str) -> (u16, Value) {
 }
 
 /// Sandbox requests of this rig's client: `(PATCH requests, metadata requests)`.
-pub async fn calls(rig: &Rig) -> (Vec<crate::sandbox::RequestRecord>, Vec<crate::sandbox::RequestRecord>) {
+pub async fn calls(
+    rig: &Rig,
+) -> (
+    Vec<crate::sandbox::RequestRecord>,
+    Vec<crate::sandbox::RequestRecord>,
+) {
     let all = rig
         .sandbox
         .requests(Some(&rig.login.client.client_id), None)

@@ -831,7 +831,10 @@ async fn segment_export_sample_events() {
         }
     }
     assert!(seen.contains(&loyal), "GET /segments does not list {loyal}");
-    assert!(!seen.contains(&cart), "GET /segments lists the deleted {cart}");
+    assert!(
+        !seen.contains(&cart),
+        "GET /segments lists the deleted {cart}"
+    );
 
     // DELETE /destinations/{id}?purge=true: 202, deleting while its audiences are emptied.
     let resp = invoke_http(&handler, fresh("delete-destination.json", &dest)).await;

@@ -57,27 +57,58 @@ async fn purging_a_mapping_empties_its_audience_exactly_and_stops_every_patch() 
     let r = lifecycle::remove_mapping(&rig.ctx, &dest, &s1, &req("DELETE", &path)).await;
     let (st, v) = checked(&req("DELETE", &path), &r);
     assert_eq!(st, 202, "{v}");
-    assert_eq!((v["status"].as_str(), v["purge"]["state"].as_str()), (Some("removed"), Some("waiting")), "{v}");
+    assert_eq!(
+        (v["status"].as_str(), v["purge"]["state"].as_str()),
+        (Some("removed"), Some("waiting")),
+        "{v}"
+    );
 
     let run = scheduled_run(&rig).await;
     assert_eq!(run["upkeep"]["purges"]["started"], 1, "{run}");
     let (_, v) = get_destination(&rig, &dest).await;
-    let m = v["mappings"].as_array().unwrap().iter().find(|m| m["segmentId"] == s1.as_str()).unwrap();
-    assert!(m["purge"]["state"] == "running" || m["purge"]["state"] == "done", "{m}");
+    let m = v["mappings"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|m| m["segmentId"] == s1.as_str())
+        .unwrap();
+    assert!(
+        m["purge"]["state"] == "running" || m["purge"]["state"] == "done",
+        "{m}"
+    );
     run_jobs_until_done(&rig, &dest, &s1, &o).await;
-    assert!(members(&rig, a1).await.is_empty(), "the purged audience still has members");
-    assert_eq!(members(&rig, a2).await, kept, "the other audience is untouched");
+    assert!(
+        members(&rig, a1).await.is_empty(),
+        "the purged audience still has members"
+    );
+    assert_eq!(
+        members(&rig, a2).await,
+        kept,
+        "the other audience is untouched"
+    );
     let (_, v) = get_destination(&rig, &dest).await;
-    let m = v["mappings"].as_array().unwrap().iter().find(|m| m["segmentId"] == s1.as_str()).unwrap();
+    let m = v["mappings"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|m| m["segmentId"] == s1.as_str())
+        .unwrap();
     assert_eq!(m["purge"]["state"], "done", "{m}");
-    assert_eq!(m["purge"]["removesSent"], 300, "every ledger row sent as a remove: {m}");
+    assert_eq!(
+        m["purge"]["removesSent"], 300,
+        "every ledger row sent as a remove: {m}"
+    );
 
     // Nothing reaches the purged audience any more: deltas, refreshes, later runs.
     let before = calls(&rig).await.0.len();
     qualify(&rig, &s1, &["COOKIE-pa000001", "COOKIE-new1"], "qualified").await;
     scheduled_run(&rig).await;
     scheduled_run(&rig).await;
-    assert_eq!(calls(&rig).await.0.len(), before, "a patch reached Amazon after the purge");
+    assert_eq!(
+        calls(&rig).await.0.len(),
+        before,
+        "a patch reached Amazon after the purge"
+    );
     assert!(members(&rig, a1).await.is_empty());
 }
 
@@ -94,8 +125,13 @@ async fn a_deleted_destination_is_purged_then_gone_and_its_scheduled_work_never_
     adsync::export::members::run_backfill_with(&rig.ctx, &deadline_in(2_500), &opts(10))
         .await
         .unwrap();
-    let p = adsync::export::members::backfill_progress(&rig.ctx, &d2, &s2).await.unwrap();
-    assert_eq!(p["state"], "running", "the backfill should still be running: {p}");
+    let p = adsync::export::members::backfill_progress(&rig.ctx, &d2, &s2)
+        .await
+        .unwrap();
+    assert_eq!(
+        p["state"], "running",
+        "the backfill should still be running: {p}"
+    );
 
     let path = format!("/destinations/{d2}");
     let r = lifecycle::delete_destination(&rig.ctx, &d2, &req("DELETE", &path)).await;
@@ -110,7 +146,10 @@ async fn a_deleted_destination_is_purged_then_gone_and_its_scheduled_work_never_
     assert_eq!((st, v["status"].as_str()), (202, Some("deleting")), "{v}");
     let list = destinations::list_destinations(&rig.ctx, &req("GET", "/destinations")).await;
     let (_, l) = checked(&req("GET", "/destinations"), &list);
-    assert!(l["destinations"].as_array().unwrap().is_empty(), "deleted destinations are listed: {l}");
+    assert!(
+        l["destinations"].as_array().unwrap().is_empty(),
+        "deleted destinations are listed: {l}"
+    );
     let (st, v) = get_destination(&rig, &d1).await;
     assert_eq!((st, v["status"].as_str()), (200, Some("deleting")), "{v}");
     assert!(!v["mappings"][0]["purge"].is_null(), "{v}");
@@ -121,7 +160,11 @@ async fn a_deleted_destination_is_purged_then_gone_and_its_scheduled_work_never_
             break;
         }
     }
-    assert_eq!(get_destination(&rig, &d1).await.0, 404, "the purged destination is not gone");
+    assert_eq!(
+        get_destination(&rig, &d1).await.0,
+        404,
+        "the purged destination is not gone"
+    );
     assert!(members(&rig, m1[0].audience_id.unwrap()).await.is_empty());
 
     // Neither destination's work ever runs again: no patch, no metadata call.
@@ -154,7 +197,10 @@ async fn adopting_an_audience_refuses_foreign_and_unknown_ones_and_backfills_a_v
             data_source_country: vec!["US".into()],
             audience_fees: None,
         };
-        let scope = AccountScope { profile_id: r.account.profile_id, advertiser_id: advertiser };
+        let scope = AccountScope {
+            profile_id: r.account.profile_id,
+            advertiser_id: advertiser,
+        };
         let amazon = r.ctx.amazon.clone();
         let login = r.account.login();
         async move { amazon.create_audience(&login, scope, &a).await.unwrap().id }
@@ -171,28 +217,55 @@ async fn adopting_an_audience_refuses_foreign_and_unknown_ones_and_backfills_a_v
         let dest = dest.clone();
         async move {
             let rq = json_req("POST", &path, &body);
-            let r = destinations::add_mappings(&rig.ctx, &dest, &rq, &Invocation::with_timeout(30)).await;
+            let r = destinations::add_mappings(&rig.ctx, &dest, &rq, &Invocation::with_timeout(30))
+                .await;
             checked(&rq, &r)
         }
     };
     let (st, v) = adopt(json!(4_242_424_242_424_242_i64)).await;
-    assert_eq!((st, v["error"]["code"].as_str()), (404, Some("audience_not_found")), "{v}");
+    assert_eq!(
+        (st, v["error"]["code"].as_str()),
+        (404, Some("audience_not_found")),
+        "{v}"
+    );
     let (st, v) = adopt(json!(foreign)).await;
-    assert_eq!((st, v["error"]["code"].as_str()), (404, Some("audience_not_found")), "{v}");
+    assert_eq!(
+        (st, v["error"]["code"].as_str()),
+        (404, Some("audience_not_found")),
+        "{v}"
+    );
     let (st, v) = adopt(json!(other_adv)).await;
-    assert_eq!((st, v["error"]["code"].as_str()), (409, Some("audience_of_another_advertiser")), "{v}");
+    assert_eq!(
+        (st, v["error"]["code"].as_str()),
+        (409, Some("audience_of_another_advertiser")),
+        "{v}"
+    );
     let (st, v) = adopt(json!("12x")).await;
-    assert_eq!((st, v["error"]["field"].as_str()), (400, Some("audienceId")), "{v}");
+    assert_eq!(
+        (st, v["error"]["field"].as_str()),
+        (400, Some("audienceId")),
+        "{v}"
+    );
 
     let (st, v) = adopt(json!(mine.to_string())).await;
     assert_eq!(st, 202, "{v}");
     let m = &v["mappings"][0];
-    assert_eq!((m["status"].as_str(), m["audienceId"].as_i64()), (Some("active"), Some(mine)), "{m}");
+    assert_eq!(
+        (m["status"].as_str(), m["audienceId"].as_i64()),
+        (Some("active"), Some(mine)),
+        "{m}"
+    );
     run_jobs_until_done(&rig, &dest, &seg, &opts(20)).await;
     assert_eq!(members(&rig, mine).await, qualified);
     let (_, v) = get_destination(&rig, &dest).await;
-    assert_eq!(v["mappings"][0]["refresh"]["ttlSeconds"], 7_200, "the audience keeps its TTL: {v}");
-    assert_eq!(v["mappings"][0]["audienceName"], format!("CRM audience crm-{seg}"));
+    assert_eq!(
+        v["mappings"][0]["refresh"]["ttlSeconds"], 7_200,
+        "the audience keeps its TTL: {v}"
+    );
+    assert_eq!(
+        v["mappings"][0]["audienceName"],
+        format!("CRM audience crm-{seg}")
+    );
 
     // One audience backs one mapping: not in a second destination.
     let (d2, _) = destination_with(&rig, &[], 2_592_000).await;
@@ -200,8 +273,15 @@ async fn adopting_an_audience_refuses_foreign_and_unknown_ones_and_backfills_a_v
     let rq = json_req("POST", &format!("/destinations/{d2}/mappings"), &body);
     let r = destinations::add_mappings(&rig.ctx, &d2, &rq, &Invocation::with_timeout(30)).await;
     let (st, v) = checked(&rq, &r);
-    assert_eq!((st, v["error"]["code"].as_str()), (409, Some("audience_already_mapped")), "{v}");
-    assert!(v["error"]["message"].as_str().unwrap().contains(&dest), "{v}");
+    assert_eq!(
+        (st, v["error"]["code"].as_str()),
+        (409, Some("audience_already_mapped")),
+        "{v}"
+    );
+    assert!(
+        v["error"]["message"].as_str().unwrap().contains(&dest),
+        "{v}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -211,7 +291,10 @@ async fn segments_are_listed_deleted_when_unmapped_and_accept_audience_manager_s
     ids.sort();
     let (st, v) = put_segment(&rig, &ids[0], json!(["PII", "ONSITE_ADVERTISING"])).await;
     assert_eq!(st, 201, "{v}");
-    assert_eq!(v["dataExportControls"], json!(["NO_PII_COMBINATION", "NO_ONSITE_AD_TARGETING"]));
+    assert_eq!(
+        v["dataExportControls"],
+        json!(["NO_PII_COMBINATION", "NO_ONSITE_AD_TARGETING"])
+    );
     put_segment(&rig, &ids[1], json!([])).await;
     put_segment(&rig, &ids[2], json!([])).await;
 
@@ -221,7 +304,11 @@ async fn segments_are_listed_deleted_when_unmapped_and_accept_audience_manager_s
     let rq = json_req("POST", "/destinations", &body);
     let r = destinations::create_destination(&rig.ctx, &rq, &Invocation::with_timeout(30)).await;
     let (st, v) = checked(&rq, &r);
-    assert_eq!((st, v["error"]["code"].as_str()), (409, Some("export_control_conflict")), "{v}");
+    assert_eq!(
+        (st, v["error"]["code"].as_str()),
+        (409, Some("export_control_conflict")),
+        "{v}"
+    );
     let (dest, _) = destination_with(&rig, &[&ids[1]], 2_592_000).await;
 
     // Paged, by id.
@@ -236,9 +323,13 @@ async fn segments_are_listed_deleted_when_unmapped_and_accept_audience_manager_s
     let p1 = page("limit=2").await;
     let token = p1["nextToken"].as_str().unwrap().to_string();
     let p2 = page(&format!("limit=2&nextToken={token}")).await;
-    let listed: Vec<&str> = p1["segments"].as_array().unwrap().iter()
+    let listed: Vec<&str> = p1["segments"]
+        .as_array()
+        .unwrap()
+        .iter()
         .chain(p2["segments"].as_array().unwrap())
-        .map(|s| s["segmentId"].as_str().unwrap()).collect();
+        .map(|s| s["segmentId"].as_str().unwrap())
+        .collect();
     assert_eq!(listed, ids.iter().map(String::as_str).collect::<Vec<_>>());
     assert!(p2["nextToken"].is_null(), "{p2}");
 
@@ -248,23 +339,44 @@ async fn segments_are_listed_deleted_when_unmapped_and_accept_audience_manager_s
         let rig = &rig;
         async move {
             let rq = req("DELETE", &format!("/segments/{seg}{q}"));
-            let r = lifecycle::delete_segment(&rig.ctx, &seg, &rq, &Invocation::with_timeout(30)).await;
+            let r =
+                lifecycle::delete_segment(&rig.ctx, &seg, &rq, &Invocation::with_timeout(30)).await;
             checked(&rq, &r)
         }
     };
     let (st, v) = del(ids[1].clone(), "").await;
-    assert_eq!((st, v["error"]["code"].as_str()), (409, Some("segment_mapped")), "{v}");
-    assert!(v["error"]["message"].as_str().unwrap().contains(&dest), "{v}");
-    let rq = req("DELETE", &format!("/destinations/{dest}/mappings/{}", ids[1]));
+    assert_eq!(
+        (st, v["error"]["code"].as_str()),
+        (409, Some("segment_mapped")),
+        "{v}"
+    );
+    assert!(
+        v["error"]["message"].as_str().unwrap().contains(&dest),
+        "{v}"
+    );
+    let rq = req(
+        "DELETE",
+        &format!("/destinations/{dest}/mappings/{}", ids[1]),
+    );
     let r = lifecycle::remove_mapping(&rig.ctx, &dest, &ids[1], &rq).await;
     assert_eq!(checked(&rq, &r).0, 200);
     let (st, v) = del(ids[1].clone(), "?purgeLedger=true").await;
     assert_eq!(st, 200, "{v}");
-    assert_eq!((v["ledger"]["rowsDeleted"].as_u64(), v["ledger"]["complete"].as_bool()), (Some(30), Some(true)));
+    assert_eq!(
+        (
+            v["ledger"]["rowsDeleted"].as_u64(),
+            v["ledger"]["complete"].as_bool()
+        ),
+        (Some(30), Some(true))
+    );
     assert!(ledger_qualified(&rig, &ids[1]).await.is_empty());
     seed(&rig, &ids[2], "sk", 5, 0).await;
     assert_eq!(del(ids[2].clone(), "").await.0, 200);
-    assert_eq!(ledger_qualified(&rig, &ids[2]).await.len(), 5, "ledger rows kept without purgeLedger");
+    assert_eq!(
+        ledger_qualified(&rig, &ids[2]).await.len(),
+        5,
+        "ledger rows kept without purgeLedger"
+    );
     assert_eq!(del(ids[2].clone(), "").await.0, 404);
     let listed = page("limit=10").await;
     assert_eq!(listed["segments"].as_array().unwrap().len(), 1, "{listed}");

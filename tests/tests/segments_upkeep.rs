@@ -31,9 +31,15 @@ async fn a_two_minute_ttl_keeps_every_qualified_member_across_three_ttls() {
     let audience = maps[0].audience_id.unwrap();
     let o = opts(20);
     run_jobs_until_done(&rig, &dest, &seg, &o).await;
-    assert_eq!(members(&rig, audience).await, ledger_qualified(&rig, &seg).await);
+    assert_eq!(
+        members(&rig, audience).await,
+        ledger_qualified(&rig, &seg).await
+    );
     let (_, v) = get_destination(&rig, &dest).await;
-    let due = v["mappings"][0]["refresh"]["nextDueAt"].as_str().unwrap().to_string();
+    let due = v["mappings"][0]["refresh"]["nextDueAt"]
+        .as_str()
+        .unwrap()
+        .to_string();
     assert!(!due.is_empty(), "{v}");
 
     // Before half the TTL nothing is due.
@@ -43,18 +49,28 @@ async fn a_two_minute_ttl_keeps_every_qualified_member_across_three_ttls() {
     let mut gone: BTreeSet<String> = BTreeSet::new();
     // Six half-TTL steps: three TTLs on the audience's clock.
     for step in 1..=6i64 {
-        rig.sandbox.advance_audience_clock(audience, 60).await.unwrap();
+        rig.sandbox
+            .advance_audience_clock(audience, 60)
+            .await
+            .unwrap();
         let plan = upkeep_at(&rig, step * 60_000).await;
         assert_eq!(plan["refresh"]["started"], 1, "step {step}: {plan}");
         if step == 2 || step == 4 {
             // Members leave while refreshes run: they must stay gone.
-            let q: Vec<String> = ledger_qualified(&rig, &seg).await.into_iter().take(3).collect();
+            let q: Vec<String> = ledger_qualified(&rig, &seg)
+                .await
+                .into_iter()
+                .take(3)
+                .collect();
             let refs: Vec<&str> = q.iter().map(String::as_str).collect();
             qualify(&rig, &seg, &refs, "unqualified").await;
             gone.extend(q);
         }
         let (_, v) = get_destination(&rig, &dest).await;
-        assert_eq!(v["mappings"][0]["refresh"]["progress"]["state"], "running", "{v}");
+        assert_eq!(
+            v["mappings"][0]["refresh"]["progress"]["state"], "running",
+            "{v}"
+        );
         run_jobs_until_done(&rig, &dest, &seg, &o).await;
         let qualified = ledger_qualified(&rig, &seg).await;
         assert_eq!(members(&rig, audience).await, qualified, "step {step}");
@@ -63,12 +79,18 @@ async fn a_two_minute_ttl_keeps_every_qualified_member_across_three_ttls() {
     assert_eq!(gone.len(), 6);
     let (_, v) = get_destination(&rig, &dest).await;
     let r = &v["mappings"][0]["refresh"];
-    assert!(r["lastCompletedAt"].is_string() && r["progress"].is_null(), "{v}");
+    assert!(
+        r["lastCompletedAt"].is_string() && r["progress"].is_null(),
+        "{v}"
+    );
     assert_eq!(v["mappings"][0]["backfill"]["purpose"], "refresh");
 
     // Without a refresh, a full TTL later the sandbox has dropped everyone: the test above
     // could fail.
-    rig.sandbox.advance_audience_clock(audience, 121).await.unwrap();
+    rig.sandbox
+        .advance_audience_clock(audience, 121)
+        .await
+        .unwrap();
     assert!(members(&rig, audience).await.is_empty());
 }
 
@@ -84,7 +106,11 @@ async fn refresh_and_backfill_share_the_patch_and_metadata_budgets_and_sizes_app
     // A second mapping with a big backfill, while the first one's refresh is due.
     seed(&rig, &big, "bg", 2_000, 0).await;
     put_segment(&rig, &big, json!([])).await;
-    let req = json_req("POST", &format!("/destinations/{dest}/mappings"), &json!({"segmentId": big}));
+    let req = json_req(
+        "POST",
+        &format!("/destinations/{dest}/mappings"),
+        &json!({"segmentId": big}),
+    );
     let inv = adsync::runtime::Invocation::with_timeout(30);
     let r = adsync::export::destinations::add_mappings(&rig.ctx, &dest, &req, &inv).await;
     assert_eq!(checked(&req, &r).0, 202);
@@ -92,7 +118,10 @@ async fn refresh_and_backfill_share_the_patch_and_metadata_budgets_and_sizes_app
         .await;
     let plan = upkeep_at(&rig, 61_000).await;
     assert_eq!(plan["refresh"]["started"], 1, "{plan}");
-    assert!(plan["metadata"]["sizesRead"].as_u64().unwrap() >= 1, "{plan}");
+    assert!(
+        plan["metadata"]["sizesRead"].as_u64().unwrap() >= 1,
+        "{plan}"
+    );
 
     // Two scheduled invocations at once, as overlapping schedules would run them.
     let (a, b) = tokio::join!(
@@ -100,7 +129,13 @@ async fn refresh_and_backfill_share_the_patch_and_metadata_budgets_and_sizes_app
         run_jobs_until_done(&rig, &dest, &big, &o)
     );
     let _ = (a, b);
-    let big_audience = rig.ctx.destinations.get_mapping(&dest, &big).await.unwrap().unwrap();
+    let big_audience = rig
+        .ctx
+        .destinations
+        .get_mapping(&dest, &big)
+        .await
+        .unwrap()
+        .unwrap();
     assert_eq!(
         members(&rig, big_audience.audience_id.unwrap()).await,
         ledger_qualified(&rig, &big).await
@@ -112,7 +147,10 @@ async fn refresh_and_backfill_share_the_patch_and_metadata_budgets_and_sizes_app
 
     let (patches, meta) = calls(&rig).await;
     assert!(patches.len() > 400, "{} PATCH requests", patches.len());
-    assert!(patches.iter().chain(&meta).all(|r| r.status != 429), "Amazon throttled us");
+    assert!(
+        patches.iter().chain(&meta).all(|r| r.status != 429),
+        "Amazon throttled us"
+    );
     // Amazon's (and the sandbox's) window: at most 100 requests in any 975 ms.
     let mut at: Vec<i64> = patches.iter().map(|r| r.at_ms).collect();
     at.sort_unstable();
@@ -123,14 +161,27 @@ async fn refresh_and_backfill_share_the_patch_and_metadata_budgets_and_sizes_app
     let mut mt: Vec<i64> = meta.iter().map(|r| r.at_ms).collect();
     mt.sort_unstable();
     for w in mt.windows(2) {
-        assert!(w[1] - w[0] >= 1000, "metadata calls {} ms apart", w[1] - w[0]);
+        assert!(
+            w[1] - w[0] >= 1000,
+            "metadata calls {} ms apart",
+            w[1] - w[0]
+        );
     }
 
     // Size and match rate as the schedule read them (a GET never calls Amazon).
     let before = calls(&rig).await.1.len();
     let (_, v) = get_destination(&rig, &dest).await;
-    assert_eq!(calls(&rig).await.1.len(), before, "GET /destinations called Amazon");
-    let m = v["mappings"].as_array().unwrap().iter().find(|m| m["segmentId"] == small.as_str()).unwrap();
+    assert_eq!(
+        calls(&rig).await.1.len(),
+        before,
+        "GET /destinations called Amazon"
+    );
+    let m = v["mappings"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|m| m["segmentId"] == small.as_str())
+        .unwrap();
     assert_eq!(m["audienceSize"], 400, "{m}");
     assert_eq!(m["matchedSize"], 400);
     assert_eq!(m["matchRate"], 1.0);
@@ -153,18 +204,29 @@ async fn a_patch_of_ttl_and_countries_reaches_the_audience() {
         }
     };
     let (st, v) = patch(json!({"dataSourceCountry": ["US", "xx1"]})).await;
-    assert_eq!((st, v["error"]["field"].as_str()), (400, Some("dataSourceCountry[1]")), "{v}");
+    assert_eq!(
+        (st, v["error"]["field"].as_str()),
+        (400, Some("dataSourceCountry[1]")),
+        "{v}"
+    );
     let (st, v) = patch(json!({"name": "Another name"})).await;
     assert_eq!(st, 400, "{v}");
     let (st, v) = patch(json!({"ttlSeconds": 3600, "dataSourceCountry": ["us", "CA"]})).await;
     assert_eq!(st, 200, "{v}");
     assert_eq!(v["ttlSeconds"], 3600);
     assert_eq!(v["mappings"][0]["settings"]["state"], "pending", "{v}");
-    assert_eq!(v["mappings"][0]["settings"]["pending"]["dataSourceCountry"], json!(["US", "CA"]));
+    assert_eq!(
+        v["mappings"][0]["settings"]["pending"]["dataSourceCountry"],
+        json!(["US", "CA"])
+    );
 
     let plan = upkeep_at(&rig, 0).await;
     assert_eq!(plan["metadata"]["settingsApplied"], 1, "{plan}");
-    let at_amazon = rig.sandbox.audiences(rig.account.advertiser_id).await.unwrap();
+    let at_amazon = rig
+        .sandbox
+        .audiences(rig.account.advertiser_id)
+        .await
+        .unwrap();
     let a = at_amazon.iter().find(|a| a.id == audience).unwrap();
     assert_eq!(a.metadata["ttl"], 3600);
     assert_eq!(a.metadata["dataSourceCountry"], json!(["US", "CA"]));

@@ -320,7 +320,11 @@ pub async fn audiences(
     };
     let mut g = sb.lock();
     let now = g.now();
-    for a in g.audiences.values_mut().filter(|a| a.advertiser_id == advertiser) {
+    for a in g
+        .audiences
+        .values_mut()
+        .filter(|a| a.advertiser_id == advertiser)
+    {
         a.expire(now);
     }
     let list: Vec<Value> = g

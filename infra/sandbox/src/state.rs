@@ -135,8 +135,7 @@ impl Audience {
         let now = self.clock(now);
         let live = |t: &Instant| now.saturating_duration_since(*t) < ttl;
         let last = &self.last_added;
-        self.members
-            .retain(|m| last.get(m).is_none_or(live));
+        self.members.retain(|m| last.get(m).is_none_or(live));
         self.last_added.retain(|_, t| live(t));
     }
 

@@ -228,9 +228,21 @@ mod tests {
     fn audience_manager_names_are_aliases_of_both_sides_of_each_pair() {
         let pairs = [
             ("PII", "PII_COMBINATION", "NO_PII_COMBINATION"),
-            ("ONSITE_ADVERTISING", "ONSITE_AD_TARGETING", "NO_ONSITE_AD_TARGETING"),
-            ("OFFSITE_ADVERTISING", "OFFSITE_AD_TARGETING", "NO_OFFSITE_AD_TARGETING"),
-            ("ONSITE_PERSONALIZATION", "ONSITE_PERSONALIZATION", "NO_ONSITE_PERSONALIZATION"),
+            (
+                "ONSITE_ADVERTISING",
+                "ONSITE_AD_TARGETING",
+                "NO_ONSITE_AD_TARGETING",
+            ),
+            (
+                "OFFSITE_ADVERTISING",
+                "OFFSITE_AD_TARGETING",
+                "NO_OFFSITE_AD_TARGETING",
+            ),
+            (
+                "ONSITE_PERSONALIZATION",
+                "ONSITE_PERSONALIZATION",
+                "NO_ONSITE_PERSONALIZATION",
+            ),
         ];
         for (alias, label, control) in pairs {
             assert_eq!(ExportLabel::parse(alias).unwrap().as_str(), label);

@@ -90,7 +90,10 @@ pub async fn check(
             "Amazon's metadata pace (one call per second) is taken by other work; try again",
         ));
     }
-    let amazon = ctx.amazon.clone().with_retry_policy(ctx.inline.retry.clone());
+    let amazon = ctx
+        .amazon
+        .clone()
+        .with_retry_policy(ctx.inline.retry.clone());
     let read = amazon
         .get_audience(&account.login(), account.scope(), id)
         .await;
@@ -98,9 +101,9 @@ pub async fn check(
     let a = match read {
         Ok(a) => a,
         // 404: no such audience; 403: another LwA client's (not readable by ours).
-        Err(
-            AmazonError::Rejected { status, .. } | AmazonError::AccountNotFound { status, .. },
-        ) if status == 403 || status == 404 => {
+        Err(AmazonError::Rejected { status, .. } | AmazonError::AccountNotFound { status, .. })
+            if status == 403 || status == 404 =>
+        {
             return Err(not_found(field, id));
         }
         // 401 "No matching advertiser found for scope": the audience's advertiser is not ours.
@@ -151,9 +154,11 @@ async fn created_by_adsync_for_another(
     if d == destination_id && s == segment_id {
         return Ok(None);
     }
-    let used = ctx.destinations.get_mapping(d, s).await?.is_some_and(|m| {
-        m.status != MappingStatus::Removed && m.audience_id == Some(a.id)
-    });
+    let used = ctx
+        .destinations
+        .get_mapping(d, s)
+        .await?
+        .is_some_and(|m| m.status != MappingStatus::Removed && m.audience_id == Some(a.id));
     Ok(used.then(|| (d.to_string(), s.to_string())))
 }
 

@@ -107,9 +107,11 @@ pub async fn run_metadata(
 ) -> Result<MetaSummary, StoreError> {
     let mut summary = MetaSummary::default();
     let states = ctx.destinations.audience_states().await?;
-    let mut settings: Vec<&AudienceState> = states.iter().filter(|s| s.settings_pending()).collect();
+    let mut settings: Vec<&AudienceState> =
+        states.iter().filter(|s| s.settings_pending()).collect();
     settings.sort_by_key(|s| s.settings_version);
-    let mut sizes: Vec<&AudienceState> = states.iter().filter(|s| s.size_due_ms <= now_ms).collect();
+    let mut sizes: Vec<&AudienceState> =
+        states.iter().filter(|s| s.size_due_ms <= now_ms).collect();
     sizes.sort_by_key(|s| s.size_due_ms);
     let mut accounts: HashMap<String, Option<IntegratedAccount>> = HashMap::new();
     let work = settings

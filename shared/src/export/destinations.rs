@@ -407,7 +407,8 @@ fn parse_mapping_object(
         None | Some(Value::Null) => None,
         Some(v) => Some(parse_fees(v, &format!("{dot}audienceFees"), currency)?),
     };
-    let audience_id = super::adopt::parse_audience_id(obj.get("audienceId"), &format!("{dot}audienceId"))?;
+    let audience_id =
+        super::adopt::parse_audience_id(obj.get("audienceId"), &format!("{dot}audienceId"))?;
     if audience_id.is_some() && fees.is_some() {
         return Err(invalid(
             &format!("{dot}audienceFees"),
@@ -952,7 +953,8 @@ async fn create_destination_inner(
                 r.fees.clone().unwrap_or_default(),
                 &now,
             );
-            a.as_ref().map_or(m.clone(), |a| super::adopt::adopted(m, a))
+            a.as_ref()
+                .map_or(m.clone(), |a| super::adopt::adopted(m, a))
         })
         .collect();
     ctx.destinations
@@ -1224,7 +1226,9 @@ async fn add_mappings_inner(
         let m = match current {
             None => {
                 let m = new_mapping(id, seg, r.fees.clone().unwrap_or_default(), &now);
-                let m = a.as_ref().map_or(m.clone(), |a| super::adopt::adopted(m, a));
+                let m = a
+                    .as_ref()
+                    .map_or(m.clone(), |a| super::adopt::adopted(m, a));
                 if !ctx
                     .destinations
                     .add_mapping(&m)
@@ -1285,10 +1289,21 @@ async fn adopt_all(
     for r in reqs {
         out.push(match r.audience_id {
             Some(aid) => {
-                let dot = if r.field.is_empty() { String::new() } else { format!("{}.", r.field) };
+                let dot = if r.field.is_empty() {
+                    String::new()
+                } else {
+                    format!("{}.", r.field)
+                };
                 Some(
-                    super::adopt::check(ctx, account, aid, &format!("{dot}audienceId"), destination_id, &r.segment_id)
-                        .await?,
+                    super::adopt::check(
+                        ctx,
+                        account,
+                        aid,
+                        &format!("{dot}audienceId"),
+                        destination_id,
+                        &r.segment_id,
+                    )
+                    .await?,
                 )
             }
             None => None,

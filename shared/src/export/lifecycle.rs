@@ -93,9 +93,7 @@ pub async fn delete_segment(
     for m in mapped.iter().filter(|m| m.status != MappingStatus::Removed) {
         // The index lags: confirm with a consistent read.
         match ctx.destinations.get_mapping(&m.destination_id, id).await {
-            Ok(Some(cur)) if cur.status != MappingStatus::Removed => {
-                dests.push(cur.destination_id)
-            }
+            Ok(Some(cur)) if cur.status != MappingStatus::Removed => dests.push(cur.destination_id),
             Ok(_) => {}
             Err(e) => return store_failure(e),
         }
@@ -231,7 +229,14 @@ async fn delete_destination_inner(
     for m in ctx.destinations.list_mappings(id).await? {
         let m = ctx
             .destinations
-            .set_mapping_status(id, &m.segment_id, &live, MappingStatus::Removed, None, false)
+            .set_mapping_status(
+                id,
+                &m.segment_id,
+                &live,
+                MappingStatus::Removed,
+                None,
+                false,
+            )
             .await?
             .unwrap_or(m);
         ctx.destinations
@@ -371,7 +376,11 @@ pub async fn plan_purges(
                     include_removals: true,
                     purpose: JobPurpose::Purge,
                 };
-                if ctx.jobs.put_generation(&g, job.as_ref(), generation).await? {
+                if ctx
+                    .jobs
+                    .put_generation(&g, job.as_ref(), generation)
+                    .await?
+                {
                     let mut running = p.clone();
                     running.state = PurgeState::Running;
                     running.generation = Some(generation);

@@ -305,7 +305,9 @@ pub async fn run_task(ctx: &ExportCtx, name: &str, inv: &Invocation) -> Result<V
                 .count("AudienceCreationFailures", audiences.failed as u64);
             metrics.emit();
             let backfill = members::run_backfill(ctx, inv).await?;
-            Ok(json!({"task": "backfill", "audiences": audiences, "upkeep": upkeep, "backfill": backfill}))
+            Ok(
+                json!({"task": "backfill", "audiences": audiences, "upkeep": upkeep, "backfill": backfill}),
+            )
         }
         "redrive" => {
             let redrive = members::run_redrive(ctx, inv).await?;

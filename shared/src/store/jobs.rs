@@ -350,7 +350,10 @@ impl JobStore {
             include_removals,
             purpose: JobPurpose::Backfill,
         };
-        match self.put_generation(&g, existing.as_ref(), generation).await? {
+        match self
+            .put_generation(&g, existing.as_ref(), generation)
+            .await?
+        {
             true => Ok(outcome),
             // Someone else started it at the same moment: theirs stands.
             false => Ok(Ensure::AlreadyRunning),

@@ -8,7 +8,7 @@
 
 use super::{
     DestinationStore, GSI1, Item, StoreError, dst_pk, is_conditional_failure, key, n, now_rfc3339,
-    s, sdk_err, segment_from, seg_pk, str_list,
+    s, sdk_err, seg_pk, segment_from, str_list,
 };
 use crate::store::destinations::Segment;
 use aws_sdk_dynamodb::types::{AttributeValue, DeleteRequest, WriteRequest};

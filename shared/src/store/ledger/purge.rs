@@ -54,7 +54,10 @@ impl LedgerStore {
         Ok(out)
     }
 
-    async fn delete_keys(&self, keys: &[HashMap<String, AttributeValue>]) -> Result<(), StoreError> {
+    async fn delete_keys(
+        &self,
+        keys: &[HashMap<String, AttributeValue>],
+    ) -> Result<(), StoreError> {
         let mut requests: Vec<WriteRequest> = keys
             .iter()
             .map(|k| {
