@@ -286,6 +286,19 @@ async fn deleting_view(ctx: &ExportCtx, id: &str) -> Result<Value, StoreError> {
     Ok(json!({"destinationId": id, "status": "deleting", "mappings": mappings}))
 }
 
+/// 409 for a change to a destination that is being deleted (its purges run).
+pub async fn refuse_if_deleting(ctx: &ExportCtx, id: &str) -> Option<HttpResponse> {
+    match ctx.destinations.is_deleting(id).await {
+        Ok(true) => Some(HttpResponse::error(
+            409,
+            "destination_deleting",
+            format!("destination {id} is being deleted; GET /destinations/{id} shows the progress"),
+        )),
+        Ok(false) => None,
+        Err(e) => Some(store_failure(e)),
+    }
+}
+
 /// `GET /destinations/{id}` of a destination being deleted answers the deletion's progress.
 pub async fn deleting_answer(ctx: &ExportCtx, id: &str) -> Option<HttpResponse> {
     match ctx.destinations.is_deleting(id).await {

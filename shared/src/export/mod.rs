@@ -266,6 +266,11 @@ pub async fn route(
     if let Err(denied) = auth.check(req).await {
         return denied;
     }
+    if let Route::PatchDestination(id) | Route::AddMappings(id) | Route::PutFees(id, _) = r
+        && let Some(refused) = lifecycle::refuse_if_deleting(ctx, id).await
+    {
+        return refused;
+    }
     match r {
         Route::PutSegment(id) => destinations::put_segment(ctx, id, req).await,
         Route::GetSegment(id) => destinations::get_segment(ctx, id).await,

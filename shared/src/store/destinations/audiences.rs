@@ -3,7 +3,7 @@
 //!
 //! | item | pk | sk | attributes |
 //! |---|---|---|---|
-//! | audience state | `AUDSTATE` | `<destinationId>#<segmentId>` | `destinationId, segmentId, accountId, audienceId (N), ttlSeconds (N, the audience's own TTL as last known), refreshGen (N)?, lastCompletedAt?, audienceSize (N)?, matchedSize (N)?, matchRate (N)?, measuredAt?, sizeDueAt (N, epoch ms), settingsVersion (N), appliedVersion (N), failedVersion (N)?, settingsError?, appliedAt?, appliedCountries (L of S)?, updatedAt` |
+//! | audience state | `AUDSTATE` | `<destinationId>#<segmentId>` | `destinationId, segmentId, accountId, audienceId (N), ttlSeconds (N, the audience's own TTL as last known), refreshGen (N)?, lastCompletedAt?, refreshDueAt (N, epoch ms)?, audienceSize (N)?, matchedSize (N)?, matchRate (N)?, measuredAt?, sizeDueAt (N, epoch ms), settingsVersion (N), appliedVersion (N), failedVersion (N)?, settingsError?, appliedAt?, appliedCountries (L of S)?, updatedAt` |
 //! | audience claim | `AUDIENCE#<audienceId>` | `CLAIM` | `destinationId, segmentId, claimedAt`: the one mapping an adopted audience backs |
 //! | purge | `PURGES` | `<destinationId>#<segmentId>` | `destinationId, segmentId, accountId, audienceId (N), requestedAt (N, epoch ms), state (waiting/running/done), gen (N)?, deleteDestination (BOOL)` |
 //!
@@ -48,6 +48,9 @@ pub struct AudienceState {
     pub refresh_generation: Option<u64>,
     /// When the pass before the running refresh finished.
     pub last_completed_at: Option<String>,
+    /// No refresh is due before this (epoch ms; a lower bound: a later pass only moves the due
+    /// time later), so most runs skip the job read.
+    pub refresh_due_ms: i64,
     pub size: Option<MeasuredSize>,
     /// When the next size read is due (epoch ms).
     pub size_due_ms: i64,
@@ -90,6 +93,7 @@ fn state_from(item: &Item) -> Result<AudienceState, StoreError> {
         ttl_seconds: get_num(item, "ttlSeconds")?.unwrap_or(0),
         refresh_generation: get_num(item, "refreshGen")?,
         last_completed_at: opt_s(item, "lastCompletedAt"),
+        refresh_due_ms: get_num(item, "refreshDueAt")?.unwrap_or(0),
         size,
         size_due_ms: get_num(item, "sizeDueAt")?.unwrap_or(0),
         settings_version: get_num(item, "settingsVersion")?.unwrap_or(0),
@@ -261,6 +265,22 @@ impl DestinationStore {
                 None => u,
             }
         })
+        .await
+    }
+
+    /// No refresh of this audience is due before `due_ms`.
+    pub async fn set_refresh_due(
+        &self,
+        destination_id: &str,
+        segment_id: &str,
+        due_ms: i64,
+    ) -> Result<(), StoreError> {
+        self.update_state(
+            destination_id,
+            segment_id,
+            "SET refreshDueAt = :d",
+            move |u| u.expression_attribute_values(":d", n(due_ms)),
+        )
         .await
     }
 
