@@ -138,6 +138,11 @@ async fn a_deleted_destination_is_purged_then_gone_and_its_scheduled_work_never_
     let (st, v) = checked(&req("DELETE", &path), &r);
     assert_eq!((st, &v["deleted"]), (200, &json!(true)), "{v}");
     assert_eq!(get_destination(&rig, &d2).await.0, 404);
+    let listed = rig.ctx.jobs.active_jobs().await.unwrap();
+    assert!(
+        listed.iter().all(|j| j.destination_id != d2),
+        "the deleted destination's job is still listed as unfinished"
+    );
     let sent = members(&rig, m2[0].audience_id.unwrap()).await.len();
 
     let path = format!("/destinations/{d1}?purge=true");
