@@ -180,9 +180,13 @@ impl DestinationStore {
             && cur.audience_id == audience_id
         {
             if force_ttl && cur.ttl_seconds != ttl_seconds {
-                self.update_state(destination_id, segment_id, "SET ttlSeconds = :t", |u| {
-                    u.expression_attribute_values(":t", n(ttl_seconds))
-                })
+                // A new TTL may bring the next refresh forward: drop the due hint.
+                self.update_state(
+                    destination_id,
+                    segment_id,
+                    "SET ttlSeconds = :t REMOVE refreshDueAt",
+                    |u| u.expression_attribute_values(":t", n(ttl_seconds)),
+                )
                 .await?;
             }
             return Ok(());
@@ -340,7 +344,8 @@ impl DestinationStore {
         .await
     }
 
-    /// Amazon took settings `version` with `ttl_seconds`.
+    /// Amazon took settings `version` with `ttl_seconds` (the refresh due hint is dropped: a
+    /// shorter TTL brings the next refresh forward).
     pub async fn settings_applied(
         &self,
         destination_id: &str,
@@ -354,7 +359,7 @@ impl DestinationStore {
             destination_id,
             segment_id,
             "SET appliedVersion = :v, ttlSeconds = :t, appliedCountries = :c, appliedAt = :u, \
-             updatedAt = :u REMOVE settingsError, failedVersion",
+             updatedAt = :u REMOVE settingsError, failedVersion, refreshDueAt",
             move |u| {
                 u.expression_attribute_values(":v", n(version))
                     .expression_attribute_values(":t", n(ttl_seconds))
