@@ -31,6 +31,24 @@ fn req(method: &str, path_and_query: &str) -> HttpRequest {
     }
 }
 
+/// An API key check that accepts `key` (its digest in a fresh moto secret).
+async fn api_key_auth(key: &str) -> adsync::http::auth::ApiKeyAuth {
+    use adsync::http::auth::{ApiKeyAuth, ApiKeyEntry, ApiKeysSecret};
+    let aws = adsync_tests::stack::aws().await;
+    let store = adsync::store::secrets::SecretsStore::new(aws.secrets.clone());
+    let name = adsync_tests::stack::secret_name("api-keys");
+    let secret = ApiKeysSecret {
+        keys: vec![ApiKeyEntry {
+            name: "lifecycle".into(),
+            sha256: ApiKeyAuth::digest(key),
+            scopes: None,
+            accounts: None,
+        }],
+    };
+    store.put_json(&name, &secret).await.unwrap();
+    ApiKeyAuth::new(store, name)
+}
+
 /// A scheduled run: upkeep, then backfill jobs.
 async fn scheduled_run(rig: &Rig) -> Value {
     let u = upkeep(rig).await;
@@ -138,6 +156,11 @@ async fn a_deleted_destination_is_purged_then_gone_and_its_scheduled_work_never_
     let (st, v) = checked(&req("DELETE", &path), &r);
     assert_eq!((st, &v["deleted"]), (200, &json!(true)), "{v}");
     assert_eq!(get_destination(&rig, &d2).await.0, 404);
+    let listed = rig.ctx.jobs.active_jobs().await.unwrap();
+    assert!(
+        listed.iter().all(|j| j.destination_id != d2),
+        "the deleted destination's job is still listed as unfinished"
+    );
     let sent = members(&rig, m2[0].audience_id.unwrap()).await.len();
 
     let path = format!("/destinations/{d1}?purge=true");
@@ -153,6 +176,21 @@ async fn a_deleted_destination_is_purged_then_gone_and_its_scheduled_work_never_
     let (st, v) = get_destination(&rig, &d1).await;
     assert_eq!((st, v["status"].as_str()), (200, Some("deleting")), "{v}");
     assert!(!v["mappings"][0]["purge"].is_null(), "{v}");
+    // Through the router (API key checked): changes to a deleting destination are refused.
+    let auth = api_key_auth("k-lifecycle").await;
+    let rq = json_req(
+        "PATCH",
+        &format!("/destinations/{d1}"),
+        &json!({"description": "x"}),
+    )
+    .with_header("authorization", "Bearer k-lifecycle");
+    let r = adsync::export::route(&rig.ctx, &auth, &rq, &Invocation::with_timeout(30)).await;
+    let (st, v) = checked(&rq, &r);
+    assert_eq!(
+        (st, v["error"]["code"].as_str()),
+        (409, Some("destination_deleting")),
+        "{v}"
+    );
 
     for _ in 0..10 {
         scheduled_run(&rig).await;

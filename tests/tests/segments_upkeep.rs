@@ -194,6 +194,10 @@ async fn a_patch_of_ttl_and_countries_reaches_the_audience() {
     let seg = seg_id();
     let (dest, maps) = destination_with(&rig, &[&seg], 2_592_000).await;
     let audience = maps[0].audience_id.unwrap();
+    run_jobs_until_done(&rig, &dest, &seg, &opts(20)).await;
+    // With 30 days, no refresh for 15 days (the run notes when the next one is due).
+    let plan = upkeep_at(&rig, 0).await;
+    assert_eq!(plan["refresh"]["started"], 0, "{plan}");
     let patch = |body: Value| {
         let req = json_req("PATCH", &format!("/destinations/{dest}"), &body);
         let rig = &rig;
@@ -237,4 +241,7 @@ async fn a_patch_of_ttl_and_countries_reaches_the_audience() {
     assert_eq!(s["applied"]["ttlSeconds"], 3600);
     assert_eq!(s["applied"]["dataSourceCountry"], json!(["US", "CA"]));
     assert_eq!(v["mappings"][0]["refresh"]["ttlSeconds"], 3600);
+    // The applied TTL brings the next refresh forward: half an hour, not 15 days.
+    let plan = upkeep_at(&rig, 1_801_000).await;
+    assert_eq!(plan["refresh"]["started"], 1, "{plan}");
 }

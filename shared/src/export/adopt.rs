@@ -23,8 +23,10 @@ use serde_json::Value;
 
 /// Adoptions one request may ask for (each needs a metadata call, one per second).
 pub const MAX_ADOPTIONS_PER_REQUEST: usize = 5;
-/// How long a request waits for a metadata slot before answering 503.
-const SLOT_WAIT_MS: i64 = 8_000;
+/// The part of a request's time its adoptions may take (their metadata slots must fall within
+/// it); the creating request's inline slice is shortened by what they took
+/// ([`after_adoption`]), so the answer keeps the bound of `super::InlineWork`.
+pub const ADOPTION_BUDGET_MS: i64 = 6_000;
 
 /// `audienceId` as given: a JSON integer (exact above 2^53) or a string of digits.
 pub fn parse_audience_id(v: Option<&Value>, field: &str) -> Result<Option<i64>, HttpResponse> {
@@ -70,16 +72,16 @@ fn other_advertiser(field: &str, id: i64, account: &IntegratedAccount) -> HttpRe
 }
 
 /// Reads audience `id` and checks that it may back mapping (`destination_id`, `segment_id`),
-/// claiming it for that mapping.
+/// claiming it for that mapping. The call starts on a metadata slot no later than `not_after`
+/// (epoch ms), else 503.
 pub async fn check(
     ctx: &ExportCtx,
     account: &IntegratedAccount,
     id: i64,
     field: &str,
-    destination_id: &str,
-    segment_id: &str,
+    (destination_id, segment_id): (&str, &str),
+    not_after: i64,
 ) -> Result<Audience, HttpResponse> {
-    let not_after = chrono::Utc::now().timestamp_millis() + SLOT_WAIT_MS;
     if !pace_by(ctx, account, Some(not_after))
         .await
         .map_err(store_failure)?
@@ -160,6 +162,14 @@ async fn created_by_adsync_for_another(
         .await?
         .is_some_and(|m| m.status != MappingStatus::Removed && m.audience_id == Some(a.id));
     Ok(used.then(|| (d.to_string(), s.to_string())))
+}
+
+/// The context for the request's inline slice after adoptions took `spent`: the slice is
+/// shortened by it.
+pub fn after_adoption(ctx: &ExportCtx, spent: std::time::Duration) -> ExportCtx {
+    let mut c = ctx.clone();
+    c.inline.budget = c.inline.budget.saturating_sub(spent);
+    c
 }
 
 /// The mapping backed by an adopted audience: `active` with its id, name, external id and fees.

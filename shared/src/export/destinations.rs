@@ -930,7 +930,9 @@ async fn create_destination_inner(
         ttl_seconds,
         created_at: now.clone(),
     };
+    let adopting = std::time::Instant::now();
     let adopted = adopt_all(ctx, &account, &destination.destination_id, &reqs).await?;
+    let spent = adopting.elapsed();
     let mappings: Vec<SegmentMapping> = reqs
         .iter()
         .zip(&segments)
@@ -960,7 +962,7 @@ async fn create_destination_inner(
     tracing::info!(destination = %destination.destination_id, mappings = mappings.len(), "destination created");
     // The destination exists from here on: whatever the inline work meets, the answer is 202
     // (its failures are on the mappings, and the schedule takes over what is left).
-    let inline = work_inline(ctx, inv, &mappings).await;
+    let inline = work_inline(&super::adopt::after_adoption(ctx, spent), inv, &mappings).await;
     let mut view = match destination_view(ctx, &destination, true).await {
         Ok(v) => v,
         Err(e) => {
@@ -1209,7 +1211,9 @@ async fn add_mappings_inner(
         existing.push(current);
     }
     let now = now_rfc3339();
+    let adopting = std::time::Instant::now();
     let adopted = adopt_all(ctx, &account, id, &reqs).await?;
+    let spent = adopting.elapsed();
     let mut out = Vec::new();
     for (((r, seg), current), a) in reqs.iter().zip(&segments).zip(existing).zip(&adopted) {
         let m = match current {
@@ -1241,7 +1245,7 @@ async fn add_mappings_inner(
         };
         out.push(m);
     }
-    work_inline(ctx, inv, &out).await;
+    work_inline(&super::adopt::after_adoption(ctx, spent), inv, &out).await;
     let views = match current_views(ctx, &out).await {
         Ok(v) => v,
         Err(e) => {
@@ -1275,6 +1279,7 @@ async fn adopt_all(
         ));
     }
     let mut out = Vec::with_capacity(reqs.len());
+    let until = chrono::Utc::now().timestamp_millis() + super::adopt::ADOPTION_BUDGET_MS;
     for r in reqs {
         out.push(match r.audience_id {
             Some(aid) => {
@@ -1289,8 +1294,8 @@ async fn adopt_all(
                         account,
                         aid,
                         &format!("{dot}audienceId"),
-                        destination_id,
-                        &r.segment_id,
+                        (destination_id, &r.segment_id),
+                        until,
                     )
                     .await?,
                 )

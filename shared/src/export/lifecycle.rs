@@ -5,8 +5,8 @@
 //!   while it is mapped; `?purgeLedger=true` also deletes its ledger rows, within the request's
 //!   time, continued by the same DELETE again).
 //! - `DELETE /destinations/{id}`: every mapping turns `removed` (no deltas, refreshes, size reads
-//!   or settings), their running jobs are failed (a run that already holds one finishes its
-//!   current shards; no later run takes it), the destination leaves the list and is deleted.
+//!   or settings), their running jobs are retired (a run that already holds one finishes its
+//!   current shards; no later run lists it), the destination leaves the list and is deleted.
 //! - `?purge=true` (on `DELETE /destinations/{id}` and `DELETE …/mappings/{segmentId}`): 202; a
 //!   purge is queued per mapping with an audience and run by the schedule as one more
 //!   generation of the mapping's job (purpose `purge`: every ledger row of the segment sent as
@@ -260,14 +260,14 @@ async fn delete_destination_inner(
     ))
 }
 
-/// Fails a mapping's unfinished non-purge job, so no later run takes it.
+/// Retires a mapping's unfinished non-purge job, so no later run lists or takes it.
 async fn stop_job(ctx: &ExportCtx, dst: &str, seg: &str) -> Result<(), StoreError> {
     if let Some(j) = ctx.jobs.get_job(dst, seg).await?
         && j.state != JobState::Done
         && j.purpose != JobPurpose::Purge
     {
         ctx.jobs
-            .set_job_error(dst, seg, j.generation, "the destination was deleted", true)
+            .retire_job(dst, seg, "the destination was deleted")
             .await?;
     }
     Ok(())
@@ -284,6 +284,19 @@ async fn deleting_view(ctx: &ExportCtx, id: &str) -> Result<Value, StoreError> {
         mappings.push(v);
     }
     Ok(json!({"destinationId": id, "status": "deleting", "mappings": mappings}))
+}
+
+/// 409 for a change to a destination that is being deleted (its purges run).
+pub async fn refuse_if_deleting(ctx: &ExportCtx, id: &str) -> Option<HttpResponse> {
+    match ctx.destinations.is_deleting(id).await {
+        Ok(true) => Some(HttpResponse::error(
+            409,
+            "destination_deleting",
+            format!("destination {id} is being deleted; GET /destinations/{id} shows the progress"),
+        )),
+        Ok(false) => None,
+        Err(e) => Some(store_failure(e)),
+    }
 }
 
 /// `GET /destinations/{id}` of a destination being deleted answers the deletion's progress.

@@ -1676,9 +1676,12 @@ async fn drain_and_finish(
         }
     }
     let mut cursor: Option<String> = None;
-    // A purge re-sends nothing: its mapping is removed, and a dirty entry left by an earlier
-    // pass would send an add.
-    while job.purpose != JobPurpose::Purge {
+    loop {
+        // A purge re-sends nothing: its mapping is removed, and a dirty entry left by an
+        // earlier pass would send an add.
+        if job.purpose == JobPurpose::Purge {
+            break;
+        }
         if inv.remaining() < opts.safety_margin {
             let _ = ctx.jobs.release_job(dest, seg, owner).await;
             return Ok(false);

@@ -274,7 +274,13 @@ pub async fn route(
         return denied;
     }
     let segs = route_segments(&req.path);
-    match match_route(&req.method, &segs) {
+    let r = match_route(&req.method, &segs);
+    if let Route::PatchDestination(id) | Route::AddMappings(id) | Route::PutFees(id, _) = r
+        && let Some(refused) = lifecycle::refuse_if_deleting(ctx, id).await
+    {
+        return refused;
+    }
+    match r {
         Route::PutSegment(id) => destinations::put_segment(ctx, id, req).await,
         Route::GetSegment(id) => destinations::get_segment(ctx, id).await,
         Route::ListSegments => lifecycle::list_segments(ctx, req).await,

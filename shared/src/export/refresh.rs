@@ -110,6 +110,9 @@ async fn refresh_one(
     now_ms: i64,
 ) -> Result<Option<bool>, StoreError> {
     let (dst, seg) = (st.destination_id.as_str(), st.segment_id.as_str());
+    if now_ms < st.refresh_due_ms {
+        return Ok(Some(false));
+    }
     let Some(job) = ctx.jobs.get_job(dst, seg).await? else {
         return Ok(Some(false));
     };
@@ -118,7 +121,13 @@ async fn refresh_one(
     }
     match next_due_ms(st.ttl_seconds, epoch_ms(&job.created_at)) {
         Some(due) if due <= now_ms => {}
-        _ => return Ok(Some(false)),
+        Some(due) => {
+            if due != st.refresh_due_ms {
+                ctx.destinations.set_refresh_due(dst, seg, due).await?;
+            }
+            return Ok(Some(false));
+        }
+        None => return Ok(Some(false)),
     }
     let mapping = ctx.destinations.get_mapping(dst, seg).await?;
     match &mapping {
@@ -198,6 +207,7 @@ mod tests {
             ttl_seconds: ttl,
             refresh_generation: None,
             last_completed_at: Some("2026-12-01T00:00:00.000Z".into()),
+            refresh_due_ms: 0,
             size: None,
             size_due_ms: 0,
             settings_version: 0,

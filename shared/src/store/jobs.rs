@@ -32,6 +32,8 @@ use std::collections::HashMap;
 
 type Item = HashMap<String, AttributeValue>;
 
+mod retire;
+
 /// The `gsi1pk` of unfinished jobs.
 pub const ACTIVE_JOBS: &str = "JOBS#active";
 

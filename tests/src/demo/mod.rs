@@ -48,6 +48,7 @@ steps! {
     linking,
     conversions,
     segments,
+    audiences,
 }
 
 /// The three function binaries, as `cargo lambda watch` serves them.

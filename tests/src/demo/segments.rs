@@ -37,7 +37,7 @@ fn device(run: &str, i: usize) -> String {
     format!("demo-{run}-{i:04}")
 }
 
-async fn account_id(demo: &Demo) -> Result<String, String> {
+pub(super) async fn account_id(demo: &Demo) -> Result<String, String> {
     if let Some(id) = demo.recall("account_id").and_then(Value::as_str) {
         return Ok(id.to_string());
     }
@@ -60,7 +60,7 @@ async fn account_id(demo: &Demo) -> Result<String, String> {
         })
 }
 
-async fn post_qualifications(demo: &Demo, items: Vec<Value>, what: &str) -> Result<Reply, String> {
+pub(super) async fn post_qualifications(demo: &Demo, items: Vec<Value>, what: &str) -> Result<Reply, String> {
     let n = items.len();
     let reply = demo
         .call(
@@ -80,7 +80,7 @@ async fn post_qualifications(demo: &Demo, items: Vec<Value>, what: &str) -> Resu
 }
 
 /// One scheduled `{"task":"backfill"}` invocation through the watch emulator's invoke API.
-async fn invoke_backfill(demo: &Demo) -> Result<Value, String> {
+pub(super) async fn invoke_backfill(demo: &Demo) -> Result<Value, String> {
     let base = demo
         .functions_url
         .strip_suffix("/lambda-url")
@@ -101,7 +101,7 @@ async fn invoke_backfill(demo: &Demo) -> Result<Value, String> {
     Ok(reply.json())
 }
 
-async fn get_destination(demo: &Demo, id: &str) -> Result<Value, String> {
+pub(super) async fn get_destination(demo: &Demo, id: &str) -> Result<Value, String> {
     let reply = demo
         .call(
             Method::GET,

@@ -3,7 +3,7 @@
 //!
 //! | item | pk | sk | attributes |
 //! |---|---|---|---|
-//! | audience state | `AUDSTATE` | `<destinationId>#<segmentId>` | `destinationId, segmentId, accountId, audienceId (N), ttlSeconds (N, the audience's own TTL as last known), refreshGen (N)?, lastCompletedAt?, audienceSize (N)?, matchedSize (N)?, matchRate (N)?, measuredAt?, sizeDueAt (N, epoch ms), settingsVersion (N), appliedVersion (N), failedVersion (N)?, settingsError?, appliedAt?, appliedCountries (L of S)?, updatedAt` |
+//! | audience state | `AUDSTATE` | `<destinationId>#<segmentId>` | `destinationId, segmentId, accountId, audienceId (N), ttlSeconds (N, the audience's own TTL as last known), refreshGen (N)?, lastCompletedAt?, refreshDueAt (N, epoch ms)?, audienceSize (N)?, matchedSize (N)?, matchRate (N)?, measuredAt?, sizeDueAt (N, epoch ms), settingsVersion (N), appliedVersion (N), failedVersion (N)?, settingsError?, appliedAt?, appliedCountries (L of S)?, updatedAt` |
 //! | audience claim | `AUDIENCE#<audienceId>` | `CLAIM` | `destinationId, segmentId, claimedAt`: the one mapping an adopted audience backs |
 //! | purge | `PURGES` | `<destinationId>#<segmentId>` | `destinationId, segmentId, accountId, audienceId (N), requestedAt (N, epoch ms), state (waiting/running/done), gen (N)?, deleteDestination (BOOL)` |
 //!
@@ -48,6 +48,9 @@ pub struct AudienceState {
     pub refresh_generation: Option<u64>,
     /// When the pass before the running refresh finished.
     pub last_completed_at: Option<String>,
+    /// No refresh is due before this (epoch ms; a lower bound: a later pass only moves the due
+    /// time later), so most runs skip the job read.
+    pub refresh_due_ms: i64,
     pub size: Option<MeasuredSize>,
     /// When the next size read is due (epoch ms).
     pub size_due_ms: i64,
@@ -90,6 +93,7 @@ fn state_from(item: &Item) -> Result<AudienceState, StoreError> {
         ttl_seconds: get_num(item, "ttlSeconds")?.unwrap_or(0),
         refresh_generation: get_num(item, "refreshGen")?,
         last_completed_at: opt_s(item, "lastCompletedAt"),
+        refresh_due_ms: get_num(item, "refreshDueAt")?.unwrap_or(0),
         size,
         size_due_ms: get_num(item, "sizeDueAt")?.unwrap_or(0),
         settings_version: get_num(item, "settingsVersion")?.unwrap_or(0),
@@ -176,9 +180,13 @@ impl DestinationStore {
             && cur.audience_id == audience_id
         {
             if force_ttl && cur.ttl_seconds != ttl_seconds {
-                self.update_state(destination_id, segment_id, "SET ttlSeconds = :t", |u| {
-                    u.expression_attribute_values(":t", n(ttl_seconds))
-                })
+                // A new TTL may bring the next refresh forward: drop the due hint.
+                self.update_state(
+                    destination_id,
+                    segment_id,
+                    "SET ttlSeconds = :t REMOVE refreshDueAt",
+                    |u| u.expression_attribute_values(":t", n(ttl_seconds)),
+                )
                 .await?;
             }
             return Ok(());
@@ -264,6 +272,22 @@ impl DestinationStore {
         .await
     }
 
+    /// No refresh of this audience is due before `due_ms`.
+    pub async fn set_refresh_due(
+        &self,
+        destination_id: &str,
+        segment_id: &str,
+        due_ms: i64,
+    ) -> Result<(), StoreError> {
+        self.update_state(
+            destination_id,
+            segment_id,
+            "SET refreshDueAt = :d",
+            move |u| u.expression_attribute_values(":d", n(due_ms)),
+        )
+        .await
+    }
+
     /// Stores a size read and when the next one is due.
     pub async fn set_audience_size(
         &self,
@@ -320,7 +344,8 @@ impl DestinationStore {
         .await
     }
 
-    /// Amazon took settings `version` with `ttl_seconds`.
+    /// Amazon took settings `version` with `ttl_seconds` (the refresh due hint is dropped: a
+    /// shorter TTL brings the next refresh forward).
     pub async fn settings_applied(
         &self,
         destination_id: &str,
@@ -334,7 +359,7 @@ impl DestinationStore {
             destination_id,
             segment_id,
             "SET appliedVersion = :v, ttlSeconds = :t, appliedCountries = :c, appliedAt = :u, \
-             updatedAt = :u REMOVE settingsError, failedVersion",
+             updatedAt = :u REMOVE settingsError, failedVersion, refreshDueAt",
             move |u| {
                 u.expression_attribute_values(":v", n(version))
                     .expression_attribute_values(":t", n(ttl_seconds))
