@@ -1,6 +1,7 @@
 pub mod conversions;
 pub mod demo;
 pub mod openapi;
+pub mod privacy;
 pub mod sandbox;
 pub mod stack;
 pub mod tables;

@@ -140,8 +140,15 @@ fn parse_deletion(
         Ok(Value::Object(m)) => m,
         _ => return Err(bad(rid, "body", "The body must be a JSON object".into())),
     };
-    if let Some(k) = m.keys().find(|k| !["operation", "users"].contains(&k.as_str())) {
-        return Err(bad(rid, k, format!("The input field '{k}' is not supported")));
+    if let Some(k) = m
+        .keys()
+        .find(|k| !["operation", "users"].contains(&k.as_str()))
+    {
+        return Err(bad(
+            rid,
+            k,
+            format!("The input field '{k}' is not supported"),
+        ));
     }
     if m.get("operation").and_then(Value::as_str) != Some("DELETE") {
         return Err(bad(rid, "operation", "operation must be \"DELETE\"".into()));
@@ -294,7 +301,11 @@ pub async fn upload_records(
         Err(m) => return records_error(StatusCode::BAD_REQUEST, m),
     };
     let n = records.len();
-    let kept = g.privacy.records.entry(caller.client_id.clone()).or_default();
+    let kept = g
+        .privacy
+        .records
+        .entry(caller.client_id.clone())
+        .or_default();
     for (id, recs) in records {
         kept.insert(id, recs);
     }
@@ -342,9 +353,10 @@ fn parse_records(body: &[u8]) -> Result<Vec<(String, Value)>, String> {
                 "records[{i}].externalId must match [0-9A-Za-z_-]{{1,128}}"
             ));
         }
-        let Some(Value::Array(hashed)) = r.get("hashedRecords").filter(|h| {
-            h.as_array().is_some_and(|a| !a.is_empty())
-        }) else {
+        let Some(Value::Array(hashed)) = r
+            .get("hashedRecords")
+            .filter(|h| h.as_array().is_some_and(|a| !a.is_empty()))
+        else {
             return Err(format!(
                 "records[{i}].hashedRecords must be a non-empty list"
             ));

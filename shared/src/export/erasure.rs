@@ -10,8 +10,9 @@
 //! 2. **ledger**: a consistent, paged scan of the ledger (cursor saved after every page) finds the
 //!    devices' rows in every segment, registered or not; each row at or before the request time
 //!    is recorded as *found* (segment + device hash), then deleted.
-//! 3. **audiences**: per account, one `remove` patch per device carrying every audience (any
-//!    mapping status) of the segments it was found in, 413 split; an account needing
+//! 3. **audiences**: the devices' dirty marks in the segments' backfill jobs are deleted; per
+//!    account, one `remove` patch per device carrying every audience (any mapping status) of
+//!    the segments it was found in, 413 split; an account needing
 //!    reauthorization waits (visible), a retryable failure is retried on the next run.
 //! 4. **users**: one `PATCH /v2/dp/users` (`DELETE`, ≤ 1 000 users) per linked advertiser, each
 //!    checkpointed on its own; an advertiser whose account is not active waits (visible).
@@ -464,6 +465,10 @@ impl JobRun<'_> {
         let mut account_of: HashMap<String, Option<String>> = HashMap::new();
         for (seg, idxs) in &per_seg {
             for m in self.ctx.destinations.mappings_for_segment(seg).await? {
+                for &i in idxs {
+                    let (d, k) = (&m.destination_id, &self.keys[i]);
+                    self.st.delete_dirty_mark(d, seg, k).await?;
+                }
                 let Some(audience_id) = m.audience_id else {
                     continue;
                 };
