@@ -159,7 +159,12 @@ async fn erasing_three_devices_empties_four_audiences_of_two_advertisers() {
     assert_eq!(advertisers, expect);
 
     // Older than the erasure: stale, not stored, not sent. Newer: re-added.
-    let a1 = maps.iter().find(|m| m.segment_id == s1).unwrap().audience_id.unwrap();
+    let a1 = maps
+        .iter()
+        .find(|m| m.segment_id == s1)
+        .unwrap()
+        .audience_id
+        .unwrap();
     let old = json!([{"segmentId": s1, "deviceId": e1, "idType": "MAID", "status": "qualified", "timestamp": iso(requested - 1000)}]);
     let r = rig.qualify(old).await;
     assert_eq!(r.json_body()["results"][0]["status"], "stale", "{}", r.body);
@@ -172,11 +177,7 @@ async fn erasing_three_devices_empties_four_audiences_of_two_advertisers() {
             .unwrap()
             .is_empty()
     );
-    assert!(
-        !members(&rig, a1)
-            .await
-            .contains(&format!("MAID-{e1}"))
-    );
+    assert!(!members(&rig, a1).await.contains(&format!("MAID-{e1}")));
     let newer = json!([{"segmentId": s1, "deviceId": e1, "idType": "MAID", "status": "qualified", "timestamp": iso(requested + 1)}]);
     let r = rig.qualify(newer).await;
     assert_eq!(
@@ -185,11 +186,7 @@ async fn erasing_three_devices_empties_four_audiences_of_two_advertisers() {
         "{}",
         r.body
     );
-    assert!(
-        members(&rig, a1)
-            .await
-            .contains(&format!("MAID-{e1}"))
-    );
+    assert!(members(&rig, a1).await.contains(&format!("MAID-{e1}")));
 
     // No raw id of an erased device (e1 came back with a newer qualification) anywhere.
     let hits = rig
