@@ -257,6 +257,7 @@ impl PrivacyRig {
                 .queue_url(&q)
                 .max_number_of_messages(10)
                 .visibility_timeout(0)
+                .wait_time_seconds(0)
                 .send()
                 .await
                 .unwrap();
@@ -285,10 +286,15 @@ impl Drop for PrivacyRig {
                 .enable_all()
                 .build()
                 .unwrap();
+            // DynamoDB Local takes ~20 s per DeleteTable; it finishes the deletion after the
+            // client stops waiting, so send them together and wait briefly.
             rt.block_on(async {
-                for t in tables {
-                    ddb.delete_table().table_name(t).send().await.ok();
-                }
+                let all = futures::future::join_all(
+                    tables
+                        .iter()
+                        .map(|t| ddb.delete_table().table_name(t).send()),
+                );
+                let _ = tokio::time::timeout(Duration::from_secs(2), all).await;
             });
         })
         .join();

@@ -48,6 +48,7 @@ steps! {
     linking,
     conversions,
     segments,
+    privacy,
 }
 
 /// The three function binaries, as `cargo lambda watch` serves them.
