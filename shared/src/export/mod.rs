@@ -20,6 +20,7 @@
 
 pub mod destinations;
 pub mod erasure;
+pub mod erasure_progress;
 pub mod identities;
 pub mod members;
 pub mod privacy;
