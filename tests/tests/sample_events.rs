@@ -74,6 +74,9 @@ const FED: &[(&str, &[&str])] = &[
             "delete-destination.json",
             "backfill.json",
             "redrive.json",
+            "upload-identities.json",
+            "create-deletion.json",
+            "get-deletion.json",
         ],
     ),
 ];
@@ -863,6 +866,28 @@ async fn segment_export_sample_events() {
     // The samples as they are (ids nobody created) get the documented 404s.
     let resp = invoke_http(&handler, load("segment-export", "get-destination.json")).await;
     assert_eq!(status(&resp), 404, "{resp}");
+    let resp = invoke_http(&handler, load("segment-export", "get-deletion.json")).await;
+    assert_eq!(status(&resp), 404, "{resp}");
+
+    // POST /accounts/{id}/identities: hashed records for the EXTERNAL_USER_ID members.
+    let resp = invoke_http(&handler, fresh("upload-identities.json", &dest)).await;
+    assert_eq!(status(&resp), 200, "{resp}");
+    assert_eq!(json_body(&resp)["totals"]["accepted"], 2, "{resp}");
+    // POST /privacy/deletions (devices of their own: tombstones outlive the test) and its job.
+    let resp = invoke_http(&handler, load("segment-export", "create-deletion.json")).await;
+    assert_eq!(status(&resp), 202, "{resp}");
+    let id = json_body(&resp)["deletionId"].as_str().unwrap().to_string();
+    let ev = rewrite(
+        &load("segment-export", "get-deletion.json"),
+        &[("sample-deletion-id", &id)],
+    );
+    let resp = invoke_http(&handler, ev).await;
+    assert_eq!(status(&resp), 200, "{resp}");
+    assert_eq!(
+        json_body(&resp)["devices"].as_array().unwrap().len(),
+        2,
+        "{resp}"
+    );
 }
 
 // ------------------------------------------------------------------------ no services needed

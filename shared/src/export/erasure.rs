@@ -10,8 +10,9 @@
 //! 2. **ledger**: a consistent, paged scan of the ledger (cursor saved after every page) finds the
 //!    devices' rows in every segment, registered or not; each row at or before the request time
 //!    is recorded as *found* (segment + device hash), then deleted.
-//! 3. **audiences**: per account, one `remove` patch per device carrying every audience (any
-//!    mapping status) of the segments it was found in, 413 split; an account needing
+//! 3. **audiences**: the devices' dirty marks in the segments' backfill jobs are deleted; per
+//!    account, one `remove` patch per device carrying every audience (any mapping status) of
+//!    the segments it was found in, 413 split; an account needing
 //!    reauthorization waits (visible), a retryable failure is retried on the next run.
 //! 4. **users**: one `PATCH /v2/dp/users` (`DELETE`, ≤ 1 000 users) per linked advertiser, each
 //!    checkpointed on its own; an advertiser whose account is not active waits (visible).
@@ -21,14 +22,14 @@
 //! only, and Amazon's error messages are redacted before they are stored.
 
 use super::ExportCtx;
+pub use super::erasure_progress::*;
 use crate::amazon::AmazonError;
 use crate::amazon::privacy::{MAX_DELETION_USERS, UserId, deletion_body};
-use crate::domain::audience::{Batcher, Change, IdType, PatchOp, device_key, group, split_body};
+use crate::domain::audience::{Batcher, Change, PatchOp, device_key, group, split_body};
 use crate::runtime::Invocation;
 use crate::store::StoreError;
 use crate::store::accounts::{AccountStatus, IntegratedAccount};
 use crate::store::erasures::{ErasureStore, device_hash};
-use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::time::Duration;
@@ -56,142 +57,6 @@ impl Default for ErasureOptions {
     }
 }
 
-/// A device as the job's progress shows it.
-#[derive(Clone, Debug, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub struct DeviceRef {
-    pub id_type: String,
-    pub device_hash: String,
-}
-
-#[derive(Clone, Debug, Default, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub struct CountStep {
-    pub state: String,
-    pub done: u64,
-}
-
-#[derive(Clone, Debug, Default, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub struct LedgerStep {
-    pub state: String,
-    pub rows_scanned: u64,
-    pub rows_removed: u64,
-    /// Rows newer than the request (a later qualification re-added the device): kept.
-    pub rows_newer_kept: u64,
-    /// Internal scan cursor; never shown.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub cursor: Option<(String, String)>,
-}
-
-/// Progress towards one account (audiences step) or advertiser (users step).
-#[derive(Clone, Debug, Default, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub struct TargetProgress {
-    pub advertiser_id: i64,
-    /// `pending`, `done`, `waiting` (account not active), `retrying`, `failed`, `skipped`.
-    pub state: String,
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub audiences: Vec<i64>,
-    pub requests: u64,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub request_id: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub error: Option<String>,
-}
-
-impl TargetProgress {
-    fn settled(&self) -> bool {
-        matches!(self.state.as_str(), "done" | "failed" | "skipped")
-    }
-}
-
-#[derive(Clone, Debug, Default, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub struct TargetsStep {
-    pub state: String,
-    /// accountId → progress.
-    pub targets: BTreeMap<String, TargetProgress>,
-}
-
-#[derive(Clone, Debug, Default, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub struct Steps {
-    pub tombstones: CountStep,
-    pub ledger: LedgerStep,
-    pub audiences: TargetsStep,
-    pub users: TargetsStep,
-}
-
-/// The job's progress and audit record: hashes only, never a device id.
-#[derive(Clone, Debug, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub struct ErasureDoc {
-    pub deletion_id: String,
-    /// `running`, `waiting` (something waits for an account or a retry), `done`.
-    pub status: String,
-    pub requested_at: String,
-    pub requested_at_ms: i64,
-    pub devices: Vec<DeviceRef>,
-    pub steps: Steps,
-    pub errors: Vec<String>,
-    pub created_at: String,
-    pub updated_at: String,
-    pub finished_at: Option<String>,
-}
-
-impl ErasureDoc {
-    pub fn new(deletion_id: String, requested_at_ms: i64, devices: &[(IdType, String)]) -> Self {
-        let now = crate::store::dynamo::now_rfc3339();
-        let pending = || "pending".to_string();
-        Self {
-            deletion_id,
-            status: "running".into(),
-            requested_at: chrono::DateTime::from_timestamp_millis(requested_at_ms)
-                .map(|d| d.to_rfc3339_opts(chrono::SecondsFormat::Millis, true))
-                .unwrap_or_default(),
-            requested_at_ms,
-            devices: devices
-                .iter()
-                .map(|(t, id)| DeviceRef {
-                    id_type: t.as_str().into(),
-                    device_hash: device_hash(&device_key(*t, id)),
-                })
-                .collect(),
-            steps: Steps {
-                tombstones: CountStep {
-                    state: pending(),
-                    done: 0,
-                },
-                ledger: LedgerStep {
-                    state: pending(),
-                    ..Default::default()
-                },
-                audiences: TargetsStep {
-                    state: pending(),
-                    ..Default::default()
-                },
-                users: TargetsStep {
-                    state: pending(),
-                    ..Default::default()
-                },
-            },
-            errors: Vec::new(),
-            created_at: now.clone(),
-            updated_at: now,
-            finished_at: None,
-        }
-    }
-
-    fn note(&mut self, msg: String) {
-        const KEEP: usize = 20;
-        self.errors.push(msg);
-        if self.errors.len() > KEEP {
-            self.errors.remove(0);
-        }
-    }
-}
-
 /// The erasure store of the export context (tombstones in the ledger table, jobs beside the
 /// backfill jobs).
 pub fn store(ctx: &ExportCtx) -> ErasureStore {
@@ -200,23 +65,6 @@ pub fn store(ctx: &ExportCtx) -> ErasureStore {
         ctx.ledger.table().to_string(),
         ctx.destinations.table().to_string(),
     )
-}
-
-/// Raw ids of the job, as stored while it runs: `[[type, id], …]`.
-pub type RawDevices = Vec<(IdType, String)>;
-
-/// Replaces every device id of the job in `msg` by its hash (Amazon may echo a value back).
-fn redact(msg: &str, devices: &RawDevices) -> String {
-    let mut out = msg.to_string();
-    for (t, id) in devices {
-        if out.contains(id.as_str()) {
-            out = out.replace(
-                id.as_str(),
-                &format!("sha256:{}", device_hash(&device_key(*t, id))),
-            );
-        }
-    }
-    out
 }
 
 /// Runs every unfinished job until the deadline margin (scheduled `backfill` task).
@@ -464,6 +312,10 @@ impl JobRun<'_> {
         let mut account_of: HashMap<String, Option<String>> = HashMap::new();
         for (seg, idxs) in &per_seg {
             for m in self.ctx.destinations.mappings_for_segment(seg).await? {
+                for &i in idxs {
+                    let (d, k) = (&m.destination_id, &self.keys[i]);
+                    self.st.delete_dirty_mark(d, seg, k).await?;
+                }
                 let Some(audience_id) = m.audience_id else {
                     continue;
                 };
@@ -495,8 +347,11 @@ impl JobRun<'_> {
                 .audiences
                 .targets
                 .remove(&account_id)
-                .unwrap_or_default();
-            if !p.settled() {
+                .unwrap_or_else(|| TargetProgress {
+                    state: "pending".into(),
+                    ..Default::default()
+                });
+            if !p.settled() && !self.out_of_time() {
                 let mut ids: Vec<i64> = changes.iter().map(|c| c.audience_id).collect();
                 ids.sort_unstable();
                 ids.dedup();
@@ -559,7 +414,7 @@ impl JobRun<'_> {
             let Some(mut p) = doc.steps.users.targets.remove(&account_id) else {
                 continue;
             };
-            if !p.settled() {
+            if !p.settled() && !self.out_of_time() {
                 let account = self.ctx.accounts.get_account(&account_id).await?;
                 self.delete_users(&mut p, account, doc.requested_at_ms)
                     .await;
@@ -582,7 +437,6 @@ impl JobRun<'_> {
         let Some(a) = self.usable(p, account) else {
             return;
         };
-        p.advertiser_id = a.advertiser_id;
         for chunk in self.devices.chunks(MAX_DELETION_USERS) {
             let users: Vec<UserId<'_>> = chunk
                 .iter()
@@ -615,10 +469,12 @@ impl JobRun<'_> {
         p: &mut TargetProgress,
         account: Option<IntegratedAccount>,
     ) -> Option<IntegratedAccount> {
+        if let Some(a) = &account {
+            p.advertiser_id = a.advertiser_id;
+        }
         match account {
             Some(a) if a.status == AccountStatus::Active => Some(a),
             Some(a) if a.status == AccountStatus::ReauthorizationRequired => {
-                p.advertiser_id = a.advertiser_id;
                 p.state = "waiting".into();
                 p.error = Some(AmazonError::ReauthorizationRequired.user_message());
                 None
@@ -654,15 +510,6 @@ impl JobRun<'_> {
     }
 }
 
-/// `done` when every target is settled, else `waiting`.
-fn step_state(s: &TargetsStep) -> String {
-    if s.targets.values().all(TargetProgress::settled) {
-        "done".into()
-    } else {
-        "waiting".into()
-    }
-}
-
 /// Sends one patch body; a 413 splits it. Returns the requests made.
 fn send_split<'a>(
     ctx: &'a ExportCtx,
@@ -692,39 +539,4 @@ fn send_split<'a>(
             Err(e) => Err(e),
         }
     })
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn progress_and_errors_never_carry_a_device_id() {
-        let devices: RawDevices = vec![(IdType::Maid, "maid-secret-1".into())];
-        let doc = ErasureDoc::new("d1".into(), 1_700_000_000_000, &devices);
-        let json = serde_json::to_string(&doc).unwrap();
-        assert!(!json.contains("maid-secret-1"), "{json}");
-        assert!(json.contains(&device_hash("MAID-maid-secret-1")));
-        let msg = redact("Amazon Error: bad value maid-secret-1 (HTTP 400)", &devices);
-        assert!(!msg.contains("maid-secret-1"), "{msg}");
-        assert!(msg.contains("sha256:"));
-    }
-
-    #[test]
-    fn a_step_is_done_only_when_every_target_settled() {
-        let mut s = TargetsStep::default();
-        assert_eq!(step_state(&s), "done");
-        for (k, st) in [("a", "done"), ("b", "waiting")] {
-            s.targets.insert(
-                k.into(),
-                TargetProgress {
-                    state: st.into(),
-                    ..Default::default()
-                },
-            );
-        }
-        assert_eq!(step_state(&s), "waiting");
-        s.targets.get_mut("b").unwrap().state = "skipped".into();
-        assert_eq!(step_state(&s), "done");
-    }
 }

@@ -25,6 +25,7 @@ pub mod audience_meta;
 pub mod audience_view;
 pub mod destinations;
 pub mod erasure;
+pub mod erasure_progress;
 pub mod identities;
 pub mod lifecycle;
 pub mod members;

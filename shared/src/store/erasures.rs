@@ -166,6 +166,25 @@ impl ErasureStore {
         }
     }
 
+    /// Deletes a backfill job's dirty mark of a device (`store::jobs` layout), so no raw id
+    /// outlives the erasure there.
+    pub async fn delete_dirty_mark(
+        &self,
+        destination_id: &str,
+        segment_id: &str,
+        device: &str,
+    ) -> Result<(), StoreError> {
+        self.client
+            .delete_item()
+            .table_name(&self.jobs_table)
+            .key("pk", s(super::jobs::job_pk(destination_id, segment_id)))
+            .key("sk", s(format!("DIRTY#{device}")))
+            .send()
+            .await
+            .map_err(|e| aws_error("dirty mark delete", e))?;
+        Ok(())
+    }
+
     /// One page of a consistent scan of the ledger (keys and versions; tombstones skipped).
     /// `after` is the `(pk, sk)` to continue after; the second value is the next one.
     pub async fn scan_ledger(

@@ -49,6 +49,7 @@ steps! {
     conversions,
     segments,
     audiences,
+    privacy,
 }
 
 /// The three function binaries, as `cargo lambda watch` serves them.
