@@ -8,6 +8,7 @@ pub mod dynamo;
 pub mod jobs;
 pub mod ledger;
 pub mod parked;
+pub mod sealed;
 pub mod secrets;
 
 /// A store failure. Messages never carry secret values or personal data.
