@@ -20,6 +20,7 @@
 //! account ids and outcomes only.
 
 pub mod binding;
+pub mod cleanup;
 
 use crate::amazon::{AmazonClient, AmazonError, LoginRef, LwaError, Region};
 use crate::http::auth::{ApiKeyAuth, Caller};
@@ -1258,6 +1259,23 @@ impl Handler for Linking {
                 _ => HttpResponse::method_not_allowed("DELETE"),
             },
             _ => HttpResponse::not_found(),
+        }
+    }
+
+    async fn task(
+        &self,
+        name: &str,
+        _input: serde_json::Value,
+        inv: Invocation,
+    ) -> Result<serde_json::Value, String> {
+        match name {
+            "cleanup" => {
+                let s = self.cleanup(&inv, cleanup::ABANDONED_AFTER).await;
+                serde_json::to_value(s).map_err(|e| e.to_string())
+            }
+            other => Err(format!(
+                "unknown task {other:?}; this function runs \"cleanup\""
+            )),
         }
     }
 }

@@ -42,6 +42,9 @@ pub struct LwaClient {
     /// Empty = any redirect URI is allowed.
     #[serde(default)]
     pub redirect_uris: Vec<String>,
+    /// Each refresh answers a new refresh token and revokes the one used.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub rotate_refresh_tokens: bool,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
@@ -425,6 +428,7 @@ impl SandboxAdmin {
             ),
             client_secret: format!("secret-{}", uuid::Uuid::new_v4().simple()),
             redirect_uris: vec![],
+            rotate_refresh_tokens: false,
         };
         self.register_client(&c).await?;
         Ok(c)

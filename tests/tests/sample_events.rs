@@ -46,6 +46,7 @@ const FED: &[(&str, &[&str])] = &[
             "oauth-confirm.json",
             "list-accounts.json",
             "delete-account.json",
+            "cleanup.json",
         ],
     ),
     (
@@ -360,6 +361,15 @@ async fn oauth_callback_sample_events() {
     let view = location
         .strip_prefix("callback?view=")
         .expect("relative redirect to the view");
+    // The browser binding: the view and the confirm need the cookie the callback set (payload
+    // 2.0 carries it in `cookies`, both ways).
+    let cookie = resp["cookies"][0]
+        .as_str()
+        .expect("the callback sets the browser cookie")
+        .split(';')
+        .next()
+        .unwrap()
+        .to_string();
     // The same state again is refused (single use).
     let again = invoke_http(&linking, ev).await;
     assert!(
@@ -371,6 +381,13 @@ async fn oauth_callback_sample_events() {
     // GET /oauth/callback?view → the advertiser list with one Confirm form each.
     let mut ev = load("oauth-callback", "oauth-callback-view.json");
     set_query(&mut ev, &[("view", view)]);
+    let without = invoke_http(&linking, ev.clone()).await;
+    assert_eq!(
+        status(&without),
+        403,
+        "the view without the cookie: {without}"
+    );
+    ev["cookies"] = json!([cookie]);
     let resp = invoke_http(&linking, ev).await;
     assert_eq!(status(&resp), 200, "{resp}");
     let page = resp["body"].as_str().unwrap();
@@ -400,7 +417,8 @@ async fn oauth_callback_sample_events() {
             .map(|(_, v)| v.into_owned())
             .expect("the sample form has a csrf field")
     };
-    let ev = rewrite(&ev, &[(&sample_csrf, &csrf), (SAMPLE_ACCOUNT, &advertiser)]);
+    let mut ev = rewrite(&ev, &[(&sample_csrf, &csrf), (SAMPLE_ACCOUNT, &advertiser)]);
+    ev["cookies"] = json!([cookie]);
     let resp = invoke_http(&linking, ev.clone()).await;
     assert_eq!(status(&resp), 200, "{resp}");
     assert!(
@@ -454,6 +472,10 @@ async fn oauth_callback_sample_events() {
     // Gone now.
     let resp = invoke_http(&linking, ev).await;
     assert_eq!(status(&resp), 404, "{resp}");
+
+    // The schedule's cleanup of consents never confirmed answers a summary.
+    let summary = invoke_task(&linking, load("oauth-callback", "cleanup.json"), 20).await;
+    assert!(summary["scanned"].is_number(), "{summary}");
 }
 
 // -------------------------------------------------------------------------- conversion-ingest
@@ -1036,6 +1058,7 @@ fn schedules_are_schedule_v2_with_the_sample_inputs() {
         }
     }
     let expected: BTreeSet<String> = [
+        "oauth-callback/cleanup",
         "segment-export/backfill",
         "segment-export/redrive",
         "conversion-ingest/redrive",

@@ -1,7 +1,7 @@
 //! Security hardening against the local stack: scoped API keys on every function (403 naming the
 //! missing scope, no other account revealed, filtered lists, 401 before routing, the key's name
 //! on the request's log line), PKCE enforced by the sandbox, the browser-bound account list and a
-//! forged `X-Forwarded-Host`.
+//! forged `X-Forwarded-Host`, the cleanup schedule. (Sealed parked messages: `parked_sealed.rs`.)
 //!
 //! Needs the stack env (`set -a; . .local/stack.env; set +a`).
 
@@ -456,4 +456,53 @@ async fn a_forged_forwarded_host_does_not_move_the_redirect_uri() {
     cb.domain_name = Some("evil.example".into());
     let r = rig.call(cb).await;
     assert_eq!(r.status, 303, "{}", r.body);
+}
+
+#[tokio::test]
+async fn the_schedule_deletes_token_secrets_of_consents_never_confirmed() {
+    use adsync::linking::cleanup::ABANDONED_AFTER;
+    use adsync::store::accounts::ConnectionStatus;
+    let stack = stack().await;
+    let rig = rig(&stack, REDIRECT).await;
+    let user = user_in_every_region(&rig.sandbox, 1).await;
+    // One consent left on its account list, one confirmed.
+    let (open_cid, url) = rig.create_connection("NA").await;
+    let back = rig.consent(&url, &user.user_id, false).await;
+    assert_eq!(rig.callback(&back).await.status, 303);
+    let (done_cid, url) = rig.create_connection("EU").await;
+    let back = rig.consent(&url, &user.user_id, false).await;
+    let page = rig.follow(&rig.callback(&back).await).await;
+    let ids = advertiser_ids(&page.body);
+    assert_eq!(rig.confirm(&csrf_of(&page.body), &ids[0]).await.status, 200);
+    assert!(rig.token_secret(&open_cid).await.is_some());
+
+    // Less than a day old: kept.
+    let inv = Invocation::with_timeout(30);
+    let s = rig.linking.cleanup(&inv, ABANDONED_AFTER).await;
+    assert_eq!((s.connections_closed, s.secrets_deleted), (0, 0));
+    assert!(rig.token_secret(&open_cid).await.is_some());
+
+    // Old enough (age 0 here): the unconfirmed consent's secret goes, the linked one stays.
+    let s = rig.linking.cleanup(&inv, std::time::Duration::ZERO).await;
+    assert_eq!((s.connections_closed, s.secrets_deleted), (1, 1), "{s:?}");
+    assert!(rig.token_secret(&open_cid).await.is_none());
+    assert!(rig.token_secret(&done_cid).await.is_some());
+    let conn = rig
+        .accounts
+        .get_connection(&open_cid)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        (conn.status, conn.failure.as_deref(), conn.token_secret),
+        (ConnectionStatus::Failed, Some("abandoned"), None)
+    );
+    // Idempotent.
+    let s = rig.linking.cleanup(&inv, std::time::Duration::ZERO).await;
+    assert_eq!(s.connections_closed, 0);
+    // The schedule's input reaches it through the runtime.
+    let out = adsync::runtime::dispatch(&rig.linking, json!({"task": "cleanup"}), inv)
+        .await
+        .unwrap();
+    assert!(out["scanned"].is_number(), "{out}");
 }

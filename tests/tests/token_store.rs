@@ -34,11 +34,13 @@ async fn create_overwrite_read_back_delete() {
     store.put_json(&name, &v2).await.unwrap();
     assert_eq!(store.get_json::<Doc>(&name).await.unwrap(), Some(v2));
 
-    // Exactly what we wrote is what moto holds (one JSON document, current version).
+    // Exactly what we wrote is what moto holds (one JSON document, current version; the stage
+    // is named because moto answers a stage-less read with a stale version after a stage move).
     let raw = aws
         .secrets
         .get_secret_value()
         .secret_id(&name)
+        .version_stage("AWSCURRENT")
         .send()
         .await
         .unwrap();

@@ -60,6 +60,9 @@ struct ClientIn {
     client_secret: String,
     #[serde(default)]
     redirect_uris: Vec<String>,
+    /// Refresh-token rotation for this client (default off, as Login with Amazon).
+    #[serde(default)]
+    rotate_refresh_tokens: bool,
 }
 
 /// `POST /admin/clients` (create or replace).
@@ -78,6 +81,7 @@ pub async fn create_client(State(sb): State<Sandbox>, body: Bytes) -> Response {
             client_id: c.client_id,
             client_secret: c.client_secret,
             redirect_uris: c.redirect_uris,
+            rotate_refresh_tokens: c.rotate_refresh_tokens,
         },
     );
     json_response(StatusCode::OK, json!({"clientId": id}))

@@ -245,8 +245,16 @@ pub async fn token(State(sb): State<Sandbox>, headers: HeaderMap, body: Bytes) -
             "The refresh_token parameter is required",
         );
     };
-    let user_id = match g.refresh_tokens.get(refresh) {
-        Some(r) if !r.revoked && r.client_id == client_id => r.user_id.clone(),
+    let rotate = g
+        .clients
+        .get(&client_id)
+        .is_some_and(|c| c.rotate_refresh_tokens);
+    let user_id = match g.refresh_tokens.get_mut(refresh) {
+        Some(r) if !r.revoked && r.client_id == client_id => {
+            // Rotation: the token used is spent; a new one comes with the answer.
+            r.revoked |= rotate;
+            r.user_id.clone()
+        }
         _ => {
             return token_error(
                 StatusCode::BAD_REQUEST,
@@ -256,8 +264,13 @@ pub async fn token(State(sb): State<Sandbox>, headers: HeaderMap, body: Bytes) -
         }
     };
     let access = g.issue_access_token(&client_id, &user_id);
+    let next = if rotate {
+        g.issue_refresh_token(&client_id, &user_id)
+    } else {
+        refresh.to_string()
+    };
     drop(g);
-    grant(&access, refresh, ttl)
+    grant(&access, &next, ttl)
 }
 
 fn grant(access: &str, refresh: &str, ttl: u64) -> Response {

@@ -34,6 +34,8 @@ pub struct Client {
     pub client_secret: String,
     /// Empty = any redirect URI is allowed.
     pub redirect_uris: Vec<String>,
+    /// Each refresh issues a new refresh token and revokes the one used (rotation).
+    pub rotate_refresh_tokens: bool,
 }
 
 #[derive(Clone, Debug)]
@@ -489,6 +491,7 @@ fn seed(g: &mut Inner) {
             client_id: SEED_CLIENT_ID.to_string(),
             client_secret: SEED_CLIENT_SECRET.to_string(),
             redirect_uris: vec![],
+            rotate_refresh_tokens: false,
         },
     );
     let regions: [SeedRegion; 3] = [

@@ -472,6 +472,7 @@ async fn seeded_data_is_there() {
         client_id: SEED_CLIENT_ID.into(),
         client_secret: SEED_CLIENT_SECRET.into(),
         redirect_uris: vec![],
+        rotate_refresh_tokens: false,
     };
     let code = get_code(&env, &client, "http://127.0.0.1:9000/cb", SEED_USER).await;
     let r = exchange(&env, &client, &code, "http://127.0.0.1:9000/cb").await;

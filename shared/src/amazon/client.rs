@@ -78,6 +78,10 @@ pub struct AccountScope {
 pub struct AmazonClient {
     pub(crate) inner: Arc<Inner>,
     pub(crate) policy: RetryPolicy,
+    /// Namespace of the process-wide access-token cache (empty: shared by every client of the
+    /// process); [`AmazonClient::with_private_token_cache`] gives a client its own, as another
+    /// process would have.
+    pub(crate) cache_ns: Arc<str>,
 }
 
 pub(crate) struct Inner {
@@ -149,7 +153,14 @@ impl AmazonClient {
                 scopes,
             }),
             policy: RetryPolicy::default(),
+            cache_ns: Arc::from(""),
         }
+    }
+
+    /// This client with a token cache of its own (tests play two processes with it).
+    pub fn with_private_token_cache(mut self) -> Self {
+        self.cache_ns = Arc::from(uuid::Uuid::new_v4().simple().to_string());
+        self
     }
 
     pub fn with_retry_policy(mut self, p: RetryPolicy) -> Self {

@@ -5,7 +5,16 @@
 //! Access tokens are reused across warm invocations through a process-wide cache keyed by the
 //! secret name; when the cache is cold the secret's copy is used; a token with less than five
 //! minutes left (or one Amazon just answered 401 to) is refreshed and the new one written back to
-//! the secret. A per-login async lock makes concurrent callers refresh once.
+//! the secret. A per-login async lock makes concurrent callers of one process refresh once.
+//!
+//! Across processes (several Lambda instances), two guards keep one working token:
+//! - the write-back is conditional on the secret version that was read
+//!   ([`SecretsStore::put_json_if_current`](crate::store::secrets::SecretsStore::put_json_if_current)),
+//!   so a stale writer never overwrites a newer (possibly rotated) refresh token;
+//! - `invalid_grant` on a refresh re-reads the secret (briefly waiting for the other process's
+//!   write-back): when another process rotated the refresh token meanwhile, its access token is
+//!   used, or the new refresh token is tried once; only an unchanged secret means the consent
+//!   was revoked.
 
 use super::client::AmazonClient;
 use super::error::AmazonError;
@@ -54,6 +63,20 @@ impl CachedToken {
 
 type Slot = Arc<tokio::sync::Mutex<Option<CachedToken>>>;
 
+/// How long `invalid_grant` waits for another process's write-back of a rotated refresh token,
+/// re-reading the secret after each step.
+const REREAD_WAITS_MS: [u64; 3] = [0, 250, 750];
+
+/// What a re-read after `invalid_grant` found.
+enum Reread {
+    /// Another process stored a usable access token.
+    Token(CachedToken),
+    /// Another process rotated the refresh token; try it (secret and its version).
+    Rotated(Box<TokenSecret>, String),
+    /// The same refresh token: the consent was revoked.
+    Unchanged,
+}
+
 /// The process-wide cache: one slot (and lock) per token secret.
 fn slot(secret_name: &str) -> Slot {
     static CACHE: OnceLock<Mutex<HashMap<String, Slot>>> = OnceLock::new();
@@ -83,7 +106,7 @@ impl AmazonClient {
                 status: 200,
             })
         })?;
-        let slot = slot(&login.secret_name);
+        let slot = slot(&self.cache_key(login));
         let mut cached = slot.lock().await;
         let expires_at = now_epoch() + grant.expires_in as i64;
         let secret = TokenSecret {
@@ -107,7 +130,7 @@ impl AmazonClient {
 
     /// Deletes a login's secret (no recovery window) and forgets its cached token.
     pub async fn delete_login(&self, login: &LoginRef) -> Result<(), AmazonError> {
-        let slot = slot(&login.secret_name);
+        let slot = slot(&self.cache_key(login));
         let mut cached = slot.lock().await;
         *cached = None;
         self.inner.secrets.delete(&login.secret_name).await?;
@@ -130,12 +153,16 @@ impl AmazonClient {
         self.token_for(login, Some(refused)).await
     }
 
+    fn cache_key(&self, login: &LoginRef) -> String {
+        format!("{}\u{0}{}", self.cache_ns, login.secret_name)
+    }
+
     async fn token_for(
         &self,
         login: &LoginRef,
         refused: Option<&SecretString>,
     ) -> Result<SecretString, AmazonError> {
-        let slot = slot(&login.secret_name);
+        let slot = slot(&self.cache_key(login));
         let mut cached = slot.lock().await;
         if let Some(c) = cached.as_ref()
             && c.usable(now_epoch(), refused)
@@ -143,10 +170,10 @@ impl AmazonClient {
             return Ok(c.token.clone());
         }
 
-        let Some(secret) = self
+        let Some((mut secret, mut version)) = self
             .inner
             .secrets
-            .get_json::<TokenSecret>(&login.secret_name)
+            .get_json_versioned::<TokenSecret>(&login.secret_name)
             .await?
         else {
             // The login was deleted (or never saved): only relinking helps.
@@ -154,56 +181,49 @@ impl AmazonClient {
             *cached = None;
             return Err(AmazonError::ReauthorizationRequired);
         };
-        if let (Some(token), Some(expires_at)) =
-            (&secret.access_token, secret.access_token_expires_at)
-        {
-            let c = CachedToken {
-                token: token.clone(),
-                expires_at,
-            };
-            if c.usable(now_epoch(), refused) {
-                *cached = Some(c);
-                return Ok(token.clone());
-            }
+        if let Some(c) = stored_token(&secret, refused) {
+            *cached = Some(c.clone());
+            return Ok(c.token);
         }
 
-        let grant = match self
-            .refresh_grant(login.region, secret.refresh_token.expose())
-            .await
-        {
-            Ok(g) => g,
-            Err(e) => {
-                *cached = None;
-                if e == AmazonError::ReauthorizationRequired {
-                    tracing::warn!(secret = %login.secret_name, "refresh token refused (invalid_grant): reauthorization required");
+        let mut retried = false;
+        let grant = loop {
+            match self
+                .refresh_grant(login.region, secret.refresh_token.expose())
+                .await
+            {
+                Ok(g) => break g,
+                Err(AmazonError::ReauthorizationRequired) if !retried => {
+                    retried = true;
+                    match self.reread(login, &secret.refresh_token, refused).await? {
+                        Reread::Token(c) => {
+                            tracing::info!(secret = %login.secret_name, "another process refreshed the token: using its token");
+                            *cached = Some(c.clone());
+                            return Ok(c.token);
+                        }
+                        Reread::Rotated(newer, v) => {
+                            tracing::info!(secret = %login.secret_name, "another process rotated the refresh token: retrying once");
+                            (secret, version) = (*newer, v);
+                        }
+                        Reread::Unchanged => {
+                            *cached = None;
+                            tracing::warn!(secret = %login.secret_name, "refresh token refused (invalid_grant): reauthorization required");
+                            return Err(AmazonError::ReauthorizationRequired);
+                        }
+                    }
                 }
-                return Err(e);
+                Err(e) => {
+                    *cached = None;
+                    if e == AmazonError::ReauthorizationRequired {
+                        tracing::warn!(secret = %login.secret_name, "refresh token refused (invalid_grant): reauthorization required");
+                    }
+                    return Err(e);
+                }
             }
         };
         let expires_at = now_epoch() + grant.expires_in as i64;
-        let rotated = grant
-            .refresh_token
-            .as_ref()
-            .is_some_and(|r| r != &secret.refresh_token);
-        let updated = TokenSecret {
-            region: secret.region,
-            refresh_token: grant.refresh_token.clone().unwrap_or(secret.refresh_token),
-            access_token: Some(grant.access_token.clone()),
-            access_token_expires_at: Some(expires_at),
-        };
-        if let Err(e) = self
-            .inner
-            .secrets
-            .put_json(&login.secret_name, &updated)
-            .await
-        {
-            // The new token is good; without the write-back another process refreshes again.
-            // A rotated refresh token must not be lost, though.
-            if rotated {
-                return Err(e.into());
-            }
-            tracing::warn!(secret = %login.secret_name, error = %e, "could not write the refreshed access token back");
-        }
+        self.write_back(login, &secret, &version, &grant, expires_at)
+            .await?;
         tracing::info!(secret = %login.secret_name, expires_at, "access token refreshed");
         *cached = Some(CachedToken {
             token: grant.access_token.clone(),
@@ -211,6 +231,88 @@ impl AmazonClient {
         });
         Ok(grant.access_token)
     }
+
+    /// Stores a refreshed grant, only over the version it was refreshed from (a newer version
+    /// written by another process meanwhile is kept: it is at least as fresh).
+    async fn write_back(
+        &self,
+        login: &LoginRef,
+        secret: &TokenSecret,
+        version: &str,
+        grant: &TokenGrant,
+        expires_at: i64,
+    ) -> Result<(), AmazonError> {
+        let rotated = grant
+            .refresh_token
+            .as_ref()
+            .is_some_and(|r| r != &secret.refresh_token);
+        let updated = TokenSecret {
+            region: secret.region,
+            refresh_token: grant
+                .refresh_token
+                .clone()
+                .unwrap_or_else(|| secret.refresh_token.clone()),
+            access_token: Some(grant.access_token.clone()),
+            access_token_expires_at: Some(expires_at),
+        };
+        match self
+            .inner
+            .secrets
+            .put_json_if_current(&login.secret_name, &updated, version)
+            .await
+        {
+            Ok(true) => Ok(()),
+            Ok(false) => {
+                tracing::info!(secret = %login.secret_name, rotated, "a newer token version was stored meanwhile: kept");
+                Ok(())
+            }
+            // The new token is good; without the write-back another process refreshes again.
+            // A rotated refresh token must not be lost, though.
+            Err(e) if rotated => Err(e.into()),
+            Err(e) => {
+                tracing::warn!(secret = %login.secret_name, error = %e, "could not write the refreshed access token back");
+                Ok(())
+            }
+        }
+    }
+
+    /// After `invalid_grant` for `used`: re-reads the secret, waiting briefly for another
+    /// process's write-back, to tell a rotation from a revocation.
+    async fn reread(
+        &self,
+        login: &LoginRef,
+        used: &SecretString,
+        refused: Option<&SecretString>,
+    ) -> Result<Reread, AmazonError> {
+        for wait in REREAD_WAITS_MS {
+            tokio::time::sleep(std::time::Duration::from_millis(wait)).await;
+            let Some((now, v)) = self
+                .inner
+                .secrets
+                .get_json_versioned::<TokenSecret>(&login.secret_name)
+                .await?
+            else {
+                return Ok(Reread::Unchanged);
+            };
+            if &now.refresh_token == used {
+                continue;
+            }
+            return Ok(match stored_token(&now, refused) {
+                Some(c) => Reread::Token(c),
+                None => Reread::Rotated(Box::new(now), v),
+            });
+        }
+        Ok(Reread::Unchanged)
+    }
+}
+
+/// The secret's access token, when it is usable.
+fn stored_token(secret: &TokenSecret, refused: Option<&SecretString>) -> Option<CachedToken> {
+    let c = CachedToken {
+        token: secret.access_token.clone()?,
+        expires_at: secret.access_token_expires_at?,
+    };
+    c.usable(now_epoch(), refused).then_some(c)
 }
 
 #[cfg(test)]

@@ -103,8 +103,9 @@ const MAX_FUTURE_MS: i64 = 5 * 60 * 1000;
 const LEDGER_WRITE_CONCURRENCY: usize = 32;
 /// Concurrent PATCH requests of one delta delivery.
 const SEND_CONCURRENCY: usize = 4;
-/// Device keys per parked message (each ≤ ~400 bytes: well under SQS's 256 KB).
-const PARK_CHUNK: usize = 500;
+/// Device keys per parked message (each ≤ ~400 bytes: ≤ 140 KB, ≤ 190 KB once sealed with the
+/// KMS key (base64), under SQS's 256 KB).
+const PARK_CHUNK: usize = 350;
 
 // ------------------------------------------------------------------------------------------
 // Qualifications: parsing and validation

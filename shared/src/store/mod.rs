@@ -11,6 +11,7 @@ pub mod ledger;
 pub mod parked;
 pub mod parked_counts;
 pub mod parked_retry;
+pub mod sealed;
 pub mod secrets;
 
 /// A store failure. Messages never carry secret values or personal data.

@@ -6,6 +6,9 @@
 //! (alarmed in SAM), so nothing is dropped silently. Callers keep each item below SQS's 256 KB
 //! message limit; [`ParkedQueue::park`] refuses larger ones instead of truncating them.
 //!
+//! With `ADSYNC_KMS_KEY_ID` set the body is sealed with the KMS key ([`super::sealed`]): no raw
+//! identifier is readable on the queue.
+//!
 //! A message whose body cannot be read back as `T` is left on the queue (logged by message id,
 //! never by content) so that it reaches the dead-letter queue instead of blocking the redrive.
 
@@ -128,6 +131,8 @@ impl ParkedQueue {
     ) -> Result<(), StoreError> {
         let body = serde_json::to_string(item)
             .map_err(|e| StoreError::Corrupt(format!("parked item does not serialize: {e}")))?;
+        // Encrypted with the KMS key when ADSYNC_KMS_KEY_ID is set (super::sealed).
+        let body = super::sealed::seal_if_on(body).await?;
         if body.len() > MAX_MESSAGE_BYTES {
             return Err(StoreError::Aws(format!(
                 "parked item is {} bytes; SQS allows {MAX_MESSAGE_BYTES}",
@@ -183,7 +188,15 @@ impl ParkedQueue {
                 .and_then(|a| a.get(&MessageSystemAttributeName::ApproximateReceiveCount))
                 .and_then(|v| v.parse().ok())
                 .unwrap_or(1);
-            match serde_json::from_str::<T>(m.body.as_deref().unwrap_or("")) {
+            let body = match super::sealed::open_if_sealed(m.body.as_deref().unwrap_or("")).await {
+                Ok(b) => b,
+                Err(e) => {
+                    // Left on the queue, as an unreadable message (reaches the dead-letter queue).
+                    tracing::error!(message_id = %message_id, error = %e, "parked message cannot be opened");
+                    continue;
+                }
+            };
+            match serde_json::from_str::<T>(&body) {
                 Ok(item) => items.push(Parked {
                     item,
                     receipt_handle,

@@ -68,15 +68,36 @@ pub async fn run(demo: &mut Demo) -> Result<(), String> {
                 cb.text().await.unwrap_or_default()
             ));
         }
+        // The browser binding: the account list and the confirm need the callback's cookie.
+        let cookie = cb
+            .headers()
+            .get("set-cookie")
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.split(';').next())
+            .ok_or("the callback set no browser cookie")?
+            .to_string();
         let list_url = callback
             .join(&location_str(&cb, "the callback")?)
             .map_err(|e| format!("the callback's redirect: {e}"))?;
         demo.ok(format!(
-            "{region}: consent received; redirected to a clean URL (no code or state)"
+            "{region}: consent received (PKCE); redirected to a clean URL (no code or state) with the browser cookie"
         ));
+        let elsewhere = browser
+            .get(list_url.clone())
+            .send()
+            .await
+            .map_err(|e| format!("GET the account list: {e}"))?
+            .status()
+            .as_u16();
+        if elsewhere != 403 {
+            return Err(format!(
+                "the account list without the cookie answered {elsewhere}, not 403"
+            ));
+        }
 
         let page = browser
             .get(list_url.clone())
+            .header("cookie", &cookie)
             .send()
             .await
             .map_err(|e| format!("GET the account list: {e}"))?
@@ -94,6 +115,7 @@ pub async fn run(demo: &mut Demo) -> Result<(), String> {
         let confirm_url = list_url.join("confirm").map_err(|e| e.to_string())?;
         let done = browser
             .post(confirm_url)
+            .header("cookie", &cookie)
             .form(&[("csrf", csrf), ("advertiserId", advertiser)])
             .send()
             .await
