@@ -1235,6 +1235,14 @@ impl Handler for Linking {
             Ok(c) => c,
             Err(denied) => return denied,
         };
+        self.route_authorized(&req, caller.as_ref()).await
+    }
+}
+
+impl Linking {
+    /// Routes a request whose caller is already authorized against `crate::http::scopes::POLICY`
+    /// (the console checks its session's key the same way before it calls this in process).
+    pub async fn route_authorized(&self, req: &HttpRequest, caller: Option<&Caller>) -> HttpResponse {
         let segs = req.segments();
         let m = req.method.as_str();
         match segs.as_slice() {
@@ -1252,7 +1260,7 @@ impl Handler for Linking {
                 _ => HttpResponse::method_not_allowed("POST"),
             },
             [.., "accounts"] => match m {
-                "GET" => self.get_accounts(caller.as_ref()).await,
+                "GET" => self.get_accounts(caller).await,
                 _ => HttpResponse::method_not_allowed("GET"),
             },
             [.., "accounts", id] => match m {
