@@ -38,6 +38,15 @@ impl TaskInvoker {
         )
     }
 
+    /// An invoker that calls the Lambda API at `endpoint` (tests, local serving).
+    pub async fn with_endpoint(endpoint: &str, conversion_ingest: &str) -> Self {
+        let conf = aws_config::defaults(aws_config::BehaviorVersion::latest())
+            .endpoint_url(endpoint)
+            .load()
+            .await;
+        Self::new(aws_sdk_lambda::Client::new(&conf), conversion_ingest.to_string())
+    }
+
     /// Queues one run of conversion-ingest's `redrive` task; returns when Lambda accepted it.
     pub async fn redrive_conversions(&self) -> Result<(), String> {
         let out = self
