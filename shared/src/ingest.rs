@@ -170,7 +170,11 @@ impl IngestReport {
         let t = &self.totals;
         let mut reasons = std::collections::BTreeMap::new();
         for r in self.results.iter().filter(|r| r.status == Status::Rejected) {
-            let reason = r.errors.first().map(|e| e.reason.as_str()).unwrap_or("unknown");
+            let reason = r
+                .errors
+                .first()
+                .map(|e| e.reason.as_str())
+                .unwrap_or("unknown");
             *reasons.entry(reason.to_string()).or_default() += 1;
         }
         crate::store::conversion_counts::Counts {
@@ -371,7 +375,11 @@ impl IngestCtx {
         let report = self.ingest(&account, &arena, outcomes, inv).await;
         // The console's per-hour counts: one write per request (store::conversion_counts).
         crate::store::conversion_counts::ConversionCounts::new(&self.accounts)
-            .record_logged(&account.account_id, &report.counts(), now_ms() as i64 / 1000)
+            .record_logged(
+                &account.account_id,
+                &report.counts(),
+                now_ms() as i64 / 1000,
+            )
             .await;
         HttpResponse::json(report.status_code(), &report)
     }

@@ -1242,7 +1242,11 @@ impl Handler for Linking {
 impl Linking {
     /// Routes a request whose caller is already authorized against `crate::http::scopes::POLICY`
     /// (the console checks its session's key the same way before it calls this in process).
-    pub async fn route_authorized(&self, req: &HttpRequest, caller: Option<&Caller>) -> HttpResponse {
+    pub async fn route_authorized(
+        &self,
+        req: &HttpRequest,
+        caller: Option<&Caller>,
+    ) -> HttpResponse {
         let segs = req.segments();
         let m = req.method.as_str();
         match segs.as_slice() {

@@ -38,7 +38,10 @@ const SAMPLE_SEG_HIGH: &str = "seg-high-value";
 /// `every_sample_event_is_fed_by_a_test`.
 const FED: &[(&str, &[&str])] = &[
     // Fed by tests/tests/console.rs.
-    ("console", &["home.json", "sign-in-page.json", "sign-in.json"]),
+    (
+        "console",
+        &["home.json", "sign-in-page.json", "sign-in.json"],
+    ),
     (
         "oauth-callback",
         &[

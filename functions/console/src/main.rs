@@ -13,9 +13,11 @@ async fn main() -> Result<(), Error> {
         Error::from(e)
     })?;
     let aws = adsync::aws::AwsClients::from_env().await;
-    let handler = adsync::console::Console::from_env(&aws).await.map_err(|e| {
-        tracing::error!(error = %e, "console cannot start");
-        Error::from(e)
-    })?;
+    let handler = adsync::console::Console::from_env(&aws)
+        .await
+        .map_err(|e| {
+            tracing::error!(error = %e, "console cannot start");
+            Error::from(e)
+        })?;
     adsync::runtime::run(handler).await
 }

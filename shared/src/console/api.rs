@@ -132,11 +132,19 @@ mod tests {
 
     #[test]
     fn errors_keep_the_apis_words() {
-        let a: Answer = HttpResponse::field_error(400, "invalid_field", "name", "name is required").into();
+        let a: Answer =
+            HttpResponse::field_error(400, "invalid_field", "name", "name is required").into();
         let e = a.error().unwrap();
-        assert_eq!((e.code.as_str(), e.field.as_deref()), ("invalid_field", Some("name")));
+        assert_eq!(
+            (e.code.as_str(), e.field.as_deref()),
+            ("invalid_field", Some("name"))
+        );
         assert_eq!(e.message, "name is required");
-        assert!(Answer::from(HttpResponse::json(200, &serde_json::json!({}))).error().is_none());
+        assert!(
+            Answer::from(HttpResponse::json(200, &serde_json::json!({})))
+                .error()
+                .is_none()
+        );
         assert_eq!(seg("a b/c"), "a%20b%2Fc");
     }
 }

@@ -49,7 +49,9 @@ impl Form {
 
 /// A typed number as a JSON number, anything else as the text typed.
 pub fn number_or_text(v: &str) -> Value {
-    v.parse::<i64>().map(Value::from).unwrap_or_else(|_| json!(v))
+    v.parse::<i64>()
+        .map(Value::from)
+        .unwrap_or_else(|_| json!(v))
 }
 
 /// `PUT /segments/{id}`'s body.
@@ -59,7 +61,10 @@ pub fn segment_body(f: &Form) -> Value {
     if let Some(d) = f.get("description").filter(|d| !d.is_empty()) {
         o.insert("description".into(), json!(d));
     }
-    o.insert("dataExportControls".into(), json!(f.all("dataExportControls")));
+    o.insert(
+        "dataExportControls".into(),
+        json!(f.all("dataExportControls")),
+    );
     Value::Object(o)
 }
 
@@ -155,7 +160,9 @@ mod tests {
 
     #[test]
     fn segments_keep_every_checked_control() {
-        let f = form("name=A&dataExportControls=NO_PII_COMBINATION&dataExportControls=NO_OFFSITE_AD_TARGETING&csrf=x");
+        let f = form(
+            "name=A&dataExportControls=NO_PII_COMBINATION&dataExportControls=NO_OFFSITE_AD_TARGETING&csrf=x",
+        );
         let b = segment_body(&f);
         assert_eq!(
             b["dataExportControls"],

@@ -44,7 +44,10 @@ impl TaskInvoker {
             .endpoint_url(endpoint)
             .load()
             .await;
-        Self::new(aws_sdk_lambda::Client::new(&conf), conversion_ingest.to_string())
+        Self::new(
+            aws_sdk_lambda::Client::new(&conf),
+            conversion_ingest.to_string(),
+        )
     }
 
     /// Queues one run of conversion-ingest's `redrive` task; returns when Lambda accepted it.

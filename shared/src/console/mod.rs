@@ -49,10 +49,7 @@ impl Console {
         let linking = Linking::from_env().await?;
         let keys = crate::config::required("API_KEYS_SECRET").map_err(|e| e.to_string())?;
         Ok(Self {
-            sessions: SessionStore::new(
-                aws.dynamodb.clone(),
-                export.accounts.table().to_string(),
-            ),
+            sessions: SessionStore::new(aws.dynamodb.clone(), export.accounts.table().to_string()),
             counts: ConversionCounts::new(&export.accounts),
             api: api::Api { export, linking },
             auth: ApiKeyAuth::new(SecretsStore::new(aws.secrets.clone()), keys),
@@ -108,7 +105,11 @@ impl Handler for Console {
 
 impl Console {
     /// The session of the request's cookie, or the answer to send instead.
-    async fn session(&self, req: &HttpRequest, base: &str) -> Result<(String, Session), HttpResponse> {
+    async fn session(
+        &self,
+        req: &HttpRequest,
+        base: &str,
+    ) -> Result<(String, Session), HttpResponse> {
         let refused = || {
             if req.method == "GET" {
                 pages::see_other(&format!("{base}/sign-in"))
@@ -198,7 +199,12 @@ impl Console {
             ("POST", ["accounts", a, "unlink"]) => views_accounts::unlink(self, &r, a).await,
             ("GET", ["conversions"]) => views_accounts::conversions(self, &r, None).await,
             ("POST", ["conversions", "redrive"]) => views_accounts::redrive(self, &r).await,
-            _ => pages::notice_page(&base, 404, "Not found", "There is no such page in the console."),
+            _ => pages::notice_page(
+                &base,
+                404,
+                "Not found",
+                "There is no such page in the console.",
+            ),
         }
     }
 }
@@ -212,7 +218,10 @@ mod tests {
         let (base, r) = split_path("/console/destinations/d1").unwrap();
         assert_eq!((base.as_str(), r), ("/console", vec!["destinations", "d1"]));
         let (base, r) = split_path("/lambda-url/console/console/sign-in").unwrap();
-        assert_eq!((base.as_str(), r), ("/lambda-url/console/console", vec!["sign-in"]));
+        assert_eq!(
+            (base.as_str(), r),
+            ("/lambda-url/console/console", vec!["sign-in"])
+        );
         let (_, r) = split_path("/console").unwrap();
         assert!(r.is_empty());
         assert!(split_path("/segments").is_none());

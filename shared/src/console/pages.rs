@@ -32,7 +32,10 @@ fn secure(mut r: HttpResponse) -> HttpResponse {
 /// A static asset.
 pub fn asset(content_type: &str, body: &str) -> HttpResponse {
     let mut r = HttpResponse::new(200);
-    r.headers.insert("content-type".into(), format!("{content_type}; charset=utf-8"));
+    r.headers.insert(
+        "content-type".into(),
+        format!("{content_type}; charset=utf-8"),
+    );
     r.body = body.to_string();
     secure(r)
 }
@@ -52,7 +55,8 @@ pub fn json(status: u16, v: &serde_json::Value) -> HttpResponse {
 /// Renders a page; a rendering failure (a bug) is a plain 500 page, never a panic.
 pub fn render<T: Template>(status: u16, page: &T) -> HttpResponse {
     let mut r = HttpResponse::new(status);
-    r.headers.insert("content-type".into(), "text/html; charset=utf-8".into());
+    r.headers
+        .insert("content-type".into(), "text/html; charset=utf-8".into());
     r.body = page.render().unwrap_or_else(|e| {
         tracing::error!(error = %e, "console page rendering failed");
         r.status = 500;
@@ -79,10 +83,16 @@ pub struct Notice {
 
 impl Notice {
     pub fn ok(text: impl Into<String>) -> Option<Notice> {
-        Some(Notice { tone: "ok", text: text.into() })
+        Some(Notice {
+            tone: "ok",
+            text: text.into(),
+        })
     }
     pub fn error(text: impl Into<String>) -> Option<Notice> {
-        Some(Notice { tone: "error", text: text.into() })
+        Some(Notice {
+            tone: "error",
+            text: text.into(),
+        })
     }
 }
 
@@ -129,7 +139,15 @@ pub struct NoticePage<'a> {
 
 pub fn notice_page(base: &str, status: u16, title: &str, text: &str) -> HttpResponse {
     let tone = if status < 400 { "ok" } else { "error" };
-    render(status, &NoticePage { base, title, text, tone })
+    render(
+        status,
+        &NoticePage {
+            base,
+            title,
+            text,
+            tone,
+        },
+    )
 }
 
 /// A progress bar's figures.
@@ -145,19 +163,41 @@ pub fn bar(mapping: &serde_json::Value) -> Bar {
     let state = b["state"].as_str().unwrap_or("none");
     let purpose = b["purpose"].as_str().unwrap_or("backfill");
     let sent = b["devicesSent"].as_u64().unwrap_or(0);
-    let (shards, done) = (b["shards"].as_u64().unwrap_or(0), b["shardsDone"].as_u64().unwrap_or(0));
+    let (shards, done) = (
+        b["shards"].as_u64().unwrap_or(0),
+        b["shardsDone"].as_u64().unwrap_or(0),
+    );
     match (mapping["status"].as_str(), state) {
-        (Some("pending"), _) => Bar { percent: 0, label: "waiting for the audience".into() },
-        (_, "done") => Bar { percent: 100, label: format!("{purpose} done: {sent} devices sent") },
+        (Some("pending"), _) => Bar {
+            percent: 0,
+            label: "waiting for the audience".into(),
+        },
+        (_, "done") => Bar {
+            percent: 100,
+            label: format!("{purpose} done: {sent} devices sent"),
+        },
         (_, "failed") => Bar {
             percent: 0,
-            label: format!("{purpose} failed: {}", b["lastError"].as_str().unwrap_or("see the errors")),
+            label: format!(
+                "{purpose} failed: {}",
+                b["lastError"].as_str().unwrap_or("see the errors")
+            ),
         },
         (_, "running") => {
-            let p = if shards == 0 { 0 } else { (done * 100 / shards).min(99) };
-            Bar { percent: p, label: format!("{purpose} running: {sent} devices sent") }
+            let p = if shards == 0 {
+                0
+            } else {
+                (done * 100 / shards).min(99)
+            };
+            Bar {
+                percent: p,
+                label: format!("{purpose} running: {sent} devices sent"),
+            }
         }
-        _ => Bar { percent: 0, label: "not started".into() },
+        _ => Bar {
+            percent: 0,
+            label: "not started".into(),
+        },
     }
 }
 
@@ -188,7 +228,10 @@ mod tests {
         };
         let (notice, errors) = Errors::from_api(&e);
         assert!(notice.unwrap().text.contains("segment s1 cannot be mapped"));
-        assert_eq!(errors.at("mappings[0]"), Some("segment s1 cannot be mapped"));
+        assert_eq!(
+            errors.at("mappings[0]"),
+            Some("segment s1 cannot be mapped")
+        );
         assert_eq!(errors.at("mappings[1]"), None);
         assert_eq!(errors.at("mappings"), Some("segment s1 cannot be mapped"));
         assert_eq!(errors.at("mapping"), None);
@@ -196,10 +239,18 @@ mod tests {
 
     #[test]
     fn bars_follow_the_backfill() {
-        let b = bar(&json!({"status": "active", "backfill": {"state": "running", "shards": 4, "shardsDone": 1, "devicesSent": 9}}));
+        let b = bar(
+            &json!({"status": "active", "backfill": {"state": "running", "shards": 4, "shardsDone": 1, "devicesSent": 9}}),
+        );
         assert_eq!(b.percent, 25);
         let b = bar(&json!({"status": "active", "backfill": {"state": "done", "devicesSent": 9}}));
-        assert_eq!((b.percent, b.label.as_str()), (100, "backfill done: 9 devices sent"));
-        assert_eq!(bar(&json!({"status": "pending", "backfill": null})).percent, 0);
+        assert_eq!(
+            (b.percent, b.label.as_str()),
+            (100, "backfill done: 9 devices sent")
+        );
+        assert_eq!(
+            bar(&json!({"status": "pending", "backfill": null})).percent,
+            0
+        );
     }
 }

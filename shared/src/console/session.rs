@@ -63,7 +63,10 @@ pub fn set_cookie(name: &str, value: &str, max_age: i64) -> String {
 
 fn session_key(id: &str) -> HashMap<String, AttributeValue> {
     HashMap::from([
-        ("pk".to_string(), s(format!("CONSOLE#SESSION#{}", digest(id)))),
+        (
+            "pk".to_string(),
+            s(format!("CONSOLE#SESSION#{}", digest(id))),
+        ),
         ("sk".to_string(), s("SESSION")),
     ])
 }
@@ -74,11 +77,9 @@ fn list(v: &[String]) -> AttributeValue {
 
 fn strings(item: &HashMap<String, AttributeValue>, k: &str) -> Option<Vec<String>> {
     match item.get(k) {
-        Some(AttributeValue::L(l)) => Some(
-            l.iter()
-                .filter_map(|v| v.as_s().ok().cloned())
-                .collect(),
-        ),
+        Some(AttributeValue::L(l)) => {
+            Some(l.iter().filter_map(|v| v.as_s().ok().cloned()).collect())
+        }
         _ => None,
     }
 }
@@ -149,8 +150,8 @@ impl SessionStore {
             return Ok(None);
         }
         let text = |k: &str| item.get(k).and_then(|v| v.as_s().ok()).cloned();
-        let scopes = strings(&item, "scopes")
-            .map(|l| l.iter().filter_map(|x| Scope::parse(x)).collect());
+        let scopes =
+            strings(&item, "scopes").map(|l| l.iter().filter_map(|x| Scope::parse(x)).collect());
         Ok(Some(Session {
             caller: Caller {
                 name: text("keyName").unwrap_or_default(),
@@ -176,13 +177,21 @@ impl SessionStore {
 
     fn failures_key(ip: &str, window_start: i64) -> HashMap<String, AttributeValue> {
         HashMap::from([
-            ("pk".to_string(), s(format!("CONSOLE#SIGNIN#{}", digest(ip)))),
+            (
+                "pk".to_string(),
+                s(format!("CONSOLE#SIGNIN#{}", digest(ip))),
+            ),
             ("sk".to_string(), s(window_start.to_string())),
         ])
     }
 
     /// Failed sign-ins from `ip` in the window that contains `now`.
-    pub async fn failures(&self, ip: &str, limit: &SignInLimit, now: i64) -> Result<u64, StoreError> {
+    pub async fn failures(
+        &self,
+        ip: &str,
+        limit: &SignInLimit,
+        now: i64,
+    ) -> Result<u64, StoreError> {
         let out = self
             .client
             .get_item()
@@ -200,7 +209,12 @@ impl SessionStore {
     }
 
     /// Counts one failed sign-in from `ip`.
-    pub async fn add_failure(&self, ip: &str, limit: &SignInLimit, now: i64) -> Result<(), StoreError> {
+    pub async fn add_failure(
+        &self,
+        ip: &str,
+        limit: &SignInLimit,
+        now: i64,
+    ) -> Result<(), StoreError> {
         let start = limit.window_start(now);
         self.client
             .update_item()
@@ -260,12 +274,19 @@ mod tests {
 
     #[test]
     fn cookies_parse_and_are_strict() {
-        let req = HttpRequest::new("GET", "/").with_header("cookie", "a=1; adsync_console=xyz ; b=");
+        let req =
+            HttpRequest::new("GET", "/").with_header("cookie", "a=1; adsync_console=xyz ; b=");
         assert_eq!(cookie(&req, COOKIE), Some("xyz"));
         assert_eq!(cookie(&req, "b"), None);
         assert_eq!(cookie(&req, "adsync"), None);
         let c = set_cookie(COOKIE, "v", SESSION_SECS);
-        for part in ["HttpOnly", "Secure", "SameSite=Strict", "Max-Age=28800", "Path=/"] {
+        for part in [
+            "HttpOnly",
+            "Secure",
+            "SameSite=Strict",
+            "Max-Age=28800",
+            "Path=/",
+        ] {
             assert!(c.contains(part), "{c}");
         }
     }

@@ -61,7 +61,10 @@ pub struct SegmentsPage {
 }
 
 async fn segment_rows(con: &Console, r: &Req<'_>) -> (Vec<SegmentRow>, Option<Notice>) {
-    let a = con.api.get(&r.session.caller, "/segments?limit=100", r.inv).await;
+    let a = con
+        .api
+        .get(&r.session.caller, "/segments?limit=100", r.inv)
+        .await;
     if let Some(e) = a.error() {
         return (Vec::new(), Notice::error(e.message));
     }
@@ -78,7 +81,14 @@ async fn segment_rows(con: &Console, r: &Req<'_>) -> (Vec<SegmentRow>, Option<No
     (rows, None)
 }
 
-fn segments_page(r: &Req<'_>, rows: Vec<SegmentRow>, editing: Option<&str>, values: &Value, shown: Shown, status: u16) -> HttpResponse {
+fn segments_page(
+    r: &Req<'_>,
+    rows: Vec<SegmentRow>,
+    editing: Option<&str>,
+    values: &Value,
+    shown: Shown,
+    status: u16,
+) -> HttpResponse {
     let on: Vec<String> = values["dataExportControls"]
         .as_array()
         .into_iter()
@@ -92,7 +102,9 @@ fn segments_page(r: &Req<'_>, rows: Vec<SegmentRow>, editing: Option<&str>, valu
         notice: shown.0,
         segments: rows,
         editing: editing.is_some(),
-        action: editing.map_or(format!("{base}/segments"), |s| format!("{base}/segments/{}", seg(s))),
+        action: editing.map_or(format!("{base}/segments"), |s| {
+            format!("{base}/segments/{}", seg(s))
+        }),
         form_id: text(&values["segmentId"]),
         form_name: text(&values["name"]),
         form_description: text(&values["description"]),
@@ -114,7 +126,10 @@ pub async fn segments(con: &Console, r: &Req<'_>, shown: Option<Shown>) -> HttpR
 
 /// `GET segments/{id}`: the edit form.
 pub async fn segment(con: &Console, r: &Req<'_>, id: &str, shown: Option<Shown>) -> HttpResponse {
-    let a = con.api.get(&r.session.caller, &format!("/segments/{}", seg(id)), r.inv).await;
+    let a = con
+        .api
+        .get(&r.session.caller, &format!("/segments/{}", seg(id)), r.inv)
+        .await;
     if let Some(e) = a.error() {
         return pages::notice_page(&r.chrome.base, e.status, "Segment", &e.message);
     }
@@ -125,22 +140,41 @@ pub async fn segment(con: &Console, r: &Req<'_>, id: &str, shown: Option<Shown>)
 /// `POST segments[/{id}]`: `PUT /segments/{id}`.
 pub async fn save_segment(con: &Console, r: &Req<'_>, id: Option<&str>) -> HttpResponse {
     let body = forms::segment_body(&r.form);
-    let seg_id = id.map(str::to_string).unwrap_or_else(|| r.form.text("segmentId"));
+    let seg_id = id
+        .map(str::to_string)
+        .unwrap_or_else(|| r.form.text("segmentId"));
     let mut values = body.clone();
     values["segmentId"] = json!(seg_id);
     let answer = if seg_id.is_empty() {
         let mut e = Errors::default();
-        e.by_field.insert("segmentId".into(), "a segment id is required".into());
+        e.by_field
+            .insert("segmentId".into(), "a segment id is required".into());
         let (rows, _) = segment_rows(con, r).await;
-        return segments_page(r, rows, None, &values, (Notice::error("Not saved: a segment id is required."), e), 400);
+        return segments_page(
+            r,
+            rows,
+            None,
+            &values,
+            (Notice::error("Not saved: a segment id is required."), e),
+            400,
+        );
     } else {
         con.api
-            .call(&r.session.caller, "PUT", &format!("/segments/{}", seg(&seg_id)), Some(&body), r.inv)
+            .call(
+                &r.session.caller,
+                "PUT",
+                &format!("/segments/{}", seg(&seg_id)),
+                Some(&body),
+                r.inv,
+            )
             .await
     };
     let (rows, _) = segment_rows(con, r).await;
     if answer.ok() {
-        let shown = (Notice::ok(format!("Segment {seg_id} saved.")), Errors::default());
+        let shown = (
+            Notice::ok(format!("Segment {seg_id} saved.")),
+            Errors::default(),
+        );
         return segments_page(r, rows, None, &json!({}), shown, 200);
     }
     segments_page(r, rows, id, &values, refused(&answer), answer.status)
@@ -150,10 +184,24 @@ pub async fn save_segment(con: &Console, r: &Req<'_>, id: Option<&str>) -> HttpR
 pub async fn delete_segment(con: &Console, r: &Req<'_>, id: &str) -> HttpResponse {
     let a = con
         .api
-        .call(&r.session.caller, "DELETE", &format!("/segments/{}", seg(id)), None, r.inv)
+        .call(
+            &r.session.caller,
+            "DELETE",
+            &format!("/segments/{}", seg(id)),
+            None,
+            r.inv,
+        )
         .await;
     if a.ok() {
-        return segments(con, r, Some((Notice::ok(format!("Segment {id} deleted.")), Errors::default()))).await;
+        return segments(
+            con,
+            r,
+            Some((
+                Notice::ok(format!("Segment {id} deleted.")),
+                Errors::default(),
+            )),
+        )
+        .await;
     }
     segment(con, r, id, Some(refused(&a))).await
 }
@@ -226,7 +274,10 @@ pub async fn destinations(con: &Console, r: &Req<'_>, shown: Option<(Shown, u16)
             .flatten()
             .map(|a| {
                 let id = text(&a["accountId"]);
-                (id.clone(), format!("{} ({id}, {})", text(&a["name"]), text(&a["region"])))
+                (
+                    id.clone(),
+                    format!("{} ({id}, {})", text(&a["name"]), text(&a["region"])),
+                )
             })
             .collect(),
         segments: segs.into_iter().map(|s| (s.id, s.name)).collect(),
@@ -256,7 +307,16 @@ pub async fn destinations(con: &Console, r: &Req<'_>, shown: Option<(Shown, u16)
 /// `POST destinations`: `POST /destinations`.
 pub async fn create_destination(con: &Console, r: &Req<'_>) -> HttpResponse {
     let body = forms::destination_body(&r.form);
-    let a = con.api.call(&r.session.caller, "POST", "/destinations", Some(&body), r.inv).await;
+    let a = con
+        .api
+        .call(
+            &r.session.caller,
+            "POST",
+            "/destinations",
+            Some(&body),
+            r.inv,
+        )
+        .await;
     if a.ok() {
         let id = text(&a.body["destinationId"]);
         let shown = (Notice::ok("Destination created."), Errors::default());
@@ -331,7 +391,12 @@ fn map_view(m: &Value) -> MapView {
 }
 
 /// `GET destinations/{id}`: mappings, progress, sizes, fees, errors.
-pub async fn destination(con: &Console, r: &Req<'_>, id: &str, shown: Option<Shown>) -> HttpResponse {
+pub async fn destination(
+    con: &Console,
+    r: &Req<'_>,
+    id: &str,
+    shown: Option<Shown>,
+) -> HttpResponse {
     let path = format!("/destinations/{}", seg(id));
     let (a, (segs, _)) = futures::join!(
         con.api.get(&r.session.caller, &path, r.inv),
@@ -361,7 +426,12 @@ pub async fn destination(con: &Console, r: &Req<'_>, id: &str, shown: Option<Sho
                 s => format!("{s}: {}", text(&e["message"])),
             })
             .collect(),
-        mappings: d["mappings"].as_array().into_iter().flatten().map(map_view).collect(),
+        mappings: d["mappings"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .map(map_view)
+            .collect(),
     };
     let page = DestinationPage {
         c: r.chrome.clone(),
@@ -376,7 +446,14 @@ pub async fn destination(con: &Console, r: &Req<'_>, id: &str, shown: Option<Sho
 
 /// `GET destinations/{id}/progress`: the bars, for progress.js.
 pub async fn progress(con: &Console, r: &Req<'_>, id: &str) -> HttpResponse {
-    let a = con.api.get(&r.session.caller, &format!("/destinations/{}", seg(id)), r.inv).await;
+    let a = con
+        .api
+        .get(
+            &r.session.caller,
+            &format!("/destinations/{}", seg(id)),
+            r.inv,
+        )
+        .await;
     if !a.ok() {
         return pages::json(a.status, &a.body);
     }
@@ -388,13 +465,21 @@ pub async fn progress(con: &Console, r: &Req<'_>, id: &str) -> HttpResponse {
             let b = pages::bar(m);
             let live = matches!(m["status"].as_str(), Some("pending" | "active"))
                 && m["backfill"]["state"].as_str() != Some("failed");
-            json!({"segmentId": m["segmentId"], "percent": b.percent, "label": b.label, "running": live && b.percent < 100})
+            json!({"segmentId": m["segmentId"], "status": m["status"], "audienceId": map_view(m).audience,
+                "percent": b.percent, "label": b.label, "running": live && b.percent < 100})
         })
         .collect();
     pages::json(200, &json!({ "mappings": bars }))
 }
 
-async fn after(con: &Console, r: &Req<'_>, id: &str, a: Answer, done: &str, fee_seg: Option<&str>) -> HttpResponse {
+async fn after(
+    con: &Console,
+    r: &Req<'_>,
+    id: &str,
+    a: Answer,
+    done: &str,
+    fee_seg: Option<&str>,
+) -> HttpResponse {
     if a.ok() {
         return destination(con, r, id, Some((Notice::ok(done), Errors::default()))).await;
     }
@@ -413,23 +498,37 @@ pub async fn add_mapping(con: &Console, r: &Req<'_>, id: &str) -> HttpResponse {
     let mappings: Vec<Value> = forms::mapping(&r.form, "mappings[0]").into_iter().collect();
     let body = json!({ "mappings": mappings });
     let path = format!("/destinations/{}/mappings", seg(id));
-    let a = con.api.call(&r.session.caller, "POST", &path, Some(&body), r.inv).await;
+    let a = con
+        .api
+        .call(&r.session.caller, "POST", &path, Some(&body), r.inv)
+        .await;
     after(con, r, id, a, "Mapping added.", None).await
 }
 
 /// `POST destinations/{id}/mappings/{seg}/fees`: `PUT …/fees`.
 pub async fn put_fees(con: &Console, r: &Req<'_>, id: &str, s: &str) -> HttpResponse {
-    let body = json!({"audienceFees": forms::fees(&r.form.text("cpmCents"), &r.form.text("currency"))});
+    let body =
+        json!({"audienceFees": forms::fees(&r.form.text("cpmCents"), &r.form.text("currency"))});
     let path = format!("/destinations/{}/mappings/{}/fees", seg(id), seg(s));
-    let a = con.api.call(&r.session.caller, "PUT", &path, Some(&body), r.inv).await;
+    let a = con
+        .api
+        .call(&r.session.caller, "PUT", &path, Some(&body), r.inv)
+        .await;
     after(con, r, id, a, &format!("Fees of {s} saved."), Some(s)).await
 }
 
 /// `POST destinations/{id}/mappings/{seg}/remove`: `DELETE …/mappings/{seg}[?purge=true]`.
 pub async fn remove_mapping(con: &Console, r: &Req<'_>, id: &str, s: &str) -> HttpResponse {
     let purge = r.form.checked("purge");
-    let path = format!("/destinations/{}/mappings/{}?purge={purge}", seg(id), seg(s));
-    let a = con.api.call(&r.session.caller, "DELETE", &path, None, r.inv).await;
+    let path = format!(
+        "/destinations/{}/mappings/{}?purge={purge}",
+        seg(id),
+        seg(s)
+    );
+    let a = con
+        .api
+        .call(&r.session.caller, "DELETE", &path, None, r.inv)
+        .await;
     after(con, r, id, a, &format!("Mapping {s} removed."), None).await
 }
 
@@ -437,7 +536,10 @@ pub async fn remove_mapping(con: &Console, r: &Req<'_>, id: &str, s: &str) -> Ht
 pub async fn delete_destination(con: &Console, r: &Req<'_>, id: &str) -> HttpResponse {
     let purge = r.form.checked("purge");
     let path = format!("/destinations/{}?purge={purge}", seg(id));
-    let a = con.api.call(&r.session.caller, "DELETE", &path, None, r.inv).await;
+    let a = con
+        .api
+        .call(&r.session.caller, "DELETE", &path, None, r.inv)
+        .await;
     if !a.ok() {
         return after(con, r, id, a, "", None).await;
     }

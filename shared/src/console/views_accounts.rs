@@ -22,10 +22,22 @@ pub struct SignInPage<'a> {
 /// The sign-in form, with a fresh double-submit token (cookie + hidden field).
 pub fn sign_in_page(base: &str, error: Option<&str>, status: u16) -> HttpResponse {
     let Ok(token) = crate::random::token() else {
-        return pages::notice_page(base, 503, "Try again", "adsync could not create a secure form. Try again in a minute.");
+        return pages::notice_page(
+            base,
+            503,
+            "Try again",
+            "adsync could not create a secure form. Try again in a minute.",
+        );
     };
-    pages::render(status, &SignInPage { base, csrf: &token, error })
-        .with_header("set-cookie", &session::set_cookie(PRE_COOKIE, &token, 600))
+    pages::render(
+        status,
+        &SignInPage {
+            base,
+            csrf: &token,
+            error,
+        },
+    )
+    .with_header("set-cookie", &session::set_cookie(PRE_COOKIE, &token, 600))
 }
 
 /// `POST sign-in`: a key → a session cookie. Wrong keys count against the source IP; the key is
@@ -34,7 +46,11 @@ pub async fn sign_in(con: &Console, req: &HttpRequest, base: &str) -> HttpRespon
     let form = super::forms::Form::parse(req);
     let pre = session::cookie(req, PRE_COOKIE);
     if !pre.is_some_and(|p| form.get("csrf").is_some_and(|f| session::same(p, f))) {
-        return sign_in_page(base, Some("This sign-in form expired or did not come from this console. Try again."), 403);
+        return sign_in_page(
+            base,
+            Some("This sign-in form expired or did not come from this console. Try again."),
+            403,
+        );
     }
     let ip = req.source_ip.clone().unwrap_or_else(|| "unknown".into());
     let now = now_secs();
@@ -42,17 +58,27 @@ pub async fn sign_in(con: &Console, req: &HttpRequest, base: &str) -> HttpRespon
         Ok(n) if n >= con.limit.max_failures => {
             tracing::warn!("console sign-in refused: too many wrong keys from this address");
             let wait = (con.limit.window_start(now) + con.limit.window_secs - now).max(1);
-            let msg = format!("Too many wrong keys from your address. Try again in {} minute(s).", (wait + 59) / 60);
+            let msg = format!(
+                "Too many wrong keys from your address. Try again in {} minute(s).",
+                (wait + 59) / 60
+            );
             return sign_in_page(base, Some(&msg), 429);
         }
         Ok(_) => {}
         Err(e) => {
             tracing::error!(error = %e, "cannot read the sign-in failures");
-            return sign_in_page(base, Some("adsync could not check this sign-in (its database did not answer). Try again."), 503);
+            return sign_in_page(
+                base,
+                Some(
+                    "adsync could not check this sign-in (its database did not answer). Try again.",
+                ),
+                503,
+            );
         }
     }
     let key = form.text("key");
-    let probe = HttpRequest::new("POST", "/console/sign-in").with_header("authorization", &format!("Bearer {key}"));
+    let probe = HttpRequest::new("POST", "/console/sign-in")
+        .with_header("authorization", &format!("Bearer {key}"));
     let caller = match con.auth.authenticate(&probe).await {
         Ok(c) => c,
         Err(resp) if resp.status == 401 => {
@@ -62,17 +88,29 @@ pub async fn sign_in(con: &Console, req: &HttpRequest, base: &str) -> HttpRespon
             }
             return sign_in_page(base, Some("That key is not valid."), 401);
         }
-        Err(resp) => return sign_in_page(base, Some("adsync could not read its API keys. Try again in a minute."), resp.status),
+        Err(resp) => {
+            return sign_in_page(
+                base,
+                Some("adsync could not read its API keys. Try again in a minute."),
+                resp.status,
+            );
+        }
     };
     match con.sessions.create(&caller, now).await {
         Ok((id, _)) => {
             tracing::info!(key = %caller.name, "console session started");
-            pages::see_other(&format!("{base}/destinations"))
-                .with_header("set-cookie", &session::set_cookie(COOKIE, &id, SESSION_SECS))
+            pages::see_other(&format!("{base}/destinations")).with_header(
+                "set-cookie",
+                &session::set_cookie(COOKIE, &id, SESSION_SECS),
+            )
         }
         Err(e) => {
             tracing::error!(error = %e, "cannot start a console session");
-            sign_in_page(base, Some("adsync could not start a session. Try again in a minute."), 503)
+            sign_in_page(
+                base,
+                Some("adsync could not start a session. Try again in a minute."),
+                503,
+            )
         }
     }
 }
@@ -81,9 +119,15 @@ pub async fn sign_in(con: &Console, req: &HttpRequest, base: &str) -> HttpRespon
 pub async fn sign_out(con: &Console, id: &str, base: &str) -> HttpResponse {
     if let Err(e) = con.sessions.revoke(id).await {
         tracing::error!(error = %e, "cannot end a console session");
-        return pages::notice_page(base, 503, "Not signed out", "adsync could not end the session (its database did not answer). Try again.");
+        return pages::notice_page(
+            base,
+            503,
+            "Not signed out",
+            "adsync could not end the session (its database did not answer). Try again.",
+        );
     }
-    pages::see_other(&format!("{base}/sign-in")).with_header("set-cookie", &session::set_cookie(COOKIE, "", 0))
+    pages::see_other(&format!("{base}/sign-in"))
+        .with_header("set-cookie", &session::set_cookie(COOKIE, "", 0))
 }
 
 pub struct AccountRow {
@@ -129,7 +173,13 @@ fn account_rows(list: &Value) -> Vec<AccountRow> {
         .collect()
 }
 
-async fn accounts_page(con: &Console, r: &Req<'_>, shown: (Option<Notice>, Errors), url: Option<String>, status: u16) -> HttpResponse {
+async fn accounts_page(
+    con: &Console,
+    r: &Req<'_>,
+    shown: (Option<Notice>, Errors),
+    url: Option<String>,
+    status: u16,
+) -> HttpResponse {
     let list = con.api.get(&r.session.caller, "/accounts", r.inv).await;
     let (mut notice, errors) = shown;
     if let Some(e) = list.error() {
@@ -148,7 +198,11 @@ async fn accounts_page(con: &Console, r: &Req<'_>, shown: (Option<Notice>, Error
 }
 
 /// `GET accounts`.
-pub async fn accounts(con: &Console, r: &Req<'_>, shown: Option<(Option<Notice>, Errors)>) -> HttpResponse {
+pub async fn accounts(
+    con: &Console,
+    r: &Req<'_>,
+    shown: Option<(Option<Notice>, Errors)>,
+) -> HttpResponse {
     accounts_page(con, r, shown.unwrap_or_default(), None, 200).await
 }
 
@@ -156,7 +210,16 @@ pub async fn accounts(con: &Console, r: &Req<'_>, shown: Option<(Option<Notice>,
 /// redirect: the CSP's `form-action 'self'` rightly refuses a form that ends on another site).
 pub async fn link(con: &Console, r: &Req<'_>) -> HttpResponse {
     let body = json!({"region": r.form.text("region")});
-    let a = con.api.call(&r.session.caller, "POST", "/connections", Some(&body), r.inv).await;
+    let a = con
+        .api
+        .call(
+            &r.session.caller,
+            "POST",
+            "/connections",
+            Some(&body),
+            r.inv,
+        )
+        .await;
     if let Some(e) = a.error() {
         return accounts_page(con, r, Errors::from_api(&e), None, a.status).await;
     }
@@ -187,10 +250,16 @@ pub fn confirm_unlink(r: &Req<'_>, account: &str) -> HttpResponse {
 /// `POST accounts/{id}/unlink`: `DELETE /accounts/{id}`.
 pub async fn unlink(con: &Console, r: &Req<'_>, account: &str) -> HttpResponse {
     let path = format!("/accounts/{}", seg(account));
-    let a = con.api.call(&r.session.caller, "DELETE", &path, None, r.inv).await;
+    let a = con
+        .api
+        .call(&r.session.caller, "DELETE", &path, None, r.inv)
+        .await;
     let shown = match a.error() {
         Some(e) => Errors::from_api(&e),
-        None => (Notice::ok(format!("Account {account} unlinked.")), Errors::default()),
+        None => (
+            Notice::ok(format!("Account {account} unlinked.")),
+            Errors::default(),
+        ),
     };
     accounts_page(con, r, shown, None, a.status.max(200)).await
 }
@@ -234,7 +303,10 @@ pub async fn conversions(con: &Console, r: &Req<'_>, notice: Option<Notice>) -> 
                 continue;
             }
         };
-        for (period, c) in [("24 hours", &periods.last_24h), ("7 days", &periods.last_7d)] {
+        for (period, c) in [
+            ("24 hours", &periods.last_24h),
+            ("7 days", &periods.last_7d),
+        ] {
             let reasons = c
                 .top_reasons(3)
                 .iter()
@@ -267,15 +339,27 @@ pub async fn conversions(con: &Console, r: &Req<'_>, notice: Option<Notice>) -> 
 /// `POST conversions/redrive`: starts conversion-ingest's redrive task (asynchronously). Needs a
 /// key that may write conversions for every account, as the task serves them all.
 pub async fn redrive(con: &Console, r: &Req<'_>) -> HttpResponse {
-    if let Err(denied) = scopes::check(&r.session.caller, Scope::ConversionsWrite, Accounts::Unrestricted, None) {
-        let msg = denied.json_body()["error"]["message"].as_str().unwrap_or("not allowed").to_string();
+    if let Err(denied) = scopes::check(
+        &r.session.caller,
+        Scope::ConversionsWrite,
+        Accounts::Unrestricted,
+        None,
+    ) {
+        let msg = denied.json_body()["error"]["message"]
+            .as_str()
+            .unwrap_or("not allowed")
+            .to_string();
         return conversions(con, r, Notice::error(msg)).await;
     }
     let notice = match con.invoker.redrive_conversions().await {
-        Ok(()) => Notice::ok("Redrive started: parked conversions are being sent again. Reload to see the counts fall."),
+        Ok(()) => Notice::ok(
+            "Redrive started: parked conversions are being sent again. Reload to see the counts fall.",
+        ),
         Err(e) => {
             tracing::error!(error = %e, "redrive could not be started");
-            Notice::error("The redrive could not be started (Lambda did not accept it). Try again in a minute.")
+            Notice::error(
+                "The redrive could not be started (Lambda did not accept it). Try again in a minute.",
+            )
         }
     };
     conversions(con, r, notice).await

@@ -277,7 +277,11 @@ pub async fn route(
 
 /// Routes a request whose caller is already authorized against `crate::http::scopes::POLICY`
 /// (the console checks its session's key the same way before it calls this in process).
-pub async fn route_authorized(ctx: &ExportCtx, req: &HttpRequest, inv: &Invocation) -> HttpResponse {
+pub async fn route_authorized(
+    ctx: &ExportCtx,
+    req: &HttpRequest,
+    inv: &Invocation,
+) -> HttpResponse {
     let segs = route_segments(&req.path);
     match match_route(&req.method, &segs) {
         Route::PutSegment(id) => destinations::put_segment(ctx, id, req).await,

@@ -86,7 +86,12 @@ impl ConversionCounts {
     }
 
     /// Adds one request's counts to its hour (one `UpdateItem`).
-    pub async fn record(&self, account_id: &str, c: &Counts, now_secs: i64) -> Result<(), StoreError> {
+    pub async fn record(
+        &self,
+        account_id: &str,
+        c: &Counts,
+        now_secs: i64,
+    ) -> Result<(), StoreError> {
         if c.received == 0 {
             return Ok(());
         }
@@ -148,7 +153,11 @@ impl ConversionCounts {
             for item in page.items() {
                 let c = counts_of(item);
                 out.last_7d.add(&c);
-                if item.get("sk").and_then(|v| v.as_s().ok()).is_some_and(|sk| *sk >= from_24h) {
+                if item
+                    .get("sk")
+                    .and_then(|v| v.as_s().ok())
+                    .is_some_and(|sk| *sk >= from_24h)
+                {
                     out.last_24h.add(&c);
                 }
             }
@@ -162,7 +171,11 @@ impl ConversionCounts {
 }
 
 fn num(v: &AttributeValue) -> u64 {
-    v.as_n().ok().and_then(|x| x.parse::<i64>().ok()).unwrap_or(0).max(0) as u64
+    v.as_n()
+        .ok()
+        .and_then(|x| x.parse::<i64>().ok())
+        .unwrap_or(0)
+        .max(0) as u64
 }
 
 fn counts_of(item: &HashMap<String, AttributeValue>) -> Counts {
@@ -206,9 +219,6 @@ mod tests {
         total.add(&counts_of(&item));
         total.add(&counts_of(&item));
         assert_eq!((total.received, total.accepted, total.rejected), (10, 4, 6));
-        assert_eq!(
-            total.top_reasons(1),
-            vec![("invalid".to_string(), 4)]
-        );
+        assert_eq!(total.top_reasons(1), vec![("invalid".to_string(), 4)]);
     }
 }

@@ -9,10 +9,10 @@
 use crate::support::{Rig, Stack, rig};
 use adsync::amazon::client::{DEFAULT_SCOPES, http_client};
 use adsync::amazon::{AmazonClient, Endpoints, LwaCredentials, SecretString};
+use adsync::console::Console;
 use adsync::console::api::Api;
 use adsync::console::invoke::TaskInvoker;
 use adsync::console::session::{SessionStore, SignInLimit};
-use adsync::console::Console;
 use adsync::export::{ExportCtx, InlineWork};
 use adsync::http::HttpRequest;
 use adsync::http::auth::ApiKeyAuth;
@@ -48,7 +48,10 @@ pub struct World {
 async fn fresh_queue(sqs: &aws_sdk_sqs::Client, kind: &str) -> String {
     let q = sqs
         .create_queue()
-        .queue_name(format!("adsync-test-console-{kind}-{}", uuid::Uuid::new_v4().simple()))
+        .queue_name(format!(
+            "adsync-test-console-{kind}-{}",
+            uuid::Uuid::new_v4().simple()
+        ))
         .send()
         .await
         .expect("creating a test queue in moto");
@@ -153,16 +156,27 @@ fn serve(w: &World, listener: tokio::net::TcpListener) {
     let (console, ingest, linking) = (w.console.clone(), w.ingest.clone(), w.rig.linking.clone());
     let ip = w.source_ip.clone();
     let app = axum::Router::new().fallback(move |req: axum::extract::Request| {
-        let (console, ingest, linking, ip) = (console.clone(), ingest.clone(), linking.clone(), ip.clone());
+        let (console, ingest, linking, ip) =
+            (console.clone(), ingest.clone(), linking.clone(), ip.clone());
         async move {
             let (parts, body) = req.into_parts();
-            let body = axum::body::to_bytes(body, 1 << 20).await.unwrap_or_default();
+            let body = axum::body::to_bytes(body, 1 << 20)
+                .await
+                .unwrap_or_default();
             let path = parts.uri.path().to_string();
             if path.starts_with("/2015-03-31/functions/") {
                 let payload: serde_json::Value = serde_json::from_slice(&body).unwrap_or_default();
-                let out = adsync::runtime::dispatch(ingest.as_ref(), payload, Invocation::with_timeout(60)).await;
+                let out = adsync::runtime::dispatch(
+                    ingest.as_ref(),
+                    payload,
+                    Invocation::with_timeout(60),
+                )
+                .await;
                 let status = if out.is_ok() { 202 } else { 500 };
-                return axum::http::Response::builder().status(status).body(Body::empty()).unwrap();
+                return axum::http::Response::builder()
+                    .status(status)
+                    .body(Body::empty())
+                    .unwrap();
             }
             let mut r = HttpRequest::new(parts.method.as_str(), &path)
                 .with_query(parts.uri.query().unwrap_or(""))
@@ -228,7 +242,8 @@ pub async fn browser() -> (Driver, fantoccini::Client, PathBuf) {
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    let profile = std::env::temp_dir().join(format!("adsync-console-{}", uuid::Uuid::new_v4().simple()));
+    let profile =
+        std::env::temp_dir().join(format!("adsync-console-{}", uuid::Uuid::new_v4().simple()));
     let mut caps = serde_json::Map::new();
     caps.insert(
         "goog:chromeOptions".into(),

@@ -17,6 +17,10 @@
           var label = document.getElementById("bar-label-" + m.segmentId);
           if (bar) { bar.value = m.percent; bar.textContent = m.percent + " %"; }
           if (label) { label.textContent = m.percent + " % · " + m.label; }
+          var status = document.getElementById("status-" + m.segmentId);
+          if (status && status.firstChild) { status.firstChild.textContent = m.status; status.className = "status-" + m.status; }
+          var audience = document.getElementById("audience-" + m.segmentId);
+          if (audience) { audience.textContent = m.audienceId; }
           if (m.percent < 100 && m.running) { running = true; }
         });
         if (running) { setTimeout(tick, 1500); }
