@@ -134,7 +134,7 @@ pub fn refuse_insecure_endpoints() -> Result<(), ConfigError> {
     if !running_in_aws() {
         return Ok(());
     }
-    check_endpoints(|name| optional(name))
+    check_endpoints(optional)
 }
 
 fn check_endpoints(get: impl Fn(&'static str) -> Option<String>) -> Result<(), ConfigError> {

@@ -1252,15 +1252,15 @@ impl Linking {
         match segs.as_slice() {
             [.., "oauth", "callback"] => match m {
                 // GET only: a HEAD (link previews, prefetchers) must not spend the state.
-                "GET" => self.get_callback(&req).await,
+                "GET" => self.get_callback(req).await,
                 _ => HttpResponse::method_not_allowed("GET"),
             },
             [.., "oauth", "confirm"] => match m {
-                "POST" => self.post_confirm(&req).await,
+                "POST" => self.post_confirm(req).await,
                 _ => HttpResponse::method_not_allowed("POST"),
             },
             [.., "connections"] => match m {
-                "POST" => self.post_connections(&req).await,
+                "POST" => self.post_connections(req).await,
                 _ => HttpResponse::method_not_allowed("POST"),
             },
             [.., "accounts"] => match m {

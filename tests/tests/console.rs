@@ -2,7 +2,8 @@
 //! local stack: sign in, link an account in the sandbox, register two segments with a conflicting
 //! control, see the conflict refused on a new destination, create it without, watch the backfill
 //! bar reach 100 % (updated by progress.js, no reload), change fees (an invalid fee answered next
-//! to its field in the API's words), see conversion counts, redrive parked conversions, sign out
+//! to its field in the API's words), see conversion counts, redrive parked conversions, request an
+//! erasure and watch it, sign out
 //! (the cookie no longer works); a forged CSRF token and a missing cookie are refused. Saves the
 //! main pages to `docs/screenshots/`.
 //!
@@ -358,6 +359,23 @@ async fn flows(b: &Client, w: &World, stack: &Stack) -> R {
         5,
         "3 accepted + 2 redriven, once each"
     );
+
+    // Privacy: an invalid device id is refused next to its row; a valid erasure is watched.
+    b.goto(&format!("{console}/privacy")).await?;
+    fill(b, "#device-0", "not valid").await?;
+    submit(b, "#erase").await?;
+    assert!(!text(b, "#error-device-0").await?.is_empty());
+    fill(b, "#device-0", &format!("dev-{s1}-0")).await?;
+    submit(b, "#erase").await?;
+    assert_eq!(text(b, "#notice").await?, "Erasure requested.");
+    let deletion = text(b, "#deletion-id").await?;
+    b.find(Locator::Css("#refresh-deletion"))
+        .await?
+        .click()
+        .await?;
+    assert_eq!(wait(b, "#deletion-id").await?.text().await?, deletion);
+    assert!(!text(b, "#deletion-status").await?.is_empty());
+    shot(b, "privacy").await?;
 
     // A forged CSRF token is refused (and changes nothing).
     b.goto(&format!("{console}/segments/{s2}")).await?;

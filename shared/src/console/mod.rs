@@ -18,6 +18,7 @@ pub mod pages;
 pub mod session;
 mod views;
 mod views_accounts;
+mod views_privacy;
 
 use crate::export::ExportCtx;
 use crate::http::auth::ApiKeyAuth;
@@ -199,6 +200,9 @@ impl Console {
             ("POST", ["accounts", a, "unlink"]) => views_accounts::unlink(self, &r, a).await,
             ("GET", ["conversions"]) => views_accounts::conversions(self, &r, None).await,
             ("POST", ["conversions", "redrive"]) => views_accounts::redrive(self, &r).await,
+            ("GET", ["privacy"]) => views_privacy::form(&r),
+            ("POST", ["privacy"]) => views_privacy::submit(self, &r).await,
+            ("GET", ["privacy", id]) => views_privacy::job(self, &r, id).await,
             _ => pages::notice_page(
                 &base,
                 404,

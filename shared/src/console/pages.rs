@@ -184,11 +184,7 @@ pub fn bar(mapping: &serde_json::Value) -> Bar {
             ),
         },
         (_, "running") => {
-            let p = if shards == 0 {
-                0
-            } else {
-                (done * 100 / shards).min(99)
-            };
+            let p = (done * 100).checked_div(shards).unwrap_or(0).min(99);
             Bar {
                 percent: p,
                 label: format!("{purpose} running: {sent} devices sent"),

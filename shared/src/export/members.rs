@@ -1678,6 +1678,7 @@ async fn drain_and_finish(
     let mut cursor: Option<String> = None;
     // A purge re-sends nothing: its mapping is removed, and a dirty entry left by an earlier
     // pass would send an add.
+    #[allow(clippy::while_immutable_condition)] // the body returns or breaks
     while job.purpose != JobPurpose::Purge {
         if inv.remaining() < opts.safety_margin {
             let _ = ctx.jobs.release_job(dest, seg, owner).await;
