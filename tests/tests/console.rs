@@ -514,7 +514,7 @@ async fn console_sample_events() {
     };
     let home = run(load("home.json")).await.unwrap();
     assert_eq!(home["statusCode"], 303);
-    assert_eq!(home["headers"]["location"], "/console/sign-in");
+    assert_eq!(home["headers"]["location"], "console/sign-in");
     let page = run(load("sign-in-page.json")).await.unwrap();
     assert_eq!(page["statusCode"], 200);
     assert!(

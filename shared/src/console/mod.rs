@@ -68,7 +68,11 @@ pub(crate) struct Req<'a> {
     pub form: forms::Form,
 }
 
-/// The console's path (`/console` or `/lambda-url/console/console`) and the route below it.
+/// The route below the console's root (`…/console/<route>`) and the relative URL of that root as
+/// seen from the request's page (`.`, `..`, `../..`, or `console` for the root itself). Every
+/// link, form and redirect is relative, so the pages work behind API Gateway (`/console/…`) and
+/// behind `cargo lambda watch`, which strips its `/lambda-url/console` prefix before the function
+/// sees the path.
 pub fn split_path(path: &str) -> Option<(String, Vec<&str>)> {
     let segs: Vec<&str> = path.split('/').filter(|s| !s.is_empty()).collect();
     let skip = if segs.first() == Some(&"lambda-url") && segs.len() >= 2 {
@@ -79,8 +83,14 @@ pub fn split_path(path: &str) -> Option<(String, Vec<&str>)> {
     if segs.get(skip) != Some(&"console") {
         return None;
     }
-    let base = format!("/{}", segs[..=skip].join("/"));
-    Some((base, segs[skip + 1..].to_vec()))
+    let route = segs[skip + 1..].to_vec();
+    let depth = (route.len() + usize::from(path.ends_with('/'))).saturating_sub(1);
+    let base = match (route.is_empty(), depth) {
+        (true, _) if !path.ends_with('/') => "console".to_string(),
+        (_, 0) => ".".to_string(),
+        (_, d) => vec![".."; d].join("/"),
+    };
+    Some((base, route))
 }
 
 pub(crate) fn now_secs() -> i64 {
@@ -220,14 +230,17 @@ mod tests {
     #[test]
     fn the_console_lives_under_console_with_or_without_the_local_prefix() {
         let (base, r) = split_path("/console/destinations/d1").unwrap();
-        assert_eq!((base.as_str(), r), ("/console", vec!["destinations", "d1"]));
+        assert_eq!((base.as_str(), r), ("..", vec!["destinations", "d1"]));
         let (base, r) = split_path("/lambda-url/console/console/sign-in").unwrap();
+        assert_eq!((base.as_str(), r), (".", vec!["sign-in"]));
+        let (base, r) = split_path("/console/accounts/1/unlink").unwrap();
         assert_eq!(
             (base.as_str(), r),
-            ("/lambda-url/console/console", vec!["sign-in"])
+            ("../..", vec!["accounts", "1", "unlink"])
         );
-        let (_, r) = split_path("/console").unwrap();
-        assert!(r.is_empty());
+        assert_eq!(split_path("/console").unwrap().0, "console");
+        assert_eq!(split_path("/console/").unwrap().0, ".");
+        assert_eq!(split_path("/console/segments/").unwrap().0, "..");
         assert!(split_path("/segments").is_none());
         assert!(split_path("/lambda-url/console/segments").is_none());
     }

@@ -52,13 +52,7 @@ fn page(
             .as_object()
             .into_iter()
             .flatten()
-            .map(|(k, v)| {
-                (
-                    k.clone(),
-                    v.get("status")
-                        .map_or_else(|| v.to_string(), |s| s.as_str().unwrap_or("").to_string()),
-                )
-            })
+            .map(|(k, v)| (k.clone(), step_text(v)))
             .collect();
         (
             j["deletionId"].as_str().unwrap_or("").to_string(),
@@ -76,6 +70,28 @@ fn page(
         job,
     };
     pages::render(status, &page)
+}
+
+/// A step as words: its state, then its figures (`pending · rowsScanned 0, rowsRemoved 0`).
+fn step_text(v: &Value) -> String {
+    let state = v["state"].as_str().unwrap_or("").to_string();
+    let figures: Vec<String> = v
+        .as_object()
+        .into_iter()
+        .flatten()
+        .filter(|(k, x)| *k != "state" && (x.is_number() || x.is_string()))
+        .map(|(k, x)| {
+            format!(
+                "{k} {}",
+                x.as_str().map_or_else(|| x.to_string(), str::to_string)
+            )
+        })
+        .collect();
+    if figures.is_empty() {
+        state
+    } else {
+        format!("{state} · {}", figures.join(", "))
+    }
 }
 
 /// `GET privacy`: the erasure form.
