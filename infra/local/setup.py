@@ -134,6 +134,9 @@ class Resolver:
         if kind == "AWS::SecretsManager::Secret":
             # Ref is the ARN on AWS; locally the name is what every client accepts.
             return self.resolve(props["Name"])
+        if kind == "AWS::Serverless::Function":
+            # Locally a function is its binary, served (and invoked) by `cargo lambda watch`.
+            return res["Metadata"]["BuildProperties"]["Binary"]
         raise ValueError(f"!Ref {name}: resource type {kind} is not supported locally")
 
     def get_att(self, name, attr):

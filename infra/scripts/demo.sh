@@ -6,7 +6,9 @@
 #   `cargo run -p adsync-tests --bin demo` → stops everything it started (also on failure/Ctrl-C).
 # A stack that was already up before demo.sh (from stack-up.sh) is left running.
 #
-# Usage: infra/scripts/demo.sh [STEP…]     (steps: foundation, then one per feature)
+# Usage: infra/scripts/demo.sh [--serve] [STEP…]     (steps: foundation, then one per feature)
+#   Prints the console's URL and the API key to sign in with at the end; with --serve, keeps the
+#   stack and the functions serving (the console included) until Ctrl-C.
 # Settings: STACK_NAME (dev), DDB_PORT, MOTO_PORT, SANDBOX_PORT, INVOKE_PORT (9000),
 #   FUNCTIONS_WAIT_SECS (300).
 set -euo pipefail
@@ -16,7 +18,12 @@ source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 export STACK_NAME="${STACK_NAME:-dev}"
 export INVOKE_PORT="${INVOKE_PORT:-9000}"
 WAIT_SECS="${FUNCTIONS_WAIT_SECS:-300}"
-FUNCTIONS=(oauth-callback segment-export conversion-ingest)
+FUNCTIONS=(oauth-callback segment-export conversion-ingest console)
+SERVE=0
+ARGS=()
+for a in "$@"; do
+  if [[ "$a" == "--serve" ]]; then SERVE=1; else ARGS+=("$a"); fi
+done
 started="$(now)"
 cd "$REPO_ROOT"
 
@@ -124,5 +131,18 @@ for fn in "${FUNCTIONS[@]}"; do
   done
 done
 
-log "running the demo driver: cargo run -p adsync-tests --bin demo $*"
-cargo run -q -p adsync-tests --bin demo -- "$@"
+log "running the demo driver: cargo run -p adsync-tests --bin demo ${ARGS[*]}"
+rc=0
+cargo run -q -p adsync-tests --bin demo -- "${ARGS[@]}" || rc=$?
+
+cat <<EOF
+
+  Console   $FUNCTIONS_URL/console/console/sign-in
+  API key   $ADSYNC_API_KEY   (sign in with it; the same key as the API)
+EOF
+if ((SERVE)); then
+  log "serving the stack and the functions until Ctrl-C (log $WATCH_LOG)"
+  while kill -0 "$watch_pid" 2>/dev/null; do sleep 1; done
+  die "cargo lambda watch exited; see $WATCH_LOG"
+fi
+exit "$rc"

@@ -209,6 +209,9 @@ tmp="$ENV_FILE.tmp.$$"
   echo "export AMAZON_LWA_TOKEN_URL=$LWA_TOKEN_URL"
   echo "export ADSYNC_API_KEY=$ADSYNC_API_KEY"
   echo "export FUNCTIONS_URL=$FUNCTIONS_URL"
+  # The console's "Redrive now" invokes conversion-ingest through cargo lambda watch's Invoke API.
+  echo "export AWS_ENDPOINT_URL_LAMBDA=http://127.0.0.1:$INVOKE_PORT"
+  echo "export CONSOLE_URL=$FUNCTIONS_URL/console/console/sign-in"
 } >"$tmp"
 mv "$tmp" "$ENV_FILE"
 

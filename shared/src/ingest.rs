@@ -182,6 +182,28 @@ pub struct IngestReport {
 }
 
 impl IngestReport {
+    /// The totals and the rejected events' reasons (each event's first error), as counted per hour.
+    pub fn counts(&self) -> crate::store::conversion_counts::Counts {
+        let t = &self.totals;
+        let mut reasons = std::collections::BTreeMap::new();
+        for r in self.results.iter().filter(|r| r.status == Status::Rejected) {
+            let reason = r
+                .errors
+                .first()
+                .map(|e| e.reason.as_str())
+                .unwrap_or("unknown");
+            *reasons.entry(reason.to_string()).or_default() += 1;
+        }
+        crate::store::conversion_counts::Counts {
+            received: t.received as u64,
+            accepted: t.accepted as u64,
+            duplicate: t.duplicate as u64,
+            rejected: t.rejected as u64,
+            parked: t.parked as u64,
+            reasons,
+        }
+    }
+
     /// 200 when every event was accepted or a duplicate, 207 otherwise.
     pub fn status_code(&self) -> u16 {
         if self.totals.accepted + self.totals.duplicate == self.totals.received {
@@ -371,6 +393,14 @@ impl IngestCtx {
             Err(e) => return HttpResponse::error(e.status, e.code, e.message),
         };
         let report = self.ingest(&account, &arena, outcomes, inv).await;
+        // The console's per-hour counts: one write per request (store::conversion_counts).
+        crate::store::conversion_counts::ConversionCounts::new(&self.accounts)
+            .record_logged(
+                &account.account_id,
+                &report.counts(),
+                now_ms() as i64 / 1000,
+            )
+            .await;
         HttpResponse::json(report.status_code(), &report)
     }
 

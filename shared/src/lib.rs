@@ -6,6 +6,7 @@ pub mod amazon;
 pub mod aws;
 pub mod budget;
 pub mod config;
+pub mod console;
 pub mod domain;
 pub mod export;
 pub mod http;

@@ -1234,32 +1234,7 @@ impl Handler for Linking {
             Ok(c) => c,
             Err(denied) => return denied,
         };
-        let segs = req.segments();
-        let m = req.method.as_str();
-        match segs.as_slice() {
-            [.., "oauth", "callback"] => match m {
-                // GET only: a HEAD (link previews, prefetchers) must not spend the state.
-                "GET" => self.get_callback(&req).await,
-                _ => HttpResponse::method_not_allowed("GET"),
-            },
-            [.., "oauth", "confirm"] => match m {
-                "POST" => self.post_confirm(&req).await,
-                _ => HttpResponse::method_not_allowed("POST"),
-            },
-            [.., "connections"] => match m {
-                "POST" => self.post_connections(&req).await,
-                _ => HttpResponse::method_not_allowed("POST"),
-            },
-            [.., "accounts"] => match m {
-                "GET" => self.get_accounts(caller.as_ref()).await,
-                _ => HttpResponse::method_not_allowed("GET"),
-            },
-            [.., "accounts", id] => match m {
-                "DELETE" => self.delete_account(id).await,
-                _ => HttpResponse::method_not_allowed("DELETE"),
-            },
-            _ => HttpResponse::not_found(),
-        }
+        self.route_authorized(&req, caller.as_ref()).await
     }
 
     async fn task(
@@ -1276,6 +1251,43 @@ impl Handler for Linking {
             other => Err(format!(
                 "unknown task {other:?}; this function runs \"cleanup\""
             )),
+        }
+    }
+}
+
+impl Linking {
+    /// Routes a request whose caller is already authorized against `crate::http::scopes::POLICY`
+    /// (the console checks its session's key the same way before it calls this in process).
+    pub async fn route_authorized(
+        &self,
+        req: &HttpRequest,
+        caller: Option<&Caller>,
+    ) -> HttpResponse {
+        let segs = req.segments();
+        let m = req.method.as_str();
+        match segs.as_slice() {
+            [.., "oauth", "callback"] => match m {
+                // GET only: a HEAD (link previews, prefetchers) must not spend the state.
+                "GET" => self.get_callback(req).await,
+                _ => HttpResponse::method_not_allowed("GET"),
+            },
+            [.., "oauth", "confirm"] => match m {
+                "POST" => self.post_confirm(req).await,
+                _ => HttpResponse::method_not_allowed("POST"),
+            },
+            [.., "connections"] => match m {
+                "POST" => self.post_connections(req).await,
+                _ => HttpResponse::method_not_allowed("POST"),
+            },
+            [.., "accounts"] => match m {
+                "GET" => self.get_accounts(caller).await,
+                _ => HttpResponse::method_not_allowed("GET"),
+            },
+            [.., "accounts", id] => match m {
+                "DELETE" => self.delete_account(id).await,
+                _ => HttpResponse::method_not_allowed("DELETE"),
+            },
+            _ => HttpResponse::not_found(),
         }
     }
 }

@@ -70,11 +70,12 @@ fn api_key_routes_document_401_and_every_json_error_uses_the_error_shape() {
     for (method, path) in s.routes() {
         let op = s.operation(&method, &path).unwrap();
         let responses = op["responses"].as_object().unwrap();
-        let html_route = path.starts_with("/oauth/");
+        // The linking browser steps and the console (session cookie) go without the API key.
+        let html_route = path.starts_with("/oauth/") || path.starts_with("/console");
         assert_eq!(
             s.requires_api_key(&method, &path),
             Some(!html_route),
-            "{method} {path}: only the /oauth pages go without the API key"
+            "{method} {path}: only the /oauth and /console pages go without the API key"
         );
         if !html_route {
             assert!(

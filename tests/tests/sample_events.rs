@@ -37,6 +37,11 @@ const SAMPLE_SEG_HIGH: &str = "seg-high-value";
 /// Every sample file each test below feeds, so a new sample without a test fails
 /// `every_sample_event_is_fed_by_a_test`.
 const FED: &[(&str, &[&str])] = &[
+    // Fed by tests/tests/console.rs.
+    (
+        "console",
+        &["home.json", "sign-in-page.json", "sign-in.json"],
+    ),
     (
         "oauth-callback",
         &[
@@ -1005,8 +1010,8 @@ fn env_json_covers_every_function_and_variable() {
         );
     }
     assert_eq!(
-        functions, 3,
-        "template.yaml should define the three adsync functions"
+        functions, 4,
+        "template.yaml should define the four adsync functions"
     );
     assert_eq!(
         env.as_object().unwrap().len(),

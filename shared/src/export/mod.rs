@@ -274,6 +274,16 @@ pub async fn route(
     if let Err(denied) = crate::http::scopes::authorize(auth, req).await {
         return denied;
     }
+    route_authorized(ctx, req, inv).await
+}
+
+/// Routes a request whose caller is already authorized against `crate::http::scopes::POLICY`
+/// (the console checks its session's key the same way before it calls this in process).
+pub async fn route_authorized(
+    ctx: &ExportCtx,
+    req: &HttpRequest,
+    inv: &Invocation,
+) -> HttpResponse {
     let segs = route_segments(&req.path);
     let r = match_route(&req.method, &segs);
     if let Route::PatchDestination(id) | Route::AddMappings(id) | Route::PutFees(id, _) = r

@@ -2,6 +2,7 @@
 //! owns one module; they share [`StoreError`].
 
 pub mod accounts;
+pub mod conversion_counts;
 pub mod dedupe;
 pub mod destinations;
 pub mod dynamo;
