@@ -429,3 +429,30 @@ fn every_sample_event_targets_a_documented_route() {
         "documented routes without a sample event in infra/events: {missing:?}"
     );
 }
+
+/// Every API-key route of the spec has a line of its own in the scope table
+/// (`adsync::http::scopes::POLICY`), so no route falls back to the default by omission.
+#[test]
+fn every_documented_api_key_route_has_its_own_scope_rule() {
+    let spec = spec();
+    let mut missing = Vec::new();
+    for (method, template) in spec.routes() {
+        if template.starts_with("/console")
+            || spec.requires_api_key(&method, &template) != Some(true)
+        {
+            continue;
+        }
+        let path = template
+            .replace("{accountId}", "123")
+            .replace('{', "")
+            .replace('}', "");
+        let segs = adsync::http::scopes::route_segments(&path);
+        if !adsync::http::scopes::is_declared(&method, &segs) {
+            missing.push(format!("{method} {template}"));
+        }
+    }
+    assert!(
+        missing.is_empty(),
+        "routes without a scope rule: {missing:?}"
+    );
+}

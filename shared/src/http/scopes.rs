@@ -110,7 +110,13 @@ pub const POLICY: &[(&str, &str, Access)] = &[
         Access::Key(ConversionsWrite, Path),
     ),
     // segment-export
+    ("GET", "/segments", Access::Key(Read, Unrestricted)),
     ("GET", "/segments/*", Access::Key(Read, Unrestricted)),
+    (
+        "DELETE",
+        "/segments/*",
+        Access::Key(SegmentsWrite, Unrestricted),
+    ),
     (
         "PUT",
         "/segments/*",
@@ -125,6 +131,11 @@ pub const POLICY: &[(&str, &str, Access)] = &[
     ("GET", "/destinations/*", Access::Key(Read, Unrestricted)),
     (
         "PATCH",
+        "/destinations/*",
+        Access::Key(SegmentsWrite, Unrestricted),
+    ),
+    (
+        "DELETE",
         "/destinations/*",
         Access::Key(SegmentsWrite, Unrestricted),
     ),
@@ -147,6 +158,22 @@ pub const POLICY: &[(&str, &str, Access)] = &[
         "POST",
         "/qualifications",
         Access::Key(SegmentsWrite, Unrestricted),
+    ),
+    // segment-export: privacy and identity
+    (
+        "POST",
+        "/privacy/deletions",
+        Access::Key(PrivacyWrite, Unrestricted),
+    ),
+    (
+        "GET",
+        "/privacy/deletions/*",
+        Access::Key(Read, Unrestricted),
+    ),
+    (
+        "POST",
+        "/accounts/{account}/identities",
+        Access::Key(SegmentsWrite, Path),
     ),
 ];
 
@@ -187,6 +214,19 @@ pub fn access_for<'a>(method: &str, segs: &[&'a str]) -> (Access, Option<&'a str
         }
     }
     (DEFAULT_ACCESS, None)
+}
+
+/// Whether `method` + `segs` has a line of its own in [`POLICY`] (rather than [`DEFAULT_ACCESS`]).
+pub fn is_declared(method: &str, segs: &[&str]) -> bool {
+    POLICY.iter().any(|(m, pattern, _)| {
+        let pat: Vec<&str> = pattern.split('/').filter(|s| !s.is_empty()).collect();
+        (*m == "*" || m.eq_ignore_ascii_case(method))
+            && pat.len() == segs.len()
+            && pat
+                .iter()
+                .zip(segs)
+                .all(|(p, s)| matches!(*p, "*" | "{account}") || p == s)
+    })
 }
 
 /// Authenticates and authorizes a request before it is routed. `Ok(None)` for an open route,
