@@ -157,7 +157,7 @@ mod tests {
         .await;
         let d = third.saturating_duration_since(t0);
         assert!(
-            d > Duration::from_millis(1_900) && d <= Duration::from_secs(2),
+            d > Duration::from_millis(1_900) && d <= Duration::from_millis(2_001),
             "{d:?}"
         );
         assert!(share_of_window(0.5).is_none());

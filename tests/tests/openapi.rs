@@ -444,8 +444,7 @@ fn every_documented_api_key_route_has_its_own_scope_rule() {
         }
         let path = template
             .replace("{accountId}", "123")
-            .replace('{', "")
-            .replace('}', "");
+            .replace(['{', '}'], "");
         let segs = adsync::http::scopes::route_segments(&path);
         if !adsync::http::scopes::is_declared(&method, &segs) {
             missing.push(format!("{method} {template}"));
