@@ -113,14 +113,22 @@ impl Api {
 
 /// Percent-encodes one path segment (ids typed into forms).
 pub fn seg(s: &str) -> String {
+    // `:` is allowed in segment ids and safe in a path; the routers do not percent-decode.
     url::form_urlencoded::byte_serialize(s.as_bytes())
         .collect::<String>()
         .replace('+', "%20")
+        .replace("%3A", ":")
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn segment_ids_keep_their_colons_in_paths() {
+        assert_eq!(seg("aam:seg.1"), "aam:seg.1");
+        assert_eq!(seg("a b/c"), "a%20b%2Fc");
+    }
 
     #[test]
     fn linking_owns_connections_and_accounts_only() {

@@ -317,6 +317,25 @@ pub async fn run_task(ctx: &ExportCtx, name: &str, inv: &Invocation) -> Result<V
 }
 
 /// [`run_task`] with the task's input (`redrive-dlq` reads its scope from it).
+/// A scheduled step's summary, or its error.
+fn step_view(r: &Result<Value, String>) -> Value {
+    match r {
+        Ok(v) => v.clone(),
+        Err(e) => json!({ "error": e }),
+    }
+}
+
+/// `out` when every step succeeded, else the first error (logged with the whole summary).
+fn both_ok<const N: usize>(out: Value, steps: [Result<Value, String>; N]) -> Result<Value, String> {
+    match steps.into_iter().find_map(Result::err) {
+        None => Ok(out),
+        Some(e) => {
+            tracing::error!(summary = %out, "a scheduled step failed");
+            Err(e)
+        }
+    }
+}
+
 pub async fn run_task_with(
     ctx: &ExportCtx,
     name: &str,
@@ -341,17 +360,24 @@ pub async fn run_task_with(
                 .count("AudiencesCreated", audiences.created as u64)
                 .count("AudienceCreationFailures", audiences.failed as u64);
             metrics.emit();
-            let backfill = members::run_backfill(ctx, inv).await?;
-            let erasures = erasure::run_erasures(ctx, inv, &Default::default()).await?;
-            Ok(json!({
+            // Erasures first (rare, and owed to a person); a failure of one step never skips
+            // the other.
+            let erasures = erasure::run_erasures(ctx, inv, &Default::default()).await;
+            let backfill = members::run_backfill(ctx, inv).await;
+            let out = json!({
                 "task": "backfill", "audiences": audiences, "upkeep": upkeep,
-                "backfill": backfill, "erasures": erasures
-            }))
+                "backfill": step_view(&backfill), "erasures": step_view(&erasures)
+            });
+            both_ok(out, [backfill, erasures])
         }
         "redrive" => {
-            let redrive = members::run_redrive(ctx, inv).await?;
-            let identities = identities::run_redrive(ctx, inv).await?;
-            Ok(json!({"task": "redrive", "redrive": redrive, "identities": identities}))
+            let redrive = members::run_redrive(ctx, inv).await;
+            let identities = identities::run_redrive(ctx, inv).await;
+            let out = json!({
+                "task": "redrive", "redrive": step_view(&redrive),
+                "identities": step_view(&identities)
+            });
+            both_ok(out, [redrive, identities])
         }
         "redrive-dlq" => {
             use crate::parked_dlq::{DeadLetterMover, Scope};

@@ -146,7 +146,9 @@ pub async fn from_env() -> Option<&'static Sealer> {
     SEALER
         .get_or_init(|| async {
             let key_id = crate::config::optional("ADSYNC_KMS_KEY_ID")?;
-            let mut loader = aws_config::defaults(aws_config::BehaviorVersion::latest());
+            // The same connect/attempt/operation timeouts as every other AWS client (`crate::aws`).
+            let mut loader = aws_config::defaults(aws_config::BehaviorVersion::latest())
+                .timeout_config(crate::aws::SdkTimeouts::from_env().config());
             if let Some(url) = crate::config::optional("ADSYNC_AWS_ENDPOINT_URL") {
                 loader = loader.endpoint_url(url);
             }
