@@ -452,3 +452,79 @@ async fn held(ctx: &ExportCtx, j: &BackfillJob) -> Result<bool, StoreError> {
         .iter()
         .any(|s| s.generation == j.generation && s.lease_until_ms as i64 > now_ms))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::jobs::JobState;
+
+    fn job(purpose: JobPurpose) -> BackfillJob {
+        BackfillJob {
+            destination_id: "d".into(),
+            segment_id: "s".into(),
+            account_id: "1".into(),
+            audience_id: 72057594038053891,
+            generation: 2,
+            state: JobState::Running,
+            shards: 16,
+            include_removals: purpose == JobPurpose::Purge,
+            created_at: String::new(),
+            updated_at: String::new(),
+            finished_at: None,
+            last_error: None,
+            drained: 0,
+            draining: false,
+            purpose,
+        }
+    }
+
+    fn mapping(status: MappingStatus, audience_id: Option<i64>) -> SegmentMapping {
+        SegmentMapping {
+            destination_id: "d".into(),
+            segment_id: "s".into(),
+            status,
+            audience_id,
+            external_audience_id: "adsync-d-s".into(),
+            audience_name: "Segment s audience".into(),
+            audience_fees: Vec::new(),
+            last_error: None,
+            blocked_reason: None,
+            created_at: String::new(),
+            updated_at: String::new(),
+        }
+    }
+
+    #[test]
+    fn a_purge_runs_only_for_a_removed_mapping_and_the_other_passes_only_for_an_active_one() {
+        let aud = Some(72057594038053891);
+        let cases = [
+            (JobPurpose::Purge, MappingStatus::Removed, aud, true),
+            (JobPurpose::Purge, MappingStatus::Active, aud, false),
+            (JobPurpose::Purge, MappingStatus::Removed, Some(1), false),
+            (JobPurpose::Backfill, MappingStatus::Active, aud, true),
+            (JobPurpose::Refresh, MappingStatus::Active, aud, true),
+            (JobPurpose::Refresh, MappingStatus::Removed, aud, false),
+            (JobPurpose::Backfill, MappingStatus::Blocked, aud, false),
+        ];
+        for (purpose, status, audience, live) in cases {
+            let m = mapping(status, audience);
+            assert_eq!(
+                job_is_live(&job(purpose), Some(&m)),
+                live,
+                "{purpose:?} job, {status:?} mapping"
+            );
+        }
+        assert!(!job_is_live(&job(JobPurpose::Purge), None));
+    }
+
+    #[test]
+    fn purge_flags_are_true_or_false_and_nothing_else() {
+        let r = |q: &str| HttpRequest::new("DELETE", "/destinations/d").with_query(q);
+        assert_eq!(wants_purge(&r(""), "purge").ok(), Some(false));
+        assert_eq!(wants_purge(&r("purge=true"), "purge").ok(), Some(true));
+        assert_eq!(wants_purge(&r("purge=false"), "purge").ok(), Some(false));
+        let bad = wants_purge(&r("purge=yes"), "purge").unwrap_err();
+        assert_eq!(bad.status, 400);
+        assert_eq!(bad.json_body()["error"]["field"], "purge");
+    }
+}
