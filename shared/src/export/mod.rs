@@ -26,6 +26,7 @@ pub mod audience_view;
 pub mod destinations;
 pub mod lifecycle;
 pub mod members;
+pub mod purge;
 pub mod refresh;
 pub mod upkeep;
 
