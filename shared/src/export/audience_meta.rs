@@ -278,3 +278,113 @@ pub fn meta_view(st: Option<&AudienceState>, d: Option<&Destination>) -> Map<Str
     out.insert("settings".into(), settings);
     out
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::domain::export_controls::ExportLabel;
+
+    fn dest() -> Destination {
+        Destination {
+            destination_id: "d".into(),
+            name: "n".into(),
+            description: String::new(),
+            account_id: "1".into(),
+            data_export_labels: vec![ExportLabel::OffsiteAdTargeting],
+            data_source_country: vec!["US".into()],
+            ttl_seconds: 2_592_000,
+            created_at: String::new(),
+        }
+    }
+
+    fn obj(v: Value) -> Map<String, Value> {
+        v.as_object().unwrap().clone()
+    }
+
+    #[test]
+    fn settings_keep_what_the_patch_does_not_name_and_name_the_bad_field() {
+        let d = dest();
+        assert_eq!(
+            parse_settings(&obj(json!({"description": "x"})), &d).ok(),
+            Some(None)
+        );
+        let (ttl, c) = parse_settings(&obj(json!({"ttlSeconds": 600})), &d)
+            .ok()
+            .flatten()
+            .unwrap();
+        assert_eq!((ttl, c), (600, vec!["US".to_string()]));
+        let (ttl, c) = parse_settings(&obj(json!({"dataSourceCountry": ["ca", "US"]})), &d)
+            .ok()
+            .flatten()
+            .unwrap();
+        assert_eq!(
+            (ttl, c),
+            (2_592_000, vec!["CA".to_string(), "US".to_string()])
+        );
+        for (body, field) in [
+            (json!({"ttlSeconds": 34_300_801}), "ttlSeconds"),
+            (json!({"ttlSeconds": "600"}), "ttlSeconds"),
+            (json!({"dataSourceCountry": []}), "dataSourceCountry"),
+            (
+                json!({"dataSourceCountry": ["USA"]}),
+                "dataSourceCountry[0]",
+            ),
+        ] {
+            let e = parse_settings(&obj(body.clone()), &d).unwrap_err();
+            assert_eq!(e.status, 400, "{body}");
+            assert_eq!(e.json_body()["error"]["field"], field, "{body}");
+        }
+    }
+
+    #[test]
+    fn the_view_shows_pending_applied_and_refused_settings() {
+        let d = dest();
+        let mut st = AudienceState {
+            destination_id: "d".into(),
+            segment_id: "s".into(),
+            account_id: "1".into(),
+            audience_id: 72057594038053891,
+            ttl_seconds: 2_592_000,
+            refresh_generation: None,
+            last_completed_at: None,
+            refresh_due_ms: 0,
+            size: None,
+            size_due_ms: 0,
+            settings_version: 0,
+            applied_version: 0,
+            failed_version: None,
+            settings_error: None,
+            applied_at: None,
+            applied_countries: Vec::new(),
+        };
+        let v = meta_view(Some(&st), Some(&d));
+        assert_eq!(v["settings"]["state"], "applied");
+        assert_eq!(v["settings"]["applied"]["dataSourceCountry"], json!(["US"]));
+        assert!(v["audienceSize"].is_null() && v["matchRate"].is_null());
+        st.settings_version = 5;
+        let v = meta_view(Some(&st), Some(&d));
+        assert_eq!(v["settings"]["state"], "pending");
+        assert_eq!(v["settings"]["pending"]["ttlSeconds"], 2_592_000);
+        st.failed_version = Some(5);
+        st.settings_error = Some("Amazon Error: bad (HTTP 400)".into());
+        let v = meta_view(Some(&st), Some(&d));
+        assert_eq!(v["settings"]["state"], "error");
+        assert_eq!(v["settings"]["lastError"], "Amazon Error: bad (HTTP 400)");
+        st.size = Some(MeasuredSize {
+            audience_size: 120_000,
+            matched_size: 81_000,
+            match_rate: 0.675,
+            measured_at: "2026-12-05T10:00:00.000Z".into(),
+        });
+        let v = meta_view(Some(&st), Some(&d));
+        assert_eq!(
+            (
+                v["audienceSize"].clone(),
+                v["matchedSize"].clone(),
+                v["matchRate"].clone()
+            ),
+            (json!(120_000), json!(81_000), json!(0.675))
+        );
+        assert!(meta_view(None, None)["settings"].is_null());
+    }
+}

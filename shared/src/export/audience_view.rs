@@ -1,6 +1,6 @@
 //! The audience fields of a mapping's view (`GET /destinations/{id}` and the creating answers):
 //! `refresh` ([`super::refresh`]), `audienceSize`, `matchedSize`, `matchRate`, `measuredAt`,
-//! `settings` ([`super::audience_meta`]) and `purge` ([`super::lifecycle`]). All read from
+//! `settings` ([`super::audience_meta`]) and `purge` ([`super::purge`]). All read from
 //! DynamoDB: a view never calls Amazon.
 
 use super::ExportCtx;
@@ -24,7 +24,7 @@ pub async fn extras(ctx: &ExportCtx, dst: &str, seg: &str, progress: &Value) -> 
         "refresh".into(),
         super::refresh::refresh_view(Some(progress), st.as_ref()),
     );
-    let purge = super::lifecycle::purge_view(ctx, dst, seg, Some(progress)).await;
+    let purge = super::purge::purge_view(ctx, dst, seg, Some(progress)).await;
     out.insert("purge".into(), purge);
     out
 }

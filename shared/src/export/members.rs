@@ -1288,7 +1288,7 @@ async fn backfill_in_slot(
             .get_mapping(&job.destination_id, &job.segment_id)
             .await
             .map_err(|e| e.to_string())?;
-        let live = super::lifecycle::job_is_live(&job, mapping.as_ref());
+        let live = super::purge::job_is_live(&job, mapping.as_ref());
         if !live {
             let gone = mapping.as_ref().is_none_or(|m| {
                 m.status == MappingStatus::Removed || m.audience_id != Some(job.audience_id)

@@ -30,6 +30,7 @@ pub mod identities;
 pub mod lifecycle;
 pub mod members;
 pub mod privacy;
+pub mod purge;
 pub mod refresh;
 pub mod upkeep;
 

@@ -3,7 +3,7 @@
 //! same PATCH budget):
 //!
 //! 1. purges: start those whose wait is over, note finished ones, delete destinations whose
-//!    purges are done ([`super::lifecycle::plan_purges`]);
+//!    purges are done ([`super::purge::plan_purges`]);
 //! 2. refreshes due ([`super::refresh::plan_refreshes`]);
 //! 3. metadata: pending settings `PUT`s, then due size reads, in what is left of the run's
 //!    metadata share ([`super::audience_meta::run_metadata`]).
@@ -26,7 +26,7 @@ impl Default for UpkeepOptions {
     fn default() -> Self {
         Self {
             size_interval: super::audience_meta::DEFAULT_SIZE_INTERVAL,
-            purge_settle: super::lifecycle::DEFAULT_PURGE_SETTLE,
+            purge_settle: super::purge::DEFAULT_PURGE_SETTLE,
         }
     }
 }
@@ -53,7 +53,7 @@ pub async fn run_upkeep(
     opts: &UpkeepOptions,
     now_ms: i64,
 ) -> Value {
-    let purges = super::lifecycle::plan_purges(ctx, now_ms, opts.purge_settle).await;
+    let purges = super::purge::plan_purges(ctx, now_ms, opts.purge_settle).await;
     let refresh = super::refresh::plan_refreshes(ctx, now_ms).await;
     let meta =
         super::audience_meta::run_metadata(ctx, metadata_deadline_ms, opts.size_interval, now_ms)

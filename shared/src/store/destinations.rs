@@ -12,7 +12,8 @@
 //! | audience to create | `PENDING#AUDIENCE` | `<mapping createdAt>#<destinationId>#<segmentId>` | — | `destinationId, segmentId` |
 //! | metadata pacing | `RATE#<LwA client id>` | `METADATA` | — | `nextAt (N, epoch ms)` |
 //!
-//! Audience upkeep (`AUDSTATE`, `PURGES`) is laid out in [`audiences`]; segment listing and
+//! Audience upkeep (`AUDSTATE`) is laid out in [`audiences`], purges and adoption claims
+//! (`PURGES`, `AUDIENCE#<id>`) in [`purges`]; segment listing and
 //! destination deletion in [`lifecycle`] (a destination being deleted also has `deleting`).
 //!
 //! Other owners keep their items in this table under other `pk` prefixes (the backfill jobs of
@@ -40,6 +41,7 @@ use std::collections::HashMap;
 
 pub mod audiences;
 pub mod lifecycle;
+pub mod purges;
 
 type Item = HashMap<String, AttributeValue>;
 
