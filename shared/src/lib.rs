@@ -10,6 +10,7 @@ pub mod export;
 pub mod http;
 pub mod ingest;
 pub mod linking;
+pub mod local_serving;
 pub mod runtime;
 pub mod store;
 pub mod telemetry;
