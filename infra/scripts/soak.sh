@@ -47,12 +47,17 @@ trap cleanup EXIT
 trap 'exit 130' INT
 trap 'exit 143' TERM
 
-log "building the functions and the soak driver"
-cargo build "${PROFILE_FLAG[@]}" --bin conversion-ingest --bin segment-export || die "building the functions failed"
+log "building the soak driver and the functions"
 cargo build "${PROFILE_FLAG[@]}" -p adsync-tests --bin soak || die "building the soak driver failed"
+# One build per binary, as `cargo run --bin <fn>` (what the emulator runs) resolves features, so
+# the emulator does not rebuild anything (see demo.sh).
+for fn in conversion-ingest segment-export; do
+  cargo build "${PROFILE_FLAG[@]}" --bin "$fn" || die "building $fn failed"
+done
 
 log "starting cargo lambda watch on 127.0.0.1:$INVOKE_PORT (log $LOG)"
-WATCH_ARGS=(lambda watch --invoke-address 127.0.0.1 --invoke-port "$INVOKE_PORT" --ignore-changes --env-file "$ENV_FILE")
+# -v: the emulator's debug log, which names every runtime connection it registers (see below).
+WATCH_ARGS=(lambda -v watch --invoke-address 127.0.0.1 --invoke-port "$INVOKE_PORT" --ignore-changes --env-file "$ENV_FILE")
 [[ "${SOAK_PROFILE:-dev}" == "release" ]] && WATCH_ARGS+=(--release)
 (exec setsid "$VENV/bin/cargo-lambda" "${WATCH_ARGS[@]}" >"$LOG" 2>&1 </dev/null) &
 watch_pid=$!
@@ -69,4 +74,13 @@ for fn in conversion-ingest segment-export; do
   log "$fn answers"
 done
 
-"$REPO_ROOT/target/$([[ "${SOAK_PROFILE:-dev}" == "release" ]] && echo release || echo debug)/soak" "$@"
+rc=0
+"$REPO_ROOT/target/$([[ "${SOAK_PROFILE:-dev}" == "release" ]] && echo release || echo debug)/soak" "$@" || rc=$?
+# Each function should have kept one runtime connection. A second one means the runtime polled
+# again while an answer was still being written: the emulator race shared/src/local_serving.rs
+# works around (where answers got lost).
+for fn in conversion-ingest segment-export; do
+  n="$(grep -c "registered connection.*function_name=\"$fn\"" "$LOG" || true)"
+  log "$fn: $n runtime connection(s) registered by the emulator"
+done
+exit "$rc"

@@ -12,6 +12,7 @@ pub mod export;
 pub mod http;
 pub mod ingest;
 pub mod linking;
+pub mod local_serving;
 pub mod parked_dlq;
 pub mod random;
 pub mod runtime;

@@ -226,12 +226,13 @@ pub fn effective_deadline(deadline_ms: u64, now_ms: u64) -> u64 {
     now_ms + secs * 1000
 }
 
-/// Runs the Lambda runtime loop with `handler` (built once, shared by every invocation).
+/// Runs the Lambda runtime loop with `handler` (built once, shared by every invocation), with
+/// lambda_runtime's tracing and the local emulator's [`crate::local_serving::SettleLayer`].
 pub async fn run<H: Handler>(handler: H) -> Result<(), Error> {
     let budget = HttpBudget::from_env()?;
     let _ = HTTP_BUDGET.set(budget);
     let handler = Arc::new(handler);
-    lambda_runtime::run(service_fn(move |ev: LambdaEvent<Box<RawValue>>| {
+    let service = service_fn(move |ev: LambdaEvent<Box<RawValue>>| {
         let handler = handler.clone();
         async move {
             let inv = Invocation {
@@ -244,8 +245,12 @@ pub async fn run<H: Handler>(handler: H) -> Result<(), Error> {
             );
             dispatch_raw(handler.as_ref(), &ev.payload, inv).await
         }
-    }))
-    .await
+    });
+    lambda_runtime::Runtime::new(service)
+        .layer(lambda_runtime::layers::TracingLayer::new())
+        .layer(crate::local_serving::SettleLayer::from_env())
+        .run()
+        .await
 }
 
 #[cfg(test)]
