@@ -891,7 +891,8 @@ impl IngestCtx {
                     tracing::error!(error = %e, "could not record the park id");
                 }
             }
-            // Parked while another request held the id: the redrive settles it with a claim.
+            // Parked without a claim (out of time, held by another request, a store error):
+            // nothing is written; the redrive takes the id by the copy's `parkedAtMs`.
             None => {}
         }
     }
@@ -904,7 +905,13 @@ impl IngestCtx {
     ) -> (usize, Result<TakeOutcome, StoreError>) {
         let r = self
             .dedupe
-            .take_parked(&pe.key, &pe.fingerprint, inv.deadline_ms, &inv.request_id)
+            .take_parked(
+                &pe.key,
+                &pe.fingerprint,
+                pe.parked_at_ms,
+                inv.deadline_ms,
+                &inv.request_id,
+            )
             .await;
         (i, r)
     }

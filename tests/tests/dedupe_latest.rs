@@ -4,7 +4,10 @@
 //! sandbox advertiser, account and parked queue. Run with the stack up:
 //! `set -a; . .local/stack.env; set +a; cargo test -p adsync-tests --test dedupe_latest`.
 
+use adsync::budget::HttpBudget;
+use adsync::runtime::{Invocation, answer_within};
 use adsync::store::dedupe::{ClaimOutcome, ClaimStatus, DedupeKey, TakeOutcome};
+use adsync::store::parked_counts::ParkedCounts;
 use adsync_tests::conversions::{IngestFixture, purchase};
 use adsync_tests::sandbox::FaultSpec;
 use serde_json::{Value, json};
@@ -60,6 +63,17 @@ async fn fail_events(f: &IngestFixture) -> String {
         )
         .await
         .unwrap()
+}
+
+/// The account's parked conversions count, as `GET /accounts` shows it.
+async fn parked_count(f: &IngestFixture) -> u64 {
+    ParkedCounts::new(&f.ctx().accounts)
+        .views(std::slice::from_ref(&f.account.account_id))
+        .await
+        .unwrap()
+        .get(&f.account.account_id)
+        .map(|v| v.conversions)
+        .unwrap_or(0)
 }
 
 /// Runs the redrive until `key` of the summaries adds up to `want` (parked messages stay
@@ -218,6 +232,8 @@ async fn concurrent_claims_of_a_correction_have_one_winner() {
         panic!("first claim");
     };
     assert!(d.complete(&c).await.unwrap());
+    // An old copy parked before the correction arrived.
+    let parked_at = adsync::runtime::now_ms() - 1;
     let outcomes = futures::future::join_all((0..12).map(|i| {
         let key = key.clone();
         async move {
@@ -248,7 +264,7 @@ async fn concurrent_claims_of_a_correction_have_one_winner() {
     );
     // The redrive of an old parked copy of this id is told it was superseded.
     assert_eq!(
-        d.take_parked(&key, "fp-old", later, "redrive")
+        d.take_parked(&key, "fp-old", parked_at, later, "redrive")
             .await
             .unwrap(),
         TakeOutcome::Superseded
@@ -269,6 +285,8 @@ async fn a_correction_makes_the_parked_copy_obsolete() {
     let total = redrive_until(&f, "acked", 1).await;
     assert_eq!(total["superseded"], 1, "{total}");
     assert_eq!(total["delivered"], 0, "{total}");
+    // The superseded copy left the queue: it is no longer counted as parked.
+    assert_eq!(parked_count(&f).await, 0);
     // Amazon got only the new content: the old copy never followed it.
     let sent = copies(&f, "pk-1").await;
     assert_eq!(sent.len(), 1, "{sent:?}");
@@ -291,15 +309,139 @@ async fn a_parked_correction_replaces_the_parked_original() {
     assert!(events_requests(&f).await > before);
     f.login.sandbox.remove_fault(&fault).await.unwrap();
 
+    assert_eq!(parked_count(&f).await, 2);
     let total = redrive_until(&f, "acked", 2).await;
     assert_eq!(
         (total["delivered"].as_u64(), total["superseded"].as_u64()),
         (Some(1), Some(1)),
         "{total}"
     );
+    assert_eq!(
+        parked_count(&f).await,
+        0,
+        "delivered and superseded copies left"
+    );
     let sent = copies(&f, "pp-1").await;
     assert_eq!(sent.len(), 1, "{sent:?}");
     assert_eq!(sent[0]["value"], 55.0);
+}
+
+#[tokio::test]
+async fn a_correction_parked_without_a_claim_is_sent_by_the_redrive() {
+    let f = IngestFixture::new().await;
+    assert_eq!(
+        post_statuses(&f, vec![purchase("oot", 1)]).await,
+        ["accepted"]
+    );
+    let mut corrected = purchase("oot", 1);
+    corrected["value"] = json!(66);
+    // No Amazon window at all: the claim is out of time, so the correction is parked unclaimed.
+    let budget = HttpBudget {
+        total: Duration::from_secs(4),
+        reserve: Duration::from_secs(4),
+    };
+    let req = f.request(&json!({ "events": [corrected] }));
+    let resp = answer_within(
+        &f.handler,
+        req,
+        Invocation::with_timeout(60),
+        &json!({}),
+        budget,
+    )
+    .await;
+    let body = resp.json_body();
+    assert_eq!(statuses(&body), ["parked"], "{body}");
+    assert!(
+        body["results"][0]["errors"][0]["message"]
+            .as_str()
+            .unwrap()
+            .contains("time budget"),
+        "{body}"
+    );
+    let key = DedupeKey::client(f.advertiser_id(), "oot-1");
+    let before = f.ctx().dedupe.get(&key).await.unwrap().unwrap();
+    assert_eq!(
+        before.status,
+        ClaimStatus::Completed,
+        "no record of the parked copy"
+    );
+    assert_eq!(parked_count(&f).await, 1);
+
+    // The stored content is older than the parked copy: the copy is the correction and is sent.
+    let total = redrive_until(&f, "delivered", 1).await;
+    assert_eq!(
+        (total["delivered"].as_u64(), total["superseded"].as_u64()),
+        (Some(1), Some(0)),
+        "{total}"
+    );
+    let sent = copies(&f, "oot-1").await;
+    assert_eq!(sent.len(), 2, "{sent:?}");
+    assert_eq!(sent[1]["value"], 66.0, "Amazon ends with the correction");
+    let after = f.ctx().dedupe.get(&key).await.unwrap().unwrap();
+    assert_eq!(after.status, ClaimStatus::Completed);
+    assert_ne!(
+        after.fingerprint, before.fingerprint,
+        "the correction is remembered"
+    );
+    assert_eq!(parked_count(&f).await, 0);
+    // A repeat of the correction is now a duplicate; the original content is a correction again.
+    let mut repeat = purchase("oot", 1);
+    repeat["value"] = json!(66);
+    assert_eq!(post_statuses(&f, vec![repeat]).await, ["duplicate"]);
+}
+
+#[tokio::test]
+async fn a_correction_parked_while_another_request_held_the_id_is_sent_by_the_redrive() {
+    let f = IngestFixture::new().await;
+    assert_eq!(
+        post_statuses(&f, vec![purchase("held", 1)]).await,
+        ["accepted"]
+    );
+    // Another request holds the id (sending older content) past this request's wait.
+    let key = DedupeKey::client(f.advertiser_id(), "held-1");
+    let d = &f.ctx().dedupe;
+    let ClaimOutcome::Claimed(holder) = d
+        .claim(
+            &key,
+            "fp-holder",
+            adsync::runtime::now_ms() + 30_000,
+            "holder",
+        )
+        .await
+        .unwrap()
+    else {
+        panic!("the holder's claim");
+    };
+    let mut corrected = purchase("held", 1);
+    corrected["value"] = json!(88);
+    let budget = HttpBudget {
+        total: Duration::from_secs(6),
+        reserve: Duration::from_secs(1),
+    };
+    let req = f.request(&json!({ "events": [corrected] }));
+    let resp = answer_within(
+        &f.handler,
+        req,
+        Invocation::with_timeout(60),
+        &json!({}),
+        budget,
+    )
+    .await;
+    let body = resp.json_body();
+    assert_eq!(statuses(&body), ["parked"], "{body}");
+    // While the holder is live the copy waits; once it has settled, the copy is sent.
+    let s = f.redrive().await;
+    assert_eq!(s["delivered"], 0, "{s}");
+    assert!(d.complete(&holder).await.unwrap());
+    let total = redrive_until(&f, "delivered", 1).await;
+    assert_eq!(
+        (total["delivered"].as_u64(), total["superseded"].as_u64()),
+        (Some(1), Some(0)),
+        "{total}"
+    );
+    let sent = copies(&f, "held-1").await;
+    assert_eq!(sent.last().unwrap()["value"], 88.0, "{sent:?}");
+    assert_eq!(parked_count(&f).await, 0);
 }
 
 #[tokio::test]

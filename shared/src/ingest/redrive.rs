@@ -32,8 +32,10 @@ use std::time::Duration;
 /// What one message's events came to.
 #[derive(Default)]
 struct Outcome {
-    /// Delivered now (an already delivered event is a second copy: it only leaves the queue).
+    /// Delivered now.
     delivered: usize,
+    /// Left the queue unsent: already delivered (a second copy) or superseded by a correction.
+    gone: usize,
     /// Indexes to try again later, with the first reason.
     later: Vec<usize>,
     later_reason: Option<String>,
@@ -197,7 +199,10 @@ impl IngestCtx {
                 .add_logged(
                     &batch.account_id,
                     &[
-                        (Counter::Conversions, -((out.delivered + dead) as i64)),
+                        (
+                            Counter::Conversions,
+                            -((out.delivered + out.gone + dead) as i64),
+                        ),
                         (Counter::ConversionsDeadLettered, dead as i64),
                     ],
                 )
@@ -249,9 +254,11 @@ impl IngestCtx {
                 Ok(TakeOutcome::Taken(c)) => taken.push((i, c)),
                 Ok(TakeOutcome::Completed) => {
                     summary.already_delivered += 1;
+                    out.gone += 1;
                 }
                 Ok(TakeOutcome::Superseded) => {
                     summary.superseded += 1;
+                    out.gone += 1;
                     tracing::info!(account_id = %batch.account_id, park_id = %batch.events[i].park_id, "a correction replaced this parked conversion; not sent");
                 }
                 Ok(TakeOutcome::Busy { .. }) | Err(_) => {

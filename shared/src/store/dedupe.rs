@@ -14,6 +14,7 @@
 //! | `expiresAt` | N | epoch s: end of the dedupe window (TTL attribute). Never trusted for correctness: conditions compare it with the clock |
 //! | `fingerprint` | S | SHA-256 prefix of the normalised outbound event (tells a retry from a different event reusing an id) |
 //! | `parkId` | S | the parked-queue entry holding the event (status `PARKED`) |
+//! | `contentAt` | N | epoch ms: when the stored fingerprint's content arrived (its claim, or the parking of a copy that the redrive took over); settling a claim never changes it |
 //! | `requestId` | S | the invocation that last changed the item (tracing) |
 //! | `updatedAt` | N | epoch ms |
 //!
@@ -38,10 +39,15 @@
 //!   and only while the item's fingerprint is the parked copy's): the redrive's claim. A
 //!   COMPLETED item with the same fingerprint means another redrive (or a retry) already
 //!   delivered it: the redrive only acknowledges the message. An item with another fingerprint
-//!   means a correction came after this copy was parked: the copy is obsolete and is
-//!   acknowledged without being sent, so old content never reaches Amazon after new content. A
-//!   missing item (released, or never claimed because the event was parked while someone else
-//!   held it) is claimed afresh, without the correction clause.
+//!   is decided by time: content that arrived after this copy was parked (`contentAt` later
+//!   than the copy's `parkedAtMs`) is a correction, so the copy is obsolete and is acknowledged
+//!   without being sent (old content never reaches Amazon after new content). Older content
+//!   means the copy itself is the correction: it was parked without a claim (out of time, the
+//!   id still held by another request, a store error), so no record of it was written. The
+//!   redrive then takes the item over (COMPLETED, PARKED or a dead holder's IN_PROGRESS, one
+//!   conditional write that re-checks `contentAt`) with the copy's fingerprint and `contentAt =
+//!   parkedAtMs`, and sends it; a live holder of older content makes it wait. A missing item
+//!   (released, or never claimed) is claimed afresh, without the correction clause.
 
 use super::StoreError;
 use super::dynamo::{n, s};
@@ -126,6 +132,8 @@ pub struct DedupeRecord {
     pub in_progress_until: Option<u64>,
     pub expires_at: u64,
     pub park_id: Option<String>,
+    /// When the stored content arrived (`contentAt`; `updatedAt` for items written before it).
+    pub content_at: Option<u64>,
 }
 
 /// The answer to a claim.
@@ -153,6 +161,15 @@ pub enum TakeOutcome {
     Busy {
         until_ms: u64,
     },
+}
+
+/// The arguments of one [`DedupeStore::take_parked`].
+struct Take<'a> {
+    key: &'a DedupeKey,
+    fingerprint: &'a str,
+    parked_at_ms: u64,
+    holder_deadline_ms: u64,
+    request_id: &'a str,
 }
 
 /// The `DEDUPE_TABLE` adapter. Cheap to clone.
@@ -195,6 +212,7 @@ fn record(item: &HashMap<String, AttributeValue>) -> Result<DedupeRecord, StoreE
         in_progress_until: get_n("inProgressUntil"),
         expires_at: get_n("expiresAt").unwrap_or(0),
         park_id: get_s("parkId"),
+        content_at: get_n("contentAt").or_else(|| get_n("updatedAt")),
     })
 }
 
@@ -226,12 +244,20 @@ impl DedupeStore {
         holder_deadline_ms: u64,
         request_id: &str,
     ) -> Result<ClaimOutcome, StoreError> {
-        self.claim_with(key, fingerprint, holder_deadline_ms, request_id, true)
-            .await
+        self.claim_with(
+            key,
+            fingerprint,
+            holder_deadline_ms,
+            request_id,
+            true,
+            now_ms(),
+        )
+        .await
     }
 
     /// [`Self::claim`]; `corrections: false` never takes over a remembered id (the redrive's
-    /// fresh claim of an old copy must not replace a newer content).
+    /// fresh claim of an old copy must not replace a newer content); `content_at` is when the
+    /// content arrived (stored as `contentAt`).
     async fn claim_with(
         &self,
         key: &DedupeKey,
@@ -239,6 +265,7 @@ impl DedupeStore {
         holder_deadline_ms: u64,
         request_id: &str,
         corrections: bool,
+        content_at: u64,
     ) -> Result<ClaimOutcome, StoreError> {
         let condition = if corrections {
             "attribute_not_exists(pk) OR expiresAt < :now OR (#s = :inprog AND inProgressUntil < :nowMs) OR (#s IN (:done, :parked) AND fingerprint <> :fp)"
@@ -260,6 +287,7 @@ impl DedupeStore {
                 .item("inProgressUntil", n(holder_deadline_ms))
                 .item("expiresAt", n(self.expires_at()))
                 .item("fingerprint", s(fingerprint))
+                .item("contentAt", n(content_at))
                 .item("requestId", s(request_id))
                 .item("updatedAt", n(now))
                 .condition_expression(condition)
@@ -372,41 +400,141 @@ impl DedupeStore {
         conditional(res.map(|_| ()), "mark parked")
     }
 
-    /// The redrive's claim on a parked event (see the module doc).
+    /// The redrive's claim on a parked event (see the module doc); `parked_at_ms` is when this
+    /// copy was parked.
     pub async fn take_parked(
         &self,
         key: &DedupeKey,
         fingerprint: &str,
+        parked_at_ms: u64,
         holder_deadline_ms: u64,
         request_id: &str,
     ) -> Result<TakeOutcome, StoreError> {
+        // A lost race (the item changed between our write and our read) is decided again.
+        for _ in 0..3 {
+            let take = Take {
+                key,
+                fingerprint,
+                parked_at_ms,
+                holder_deadline_ms,
+                request_id,
+            };
+            if let Some(outcome) = self.take_once(&take).await? {
+                return Ok(outcome);
+            }
+        }
+        Ok(TakeOutcome::Busy { until_ms: now_ms() })
+    }
+
+    /// One attempt of [`Self::take_parked`]; `None` when the item changed under us.
+    async fn take_once(&self, t: &Take<'_>) -> Result<Option<TakeOutcome>, StoreError> {
+        let now = now_ms();
+        let same = self
+            .take_update(
+                t,
+                "attribute_exists(pk) AND fingerprint = :fp AND (#s = :parked OR (#s = :inprog AND inProgressUntil < :nowMs))",
+                false,
+            )
+            .await?;
+        let old = match same {
+            Ok(claim) => return Ok(Some(TakeOutcome::Taken(claim))),
+            Err(old) => old,
+        };
+        let old = match old {
+            Some(r) => r,
+            None => return self.take_missing(t).await,
+        };
+        let live =
+            old.status == ClaimStatus::InProgress && old.in_progress_until.unwrap_or(0) >= now;
+        Ok(Some(match old {
+            r if r.fingerprint.as_deref() == Some(t.fingerprint) => match r.status {
+                ClaimStatus::Completed => TakeOutcome::Completed,
+                // Held by a live redrive or request; or parked again in between (another redrive
+                // gave it back): try next time.
+                _ => TakeOutcome::Busy {
+                    until_ms: r.in_progress_until.unwrap_or(now),
+                },
+            },
+            // Content that arrived after this copy was parked: a correction of it.
+            r if r.content_at.unwrap_or(0) > t.parked_at_ms => TakeOutcome::Superseded,
+            r if live => TakeOutcome::Busy {
+                until_ms: r.in_progress_until.unwrap_or(now),
+            },
+            // Older content: this copy is the correction; take the id over and send it.
+            _ => {
+                let cond = "attribute_exists(pk) AND fingerprint <> :fp AND (#s IN (:parked, :done) OR (#s = :inprog AND inProgressUntil < :nowMs)) AND (contentAt <= :parkedAt OR (attribute_not_exists(contentAt) AND updatedAt <= :parkedAt))";
+                match self.take_update(t, cond, true).await? {
+                    Ok(claim) => TakeOutcome::Taken(claim),
+                    Err(_) => return Ok(None),
+                }
+            }
+        }))
+    }
+
+    /// No item: a fresh claim (never a correction) with the copy's time as its content's.
+    async fn take_missing(&self, t: &Take<'_>) -> Result<Option<TakeOutcome>, StoreError> {
+        let c = self
+            .claim_with(
+                t.key,
+                t.fingerprint,
+                t.holder_deadline_ms,
+                t.request_id,
+                false,
+                t.parked_at_ms,
+            )
+            .await?;
+        Ok(match c {
+            ClaimOutcome::Claimed(c) => Some(TakeOutcome::Taken(c)),
+            ClaimOutcome::Completed { fingerprint: f } if f.as_deref() == Some(t.fingerprint) => {
+                Some(TakeOutcome::Completed)
+            }
+            // Other content appeared meanwhile: decide again against it.
+            ClaimOutcome::Completed { .. } | ClaimOutcome::Parked => None,
+            ClaimOutcome::Held { until_ms } => Some(TakeOutcome::Busy { until_ms }),
+        })
+    }
+
+    /// The conditional write behind a take: `IN_PROGRESS` with a new token (and, for a
+    /// takeover, the copy's fingerprint and time). `Err(old item)` when `condition` failed.
+    async fn take_update(
+        &self,
+        t: &Take<'_>,
+        condition: &str,
+        takeover: bool,
+    ) -> Result<Result<Claim, Option<DedupeRecord>>, StoreError> {
         let now = now_ms();
         let token = uuid::Uuid::new_v4().simple().to_string();
-        let pk = key.pk();
-        let res = self
-            .client
-            .update_item()
+        let pk = t.key.pk();
+        let mut set = String::from(
+            "SET #s = :inprog, #t = :token, inProgressUntil = :until, expiresAt = :exp, requestId = :rid, updatedAt = :nowMs",
+        );
+        let mut req = self.client.update_item();
+        if takeover {
+            set.push_str(", fingerprint = :fp, contentAt = :parkedAt");
+            req = req
+                .expression_attribute_values(":done", s(ClaimStatus::Completed.as_str()))
+                .expression_attribute_values(":parkedAt", n(t.parked_at_ms));
+        }
+        let res = req
             .table_name(&self.table)
             .key("pk", s(&pk))
-            .update_expression(
-                "SET #s = :inprog, #t = :token, inProgressUntil = :until, expiresAt = :exp, requestId = :rid, updatedAt = :nowMs",
-            )
-            .condition_expression("attribute_exists(pk) AND fingerprint = :fp AND (#s = :parked OR (#s = :inprog AND inProgressUntil < :nowMs))")
-            .expression_attribute_values(":fp", s(fingerprint))
+            .update_expression(set)
+            .condition_expression(condition)
+            .expression_attribute_values(":fp", s(t.fingerprint))
             .expression_attribute_names("#s", "status")
             .expression_attribute_names("#t", "token")
             .expression_attribute_values(":inprog", s(ClaimStatus::InProgress.as_str()))
             .expression_attribute_values(":parked", s(ClaimStatus::Parked.as_str()))
             .expression_attribute_values(":token", s(&token))
-            .expression_attribute_values(":until", n(holder_deadline_ms))
+            .expression_attribute_values(":until", n(t.holder_deadline_ms))
             .expression_attribute_values(":exp", n(self.expires_at()))
-            .expression_attribute_values(":rid", s(request_id))
+            .expression_attribute_values(":rid", s(t.request_id))
             .expression_attribute_values(":nowMs", n(now))
             .return_values_on_condition_check_failure(ReturnValuesOnConditionCheckFailure::AllOld)
             .send()
             .await;
         let old = match res {
-            Ok(_) => return Ok(TakeOutcome::Taken(Claim { pk, token })),
+            Ok(_) => return Ok(Ok(Claim { pk, token })),
             Err(e) => match e.as_service_error() {
                 Some(aws_sdk_dynamodb::operation::update_item::UpdateItemError::ConditionalCheckFailedException(c)) => {
                     c.item().cloned()
@@ -414,37 +542,10 @@ impl DedupeStore {
                 _ => return Err(aws_err("take parked", e)),
             },
         };
-        let old = match old {
+        Ok(Err(match old {
             Some(item) => Some(record(&item)?),
-            None => self.get(key).await?,
-        };
-        match old {
-            Some(r) if r.fingerprint.as_deref() != Some(fingerprint) => Ok(TakeOutcome::Superseded),
-            Some(r) if r.status == ClaimStatus::Completed => Ok(TakeOutcome::Completed),
-            Some(r) if r.status == ClaimStatus::InProgress => Ok(TakeOutcome::Busy {
-                until_ms: r.in_progress_until.unwrap_or(0),
-            }),
-            // Parked again in between (another redrive gave it back): try next time.
-            Some(r) => Ok(TakeOutcome::Busy {
-                until_ms: r.in_progress_until.unwrap_or(now),
-            }),
-            None => Ok(
-                match self
-                    .claim_with(key, fingerprint, holder_deadline_ms, request_id, false)
-                    .await?
-                {
-                    ClaimOutcome::Claimed(c) => TakeOutcome::Taken(c),
-                    ClaimOutcome::Completed { fingerprint: f }
-                        if f.as_deref() == Some(fingerprint) =>
-                    {
-                        TakeOutcome::Completed
-                    }
-                    ClaimOutcome::Completed { .. } => TakeOutcome::Superseded,
-                    ClaimOutcome::Held { until_ms } => TakeOutcome::Busy { until_ms },
-                    ClaimOutcome::Parked => TakeOutcome::Busy { until_ms: now },
-                },
-            ),
-        }
+            None => self.get(t.key).await?,
+        }))
     }
 
     /// Records a parked event that has no `clientDedupeId` under its park id (a fresh key).
@@ -465,6 +566,7 @@ impl DedupeStore {
             .item("expiresAt", n(self.expires_at()))
             .item("fingerprint", s(fingerprint))
             .item("parkId", s(park_id))
+            .item("contentAt", n(now_ms()))
             .item("requestId", s(request_id))
             .item("updatedAt", n(now_ms()))
             .condition_expression("attribute_not_exists(pk)")
@@ -640,18 +742,26 @@ mod tests {
             d.get(&k).await.unwrap().unwrap().park_id.as_deref(),
             Some("park-1")
         );
-        let t = match d.take_parked(&k, "fp", later(), "redrive-1").await.unwrap() {
+        let t = match d
+            .take_parked(&k, "fp", now_ms(), later(), "redrive-1")
+            .await
+            .unwrap()
+        {
             TakeOutcome::Taken(t) => t,
             other => panic!("{other:?}"),
         };
         // A second, concurrent redrive of the same message must not send it too.
         assert!(matches!(
-            d.take_parked(&k, "fp", later(), "redrive-2").await.unwrap(),
+            d.take_parked(&k, "fp", now_ms(), later(), "redrive-2")
+                .await
+                .unwrap(),
             TakeOutcome::Busy { .. }
         ));
         assert!(d.complete(&t).await.unwrap());
         assert_eq!(
-            d.take_parked(&k, "fp", later(), "redrive-3").await.unwrap(),
+            d.take_parked(&k, "fp", now_ms(), later(), "redrive-3")
+                .await
+                .unwrap(),
             TakeOutcome::Completed
         );
         assert!(matches!(
@@ -671,14 +781,18 @@ mod tests {
             "park ids are single use"
         );
         let dead = match d
-            .take_parked(&k, "fp", now_ms() - 1, "redrive-1")
+            .take_parked(&k, "fp", now_ms(), now_ms() - 1, "redrive-1")
             .await
             .unwrap()
         {
             TakeOutcome::Taken(t) => t,
             other => panic!("{other:?}"),
         };
-        let live = match d.take_parked(&k, "fp", later(), "redrive-2").await.unwrap() {
+        let live = match d
+            .take_parked(&k, "fp", now_ms(), later(), "redrive-2")
+            .await
+            .unwrap()
+        {
             TakeOutcome::Taken(t) => t,
             other => panic!("{other:?}"),
         };
@@ -686,8 +800,61 @@ mod tests {
         assert!(d.release(&live).await.unwrap());
         // Released (e.g. parked while another request held it, which then gave it up): claimed afresh.
         assert!(matches!(
-            d.take_parked(&k, "fp", later(), "redrive-3").await.unwrap(),
+            d.take_parked(&k, "fp", now_ms(), later(), "redrive-3")
+                .await
+                .unwrap(),
             TakeOutcome::Taken(_)
+        ));
+    }
+
+    #[tokio::test]
+    async fn an_unclaimed_parked_correction_wins_over_older_content_only() {
+        let d = store(Duration::from_secs(86_400)).await;
+        let k = key();
+        // Content A parked with a claim, then delivered by a retry.
+        let a = claimed(d.claim(&k, "fpA", later(), "r1").await.unwrap());
+        assert!(d.mark_parked(&a, "park-a").await.unwrap());
+        let a_parked_at = now_ms();
+        tokio::time::sleep(Duration::from_millis(5)).await;
+        // Content B parked without a claim after A arrived: B is the correction.
+        let b_parked_at = now_ms();
+        let b = match d
+            .take_parked(&k, "fpB", b_parked_at, later(), "redrive-1")
+            .await
+            .unwrap()
+        {
+            TakeOutcome::Taken(t) => t,
+            other => panic!("{other:?}"),
+        };
+        // The old copy A (parked before B) is superseded, even while B is in flight.
+        assert_eq!(
+            d.take_parked(&k, "fpA", a_parked_at, later(), "redrive-2")
+                .await
+                .unwrap(),
+            TakeOutcome::Superseded
+        );
+        assert!(d.complete(&b).await.unwrap());
+        let r = d.get(&k).await.unwrap().unwrap();
+        assert_eq!(
+            (r.status, r.fingerprint.as_deref()),
+            (ClaimStatus::Completed, Some("fpB"))
+        );
+        assert_eq!(r.content_at, Some(b_parked_at));
+        assert_eq!(
+            d.take_parked(&k, "fpB", b_parked_at, later(), "redrive-3")
+                .await
+                .unwrap(),
+            TakeOutcome::Completed
+        );
+        // A live holder of older content makes the copy wait rather than be dropped.
+        let k2 = key();
+        claimed(d.claim(&k2, "fpOld", later(), "r2").await.unwrap());
+        tokio::time::sleep(Duration::from_millis(5)).await;
+        assert!(matches!(
+            d.take_parked(&k2, "fpNew", now_ms(), later(), "redrive-4")
+                .await
+                .unwrap(),
+            TakeOutcome::Busy { .. }
         ));
     }
 

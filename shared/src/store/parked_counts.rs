@@ -9,12 +9,12 @@
 //! The counts follow the work (parked +n; delivered, settled or dead-lettered −n; moved back
 //! from the dead-letter queue +n) and are best effort: a crash between a queue write and its
 //! count can leave a count off by one message's worth, so they are shown, never used for
-//! decisions, and never shown below zero.
+//! decisions, and never kept below zero (a decrement that would go below zero leaves 0).
 
 use super::StoreError;
 use super::accounts::AccountStore;
 use super::dynamo::{aws_error, n, s};
-use aws_sdk_dynamodb::types::{AttributeValue, KeysAndAttributes};
+use aws_sdk_dynamodb::types::{AttributeValue, KeysAndAttributes, ReturnValue};
 use serde::Serialize;
 use std::collections::HashMap;
 
@@ -99,11 +99,46 @@ impl ParkedCounts {
                 .expression_attribute_names(format!("#c{i}"), c.attr())
                 .expression_attribute_values(format!(":d{i}"), n(d));
         }
-        req.update_expression(format!("ADD {}", expr.join(", ")))
+        let out = req
+            .update_expression(format!("ADD {}", expr.join(", ")))
+            .return_values(ReturnValue::UpdatedNew)
             .send()
             .await
             .map_err(|e| aws_error("count parked work", e))?;
+        let after = out.attributes.unwrap_or_default();
+        for (c, _) in deltas
+            .iter()
+            .filter(|(c, d)| *d < 0 && num(&after, c.attr()) < 0)
+        {
+            self.clamp(account_id, *c).await?;
+        }
         Ok(())
+    }
+
+    /// Sets a counter that went below zero (more copies left than were counted in) back to 0,
+    /// so that later additions are not swallowed by the deficit.
+    async fn clamp(&self, account_id: &str, c: Counter) -> Result<(), StoreError> {
+        let res = self
+            .client
+            .update_item()
+            .table_name(&self.table)
+            .set_key(Some(key(account_id)))
+            .update_expression("SET #c = :zero")
+            .condition_expression("#c < :zero")
+            .expression_attribute_names("#c", c.attr())
+            .expression_attribute_values(":zero", n(0))
+            .send()
+            .await;
+        match res {
+            Ok(_) => Ok(()),
+            Err(e)
+                if e.as_service_error()
+                    .is_some_and(|s| s.is_conditional_check_failed_exception()) =>
+            {
+                Ok(())
+            }
+            Err(e) => Err(aws_error("clamp a parked count", e)),
+        }
     }
 
     /// Best effort [`add`](Self::add): a failure is logged, never fails the caller's work.
@@ -244,6 +279,10 @@ mod tests {
             }
         );
         assert_eq!(v[&b], ParkedView::default());
+        // The stored counter was clamped at 0: a later addition is not swallowed by a deficit.
+        c.add(&b, &[(Counter::Patches, 1)]).await.unwrap();
+        let v = c.views(std::slice::from_ref(&b)).await.unwrap();
+        assert_eq!(v[&b].patches, 1);
         assert!(!v.contains_key("none"));
         assert_eq!(c.relinked_at(&a).await.unwrap(), 0);
         c.mark_relinked(&a, 1234).await.unwrap();
