@@ -67,7 +67,7 @@ check clippy cargo clippy --workspace --all-targets -- -D warnings
 check test cargo test --workspace --no-fail-fast
 # The local serving path: ~20 requests of mixed sizes through `cargo lambda watch` (the full 200
 # is a documented command: infra/scripts/soak.sh --requests 200).
-check soak env ENV_FILE="$(stack_env_file "$STACK")" bash infra/scripts/soak.sh --requests 20 --max-items 4500
+check soak env ENV_FILE="$(stack_env_file "$STACK")" bash infra/scripts/soak.sh --requests 20 --max-items 2000
 check cfn-lint cfn-lint template.yaml
 check iam-scope "$VENV/bin/python" infra/scripts/check_iam.py template.yaml
 check cargo-deny "$LOCAL_DIR/tools/bin/cargo-deny" check bans licenses sources

@@ -106,18 +106,28 @@ fn qualification_case(run: &str, n: usize, size: usize) -> Case {
     }
 }
 
+/// Whether `r` is what the request budget answers for an item it could not finish in time
+/// (`ADSYNC_HTTP_BUDGET_MS`): a conversion parked for the redrive, a qualification not stored.
+/// A slow local stack (DynamoDB Local on a busy machine) may take that path; it is a correct
+/// answer, as long as it says why.
+fn budget_answer(r: &Value, want: &str) -> bool {
+    let text = r.to_string();
+    match (want, r["status"].as_str()) {
+        ("accepted", Some("parked")) | ("applied", Some("failed")) => text.contains("time budget"),
+        _ => false,
+    }
+}
+
 /// What is wrong with one answer, if anything.
 fn check(case: &Case, status: u16, content_type: Option<&str>, body: &str) -> Result<(), String> {
-    let want_status = if case
+    let all_ok = case
         .expect
         .iter()
-        .all(|s| *s == "accepted" || *s == "applied")
-    {
-        200
-    } else {
-        207
-    };
-    if status != want_status {
+        .all(|s| *s == "accepted" || *s == "applied");
+    let want_status = if all_ok { 200 } else { 207 };
+    // Items the budget cut are answered 207 (checked item by item below).
+    let budget_cut = status == 207 && all_ok && body.contains("time budget");
+    if status != want_status && !budget_cut {
         return Err(format!(
             "HTTP {status} (expected {want_status}): {}",
             &body[..body.len().min(300)]
@@ -142,6 +152,10 @@ fn check(case: &Case, status: u16, content_type: Option<&str>, body: &str) -> Re
             return Err(format!("result {i} has index {}", r["index"]));
         }
         let got = r["status"].as_str().unwrap_or("?");
+        if got != *want && budget_answer(r, want) {
+            *counts.entry("budget").or_default() += 1;
+            continue;
+        }
         if got != *want {
             return Err(format!("item {i}: {got}, expected {want}: {r}"));
         }
