@@ -92,3 +92,55 @@ async fn an_older_qualification_between_tombstone_and_scan_is_still_removed_from
         "the erased device left the audience"
     );
 }
+
+#[tokio::test]
+async fn a_backfill_page_holding_an_erased_device_does_not_add_it() {
+    use adsync::export::members::{BackfillOptions, run_backfill_for};
+    use adsync::store::erasures::device_hash;
+    use adsync::store::ledger::LedgerRow;
+    let rig = PrivacyRig::new(1).await;
+    let s1 = seg();
+    let (erased, keep, newer) = (uid("maid-"), uid("maid-"), uid("maid-"));
+    let t0 = chrono::Utc::now().timestamp_millis() - 60_000;
+    // Rows as a page read before the erasure's ledger step still holds them.
+    for (d, ts) in [(&erased, t0), (&keep, t0), (&newer, t0 + 5_000)] {
+        let row = LedgerRow {
+            segment_id: s1.clone(),
+            device: format!("MAID-{d}"),
+            qualified: true,
+            ts_ms: ts,
+            consent: None,
+        };
+        rig.ctx.ledger.upsert(&row).await.unwrap();
+    }
+    // Both erased at t0 + 1 s; `newer` qualified again after its erasure, so it stays.
+    let st = store(&rig.ctx);
+    for d in [&erased, &newer] {
+        st.put_tombstone(&device_hash(&format!("MAID-{d}")), t0 + 1_000, "del-test")
+            .await
+            .unwrap();
+    }
+
+    let maps = rig.destination(0, std::slice::from_ref(&s1)).await;
+    let audience = maps[0].audience_id.unwrap();
+    let key = (maps[0].destination_id.clone(), s1.clone());
+    let mut members = Vec::new();
+    for _ in 0..10 {
+        run_backfill_for(
+            &rig.ctx,
+            &Invocation::with_timeout(60),
+            &BackfillOptions::default(),
+            std::slice::from_ref(&key),
+        )
+        .await
+        .unwrap();
+        members = rig.sandbox.members(audience).await.unwrap();
+        members.sort();
+        if members.len() >= 2 {
+            break;
+        }
+    }
+    let mut expect = vec![format!("MAID-{keep}"), format!("MAID-{newer}")];
+    expect.sort();
+    assert_eq!(members, expect, "the erased device is not added");
+}

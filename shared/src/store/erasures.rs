@@ -24,7 +24,7 @@ type Item = HashMap<String, AttributeValue>;
 
 /// The `gsi1pk` of unfinished erasure jobs.
 pub const ACTIVE_ERASURES: &str = "ERASURES#active";
-const TOMBSTONE_PREFIX: &str = "ERASED#";
+pub const TOMBSTONE_PREFIX: &str = "ERASED#";
 
 /// SHA-256 (lowercase hex) of a device key `<TYPE>-<id>`: what logs, audit records and
 /// tombstones carry instead of the id.
