@@ -55,10 +55,10 @@ pub async fn tombstones(
                     Some(AttributeValue::S(pk)) => pk.trim_start_matches(TOMBSTONE_PREFIX),
                     _ => continue,
                 };
-                if let Some(AttributeValue::N(ts)) = it.get("ts") {
-                    if let Ok(ts) = ts.parse() {
-                        out.insert(hash.to_string(), ts);
-                    }
+                if let Some(AttributeValue::N(ts)) = it.get("ts")
+                    && let Ok(ts) = ts.parse()
+                {
+                    out.insert(hash.to_string(), ts);
                 }
             }
             match res.unprocessed_keys().and_then(|u| u.get(table)) {
