@@ -81,16 +81,33 @@ async fn an_older_qualification_between_tombstone_and_scan_is_still_removed_from
         .await;
     assert_eq!(r.json_body()["results"][0]["status"], "stale", "{}", r.body);
 
+    // Checked after the audience step, before the user deletion (which the sandbox also applies
+    // to audiences): the erasure's own `remove` took the device out.
     tokio::time::sleep(Duration::from_millis(400)).await;
-    let status = run_job(&rig.ctx, &st, &id, &Invocation::with_timeout(60), &short)
-        .await
-        .unwrap();
-    assert_eq!(status, "done");
+    let until_audiences = ErasureOptions {
+        crash_after: Some("audiences"),
+        ..short.clone()
+    };
+    let err = run_job(
+        &rig.ctx,
+        &st,
+        &id,
+        &Invocation::with_timeout(60),
+        &until_audiences,
+    )
+    .await
+    .unwrap_err();
+    assert!(err.contains("audiences"), "{err}");
     assert_eq!(
         rig.sandbox.members(audience).await.unwrap(),
         vec![format!("MAID-{keep}")],
         "the erased device left the audience"
     );
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    let status = run_job(&rig.ctx, &st, &id, &Invocation::with_timeout(60), &short)
+        .await
+        .unwrap();
+    assert_eq!(status, "done");
 }
 
 #[tokio::test]
