@@ -3,7 +3,8 @@
 //! The dead-letter queue (`PARKED_DLQ_URL`) is shared by the parked conversions and the parked
 //! audience patches; each message says what it is (a conversion batch has `accountId` and
 //! `events`, a patch message `kind: "segment_patch_v1"`), so either function's task moves both
-//! kinds, each to its own queue, with a fresh retry state (the age limit counts again from the
+//! kinds, each to its own queue (and identity records, `kind: "identity_records_v1"`, to
+//! `PARKED_IDENTITIES_QUEUE_URL`), with a fresh retry state (the age limit counts again from the
 //! move). The redrive then delivers them once: conversions through their dedupe claims (a
 //! delivered event is only acknowledged), patches from the ledger's current state.
 //!
@@ -24,6 +25,8 @@ use std::time::Duration;
 
 /// The kind tag of parked audience patches (`export::members::ParkedPatch`).
 pub const PATCH_KIND: &str = "segment_patch_v1";
+/// The kind tag of parked identity records (`export::identities::ParkedIdentities`).
+pub const IDENTITIES_KIND: &str = "identity_records_v1";
 
 const NO_DLQ: &str = "no dead-letter queue configured (PARKED_DLQ_URL)";
 
@@ -58,9 +61,11 @@ pub struct DlqSummary {
     /// Conversion events and device updates moved back.
     pub moved_conversions: usize,
     pub moved_patches: usize,
+    /// Identity records moved back.
+    pub moved_identities: usize,
     /// Left on the dead-letter queue (out of scope, or the move failed).
     pub kept: usize,
-    /// Messages of neither kind (left for a person to look at).
+    /// Messages of no known kind (left for a person to look at).
     pub unknown: usize,
 }
 
@@ -70,12 +75,14 @@ pub struct DeadLetterMover {
     dlq: ParkedQueue,
     conversions: Option<ParkedQueue>,
     patches: Option<ParkedQueue>,
+    identities: Option<ParkedQueue>,
     accounts: AccountStore,
 }
 
 enum Kind {
     Conversions,
     Patches,
+    Identities,
 }
 
 impl DeadLetterMover {
@@ -89,8 +96,20 @@ impl DeadLetterMover {
             dlq,
             conversions,
             patches,
+            identities: None,
             accounts,
         }
+    }
+
+    /// Also moves identity records back, to `identities`.
+    pub fn with_identities(mut self, identities: Option<ParkedQueue>) -> Self {
+        self.identities = identities;
+        self
+    }
+
+    /// The identities queue from `PARKED_IDENTITIES_QUEUE_URL`, on `own`'s SQS client.
+    fn identities_queue(own: &ParkedQueue) -> Option<ParkedQueue> {
+        crate::config::optional("PARKED_IDENTITIES_QUEUE_URL").map(|u| own.sibling(u))
     }
 
     /// For the conversion function: its own parked queue (with its dead-letter queue) and the
@@ -98,7 +117,8 @@ impl DeadLetterMover {
     pub fn for_conversions(own: &ParkedQueue, accounts: &AccountStore) -> Result<Self, String> {
         let dlq = own.dead_letter().ok_or(NO_DLQ)?;
         let patches = crate::config::optional("PARKED_PATCHES_QUEUE_URL").map(|u| own.sibling(u));
-        Ok(Self::new(dlq, Some(own.clone()), patches, accounts.clone()))
+        Ok(Self::new(dlq, Some(own.clone()), patches, accounts.clone())
+            .with_identities(Self::identities_queue(own)))
     }
 
     /// For the segment-export function: its own parked queue (with its dead-letter queue) and
@@ -107,12 +127,10 @@ impl DeadLetterMover {
         let dlq = own.dead_letter().ok_or(NO_DLQ)?;
         let conversions =
             crate::config::optional("PARKED_CONVERSIONS_QUEUE_URL").map(|u| own.sibling(u));
-        Ok(Self::new(
-            dlq,
-            conversions,
-            Some(own.clone()),
-            accounts.clone(),
-        ))
+        Ok(
+            Self::new(dlq, conversions, Some(own.clone()), accounts.clone())
+                .with_identities(Self::identities_queue(own)),
+        )
     }
 
     /// Moves messages in `scope` until the dead-letter queue has nothing new or the deadline is
@@ -153,6 +171,7 @@ impl DeadLetterMover {
                 let target = match kind {
                     Kind::Conversions => self.conversions.as_ref(),
                     Kind::Patches => self.patches.as_ref(),
+                    Kind::Identities => self.identities.as_ref(),
                 };
                 let Some(target) = target else {
                     summary.kept += 1;
@@ -186,6 +205,11 @@ impl DeadLetterMover {
                     Kind::Patches => {
                         summary.moved_patches += units;
                         [(Counter::Patches, n), (Counter::PatchesDeadLettered, -n)]
+                    }
+                    Kind::Identities => {
+                        // Identity records have no parked counters.
+                        summary.moved_identities += units;
+                        continue;
                     }
                 };
                 counts.add_logged(&account_id, &deltas).await;
@@ -242,6 +266,10 @@ fn kind_of(v: &Value) -> Option<(Kind, usize)> {
         let n = v.get("devices").and_then(Value::as_array)?.len();
         return Some((Kind::Patches, n));
     }
+    if v.get("kind").and_then(Value::as_str) == Some(IDENTITIES_KIND) {
+        let n = v.get("records").and_then(Value::as_array)?.len();
+        return Some((Kind::Identities, n));
+    }
     let n = v.get("events").and_then(Value::as_array)?.len();
     Some((Kind::Conversions, n))
 }
@@ -256,6 +284,8 @@ mod tests {
         assert!(matches!(kind_of(&c), Some((Kind::Conversions, 2))));
         let p = json!({"kind":PATCH_KIND,"accountId":"1","targets":[],"devices":[["s","d"]],"reason":""});
         assert!(matches!(kind_of(&p), Some((Kind::Patches, 1))));
+        let i = json!({"kind":IDENTITIES_KIND,"accountId":"1","records":[{},{},{}],"reason":""});
+        assert!(matches!(kind_of(&i), Some((Kind::Identities, 3))));
         assert!(kind_of(&json!({"events":[]})).is_none());
         assert!(kind_of(&json!("x")).is_none());
     }

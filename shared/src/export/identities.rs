@@ -21,7 +21,7 @@ use crate::amazon::{AmazonClient, AmazonError, RetryPolicy};
 use crate::domain::conversion::matchkey::{KeyHasher, KeyType, KeyValue};
 use crate::http::{HttpRequest, HttpResponse, parse_json_body};
 use crate::runtime::Invocation;
-use crate::store::accounts::{AccountStatus, IntegratedAccount, require_active};
+use crate::store::accounts::{IntegratedAccount, require_active};
 use crate::store::parked::ParkedQueue;
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
@@ -36,7 +36,7 @@ pub const MAX_REQUEST_BYTES: usize = 6 * 1024 * 1024;
 pub const SEND_BUDGET: Duration = Duration::from_secs(10);
 /// The queue variable of parked identity records.
 pub const QUEUE_VAR: &str = "PARKED_IDENTITIES_QUEUE_URL";
-const PARKED_KIND: &str = "identity_records_v1";
+pub const PARKED_KIND: &str = crate::parked_dlq::IDENTITIES_KIND;
 /// Records per parked message (each ≤ ~700 bytes: well under SQS's 256 KB).
 const PARK_CHUNK: usize = 200;
 
@@ -60,6 +60,9 @@ pub struct ParkedIdentities {
     pub account_id: String,
     pub records: Vec<HashedRecord>,
     pub reason: String,
+    /// Redrive attempts, age and delay (`store::parked_retry`); absent on older messages.
+    #[serde(default)]
+    pub retry: crate::store::parked_retry::RetryState,
 }
 
 #[derive(Debug, Serialize)]
@@ -168,7 +171,8 @@ fn hash_identity(
 /// the context's parked queue.
 pub fn queue(ctx: &ExportCtx) -> Result<ParkedQueue, String> {
     let url = crate::config::required(QUEUE_VAR).map_err(|e| e.to_string())?;
-    Ok(ctx.parked.sibling(url))
+    let dlq = ctx.parked.dead_letter().map(|d| d.queue_url().to_string());
+    Ok(ctx.parked.sibling(url).with_dead_letter(dlq))
 }
 
 /// The request's Amazon client: two attempts, short timeouts (the answer must come in time).
@@ -182,7 +186,7 @@ fn request_client(ctx: &ExportCtx) -> AmazonClient {
 }
 
 /// Sends one body of records; a 413 halves it. `Err` carries the records not delivered.
-fn upload<'a>(
+pub(super) fn upload<'a>(
     amazon: &'a AmazonClient,
     a: &'a IntegratedAccount,
     records: Vec<HashedRecord>,
@@ -219,6 +223,7 @@ async fn park(
             account_id: account_id.into(),
             records: chunk.to_vec(),
             reason: reason.into(),
+            retry: crate::store::parked_retry::RetryState::parked_at(crate::runtime::now_ms()),
         };
         if let Err(e) = q.park(&msg).await {
             tracing::error!(error = %e, "could not park identity records");
@@ -380,53 +385,7 @@ pub async fn handle(
     )
 }
 
-/// Scheduled `redrive` of parked identity records: resent with the full retry policy; a message
-/// is deleted once delivered, or once Amazon refused it (logged, never retried blindly);
-/// otherwise SQS hands it back later (and after `maxReceiveCount` to the dead-letter queue).
-pub async fn run_redrive(ctx: &ExportCtx, inv: &Invocation) -> Result<Value, String> {
-    let q = queue(ctx)?;
-    let (mut messages, mut delivered, mut refused, mut kept) = (0u64, 0u64, 0u64, 0u64);
-    while inv.remaining() > Duration::from_secs(10) {
-        let batch = q
-            .receive::<ParkedIdentities>(10)
-            .await
-            .map_err(|e| e.to_string())?;
-        if batch.is_empty() {
-            break;
-        }
-        for p in batch {
-            messages += 1;
-            let account = match ctx.accounts.get_account(&p.item.account_id).await {
-                Ok(Some(a)) if a.status == AccountStatus::Active => a,
-                _ => {
-                    kept += 1;
-                    continue;
-                }
-            };
-            let done = match upload(&ctx.amazon, &account, p.item.records).await {
-                Ok(_) => {
-                    delivered += 1;
-                    true
-                }
-                Err((
-                    e @ (AmazonError::Rejected { .. } | AmazonError::AccountNotFound { .. }),
-                    _,
-                )) => {
-                    tracing::error!(message_id = %p.message_id, error = %e, "parked identity records refused by Amazon; dropped");
-                    refused += 1;
-                    true
-                }
-                Err(_) => false,
-            };
-            if done {
-                q.ack(&p.receipt_handle).await.map_err(|e| e.to_string())?;
-            } else {
-                kept += 1;
-            }
-        }
-    }
-    Ok(json!({"messages": messages, "delivered": delivered, "refused": refused, "kept": kept}))
-}
+pub use super::identities_redrive::{run_redrive, run_redrive_with};
 
 #[cfg(test)]
 mod tests {

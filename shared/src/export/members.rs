@@ -79,6 +79,7 @@ use crate::runtime::{Invocation, now_ms};
 use crate::store::StoreError;
 use crate::store::accounts::{AccountStatus, IntegratedAccount};
 use crate::store::destinations::{MappingStatus, SegmentMapping};
+use crate::store::erased_rows::drop_erased;
 use crate::store::jobs::{BackfillJob, JobPurpose, JobState};
 use crate::store::ledger::{LEDGER_SHARDS, LedgerRow, Upsert};
 use crate::store::parked_counts::{Counter, ParkedCounts};
@@ -1554,7 +1555,22 @@ async fn work_shard(
             }
         };
         next = page.last_key.clone().map(|k| fetch(Some(k)));
-        for row in page.rows {
+        // The page may predate an erasure's ledger step: no add of an erased device.
+        let rows = match job.purpose {
+            JobPurpose::Purge => page.rows,
+            _ => match drop_erased(ctx.ledger.client(), ctx.ledger.table(), page.rows).await {
+                Ok((rows, _)) => rows,
+                Err(e) => {
+                    let msg = e.to_string();
+                    let _ = ctx
+                        .jobs
+                        .release_shard(dest, seg, shard, owner, Some(&msg))
+                        .await;
+                    return ShardEnd::Store(msg);
+                }
+            },
+        };
+        for row in rows {
             let patch = Patch {
                 // A purge removes every member the ledger knows of, whatever their state.
                 op: PatchOp::for_status(row.qualified && job.purpose != JobPurpose::Purge),
@@ -1715,6 +1731,9 @@ async fn drain_and_finish(
         let rows = ctx
             .ledger
             .get_many(&keys)
+            .await
+            .map_err(|e| e.to_string())?;
+        let (rows, _) = drop_erased(ctx.ledger.client(), ctx.ledger.table(), rows)
             .await
             .map_err(|e| e.to_string())?;
         let report = deliver(ctx, &mut lookups, &targets, rows).await;

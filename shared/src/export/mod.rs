@@ -27,6 +27,7 @@ pub mod destinations;
 pub mod erasure;
 pub mod erasure_progress;
 pub mod identities;
+pub mod identities_redrive;
 pub mod lifecycle;
 pub mod members;
 pub mod privacy;

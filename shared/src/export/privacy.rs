@@ -59,15 +59,26 @@ pub async fn route(
 /// The ledger write of a qualification, unless the device was erased at or after the
 /// qualification's time: written first, then the tombstone is read (consistently) and a write
 /// it covers is taken back and answered `stale`. Write-then-check leaves no gap with the erasure
-/// job, which writes its tombstones before it scans the ledger.
+/// job, which writes its tombstones before it scans the ledger. A write taken back is recorded
+/// as *found* for the tombstone's erasure first: it may have replaced an older row the erasure's
+/// scan would otherwise have found, and whose device the erasure must still remove from the
+/// segment's audiences.
 pub async fn upsert_unless_erased(ctx: &ExportCtx, row: &LedgerRow) -> Result<Upsert, StoreError> {
     let up = ctx.ledger.upsert(row).await?;
     if up == Upsert::Stale {
         return Ok(up);
     }
     let st = erasure::store(ctx);
-    match st.tombstone(&device_hash(&row.device)).await? {
-        Some(erased_at) if erased_at >= row.ts_ms => {
+    let hash = device_hash(&row.device);
+    match st.tombstone_entry(&hash).await? {
+        Some((erased_at, deletion_id)) if erased_at >= row.ts_ms => {
+            // The write may have replaced a row the erasure's scan has not reached yet: record it
+            // as found first, so the erasure still removes the device from the segment's
+            // audiences (idempotent; the scan records the same key when it finds a row).
+            if !deletion_id.is_empty() {
+                st.put_found(&deletion_id, &[(row.segment_id.clone(), hash)])
+                    .await?;
+            }
             st.delete_ledger_row(&row.segment_id, &row.device, "ts = :t", row.ts_ms)
                 .await?;
             Ok(Upsert::Stale)

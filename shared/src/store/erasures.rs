@@ -24,7 +24,7 @@ type Item = HashMap<String, AttributeValue>;
 
 /// The `gsi1pk` of unfinished erasure jobs.
 pub const ACTIVE_ERASURES: &str = "ERASURES#active";
-const TOMBSTONE_PREFIX: &str = "ERASED#";
+pub const TOMBSTONE_PREFIX: &str = "ERASED#";
 
 /// SHA-256 (lowercase hex) of a device key `<TYPE>-<id>`: what logs, audit records and
 /// tombstones carry instead of the id.
@@ -126,6 +126,11 @@ impl ErasureStore {
 
     /// The erasure time of a device hash, if it was ever erased (consistent read).
     pub async fn tombstone(&self, hash: &str) -> Result<Option<i64>, StoreError> {
+        Ok(self.tombstone_entry(hash).await?.map(|(ts, _)| ts))
+    }
+
+    /// The erasure time of a device hash and the erasure job that wrote it (consistent read).
+    pub async fn tombstone_entry(&self, hash: &str) -> Result<Option<(i64, String)>, StoreError> {
         let res = self
             .client
             .get_item()
@@ -136,7 +141,10 @@ impl ErasureStore {
             .send()
             .await
             .map_err(|e| aws_error("erasure tombstone get", e))?;
-        Ok(res.item().and_then(|i| get_n(i, "ts")))
+        Ok(res.item().and_then(|i| {
+            let id = get_s(i, "deletionId").unwrap_or_default().to_string();
+            get_n(i, "ts").map(|ts| (ts, id))
+        }))
     }
 
     // ---- the ledger, seen by an erasure ----

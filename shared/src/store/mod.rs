@@ -6,6 +6,7 @@ pub mod conversion_counts;
 pub mod dedupe;
 pub mod destinations;
 pub mod dynamo;
+pub mod erased_rows;
 pub mod erasures;
 pub mod jobs;
 pub mod ledger;
