@@ -137,7 +137,11 @@ impl Console {
             return Err(refused());
         };
         match self.sessions.get(id, now_secs()).await {
-            Ok(Some(s)) => Ok((id.to_string(), s)),
+            Ok(Some(s)) => {
+                // Audit: the session's key name on the request's log line.
+                crate::http::auth::record_key(&s.caller.name);
+                Ok((id.to_string(), s))
+            }
             Ok(None) => Err(refused()),
             Err(e) => {
                 tracing::error!(error = %e, "cannot read the console session");

@@ -81,7 +81,9 @@ pub async fn audit_scope<F: std::future::Future>(f: F) -> (F::Output, Option<Str
         .await
 }
 
-fn record_key(name: &str) {
+/// Records `name` as the accepting key of the current request (the console records its
+/// session's key this way).
+pub fn record_key(name: &str) {
     // Outside `audit_scope` (direct handler calls in tests) there is nothing to record into.
     let _ = AUDIT_KEY.try_with(|k| *k.borrow_mut() = Some(name.to_string()));
 }
