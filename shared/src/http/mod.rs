@@ -6,8 +6,12 @@
 //! responses, never `Err`.
 
 pub mod auth;
+pub mod error;
 pub mod html;
+pub mod router;
 pub mod scopes;
+
+pub use error::{ApiError, ApiResult, Kind};
 
 use base64::Engine;
 use serde::{Deserialize, Serialize};
