@@ -215,8 +215,13 @@ async fn a_patch_of_ttl_and_countries_reaches_the_audience() {
     );
     let (st, v) = patch(json!({"name": "Another name"})).await;
     assert_eq!(st, 400, "{v}");
-    let (st, v) = patch(json!({"ttlSeconds": 3600, "dataSourceCountry": ["us", "CA"]})).await;
+    let (st, v) = patch(
+        json!({"ttlSeconds": 3600, "dataSourceCountry": ["us", "CA"],
+        "description": " Luxury travel, refreshed "}),
+    )
+    .await;
     assert_eq!(st, 200, "{v}");
+    assert_eq!(v["description"], "Luxury travel, refreshed");
     assert_eq!(v["ttlSeconds"], 3600);
     assert_eq!(v["mappings"][0]["settings"]["state"], "pending", "{v}");
     assert_eq!(
@@ -235,12 +240,39 @@ async fn a_patch_of_ttl_and_countries_reaches_the_audience() {
     assert_eq!(a.metadata["ttl"], 3600);
     assert_eq!(a.metadata["dataSourceCountry"], json!(["US", "CA"]));
     assert_eq!(a.name, maps[0].audience_name, "the name never changes");
+    assert_eq!(a.description, "Luxury travel, refreshed");
     let (_, v) = get_destination(&rig, &dest).await;
     let s = &v["mappings"][0]["settings"];
     assert_eq!(s["state"], "applied", "{v}");
     assert_eq!(s["applied"]["ttlSeconds"], 3600);
     assert_eq!(s["applied"]["dataSourceCountry"], json!(["US", "CA"]));
+    assert_eq!(s["applied"]["description"], "Luxury travel, refreshed");
     assert_eq!(v["mappings"][0]["refresh"]["ttlSeconds"], 3600);
+    // A description alone is a settings change too; the same one again is not.
+    let (st, v) = patch(json!({"description": "Luxury travel, v3"})).await;
+    assert_eq!(
+        (st, &v["mappings"][0]["settings"]["state"]),
+        (200, &json!("pending")),
+        "{v}"
+    );
+    let plan = upkeep_at(&rig, 0).await;
+    assert_eq!(plan["metadata"]["settingsApplied"], 1, "{plan}");
+    let (st, v) = patch(json!({"description": "Luxury travel, v3"})).await;
+    assert_eq!(
+        (st, &v["mappings"][0]["settings"]["state"]),
+        (200, &json!("applied")),
+        "{v}"
+    );
+    let at_amazon = rig
+        .sandbox
+        .audiences(rig.account.advertiser_id)
+        .await
+        .unwrap();
+    let a = at_amazon.iter().find(|a| a.id == audience).unwrap();
+    assert_eq!(
+        (a.description.as_str(), &a.metadata["ttl"]),
+        ("Luxury travel, v3", &json!(3600))
+    );
     // The applied TTL brings the next refresh forward: half an hour, not 15 days.
     let plan = upkeep_at(&rig, 1_801_000).await;
     assert_eq!(plan["refresh"]["started"], 1, "{plan}");

@@ -1,11 +1,13 @@
 //! Audience metadata kept true at Amazon by the schedule, inside the shared 1 request/s metadata
 //! budget (the same DynamoDB slots as audience creation, `destinations::pace_by`):
 //!
-//! - **Settings**: `PATCH /destinations/{id}` may change `ttlSeconds` and `dataSourceCountry`
-//!   ([`parse_settings`], [`apply_settings`]); every audience of the destination is then marked
-//!   with a new settings version, and the scheduled run sends the full updatable metadata with
-//!   `PUT /v2/dp/audiencemetadata/{id}` (description, ttl, countries, fees; never `name`). The
-//!   mapping view shows what is pending, what Amazon took, and Amazon's refusal.
+//! - **Settings**: `PATCH /destinations/{id}` may change `description`, `ttlSeconds` and
+//!   `dataSourceCountry` ([`parse_settings`], [`apply_settings`]); every audience of the
+//!   destination is then marked with a new settings version, and the scheduled run sends the full
+//!   updatable metadata with `PUT /v2/dp/audiencemetadata/{id}` (description, ttl, countries,
+//!   fees; never `name`). An audience's description is its segment's until a `PATCH` names a
+//!   `description`: from then on every audience of the destination gets that one. The mapping
+//!   view shows what is pending, what Amazon took, and Amazon's refusal.
 //! - **Size and match rate**: `GET /v2/dp/audiencemetadata/{id}` every `AUDIENCE_SIZE_INTERVAL_SECS`
 //!   (default 6 h) per audience; `metadata.audienceSize` is stored as `audienceSize`
 //!   (`receivedRecordSize`), `matchedSize` (`matchedRecordSize`) and `matchRate`, with
@@ -43,14 +45,32 @@ pub struct MetaSummary {
     pub left_for_next_run: bool,
 }
 
-/// `ttlSeconds` / `dataSourceCountry` of a `PATCH /destinations/{id}` body: `Some((ttl,
-/// countries))` when either is given (the other keeps its value), validated like at creation.
+/// The audience settings a `PATCH /destinations/{id}` changes.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SettingsChange {
+    pub ttl: u64,
+    pub countries: Vec<String>,
+    /// A new description for every audience of the destination (`None`: unchanged).
+    pub description: Option<String>,
+}
+
+/// `ttlSeconds` / `dataSourceCountry` / `description` of a `PATCH /destinations/{id}` body:
+/// `Some` when any is given (the others keep their value), validated like at creation.
 pub fn parse_settings(
     obj: &Map<String, Value>,
     d: &Destination,
-) -> Result<Option<(u64, Vec<String>)>, HttpResponse> {
+) -> Result<Option<SettingsChange>, HttpResponse> {
+    let description = match obj.get("description") {
+        // Its length is checked with the rest of the PATCH body.
+        Some(Value::String(s)) => Some(s.trim().to_string()),
+        _ => None,
+    };
     if !obj.contains_key("ttlSeconds") && !obj.contains_key("dataSourceCountry") {
-        return Ok(None);
+        return Ok(description.map(|description| SettingsChange {
+            ttl: d.ttl_seconds,
+            countries: d.data_source_country.clone(),
+            description: Some(description),
+        }));
     }
     let ttl = match obj.get("ttlSeconds") {
         None => d.ttl_seconds,
@@ -71,27 +91,42 @@ pub fn parse_settings(
         None => d.data_source_country.clone(),
         Some(v) => super::destinations::parse_countries(v)?,
     };
-    Ok(Some((ttl, countries)))
+    Ok(Some(SettingsChange {
+        ttl,
+        countries,
+        description,
+    }))
 }
 
-/// Stores new settings and marks every audience of the destination for a `PUT`.
+/// Stores new settings and marks every audience of the destination for a `PUT` (nothing when
+/// they are what Amazon already has from adsync).
 pub async fn apply_settings(
     ctx: &ExportCtx,
     d: &Destination,
-    ttl: u64,
-    countries: &[String],
+    change: &SettingsChange,
 ) -> Result<(), StoreError> {
-    if ttl == d.ttl_seconds && countries == d.data_source_country.as_slice() {
+    let id = &d.destination_id;
+    let new_description = match &change.description {
+        Some(desc) => ctx.destinations.audience_description(id).await?.as_ref() != Some(desc),
+        None => false,
+    };
+    let same = change.ttl == d.ttl_seconds && change.countries == d.data_source_country;
+    if same && !new_description {
         return Ok(());
     }
-    ctx.destinations
-        .update_destination_settings(&d.destination_id, ttl, countries)
-        .await?;
+    if !same {
+        ctx.destinations
+            .update_destination_settings(id, change.ttl, &change.countries)
+            .await?;
+    }
+    if let (true, Some(desc)) = (new_description, &change.description) {
+        ctx.destinations.set_audience_description(id, desc).await?;
+    }
     let version = chrono::Utc::now().timestamp_millis();
-    for m in ctx.destinations.list_mappings(&d.destination_id).await? {
+    for m in ctx.destinations.list_mappings(id).await? {
         if m.audience_id.is_some() && m.status != MappingStatus::Removed {
             ctx.destinations
-                .bump_settings(&d.destination_id, &m.segment_id, version)
+                .bump_settings(id, &m.segment_id, version)
                 .await?;
         }
     }
@@ -184,6 +219,18 @@ pub async fn run_metadata(
     Ok(summary)
 }
 
+/// The description an audience of destination `dst` for segment `seg` gets at creation and in
+/// every metadata `PUT`: the one PATCHed onto the destination, else the segment's.
+pub async fn description_for(ctx: &ExportCtx, dst: &str, seg: &str) -> Result<String, StoreError> {
+    if let Some(patched) = ctx.destinations.audience_description(dst).await? {
+        return Ok(patched);
+    }
+    Ok(match ctx.destinations.get_segment(seg).await? {
+        Some(s) => audience_description(&s),
+        None => format!("adsync segment {seg}"),
+    })
+}
+
 /// One settings `PUT`; `Ok(false)` when Amazon did not take it (recorded on the state).
 async fn put_settings(
     ctx: &ExportCtx,
@@ -195,12 +242,9 @@ async fn put_settings(
     let Some(d) = ctx.destinations.get_destination(dst).await? else {
         return Ok(false);
     };
-    let description = match ctx.destinations.get_segment(seg).await? {
-        Some(s) => audience_description(&s),
-        None => format!("adsync segment {seg}"),
-    };
+    let description = description_for(ctx, dst, seg).await?;
     let update = AudienceUpdate {
-        description,
+        description: description.clone(),
         ttl: d.ttl_seconds,
         data_source_country: d.data_source_country.clone(),
         audience_fees: if fees.is_empty() {
@@ -220,8 +264,7 @@ async fn put_settings(
                     dst,
                     seg,
                     st.settings_version,
-                    d.ttl_seconds,
-                    &d.data_source_country,
+                    (d.ttl_seconds, &d.data_source_country, &description),
                 )
                 .await?;
             Ok(true)
@@ -268,6 +311,7 @@ pub fn meta_view(st: Option<&AudienceState>, d: Option<&Destination>) -> Map<Str
                     "dataSourceCountry": if s.applied_at.is_some() {
                         json!(s.applied_countries)
                     } else if s.settings_pending() { Value::Null } else { json!(d.data_source_country) },
+                    "description": s.applied_description,
                     "appliedAt": s.applied_at,
                 },
                 "lastError": s.settings_error,
@@ -305,20 +349,23 @@ mod tests {
     fn settings_keep_what_the_patch_does_not_name_and_name_the_bad_field() {
         let d = dest();
         assert_eq!(
-            parse_settings(&obj(json!({"description": "x"})), &d).ok(),
+            parse_settings(&obj(json!({"dataExportLabels": []})), &d).ok(),
             Some(None)
         );
-        let (ttl, c) = parse_settings(&obj(json!({"ttlSeconds": 600})), &d)
-            .ok()
-            .flatten()
-            .unwrap();
-        assert_eq!((ttl, c), (600, vec!["US".to_string()]));
-        let (ttl, c) = parse_settings(&obj(json!({"dataSourceCountry": ["ca", "US"]})), &d)
-            .ok()
-            .flatten()
-            .unwrap();
+        let change = |body: Value| parse_settings(&obj(body), &d).ok().flatten().unwrap();
+        let c = change(json!({"description": " x "}));
         assert_eq!(
-            (ttl, c),
+            (c.ttl, c.countries, c.description.as_deref()),
+            (2_592_000, vec!["US".to_string()], Some("x"))
+        );
+        let c = change(json!({"ttlSeconds": 600}));
+        assert_eq!(
+            (c.ttl, c.countries, c.description),
+            (600, vec!["US".to_string()], None)
+        );
+        let c = change(json!({"dataSourceCountry": ["ca", "US"]}));
+        assert_eq!(
+            (c.ttl, c.countries),
             (2_592_000, vec!["CA".to_string(), "US".to_string()])
         );
         for (body, field) in [
@@ -356,6 +403,7 @@ mod tests {
             settings_error: None,
             applied_at: None,
             applied_countries: Vec::new(),
+            applied_description: None,
         };
         let v = meta_view(Some(&st), Some(&d));
         assert_eq!(v["settings"]["state"], "applied");

@@ -1084,8 +1084,8 @@ pub async fn patch_destination(ctx: &ExportCtx, id: &str, req: &HttpRequest) -> 
         Ok(s) => s,
         Err(r) => return r,
     };
-    if let Some((ttl, countries)) = &settings
-        && let Err(e) = super::audience_meta::apply_settings(ctx, &d, *ttl, countries).await
+    if let Some(change) = &settings
+        && let Err(e) = super::audience_meta::apply_settings(ctx, &d, change).await
     {
         return store_failure(e);
     }
@@ -1497,14 +1497,16 @@ async fn apply_fees(
     let Some(audience_id) = m.audience_id else {
         return Err(mapping_not_found(&d.destination_id, &m.segment_id));
     };
-    let seg = ctx
-        .destinations
+    ctx.destinations
         .get_segment(&m.segment_id)
         .await
         .map_err(store_failure)?
         .ok_or_else(|| segment_not_found(&m.segment_id, None))?;
+    let description = super::audience_meta::description_for(ctx, &d.destination_id, &m.segment_id)
+        .await
+        .map_err(store_failure)?;
     let update = AudienceUpdate {
-        description: audience_description(&seg),
+        description,
         ttl: d.ttl_seconds,
         data_source_country: d.data_source_country.clone(),
         audience_fees: Some(fees.to_vec()),
@@ -1752,11 +1754,7 @@ async fn create_one(
         // Another invocation holds it, or it waits for its retry time.
         return Ok(Outcome::Skipped);
     };
-    let seg = store.get_segment(seg_id).await?;
-    let description = match &seg {
-        Some(s) => audience_description(s),
-        None => format!("adsync segment {seg_id}"),
-    };
+    let description = super::audience_meta::description_for(ctx, dst, seg_id).await?;
     let new = NewAudience {
         name: m.audience_name.clone(),
         description,

@@ -216,6 +216,7 @@ mod tests {
             settings_error: None,
             applied_at: None,
             applied_countries: Vec::new(),
+            applied_description: None,
         }
     }
 

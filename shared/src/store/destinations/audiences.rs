@@ -4,7 +4,8 @@
 //!
 //! | item | pk | sk | attributes |
 //! |---|---|---|---|
-//! | audience state | `AUDSTATE` | `<destinationId>#<segmentId>` | `destinationId, segmentId, accountId, audienceId (N), ttlSeconds (N, the audience's own TTL as last known), refreshGen (N)?, lastCompletedAt?, refreshDueAt (N, epoch ms)?, audienceSize (N)?, matchedSize (N)?, matchRate (N)?, measuredAt?, sizeDueAt (N, epoch ms), settingsVersion (N), appliedVersion (N), failedVersion (N)?, settingsError?, appliedAt?, appliedCountries (L of S)?, updatedAt` |
+//! | audience state | `AUDSTATE` | `<destinationId>#<segmentId>` | `destinationId, segmentId, accountId, audienceId (N), ttlSeconds (N, the audience's own TTL as last known), refreshGen (N)?, lastCompletedAt?, refreshDueAt (N, epoch ms)?, audienceSize (N)?, matchedSize (N)?, matchRate (N)?, measuredAt?, sizeDueAt (N, epoch ms), settingsVersion (N), appliedVersion (N), failedVersion (N)?, settingsError?, appliedAt?, appliedCountries (L of S)?, appliedDescription?, updatedAt` |
+//! | destination (extra attribute) | `DST#<destinationId>` | `DESTINATION` | `audienceDescription?`: the description PATCHed onto the destination's audiences (absent: each audience keeps its segment's) |
 //!
 //! One audience-state item per mapping that has had an active audience: the scheduled upkeep
 //! reads the whole `AUDSTATE` partition once per run (≈ 300 bytes per mapping, so one 1 MB
@@ -61,6 +62,8 @@ pub struct AudienceState {
     pub applied_at: Option<String>,
     /// The countries Amazon last took from adsync (empty until a settings change was applied).
     pub applied_countries: Vec<String>,
+    /// The description Amazon last took from a settings `PUT` (`None` until one was applied).
+    pub applied_description: Option<String>,
 }
 
 impl AudienceState {
@@ -99,6 +102,7 @@ fn state_from(item: &Item) -> Result<AudienceState, StoreError> {
         settings_error: opt_s(item, "settingsError"),
         applied_at: opt_s(item, "appliedAt"),
         applied_countries: super::get_list(item, "appliedCountries", |c| Some(c.to_string()))?,
+        applied_description: opt_s(item, "appliedDescription"),
     })
 }
 
@@ -284,30 +288,76 @@ impl DestinationStore {
         .await
     }
 
-    /// Amazon took settings `version` with `ttl_seconds` (the refresh due hint is dropped: a
-    /// shorter TTL brings the next refresh forward).
+    /// Amazon took settings `version`: `ttl_seconds`, `countries` and `description` (the refresh
+    /// due hint is dropped: a shorter TTL brings the next refresh forward).
     pub async fn settings_applied(
         &self,
         destination_id: &str,
         segment_id: &str,
         version: i64,
-        ttl_seconds: u64,
-        countries: &[String],
+        applied: (u64, &[String], &str),
     ) -> Result<(), StoreError> {
+        let (ttl_seconds, countries, description) = applied;
         let countries = super::str_list(countries);
+        let description = description.to_string();
         self.update_state(
             destination_id,
             segment_id,
             "SET appliedVersion = :v, ttlSeconds = :t, appliedCountries = :c, appliedAt = :u, \
-             updatedAt = :u REMOVE settingsError, failedVersion, refreshDueAt",
+             appliedDescription = :d, updatedAt = :u REMOVE settingsError, failedVersion, refreshDueAt",
             move |u| {
                 u.expression_attribute_values(":v", n(version))
                     .expression_attribute_values(":t", n(ttl_seconds))
                     .expression_attribute_values(":c", countries)
+                    .expression_attribute_values(":d", s(description))
                     .expression_attribute_values(":u", s(now_rfc3339()))
             },
         )
         .await
+    }
+
+    /// Sets the description that every audience of the destination gets from now on (a `PATCH`
+    /// of `description`); `false` when the destination does not exist.
+    pub async fn set_audience_description(
+        &self,
+        destination_id: &str,
+        description: &str,
+    ) -> Result<bool, StoreError> {
+        let r = self
+            .client
+            .update_item()
+            .table_name(&self.table)
+            .set_key(Some(key(super::dst_pk(destination_id), "DESTINATION")))
+            .condition_expression("attribute_exists(pk)")
+            .update_expression("SET audienceDescription = :d")
+            .expression_attribute_values(":d", s(description))
+            .send()
+            .await;
+        match r {
+            Ok(_) => Ok(true),
+            Err(e) if is_conditional_failure(&e) => Ok(false),
+            Err(e) => Err(sdk_err("set audience description", e)),
+        }
+    }
+
+    /// The description PATCHed onto the destination's audiences, if any.
+    pub async fn audience_description(
+        &self,
+        destination_id: &str,
+    ) -> Result<Option<String>, StoreError> {
+        let r = self
+            .client
+            .get_item()
+            .table_name(&self.table)
+            .set_key(Some(key(super::dst_pk(destination_id), "DESTINATION")))
+            .projection_expression("audienceDescription")
+            .consistent_read(true)
+            .send()
+            .await
+            .map_err(|e| sdk_err("read audience description", e))?;
+        Ok(r.item
+            .as_ref()
+            .and_then(|i| opt_s(i, "audienceDescription")))
     }
 
     /// Amazon did not take settings `version`; `permanent` stops retries of that version.
