@@ -419,3 +419,71 @@ async fn segments_are_listed_deleted_when_unmapped_and_accept_audience_manager_s
     let listed = page("limit=10").await;
     assert_eq!(listed["segments"].as_array().unwrap().len(), 1, "{listed}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn segments_registered_before_the_listing_are_migrated_into_it_once() {
+    use aws_sdk_dynamodb::types::AttributeValue as Av;
+    let rig = rig(1).await;
+    let listed = |q: &'static str| {
+        let rig = &rig;
+        async move {
+            let rq = req("GET", &format!("/segments?{q}"));
+            let r = lifecycle::list_segments(&rig.ctx, &rq).await;
+            let v = checked(&rq, &r).1;
+            v["segments"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|s| s["segmentId"].as_str().unwrap().to_string())
+                .collect::<Vec<_>>()
+        }
+    };
+    // Two segments as an older release wrote them (no gsi1 keys), one as today's.
+    let old: Vec<String> = (0..2).map(|_| seg_id()).collect();
+    for id in &old {
+        rig.ddb
+            .put_item()
+            .table_name(&rig.dest_table)
+            .item("pk", Av::S(format!("SEG#{id}")))
+            .item("sk", Av::S("SEGMENT".into()))
+            .item("segmentId", Av::S(id.clone()))
+            .item("name", Av::S(format!("old {id}")))
+            .item("description", Av::S(String::new()))
+            .item("dataExportControls", Av::L(vec![]))
+            .item("updatedAt", Av::S("2026-11-01T00:00:00.000Z".into()))
+            .send()
+            .await
+            .unwrap();
+    }
+    let new = seg_id();
+    put_segment(&rig, &new, json!([])).await;
+    assert_eq!(listed("limit=10").await, vec![new.clone()]);
+
+    let store = &rig.ctx.destinations;
+    let mut steps = 0;
+    let mut migrated = 0;
+    loop {
+        let s = store.migrate_segment_listing_step().await.unwrap();
+        migrated += s.migrated;
+        steps += 1;
+        if s.done {
+            break;
+        }
+        assert!(steps < 20, "the migration does not finish");
+    }
+    assert_eq!(migrated, 2, "only the unlisted segments change");
+    assert!(store.migration_done("segments-gsi1").await.unwrap());
+    let mut want = vec![old[0].clone(), old[1].clone(), new.clone()];
+    want.sort();
+    assert_eq!(listed("limit=10").await, want);
+    let again = store.migrate_segment_listing_step().await.unwrap();
+    assert_eq!((again.done, again.migrated), (true, 0));
+    // A migrated segment reads back whole.
+    let rq = req("GET", &format!("/segments/{}", old[0]));
+    let r = destinations::get_segment(&rig.ctx, &old[0]).await;
+    let (st, v) = checked(&rq, &r);
+    assert_eq!(
+        (st, v["name"].as_str()),
+        (200, Some(format!("old {}", old[0]).as_str()))
+    );
+}

@@ -30,6 +30,7 @@ pub mod identities;
 pub mod identities_redrive;
 pub mod lifecycle;
 pub mod members;
+pub mod migrate;
 pub mod privacy;
 pub mod purge;
 pub mod refresh;

@@ -58,8 +58,10 @@ pub async fn run_upkeep(
     let meta =
         super::audience_meta::run_metadata(ctx, metadata_deadline_ms, opts.size_interval, now_ms)
             .await;
+    let migrations = super::migrate::run_migrations(ctx).await;
     let as_json = |r: Result<Value, String>| r.unwrap_or_else(|e| json!({"error": e}));
     json!({
+        "migrations": as_json(migrations),
         "purges": as_json(purges.map(|p| json!(p)).map_err(|e| e.to_string())),
         "refresh": as_json(refresh.map(|p| json!(p)).map_err(|e| e.to_string())),
         "metadata": as_json(meta.map(|p| json!(p)).map_err(|e| e.to_string())),

@@ -41,6 +41,7 @@ use std::collections::HashMap;
 
 pub mod audiences;
 pub mod lifecycle;
+pub mod migrate;
 pub mod purges;
 
 type Item = HashMap<String, AttributeValue>;
