@@ -85,11 +85,23 @@ fn rejected_events() -> Vec<(&'static str, Value)> {
         ),
         ("dataSetName.invalid", event(json!({"dataSetName": "1bad"}))),
         ("timestamp.missing", event(json!({"timestamp": n}))),
-        ("timestamp.not_iso", event(json!({"timestamp": "yesterday"}))),
-        ("timestamp.no_offset", event(json!({"timestamp": "2026-01-01T10:00:00"}))),
+        (
+            "timestamp.not_iso",
+            event(json!({"timestamp": "yesterday"})),
+        ),
+        (
+            "timestamp.no_offset",
+            event(json!({"timestamp": "2026-01-01T10:00:00"})),
+        ),
         ("timestamp.wrong_type", event(json!({"timestamp": 12345}))),
-        ("timestamp.too_old", event(json!({"timestamp": ago_hours(24 * 30)}))),
-        ("timestamp.in_future", event(json!({"timestamp": ago_hours(-1)}))),
+        (
+            "timestamp.too_old",
+            event(json!({"timestamp": ago_hours(24 * 30)})),
+        ),
+        (
+            "timestamp.in_future",
+            event(json!({"timestamp": ago_hours(-1)})),
+        ),
         ("countryCode.missing", event(json!({"countryCode": n}))),
         ("countryCode.unknown", event(json!({"countryCode": "ZZZ"}))),
         ("countryCode.wrong_type", event(json!({"countryCode": 1}))),
@@ -101,10 +113,16 @@ fn rejected_events() -> Vec<(&'static str, Value)> {
             "clientDedupeId.control_char",
             event(json!({"clientDedupeId": "a\u{1}b"})),
         ),
-        ("clientDedupeId.wrong_type", event(json!({"clientDedupeId": [1]}))),
+        (
+            "clientDedupeId.wrong_type",
+            event(json!({"clientDedupeId": [1]})),
+        ),
         ("matchKeys.missing", event(json!({"matchKeys": n}))),
         ("matchKeys.wrong_type", event(json!({"matchKeys": "x"}))),
-        ("matchKeys.list_item_not_object", event(json!({"matchKeys": [5]}))),
+        (
+            "matchKeys.list_item_not_object",
+            event(json!({"matchKeys": [5]})),
+        ),
         (
             "matchKeys.type_missing",
             event(json!({"matchKeys": [{"values": ["a@b.c"]}]})),
@@ -151,19 +169,37 @@ fn rejected_events() -> Vec<(&'static str, Value)> {
             "matchKeys.value_bool",
             event(json!({"matchKeys": [{"type": "EMAIL", "values": [true]}]})),
         ),
-        ("matchKeys.flat_bool", event(json!({"matchKeys": {"email": true}}))),
+        (
+            "matchKeys.flat_bool",
+            event(json!({"matchKeys": {"email": true}})),
+        ),
         ("matchKeys.too_many", event(json!({"matchKeys": sixteen}))),
-        ("matchKeys.flat_unknown", event(json!({"matchKeys": {"ssn": "1"}}))),
-        ("matchKeys.flat_number_accepted", event(json!({"matchKeys": {"email": 5}}))),
-        ("matchKeys.flat_blank", event(json!({"matchKeys": {"email": "   "}}))),
+        (
+            "matchKeys.flat_unknown",
+            event(json!({"matchKeys": {"ssn": "1"}})),
+        ),
+        (
+            "matchKeys.flat_number_accepted",
+            event(json!({"matchKeys": {"email": 5}})),
+        ),
+        (
+            "matchKeys.flat_blank",
+            event(json!({"matchKeys": {"email": "   "}})),
+        ),
         ("matchKeys.empty_list", event(json!({"matchKeys": []}))),
-        ("value.numeric_string_accepted", event(json!({"value": "10"}))),
+        (
+            "value.numeric_string_accepted",
+            event(json!({"value": "10"})),
+        ),
         ("value.bool", event(json!({"value": true}))),
         ("value.text", event(json!({"value": "ten"}))),
         ("value.too_large", event(json!({"value": 1e13}))),
         ("value.three_decimals", event(json!({"value": 1.234}))),
         ("value.negative_purchase", event(json!({"value": -1}))),
-        ("currencyCode.unknown", event(json!({"currencyCode": "XYZ"}))),
+        (
+            "currencyCode.unknown",
+            event(json!({"currencyCode": "XYZ"})),
+        ),
         ("currencyCode.wrong_type", event(json!({"currencyCode": 5}))),
         ("unitsSold.zero", event(json!({"unitsSold": 0}))),
         ("unitsSold.fraction", event(json!({"unitsSold": 1.5}))),
@@ -186,7 +222,10 @@ fn rejected_events() -> Vec<(&'static str, Value)> {
         ),
         ("consent.required_eu", event(json!({"countryCode": "DE"}))),
         ("consent.wrong_type", event(json!({"consent": "x"}))),
-        ("consent.geo.wrong_type", event(json!({"consent": {"geo": "x"}}))),
+        (
+            "consent.geo.wrong_type",
+            event(json!({"consent": {"geo": "x"}})),
+        ),
         (
             "consent.geo.ipAddress.invalid",
             event(json!({"consent": {"geo": {"ipAddress": "nope"}}})),
@@ -207,11 +246,23 @@ fn rejected_events() -> Vec<(&'static str, Value)> {
             "consent.amazonConsent.user_data_missing",
             event(json!({"consent": {"amazonConsent": {"amznAdStorage": "GRANTED"}}})),
         ),
-        ("consent.tcf.wrong_type", event(json!({"consent": {"tcf": 5}}))),
-        ("consent.gpp.wrong_type", event(json!({"consent": {"gpp": 5}}))),
-        ("customData.too_many", event(json!({"customData": custom14}))),
+        (
+            "consent.tcf.wrong_type",
+            event(json!({"consent": {"tcf": 5}})),
+        ),
+        (
+            "consent.gpp.wrong_type",
+            event(json!({"consent": {"gpp": 5}})),
+        ),
+        (
+            "customData.too_many",
+            event(json!({"customData": custom14})),
+        ),
         ("customData.wrong_type", event(json!({"customData": "x"}))),
-        ("customData.item_wrong_type", event(json!({"customData": [5]}))),
+        (
+            "customData.item_wrong_type",
+            event(json!({"customData": [5]})),
+        ),
         (
             "customData.name_invalid",
             event(json!({"customData": [{"name": "bad name", "value": "x"}]})),
@@ -264,8 +315,12 @@ pub async fn run() -> usize {
         bearer(plain.clone(), &keys.restricted),
     )
     .await;
-    g.case(&h, "auth.no_key_unknown_route", HttpRequest::new("GET", "/nope"))
-        .await;
+    g.case(
+        &h,
+        "auth.no_key_unknown_route",
+        HttpRequest::new("GET", "/nope"),
+    )
+    .await;
     g.case(
         &h,
         "route.not_found",
@@ -297,7 +352,10 @@ pub async fn run() -> usize {
     many.extend(vec!["{}"; 10_001].join(",").into_bytes());
     many.extend(b"]}");
     let body_cases: Vec<(&str, HttpRequest)> = vec![
-        ("body.no_content_type", post(&path, &admin).with_body(ok.clone())),
+        (
+            "body.no_content_type",
+            post(&path, &admin).with_body(ok.clone()),
+        ),
         ("body.text_plain", raw("text/plain", ok.clone())),
         ("body.form", raw("application/x-www-form-urlencoded", ok)),
         (
@@ -305,17 +363,32 @@ pub async fn run() -> usize {
             raw("application/json", vec![b' '; 6 * 1024 * 1024 + 1]),
         ),
         ("body.empty", raw("application/json", Vec::new())),
-        ("body.malformed", raw("application/json", b"{\"events\":[".to_vec())),
+        (
+            "body.malformed",
+            raw("application/json", b"{\"events\":[".to_vec()),
+        ),
         ("body.trailing", raw("application/json", b"{} x".to_vec())),
         (
             "body.not_utf8",
-            raw("application/json", b"{\"events\":[{\"name\":\"\xff\xfe\"}]}".to_vec()),
+            raw(
+                "application/json",
+                b"{\"events\":[{\"name\":\"\xff\xfe\"}]}".to_vec(),
+            ),
         ),
         ("body.array", raw("application/json", b"[]".to_vec())),
         ("body.string", raw("application/json", b"\"x\"".to_vec())),
-        ("body.events_empty", raw("application/json", b"{\"events\":[]}".to_vec())),
-        ("body.events_object", raw("application/json", b"{\"events\":{}}".to_vec())),
-        ("body.events_string", raw("application/json", b"{\"events\":\"x\"}".to_vec())),
+        (
+            "body.events_empty",
+            raw("application/json", b"{\"events\":[]}".to_vec()),
+        ),
+        (
+            "body.events_object",
+            raw("application/json", b"{\"events\":{}}".to_vec()),
+        ),
+        (
+            "body.events_string",
+            raw("application/json", b"{\"events\":\"x\"}".to_vec()),
+        ),
         ("body.too_many_events", raw("application/json", many)),
         (
             "body.event_not_object",
@@ -339,7 +412,12 @@ pub async fn run() -> usize {
     g.redact(reauth.clone(), "{reauth_account}");
     let removed = account_in(&f, AccountStatus::Removed).await;
     g.redact(removed.clone(), "{removed_account}");
-    let to = |id: &str| json_body(post(&format!("/accounts/{id}/conversions"), &admin), &ok_body);
+    let to = |id: &str| {
+        json_body(
+            post(&format!("/accounts/{id}/conversions"), &admin),
+            &ok_body,
+        )
+    };
     g.case(&h, "account.not_digits", to("abc")).await;
     g.case(&h, "account.unknown", to("900000000000003")).await;
     g.case(&h, "account.reauthorization_required", to(&reauth))

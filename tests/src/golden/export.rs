@@ -71,12 +71,10 @@ impl Ex {
         );
         let r = super::call(&self.h, &req).await;
         assert_eq!(r.status, 202, "POST /destinations: {}", r.body);
-        let id = r.json_body()["destinationId"]
-            .as_str()
-            .unwrap()
-            .to_string();
+        let id = r.json_body()["destinationId"].as_str().unwrap().to_string();
         self.n += 1;
-        self.g.redact(id.clone(), &format!("{{destination{}}}", self.n));
+        self.g
+            .redact(id.clone(), &format!("{{destination{}}}", self.n));
         id
     }
 
@@ -123,7 +121,10 @@ impl Ex {
             ("too_large", self.raw(m, p, JSON, vec![b' '; limit + 1])),
             ("empty", self.raw(m, p, JSON, "")),
             ("malformed", self.raw(m, p, JSON, "{\"a\":")),
-            ("not_utf8", self.raw(m, p, JSON, b"{\"a\":\"\xff\"}".to_vec())),
+            (
+                "not_utf8",
+                self.raw(m, p, JSON, b"{\"a\":\"\xff\"}".to_vec()),
+            ),
             ("array", self.raw(m, p, JSON, "[]")),
         ];
         for (name, req) in cases {
@@ -169,7 +170,10 @@ async fn auth_and_routing(x: &mut Ex, keys: &Keys) {
     let as_key = |m: &str, p: &str, k: &str| bearer(HttpRequest::new(m, p), k);
     let cases = vec![
         ("auth.no_key", HttpRequest::new("GET", "/segments")),
-        ("auth.no_key_unknown_route", HttpRequest::new("GET", "/nope")),
+        (
+            "auth.no_key_unknown_route",
+            HttpRequest::new("GET", "/nope"),
+        ),
         ("auth.wrong_key", as_key("GET", "/segments", "nope")),
         (
             "scope.reader_put_segment",
@@ -189,7 +193,11 @@ async fn auth_and_routing(x: &mut Ex, keys: &Keys) {
         ),
         (
             "scope.restricted_identities_other_account",
-            as_key("POST", &format!("/accounts/{acc}/identities"), &keys.restricted),
+            as_key(
+                "POST",
+                &format!("/accounts/{acc}/identities"),
+                &keys.restricted,
+            ),
         ),
         (
             "scope.reader_identities",
@@ -205,15 +213,27 @@ async fn auth_and_routing(x: &mut Ex, keys: &Keys) {
     }
     let routes = [
         ("route.not_found", "GET", "/nope"),
-        ("route.not_found_fees_tail", "GET", "/destinations/d/mappings/s/fees/x"),
-        ("route.not_found_lambda_url", "GET", "/lambda-url/segment-export/nope"),
+        (
+            "route.not_found_fees_tail",
+            "GET",
+            "/destinations/d/mappings/s/fees/x",
+        ),
+        (
+            "route.not_found_lambda_url",
+            "GET",
+            "/lambda-url/segment-export/nope",
+        ),
         ("method.post_segments", "POST", "/segments"),
         ("method.post_segment", "POST", "/segments/s1"),
         ("method.put_destinations", "PUT", "/destinations"),
         ("method.post_destination", "POST", "/destinations/d1"),
         ("method.get_mappings", "GET", "/destinations/d1/mappings"),
         ("method.get_mapping", "GET", "/destinations/d1/mappings/s1"),
-        ("method.get_fees", "GET", "/destinations/d1/mappings/s1/fees"),
+        (
+            "method.get_fees",
+            "GET",
+            "/destinations/d1/mappings/s1/fees",
+        ),
         ("method.get_qualifications", "GET", "/qualifications"),
         ("method.get_deletions", "GET", "/privacy/deletions"),
         ("method.post_deletion", "POST", "/privacy/deletions/x"),
@@ -249,30 +269,64 @@ async fn segments(x: &mut Ex) {
         &p,
         vec![
             ("unknown_field", json!({"name": "a", "color": "red"})),
-            ("segmentId_differs", json!({"name": "a", "segmentId": "other"})),
+            (
+                "segmentId_differs",
+                json!({"name": "a", "segmentId": "other"}),
+            ),
             ("name.missing", json!({"description": "d"})),
             ("name.null", json!({"name": null})),
             ("name.empty", json!({"name": "  "})),
             ("name.too_long", json!({"name": long})),
             ("name.wrong_type", json!({"name": 5})),
-            ("description.too_long", json!({"name": "a", "description": "d".repeat(1001)})),
-            ("description.wrong_type", json!({"name": "a", "description": 5})),
-            ("controls.not_array", json!({"name": "a", "dataExportControls": "NO_PII_COMBINATION"})),
-            ("controls.unknown", json!({"name": "a", "dataExportControls": ["NO_PII_COMBINATION", "NOPE"]})),
-            ("controls.wrong_type", json!({"name": "a", "dataExportControls": [5]})),
+            (
+                "description.too_long",
+                json!({"name": "a", "description": "d".repeat(1001)}),
+            ),
+            (
+                "description.wrong_type",
+                json!({"name": "a", "description": 5}),
+            ),
+            (
+                "controls.not_array",
+                json!({"name": "a", "dataExportControls": "NO_PII_COMBINATION"}),
+            ),
+            (
+                "controls.unknown",
+                json!({"name": "a", "dataExportControls": ["NO_PII_COMBINATION", "NOPE"]}),
+            ),
+            (
+                "controls.wrong_type",
+                json!({"name": "a", "dataExportControls": [5]}),
+            ),
         ],
     )
     .await;
     let unknown = x.segment(None).await;
     let cases = vec![
-        ("get_segment.not_found", x.req("GET", &format!("/segments/{unknown}"))),
-        ("list_segments.limit_zero", x.req("GET", "/segments").with_query("limit=0")),
-        ("list_segments.limit_101", x.req("GET", "/segments").with_query("limit=101")),
-        ("list_segments.limit_text", x.req("GET", "/segments").with_query("limit=abc")),
-        ("delete_segment.not_found", x.req("DELETE", &format!("/segments/{unknown}"))),
+        (
+            "get_segment.not_found",
+            x.req("GET", &format!("/segments/{unknown}")),
+        ),
+        (
+            "list_segments.limit_zero",
+            x.req("GET", "/segments").with_query("limit=0"),
+        ),
+        (
+            "list_segments.limit_101",
+            x.req("GET", "/segments").with_query("limit=101"),
+        ),
+        (
+            "list_segments.limit_text",
+            x.req("GET", "/segments").with_query("limit=abc"),
+        ),
+        (
+            "delete_segment.not_found",
+            x.req("DELETE", &format!("/segments/{unknown}")),
+        ),
         (
             "delete_segment.purge_not_bool",
-            x.req("DELETE", &format!("/segments/{unknown}")).with_query("purgeLedger=yes"),
+            x.req("DELETE", &format!("/segments/{unknown}"))
+                .with_query("purgeLedger=yes"),
         ),
     ];
     for (name, req) in cases {
@@ -313,7 +367,9 @@ async fn destinations(x: &mut Ex) {
     };
     let m = |v: Value| d(json!({"mappings": [v]}));
     let n = Value::Null;
-    let fifty: Vec<Value> = (0..50).map(|i| json!({"segmentId": format!("s{i}")})).collect();
+    let fifty: Vec<Value> = (0..50)
+        .map(|i| json!({"segmentId": format!("s{i}")}))
+        .collect();
     let adopt6: Vec<Value> = six
         .iter()
         .enumerate()
@@ -379,14 +435,30 @@ async fn destinations(x: &mut Ex) {
     .await;
     let unknown_d = "0123456789abcdef0123456789abcdef";
     let cases = vec![
-        ("list_destinations.limit_zero", x.req("GET", "/destinations").with_query("limit=0")),
-        ("list_destinations.limit_text", x.req("GET", "/destinations").with_query("limit=x")),
-        ("get_destination.not_found", x.req("GET", &format!("/destinations/{unknown_d}"))),
-        ("patch_destination.not_found", x.with("PATCH", &format!("/destinations/{unknown_d}"), &json!({}))),
-        ("delete_destination.not_found", x.req("DELETE", &format!("/destinations/{unknown_d}"))),
+        (
+            "list_destinations.limit_zero",
+            x.req("GET", "/destinations").with_query("limit=0"),
+        ),
+        (
+            "list_destinations.limit_text",
+            x.req("GET", "/destinations").with_query("limit=x"),
+        ),
+        (
+            "get_destination.not_found",
+            x.req("GET", &format!("/destinations/{unknown_d}")),
+        ),
+        (
+            "patch_destination.not_found",
+            x.with("PATCH", &format!("/destinations/{unknown_d}"), &json!({})),
+        ),
+        (
+            "delete_destination.not_found",
+            x.req("DELETE", &format!("/destinations/{unknown_d}")),
+        ),
         (
             "delete_destination.purge_not_bool",
-            x.req("DELETE", &format!("/destinations/{unknown_d}")).with_query("purge=1"),
+            x.req("DELETE", &format!("/destinations/{unknown_d}"))
+                .with_query("purge=1"),
         ),
     ];
     for (name, req) in cases {
@@ -394,7 +466,8 @@ async fn destinations(x: &mut Ex) {
     }
     let dest = x.destination(&[&free], json!(["PII_COMBINATION"])).await;
     let p = format!("/destinations/{dest}");
-    x.body_checks("patch_destination", "PATCH", &p, 256 * 1024).await;
+    x.body_checks("patch_destination", "PATCH", &p, 256 * 1024)
+        .await;
     x.bodies(
         "patch_destination",
         "PATCH",
@@ -411,7 +484,10 @@ async fn destinations(x: &mut Ex) {
             ("ttlSeconds.too_large", json!({"ttlSeconds": 34_300_801})),
             ("ttlSeconds.text", json!({"ttlSeconds": "1"})),
             ("dataSourceCountry.empty", json!({"dataSourceCountry": []})),
-            ("dataSourceCountry.bad", json!({"dataSourceCountry": ["U1"]})),
+            (
+                "dataSourceCountry.bad",
+                json!({"dataSourceCountry": ["U1"]}),
+            ),
         ],
     )
     .await;
@@ -429,37 +505,76 @@ async fn mappings_and_fees(x: &mut Ex) {
     let cases = vec![
         (
             "add_mappings.destination_not_found",
-            x.with("POST", &format!("/destinations/{unknown_d}/mappings"), &json!({"segmentId": a})),
+            x.with(
+                "POST",
+                &format!("/destinations/{unknown_d}/mappings"),
+                &json!({"segmentId": a}),
+            ),
         ),
-        ("add_mappings.mappings_and_other_field", x.with("POST", &mp, &json!({"mappings": [], "segmentId": a}))),
-        ("add_mappings.mappings_empty", x.with("POST", &mp, &json!({"mappings": []}))),
-        ("add_mappings.mappings_not_array", x.with("POST", &mp, &json!({"mappings": {}}))),
-        ("add_mappings.segmentId_missing", x.with("POST", &mp, &json!({}))),
-        ("add_mappings.segmentId_invalid", x.with("POST", &mp, &json!({"segmentId": ""}))),
-        ("add_mappings.unknown_field", x.with("POST", &mp, &json!({"segmentId": a, "ttl": 1}))),
-        ("add_mappings.segment_unknown", x.with("POST", &mp, &json!({"segmentId": unknown}))),
+        (
+            "add_mappings.mappings_and_other_field",
+            x.with("POST", &mp, &json!({"mappings": [], "segmentId": a})),
+        ),
+        (
+            "add_mappings.mappings_empty",
+            x.with("POST", &mp, &json!({"mappings": []})),
+        ),
+        (
+            "add_mappings.mappings_not_array",
+            x.with("POST", &mp, &json!({"mappings": {}})),
+        ),
+        (
+            "add_mappings.segmentId_missing",
+            x.with("POST", &mp, &json!({})),
+        ),
+        (
+            "add_mappings.segmentId_invalid",
+            x.with("POST", &mp, &json!({"segmentId": ""})),
+        ),
+        (
+            "add_mappings.unknown_field",
+            x.with("POST", &mp, &json!({"segmentId": a, "ttl": 1})),
+        ),
+        (
+            "add_mappings.segment_unknown",
+            x.with("POST", &mp, &json!({"segmentId": unknown})),
+        ),
         (
             "add_mappings.list_segment_unknown",
             x.with("POST", &mp, &json!({"mappings": [{"segmentId": unknown}]})),
         ),
-        ("add_mappings.already_mapped", x.with("POST", &mp, &json!({"segmentId": a}))),
+        (
+            "add_mappings.already_mapped",
+            x.with("POST", &mp, &json!({"segmentId": a})),
+        ),
         (
             "add_mappings.list_already_mapped",
             x.with("POST", &mp, &json!({"mappings": [{"segmentId": a}]})),
         ),
-        ("add_mappings.export_control_conflict", x.with("POST", &mp, &json!({"segmentId": no_pii}))),
+        (
+            "add_mappings.export_control_conflict",
+            x.with("POST", &mp, &json!({"segmentId": no_pii})),
+        ),
         (
             "add_mappings.fee_currency_other",
-            x.with("POST", &mp, &json!({"segmentId": a, "audienceFees": [{"cpmCents": 1, "currency": "JPY"}]})),
+            x.with(
+                "POST",
+                &mp,
+                &json!({"segmentId": a, "audienceFees": [{"cpmCents": 1, "currency": "JPY"}]}),
+            ),
         ),
         (
             "remove_mapping.destination_not_found",
             x.req("DELETE", &format!("/destinations/{unknown_d}/mappings/{a}")),
         ),
-        ("remove_mapping.not_mapped", x.req("DELETE", &format!("{mp}/{unknown}"))),
+        (
+            "remove_mapping.not_mapped",
+            x.req("DELETE", &format!("{mp}/{unknown}")),
+        ),
         (
             "remove_mapping.purge_not_bool",
-            x.req("DELETE", &format!("{mp}/{a}")).with_query("purge=yes"),
+            x.req("DELETE", &format!("{mp}/{a}"))
+                .with_query("purge=yes"),
         ),
     ];
     for (name, req) in cases {
@@ -470,18 +585,41 @@ async fn mappings_and_fees(x: &mut Ex) {
     x.body_checks("put_fees", "PUT", &fees(&dest, &a), 256 * 1024)
         .await;
     let cases = vec![
-        ("put_fees.destination_not_found", x.with("PUT", &fees(unknown_d, &a), &usd)),
-        ("put_fees.mapping_not_found", x.with("PUT", &fees(&dest, &unknown), &usd)),
-        ("put_fees.unknown_field", x.with("PUT", &fees(&dest, &a), &json!({"fees": []}))),
-        ("put_fees.missing", x.with("PUT", &fees(&dest, &a), &json!({}))),
-        ("put_fees.not_array", x.with("PUT", &fees(&dest, &a), &json!({"audienceFees": {}}))),
+        (
+            "put_fees.destination_not_found",
+            x.with("PUT", &fees(unknown_d, &a), &usd),
+        ),
+        (
+            "put_fees.mapping_not_found",
+            x.with("PUT", &fees(&dest, &unknown), &usd),
+        ),
+        (
+            "put_fees.unknown_field",
+            x.with("PUT", &fees(&dest, &a), &json!({"fees": []})),
+        ),
+        (
+            "put_fees.missing",
+            x.with("PUT", &fees(&dest, &a), &json!({})),
+        ),
+        (
+            "put_fees.not_array",
+            x.with("PUT", &fees(&dest, &a), &json!({"audienceFees": {}})),
+        ),
         (
             "put_fees.currency_other",
-            x.with("PUT", &fees(&dest, &a), &json!({"audienceFees": [{"cpmCents": 1, "currency": "GBP"}]})),
+            x.with(
+                "PUT",
+                &fees(&dest, &a),
+                &json!({"audienceFees": [{"cpmCents": 1, "currency": "GBP"}]}),
+            ),
         ),
         (
             "put_fees.cpm_fraction",
-            x.with("PUT", &fees(&dest, &a), &json!({"audienceFees": [{"cpmCents": 1.5, "currency": "USD"}]})),
+            x.with(
+                "PUT",
+                &fees(&dest, &a),
+                &json!({"audienceFees": [{"cpmCents": 1.5, "currency": "USD"}]}),
+            ),
         ),
     ];
     for (name, req) in cases {
@@ -504,13 +642,24 @@ async fn mappings_and_fees(x: &mut Ex) {
     let cases = vec![
         (
             "deleting.patch",
-            x.with("PATCH", &format!("/destinations/{deleting}"), &json!({"description": "d"})),
+            x.with(
+                "PATCH",
+                &format!("/destinations/{deleting}"),
+                &json!({"description": "d"}),
+            ),
         ),
         (
             "deleting.add_mappings",
-            x.with("POST", &format!("/destinations/{deleting}/mappings"), &json!({"segmentId": a})),
+            x.with(
+                "POST",
+                &format!("/destinations/{deleting}/mappings"),
+                &json!({"segmentId": a}),
+            ),
         ),
-        ("deleting.put_fees", x.with("PUT", &fees(&deleting, &c), &usd)),
+        (
+            "deleting.put_fees",
+            x.with("PUT", &fees(&deleting, &c), &usd),
+        ),
     ];
     for (name, req) in cases {
         x.case(name, req).await;
@@ -558,7 +707,10 @@ async fn qualifications(x: &mut Ex) {
         ("item.deviceId_empty", q(json!({"deviceId": ""}))),
         ("item.deviceId_slash", q(json!({"deviceId": "a/b"}))),
         ("item.deviceId_space", q(json!({"deviceId": "a b"}))),
-        ("item.deviceId_too_long", q(json!({"deviceId": "d".repeat(257)}))),
+        (
+            "item.deviceId_too_long",
+            q(json!({"deviceId": "d".repeat(257)})),
+        ),
         ("item.idType_unknown", q(json!({"idType": "EMAIL"}))),
         ("item.status_unknown", q(json!({"status": "maybe"}))),
         ("item.timestamp_missing", q(json!({"timestamp": n}))),
@@ -566,13 +718,28 @@ async fn qualifications(x: &mut Ex) {
         ("item.timestamp_negative", q(json!({"timestamp": -1}))),
         ("item.timestamp_fraction", q(json!({"timestamp": 1.5}))),
         ("item.timestamp_bool", q(json!({"timestamp": true}))),
-        ("item.timestamp_future", q(json!({"timestamp": now + 3_600_000}))),
+        (
+            "item.timestamp_future",
+            q(json!({"timestamp": now + 3_600_000})),
+        ),
         ("item.consent_not_object", q(json!({"consent": "x"}))),
-        ("item.consent_type_unknown", q(json!({"consent": {"consentType": "X"}}))),
-        ("item.consent_type_missing", q(json!({"consent": {"tcf": "x"}}))),
-        ("item.consent_tcf_without_string", q(json!({"consent": {"consentType": "TCF"}}))),
-        ("item.consent_amazon_incomplete", q(json!({"consent": {"consentType": "Amazon",
-            "amazonConsent": {"amazonAdStorage": "GRANTED"}}}))),
+        (
+            "item.consent_type_unknown",
+            q(json!({"consent": {"consentType": "X"}})),
+        ),
+        (
+            "item.consent_type_missing",
+            q(json!({"consent": {"tcf": "x"}})),
+        ),
+        (
+            "item.consent_tcf_without_string",
+            q(json!({"consent": {"consentType": "TCF"}})),
+        ),
+        (
+            "item.consent_amazon_incomplete",
+            q(json!({"consent": {"consentType": "Amazon",
+            "amazonConsent": {"amazonAdStorage": "GRANTED"}}})),
+        ),
     ];
     let cases: Vec<(&str, Value)> = items
         .into_iter()
@@ -595,12 +762,27 @@ async fn privacy_and_identities(x: &mut Ex) {
             ("devices.not_array", json!({"devices": "x"})),
             ("devices.empty", json!({"devices": []})),
             ("devices.too_many", json!({"devices": many})),
-            ("devices.idType_missing", json!({"devices": [{"deviceId": "a"}]})),
-            ("devices.idType_unknown", json!({"devices": [{"idType": "IP", "deviceId": "a"}]})),
-            ("devices.deviceId_missing", json!({"devices": [cookie("a"), {"idType": "MAID"}]})),
+            (
+                "devices.idType_missing",
+                json!({"devices": [{"deviceId": "a"}]}),
+            ),
+            (
+                "devices.idType_unknown",
+                json!({"devices": [{"idType": "IP", "deviceId": "a"}]}),
+            ),
+            (
+                "devices.deviceId_missing",
+                json!({"devices": [cookie("a"), {"idType": "MAID"}]}),
+            ),
             ("devices.deviceId_empty", json!({"devices": [cookie("")]})),
-            ("devices.deviceId_space", json!({"devices": [cookie("a b")]})),
-            ("devices.deviceId_too_long", json!({"devices": [cookie(&"d".repeat(257))]})),
+            (
+                "devices.deviceId_space",
+                json!({"devices": [cookie("a b")]}),
+            ),
+            (
+                "devices.deviceId_too_long",
+                json!({"devices": [cookie(&"d".repeat(257))]}),
+            ),
         ],
     )
     .await;
@@ -616,9 +798,18 @@ async fn privacy_and_identities(x: &mut Ex) {
     let reauth = x.account_in(AccountStatus::ReauthorizationRequired).await;
     let cases = vec![
         ("identities.list.missing", x.with("POST", &ip, &json!({}))),
-        ("identities.list.not_array", x.with("POST", &ip, &json!({"identities": 5}))),
-        ("identities.list.empty", x.with("POST", &ip, &json!({"identities": []}))),
-        ("identities.list.too_many", x.with("POST", &ip, &json!({"identities": many}))),
+        (
+            "identities.list.not_array",
+            x.with("POST", &ip, &json!({"identities": 5})),
+        ),
+        (
+            "identities.list.empty",
+            x.with("POST", &ip, &json!({"identities": []})),
+        ),
+        (
+            "identities.list.too_many",
+            x.with("POST", &ip, &json!({"identities": many})),
+        ),
         (
             "identities.account_unknown",
             x.with("POST", "/accounts/900000000000005/identities", &one),
@@ -627,7 +818,10 @@ async fn privacy_and_identities(x: &mut Ex) {
             "identities.account_reauthorization_required",
             x.with("POST", &format!("/accounts/{reauth}/identities"), &one),
         ),
-        ("identities.account_not_digits", x.with("POST", "/accounts/abc/identities", &one)),
+        (
+            "identities.account_not_digits",
+            x.with("POST", "/accounts/abc/identities", &one),
+        ),
     ];
     for (name, req) in cases {
         x.case(name, req).await;
@@ -635,12 +829,27 @@ async fn privacy_and_identities(x: &mut Ex) {
     let items = vec![
         ("item.not_object", json!(5)),
         ("item.empty_object", json!({})),
-        ("item.externalUserId_invalid", json!({"externalUserId": "bad id!", "email": "a@example.com"})),
-        ("item.externalUserId_wrong_type", json!({"externalUserId": 5, "email": "a@example.com"})),
-        ("item.unknown_field", json!({"externalUserId": "u1", "ssn": "1", "email": "a@example.com"})),
-        ("item.email_wrong_type", json!({"externalUserId": "u1", "email": 5})),
+        (
+            "item.externalUserId_invalid",
+            json!({"externalUserId": "bad id!", "email": "a@example.com"}),
+        ),
+        (
+            "item.externalUserId_wrong_type",
+            json!({"externalUserId": 5, "email": "a@example.com"}),
+        ),
+        (
+            "item.unknown_field",
+            json!({"externalUserId": "u1", "ssn": "1", "email": "a@example.com"}),
+        ),
+        (
+            "item.email_wrong_type",
+            json!({"externalUserId": "u1", "email": 5}),
+        ),
         ("item.no_fields", json!({"externalUserId": "u1"})),
-        ("item.fields_normalise_to_nothing", json!({"externalUserId": "u1", "email": "  ", "phone": "--"})),
+        (
+            "item.fields_normalise_to_nothing",
+            json!({"externalUserId": "u1", "email": "  ", "phone": "--"}),
+        ),
     ];
     let cases: Vec<(&str, Value)> = items
         .into_iter()

@@ -100,12 +100,17 @@ pub fn bearer(req: HttpRequest, key: &str) -> HttpRequest {
 
 /// `req` with a content type and a body.
 pub fn body(req: HttpRequest, content_type: &str, body: impl Into<Vec<u8>>) -> HttpRequest {
-    req.with_header("content-type", content_type).with_body(body)
+    req.with_header("content-type", content_type)
+        .with_body(body)
 }
 
 /// `req` with a JSON body.
 pub fn json_body(req: HttpRequest, v: &Value) -> HttpRequest {
-    body(req, "application/json", serde_json::to_vec(v).expect("JSON"))
+    body(
+        req,
+        "application/json",
+        serde_json::to_vec(v).expect("JSON"),
+    )
 }
 
 /// Sends `req` through the runtime's entry point as Lambda would (payload 2.0, base64 body) and
@@ -368,7 +373,10 @@ fn compare(stored: &[Value], current: &[Value]) -> String {
     }
     for s in stored {
         if !current.iter().any(|c| name(c) == name(s)) {
-            out += &format!("\n--- case {} is gone (it is in the golden file)\n", name(s));
+            out += &format!(
+                "\n--- case {} is gone (it is in the golden file)\n",
+                name(s)
+            );
         }
     }
     out

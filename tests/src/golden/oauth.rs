@@ -76,7 +76,10 @@ impl Rig {
             .map(|(_, v)| v.into_owned())
             .expect("a state");
         self.n += 1;
-        self.g.redact(cid.clone(), &format!("{{connection{}}}", self.n));
+        self.g
+            .redact(cid.clone(), &format!("{{connection{}}}", self.n));
+        self.g
+            .redact(state.clone(), &format!("{{state{}}}", self.n));
         (cid, state)
     }
 
@@ -164,11 +167,17 @@ async fn auth_and_routing(r: &mut Rig) {
         get("/accounts").with_header("authorization", &r.keys.admin.clone()),
     )
     .await;
-    let conn = json_body(HttpRequest::new("POST", "/connections"), &json!({"region": "NA"}));
+    let conn = json_body(
+        HttpRequest::new("POST", "/connections"),
+        &json!({"region": "NA"}),
+    );
     let reader = r.keys.reader.clone();
     let restricted = r.keys.restricted.clone();
-    r.case("scope.reader_post_connections", bearer(conn.clone(), &reader))
-        .await;
+    r.case(
+        "scope.reader_post_connections",
+        bearer(conn.clone(), &reader),
+    )
+    .await;
     r.case(
         "scope.restricted_post_connections",
         bearer(conn, &restricted),
@@ -176,7 +185,10 @@ async fn auth_and_routing(r: &mut Rig) {
     .await;
     r.case(
         "scope.restricted_other_account",
-        bearer(HttpRequest::new("DELETE", "/accounts/123456789"), &restricted),
+        bearer(
+            HttpRequest::new("DELETE", "/accounts/123456789"),
+            &restricted,
+        ),
     )
     .await;
     r.case(
@@ -193,8 +205,14 @@ async fn auth_and_routing(r: &mut Rig) {
     let wrong = [
         ("route.not_found", admin("GET", "/nope")),
         ("route.not_found_deep", admin("GET", "/a/b/c/d")),
-        ("method.head_callback", HttpRequest::new("HEAD", "/oauth/callback")),
-        ("method.post_callback", HttpRequest::new("POST", "/oauth/callback")),
+        (
+            "method.head_callback",
+            HttpRequest::new("HEAD", "/oauth/callback"),
+        ),
+        (
+            "method.post_callback",
+            HttpRequest::new("POST", "/oauth/callback"),
+        ),
         ("method.get_confirm", get("/oauth/confirm")),
         ("method.get_connections", admin("GET", "/connections")),
         ("method.put_accounts", admin("PUT", "/accounts")),
@@ -223,10 +241,19 @@ async fn connections(r: &mut Rig) {
             raw("application/json", &vec![b' '; 4097]),
         ),
         ("connections.empty_body", raw("application/json", b"")),
-        ("connections.malformed", raw("application/json", b"{\"region\":")),
-        ("connections.not_utf8", raw("application/json", b"{\"region\":\"\xff\"}")),
+        (
+            "connections.malformed",
+            raw("application/json", b"{\"region\":"),
+        ),
+        (
+            "connections.not_utf8",
+            raw("application/json", b"{\"region\":\"\xff\"}"),
+        ),
         ("connections.array_body", raw("application/json", b"[]")),
-        ("connections.string_body", raw("application/json", b"\"NA\"")),
+        (
+            "connections.string_body",
+            raw("application/json", b"\"NA\""),
+        ),
         ("connections.region_missing", raw("application/json", b"{}")),
         (
             "connections.region_missing_plus_json",
@@ -377,8 +404,11 @@ async fn confirm(r: &mut Rig) {
     )
     .await;
     r.case("confirm.empty_form", form(&[])).await;
-    r.case("confirm.csrf_empty", form(&[("csrf", ""), ("advertiserId", "1")]))
-        .await;
+    r.case(
+        "confirm.csrf_empty",
+        form(&[("csrf", ""), ("advertiserId", "1")]),
+    )
+    .await;
     r.case("confirm.advertiser_missing", form(&[("csrf", "x")]))
         .await;
     r.case(
