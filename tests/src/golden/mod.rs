@@ -190,7 +190,7 @@ impl Golden {
         let value = value.into();
         if !value.is_empty() {
             self.subst.push((value, placeholder.to_string()));
-            self.subst.sort_by(|a, b| b.0.len().cmp(&a.0.len()));
+            self.subst.sort_by_key(|s| std::cmp::Reverse(s.0.len()));
         }
     }
 
@@ -402,12 +402,12 @@ fn line_diff(a: &str, b: &str) -> String {
             ops.push((' ', a[i]));
             i += 1;
             j += 1;
-        } else if j < b.len() && (i == a.len() || lcs[i][j + 1] >= lcs[i + 1][j]) {
-            ops.push(('+', b[j]));
-            j += 1;
-        } else {
+        } else if i < a.len() && (j == b.len() || lcs[i + 1][j] >= lcs[i][j + 1]) {
             ops.push(('-', a[i]));
             i += 1;
+        } else {
+            ops.push(('+', b[j]));
+            j += 1;
         }
     }
     let near = |k: usize| {
