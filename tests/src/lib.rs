@@ -1,6 +1,7 @@
 pub mod conversions;
 pub mod demo;
 pub mod export_rig;
+pub mod golden;
 pub mod openapi;
 pub mod privacy;
 pub mod sandbox;
