@@ -26,6 +26,7 @@ pub mod audience_view;
 pub mod destinations;
 pub mod erasure;
 pub mod erasure_progress;
+pub mod errors;
 pub mod identities;
 pub mod identities_redrive;
 pub mod lifecycle;
