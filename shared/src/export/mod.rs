@@ -290,9 +290,9 @@ pub async fn route_authorized(
     let segs = route_segments(&req.path);
     let r = match_route(&req.method, &segs);
     if let Route::PatchDestination(id) | Route::AddMappings(id) | Route::PutFees(id, _) = r
-        && let Some(refused) = lifecycle::refuse_if_deleting(ctx, id).await
+        && let Err(refused) = lifecycle::refuse_if_deleting(ctx, id).await
     {
-        return refused;
+        return refused.into_response();
     }
     match r {
         Route::PutSegment(id) => destinations::put_segment(ctx, id, req).await,

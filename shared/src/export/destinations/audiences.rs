@@ -1,16 +1,17 @@
 //! Audience creation: the queue of pending audiences, created one paced call at a time.
 
-use super::pacing::METADATA_SPACING_MS;
-use super::pacing::pace_by;
-use super::pacing::paced_call_done;
+use super::pacing::{METADATA_SPACING_MS, pace_by, paced_call_done};
 use super::requests::MAX_AUDIENCE_DESCRIPTION;
 use crate::amazon::{AmazonError, NewAudience};
 use crate::export::ExportCtx;
+use crate::export::errors::active_account;
 use crate::export::members;
 use crate::runtime::Invocation;
 use crate::store::StoreError;
-use crate::store::accounts::require_active;
-use crate::store::destinations::{MappingStatus, PendingAudience, Segment};
+use crate::store::accounts::IntegratedAccount;
+use crate::store::destinations::{
+    Destination, MappingStatus, PendingAudience, Segment, SegmentMapping,
+};
 use std::time::Duration;
 
 /// How long one invocation holds a mapping while it creates the audience.
@@ -104,34 +105,8 @@ pub(super) async fn create_one(
 ) -> Result<Outcome, StoreError> {
     let store = &ctx.destinations;
     let (dst, seg_id) = (p.destination_id.as_str(), p.segment_id.as_str());
-    let Some(current) = store.get_mapping(dst, seg_id).await? else {
-        store.dequeue_audience(p).await?;
+    if !still_to_create(ctx, p).await? {
         return Ok(Outcome::Skipped);
-    };
-    match current.status {
-        MappingStatus::Pending if current.audience_id.is_none() => {}
-        MappingStatus::Pending | MappingStatus::Active if current.audience_id.is_some() => {
-            // A previous run created the audience but stopped before queueing the backfill.
-            // Only then: a stale entry met after another caller (a creating request) created the
-            // audience and already ran its backfill must not start that backfill over.
-            if current.status == MappingStatus::Active
-                && ctx
-                    .jobs
-                    .get_job(dst, seg_id)
-                    .await?
-                    .is_none_or(|j| Some(j.audience_id) != current.audience_id)
-            {
-                members::start_backfill(ctx, &current).await?;
-            }
-            store.dequeue_audience(p).await?;
-            return Ok(Outcome::Skipped);
-        }
-        _ => {
-            // Blocked, failed or removed since it was queued: nothing to create now (unblocking
-            // or mapping again queues it anew).
-            store.dequeue_audience(p).await?;
-            return Ok(Outcome::Skipped);
-        }
     }
     let Some(d) = store.get_destination(dst).await? else {
         store.dequeue_audience(p).await?;
@@ -140,15 +115,11 @@ pub(super) async fn create_one(
     // No call for an account that cannot be used: say why on the mapping and keep it queued
     // (relinking the account lets the next run create the audience).
     let found = ctx.accounts.get_account(&d.account_id).await?;
-    let account = match require_active(&d.account_id, found) {
+    let account = match active_account(&d.account_id, found) {
         Ok(a) => a,
-        Err(r) => {
-            let msg = r.json_body()["error"]["message"]
-                .as_str()
-                .unwrap_or("the account is not active")
-                .to_string();
+        Err(e) => {
             store
-                .fail_creation(dst, seg_id, &msg, false, CREATION_RETRY_MS * 5)
+                .fail_creation(dst, seg_id, &e.message, false, CREATION_RETRY_MS * 5)
                 .await?;
             return Ok(Outcome::RetryLater);
         }
@@ -157,24 +128,7 @@ pub(super) async fn create_one(
         // Another invocation holds it, or it waits for its retry time.
         return Ok(Outcome::Skipped);
     };
-    let seg = store.get_segment(seg_id).await?;
-    let description = match &seg {
-        Some(s) => audience_description(s),
-        None => format!("adsync segment {seg_id}"),
-    };
-    let new = NewAudience {
-        name: m.audience_name.clone(),
-        description,
-        advertiser_id: account.advertiser_id,
-        external_audience_id: m.external_audience_id.clone(),
-        ttl: d.ttl_seconds,
-        data_source_country: d.data_source_country.clone(),
-        audience_fees: if m.audience_fees.is_empty() {
-            None
-        } else {
-            Some(m.audience_fees.clone())
-        },
-    };
+    let new = new_audience(ctx, &d, &account, &m).await?;
     if !pace_by(ctx, &account, slot_by).await? {
         store.release_creation(dst, seg_id).await?;
         return Ok(Outcome::NoSlot);
@@ -194,42 +148,105 @@ pub(super) async fn create_one(
             store.dequeue_audience(p).await?;
             Ok(Outcome::Created)
         }
-        Err(e) => {
-            let message = e.user_message();
-            tracing::warn!(destination = %dst, segment = %seg_id, error = %e, "audience creation failed");
-            match &e {
-                AmazonError::ReauthorizationRequired => {
-                    ctx.accounts
-                        .mark_reauthorization_required(&account.token_secret)
-                        .await?;
-                    store
-                        .fail_creation(dst, seg_id, &message, false, CREATION_RETRY_MS * 5)
-                        .await?;
-                    Ok(Outcome::RetryLater)
-                }
-                AmazonError::AccountNotFound { .. }
-                | AmazonError::Rejected { .. }
-                | AmazonError::PayloadTooLarge { .. } => {
-                    store.fail_creation(dst, seg_id, &message, true, 0).await?;
-                    store.dequeue_audience(p).await?;
-                    Ok(Outcome::Failed)
-                }
-                AmazonError::Throttled { retry_after, .. } => {
-                    let wait = retry_after
-                        .map(|d| d.as_millis() as i64)
-                        .unwrap_or(CREATION_RETRY_MS);
-                    store
-                        .fail_creation(dst, seg_id, &message, false, wait)
-                        .await?;
-                    Ok(Outcome::RetryLater)
-                }
-                _ => {
-                    store
-                        .fail_creation(dst, seg_id, &message, false, CREATION_RETRY_MS)
-                        .await?;
-                    Ok(Outcome::RetryLater)
-                }
+        Err(e) => creation_failed(ctx, p, &account, &e).await,
+    }
+}
+
+/// Whether the queued entry still needs an audience; when not, the entry is dropped (and a
+/// backfill a previous run missed is queued).
+async fn still_to_create(ctx: &ExportCtx, p: &PendingAudience) -> Result<bool, StoreError> {
+    let store = &ctx.destinations;
+    let (dst, seg_id) = (p.destination_id.as_str(), p.segment_id.as_str());
+    let Some(current) = store.get_mapping(dst, seg_id).await? else {
+        store.dequeue_audience(p).await?;
+        return Ok(false);
+    };
+    match current.status {
+        MappingStatus::Pending if current.audience_id.is_none() => return Ok(true),
+        MappingStatus::Pending | MappingStatus::Active if current.audience_id.is_some() => {
+            // A previous run created the audience but stopped before queueing the backfill.
+            // Only then: a stale entry met after another caller (a creating request) created the
+            // audience and already ran its backfill must not start that backfill over.
+            if current.status == MappingStatus::Active
+                && ctx
+                    .jobs
+                    .get_job(dst, seg_id)
+                    .await?
+                    .is_none_or(|j| Some(j.audience_id) != current.audience_id)
+            {
+                members::start_backfill(ctx, &current).await?;
             }
         }
+        _ => {
+            // Blocked, failed or removed since it was queued: nothing to create now (unblocking
+            // or mapping again queues it anew).
+        }
     }
+    store.dequeue_audience(p).await?;
+    Ok(false)
+}
+
+/// The audience to create for the claimed mapping `m` of destination `d`.
+async fn new_audience(
+    ctx: &ExportCtx,
+    d: &Destination,
+    account: &IntegratedAccount,
+    m: &SegmentMapping,
+) -> Result<NewAudience, StoreError> {
+    let seg_id = m.segment_id.as_str();
+    let seg = ctx.destinations.get_segment(seg_id).await?;
+    let description = match &seg {
+        Some(s) => audience_description(s),
+        None => format!("adsync segment {seg_id}"),
+    };
+    Ok(NewAudience {
+        name: m.audience_name.clone(),
+        description,
+        advertiser_id: account.advertiser_id,
+        external_audience_id: m.external_audience_id.clone(),
+        ttl: d.ttl_seconds,
+        data_source_country: d.data_source_country.clone(),
+        audience_fees: if m.audience_fees.is_empty() {
+            None
+        } else {
+            Some(m.audience_fees.clone())
+        },
+    })
+}
+
+/// Records a failed creation on the mapping: Amazon refusing moves it to `failed` (entry
+/// dropped); a revoked login marks the account; the rest waits for a later try.
+async fn creation_failed(
+    ctx: &ExportCtx,
+    p: &PendingAudience,
+    account: &IntegratedAccount,
+    e: &AmazonError,
+) -> Result<Outcome, StoreError> {
+    let store = &ctx.destinations;
+    let (dst, seg_id) = (p.destination_id.as_str(), p.segment_id.as_str());
+    let message = e.user_message();
+    tracing::warn!(destination = %dst, segment = %seg_id, error = %e, "audience creation failed");
+    let wait = match e {
+        AmazonError::ReauthorizationRequired => {
+            ctx.accounts
+                .mark_reauthorization_required(&account.token_secret)
+                .await?;
+            CREATION_RETRY_MS * 5
+        }
+        AmazonError::AccountNotFound { .. }
+        | AmazonError::Rejected { .. }
+        | AmazonError::PayloadTooLarge { .. } => {
+            store.fail_creation(dst, seg_id, &message, true, 0).await?;
+            store.dequeue_audience(p).await?;
+            return Ok(Outcome::Failed);
+        }
+        AmazonError::Throttled { retry_after, .. } => retry_after
+            .map(|d| d.as_millis() as i64)
+            .unwrap_or(CREATION_RETRY_MS),
+        _ => CREATION_RETRY_MS,
+    };
+    store
+        .fail_creation(dst, seg_id, &message, false, wait)
+        .await?;
+    Ok(Outcome::RetryLater)
 }

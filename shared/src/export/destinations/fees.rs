@@ -1,25 +1,21 @@
-//! `PUT /destinations/{id}/mappings/{segmentId}/fees`: audience fees, sent to Amazon for a mapping with an audience.
+//! `PUT /destinations/{id}/mappings/{segmentId}/fees`: audience fees, sent to Amazon at once for
+//! a mapping with an audience.
 
 use super::audiences::audience_description;
 use super::mappings::load_account;
-use super::pacing::pace_by;
-use super::pacing::paced_call_done;
-use super::requests::body_object;
-use super::requests::parse_fees;
+use super::pacing::{pace_by, paced_call_done};
+use super::requests::{body_object, parse_fees};
+use super::routes::find_destination;
 use super::views::mapping_view;
 use crate::amazon::{AmazonError, AudienceFee, AudienceUpdate};
 use crate::export::ExportCtx;
-use crate::export::errors::amazon_failure;
-use crate::export::errors::destination_not_found;
-use crate::export::errors::invalid;
-use crate::export::errors::mapping_not_found;
-use crate::export::errors::metadata_busy;
-use crate::export::errors::segment_not_found;
-use crate::export::errors::store_failure;
-use crate::http::{HttpRequest, HttpResponse};
+use crate::export::errors::{
+    amazon_failure, invalid, mapping_not_found, metadata_busy, segment_not_found, store_failure,
+};
+use crate::http::error::respond;
+use crate::http::{ApiError, ApiResult, HttpRequest, HttpResponse};
 use crate::store::accounts::IntegratedAccount;
 use crate::store::destinations::{Destination, MappingStatus, SegmentMapping};
-use serde_json::{Map, Value};
 use std::time::Duration;
 
 /// `PUT /destinations/{id}/mappings/{segmentId}/fees` `{"audienceFees":[{"cpmCents","currency"}]}`.
@@ -32,30 +28,20 @@ pub async fn put_fees(
     segment_id: &str,
     req: &HttpRequest,
 ) -> HttpResponse {
-    let obj = match body_object(req) {
-        Ok(o) => o,
-        Err(r) => return r,
-    };
-    match put_fees_inner(ctx, id, segment_id, &obj).await {
-        Ok(r) | Err(r) => r,
-    }
+    respond(put(ctx, id, segment_id, req).await)
 }
 
-pub(super) async fn put_fees_inner(
+async fn put(
     ctx: &ExportCtx,
     id: &str,
     segment_id: &str,
-    obj: &Map<String, Value>,
-) -> Result<HttpResponse, HttpResponse> {
+    req: &HttpRequest,
+) -> ApiResult<HttpResponse> {
+    let obj = body_object(req)?;
     if let Some(k) = obj.keys().find(|k| k.as_str() != "audienceFees") {
         return Err(invalid(k, format!("unknown field {k}")));
     }
-    let d = ctx
-        .destinations
-        .get_destination(id)
-        .await
-        .map_err(store_failure)?
-        .ok_or_else(|| destination_not_found(id))?;
+    let d = find_destination(ctx, id).await?;
     let m = ctx
         .destinations
         .get_mapping(id, segment_id)
@@ -63,8 +49,7 @@ pub(super) async fn put_fees_inner(
         .map_err(store_failure)?
         .ok_or_else(|| mapping_not_found(id, segment_id))?;
     if m.status == MappingStatus::Removed {
-        return Err(HttpResponse::error(
-            409,
+        return Err(ApiError::conflict(
             "mapping_removed",
             format!("segment {segment_id} was removed from destination {id}; map it again first"),
         ));
@@ -97,7 +82,7 @@ pub(super) async fn apply_fees(
     account: &IntegratedAccount,
     m: &SegmentMapping,
     fees: &[AudienceFee],
-) -> Result<SegmentMapping, HttpResponse> {
+) -> ApiResult<SegmentMapping> {
     let Some(audience_id) = m.audience_id else {
         return Err(mapping_not_found(&d.destination_id, &m.segment_id));
     };

@@ -1,27 +1,24 @@
-//! `POST /destinations/{id}/mappings` and `DELETE /destinations/{id}/mappings/{segmentId}`: new, adopted and revived mappings.
+//! `POST /destinations/{id}/mappings` and `DELETE /destinations/{id}/mappings/{segmentId}`:
+//! new, adopted and revived mappings.
 
 use super::fees::apply_fees;
 use super::inline::work_inline;
-use super::requests::MappingRequest;
-use super::requests::body_object;
-use super::requests::parse_mapping_object;
-use super::requests::parse_mapping_requests;
-use super::views::current_views;
-use super::views::mapping_view;
-use crate::amazon::AudienceFee;
+use super::requests::{MappingRequest, body_object, parse_mapping_object, parse_mapping_requests};
+use super::routes::find_destination;
+use super::views::{current_views, mapping_view};
+use crate::amazon::{Audience, AudienceFee};
 use crate::domain::audience_names::{audience_name, external_audience_id};
-use crate::domain::export_controls::{ExportControl, ExportLabel, conflicts, describe_conflicts};
+use crate::domain::export_controls::{ExportLabel, conflicts, describe_conflicts};
 use crate::export::ExportCtx;
-use crate::export::errors::destination_not_found;
-use crate::export::errors::invalid;
-use crate::export::errors::mapping_not_found;
-use crate::export::errors::segment_not_found;
-use crate::export::errors::store_failure;
+use crate::export::errors::{
+    active_account, invalid, mapping_not_found, segment_not_found, store_failure,
+};
 use crate::export::members;
-use crate::http::{HttpRequest, HttpResponse};
+use crate::http::error::respond;
+use crate::http::{ApiError, ApiResult, HttpRequest, HttpResponse};
 use crate::runtime::Invocation;
 use crate::store::StoreError;
-use crate::store::accounts::{IntegratedAccount, require_active};
+use crate::store::accounts::IntegratedAccount;
 use crate::store::destinations::{
     Destination, MappingStatus, Segment, SegmentMapping, now_rfc3339,
 };
@@ -49,39 +46,58 @@ pub(super) fn new_mapping(
     }
 }
 
-/// 409 for the first conflicting mapping: names the label and the control.
-pub(super) fn conflict_response(
-    field: &str,
-    segment_id: &str,
-    found: &[(ExportLabel, ExportControl)],
-) -> HttpResponse {
-    HttpResponse::field_error(
-        409,
+/// 409 `export_control_conflict` when the destination's labels and the segment's controls
+/// conflict: names the label and the control.
+pub(super) fn check_conflict(
+    labels: &[ExportLabel],
+    r: &MappingRequest,
+    seg: &Segment,
+) -> ApiResult<()> {
+    let found = conflicts(labels, &seg.data_export_controls);
+    if found.is_empty() {
+        return Ok(());
+    }
+    Err(ApiError::conflict(
         "export_control_conflict",
-        field,
         format!(
-            "segment {segment_id} cannot be mapped to this destination: {}",
-            describe_conflicts(found)
+            "segment {} cannot be mapped to this destination: {}",
+            seg.segment_id,
+            describe_conflicts(&found)
         ),
     )
+    .at(r.segment_field()))
 }
 
-pub(in crate::export) async fn load_account(
+/// [`check_conflict`] for every mapping, in order.
+pub(super) fn check_conflicts(
+    labels: &[ExportLabel],
+    reqs: &[MappingRequest],
+    segments: &[Segment],
+) -> ApiResult<()> {
+    for (r, seg) in reqs.iter().zip(segments) {
+        check_conflict(labels, r, seg)?;
+    }
+    Ok(())
+}
+
+/// The account `account_id`, which must be usable.
+pub(super) async fn load_account(
     ctx: &ExportCtx,
     account_id: &str,
-) -> Result<IntegratedAccount, HttpResponse> {
+) -> ApiResult<IntegratedAccount> {
     let found = ctx
         .accounts
         .get_account(account_id)
         .await
         .map_err(store_failure)?;
-    require_active(account_id, found)
+    active_account(account_id, found)
 }
 
+/// The segments of the requests, in their order (404 naming the first one missing).
 pub(super) async fn load_segments(
     ctx: &ExportCtx,
     reqs: &[MappingRequest],
-) -> Result<Vec<Segment>, HttpResponse> {
+) -> ApiResult<Vec<Segment>> {
     let found: Vec<Result<Option<Segment>, StoreError>> = futures::stream::iter(
         reqs.iter()
             .map(|r| r.segment_id.clone())
@@ -95,14 +111,7 @@ pub(super) async fn load_segments(
     for (r, f) in reqs.iter().zip(found) {
         match f.map_err(store_failure)? {
             Some(s) => out.push(s),
-            None => {
-                let field = if r.field.is_empty() {
-                    "segmentId".to_string()
-                } else {
-                    format!("{}.segmentId", r.field)
-                };
-                return Err(segment_not_found(&r.segment_id, Some(&field)));
-            }
+            None => return Err(segment_not_found(&r.segment_id, Some(&r.segment_field()))),
         }
     }
     Ok(out)
@@ -119,116 +128,31 @@ pub async fn add_mappings(
     req: &HttpRequest,
     inv: &Invocation,
 ) -> HttpResponse {
-    let obj = match body_object(req) {
-        Ok(o) => o,
-        Err(r) => return r,
-    };
-    match add_mappings_inner(ctx, id, &obj, inv).await {
-        Ok(r) | Err(r) => r,
-    }
+    respond(add(ctx, id, req, inv).await)
 }
 
-pub(super) async fn add_mappings_inner(
+async fn add(
     ctx: &ExportCtx,
     id: &str,
-    obj: &Map<String, Value>,
+    req: &HttpRequest,
     inv: &Invocation,
-) -> Result<HttpResponse, HttpResponse> {
-    let d = match ctx
-        .destinations
-        .get_destination(id)
-        .await
-        .map_err(store_failure)?
-    {
-        Some(d) => d,
-        None => return Err(destination_not_found(id)),
-    };
+) -> ApiResult<HttpResponse> {
+    let obj = body_object(req)?;
+    let d = find_destination(ctx, id).await?;
     let account = load_account(ctx, &d.account_id).await?;
-    let reqs = if let Some(list) = obj.get("mappings") {
-        if let Some(k) = obj.keys().find(|k| k.as_str() != "mappings") {
-            return Err(invalid(
-                k,
-                format!("unknown field {k} (give either mappings or one segmentId)"),
-            ));
-        }
-        parse_mapping_requests(list, "mappings", &account.currency)?
-    } else {
-        vec![parse_mapping_object(obj, "", &account.currency)?]
-    };
-    if reqs.is_empty() {
-        return Err(invalid(
-            "mappings",
-            "mappings must list at least one segment",
-        ));
-    }
+    let reqs = parse_add_body(&obj, &account.currency)?;
     let segments = load_segments(ctx, &reqs).await?;
-    let mut existing = Vec::with_capacity(reqs.len());
-    for (r, seg) in reqs.iter().zip(&segments) {
-        let sf = if r.field.is_empty() {
-            "segmentId".to_string()
-        } else {
-            format!("{}.segmentId", r.field)
-        };
-        let found = conflicts(&d.data_export_labels, &seg.data_export_controls);
-        if !found.is_empty() {
-            return Err(conflict_response(&sf, &seg.segment_id, &found));
-        }
-        let current = ctx
-            .destinations
-            .get_mapping(id, &seg.segment_id)
-            .await
-            .map_err(store_failure)?;
-        if let Some(m) = &current
-            && (r.audience_id.is_some()
-                || !matches!(m.status, MappingStatus::Removed | MappingStatus::Failed))
-        {
-            return Err(HttpResponse::field_error(
-                409,
-                "already_mapped",
-                &sf,
-                format!(
-                    "segment {} is already mapped to destination {id} (status {})",
-                    seg.segment_id,
-                    m.status.as_str()
-                ),
-            ));
-        }
-        existing.push(current);
-    }
+    let existing = current_mappings(ctx, &d, &reqs, &segments).await?;
     let now = now_rfc3339();
     let adopting = std::time::Instant::now();
     let adopted = adopt_all(ctx, &account, id, &reqs).await?;
     let spent = adopting.elapsed();
     let mut out = Vec::new();
     for (((r, seg), current), a) in reqs.iter().zip(&segments).zip(existing).zip(&adopted) {
-        let m = match current {
-            None => {
-                let m = new_mapping(id, seg, r.fees.clone().unwrap_or_default(), &now);
-                let m = a
-                    .as_ref()
-                    .map_or(m.clone(), |a| crate::export::adopt::adopted(m, a));
-                if !ctx
-                    .destinations
-                    .add_mapping(&m)
-                    .await
-                    .map_err(store_failure)?
-                {
-                    return Err(HttpResponse::error(
-                        409,
-                        "already_mapped",
-                        format!("segment {} was mapped concurrently", seg.segment_id),
-                    ));
-                }
-                if let Some(a) = a {
-                    crate::export::adopt::start(ctx, &d, &m, a)
-                        .await
-                        .map_err(store_failure)?;
-                }
-                m
-            }
+        out.push(match current {
+            None => add_one(ctx, &d, r, seg, a.as_ref(), &now).await?,
             Some(old) => revive_mapping(ctx, &d, &account, &old, r.fees.clone()).await?,
-        };
-        out.push(m);
+        });
     }
     work_inline(&crate::export::adopt::after_adoption(ctx, spent), inv, &out).await;
     let views = match current_views(ctx, &out).await {
@@ -245,6 +169,101 @@ pub(super) async fn add_mappings_inner(
     ))
 }
 
+/// The mappings of a `POST …/mappings` body: `{"mappings":[…]}` or one mapping object.
+fn parse_add_body(obj: &Map<String, Value>, currency: &str) -> ApiResult<Vec<MappingRequest>> {
+    let reqs = if let Some(list) = obj.get("mappings") {
+        if let Some(k) = obj.keys().find(|k| k.as_str() != "mappings") {
+            return Err(invalid(
+                k,
+                format!("unknown field {k} (give either mappings or one segmentId)"),
+            ));
+        }
+        parse_mapping_requests(list, "mappings", currency)?
+    } else {
+        vec![parse_mapping_object(obj, "", currency)?]
+    };
+    if reqs.is_empty() {
+        return Err(invalid(
+            "mappings",
+            "mappings must list at least one segment",
+        ));
+    }
+    Ok(reqs)
+}
+
+/// Each request's current mapping (`None` for a new one), checked in order: no export-control
+/// conflict, and not mapped already (a `removed` or `failed` mapping may be revived, unless the
+/// request adopts an audience).
+async fn current_mappings(
+    ctx: &ExportCtx,
+    d: &Destination,
+    reqs: &[MappingRequest],
+    segments: &[Segment],
+) -> ApiResult<Vec<Option<SegmentMapping>>> {
+    let id = d.destination_id.as_str();
+    let mut existing = Vec::with_capacity(reqs.len());
+    for (r, seg) in reqs.iter().zip(segments) {
+        check_conflict(&d.data_export_labels, r, seg)?;
+        let current = ctx
+            .destinations
+            .get_mapping(id, &seg.segment_id)
+            .await
+            .map_err(store_failure)?;
+        if let Some(m) = &current
+            && (r.audience_id.is_some()
+                || !matches!(m.status, MappingStatus::Removed | MappingStatus::Failed))
+        {
+            return Err(ApiError::conflict(
+                "already_mapped",
+                format!(
+                    "segment {} is already mapped to destination {id} (status {})",
+                    seg.segment_id,
+                    m.status.as_str()
+                ),
+            )
+            .at(r.segment_field()));
+        }
+        existing.push(current);
+    }
+    Ok(existing)
+}
+
+/// Stores a new mapping (`pending`, or `active` on an adopted audience, whose upkeep and backfill
+/// then start).
+async fn add_one(
+    ctx: &ExportCtx,
+    d: &Destination,
+    r: &MappingRequest,
+    seg: &Segment,
+    adopted: Option<&Audience>,
+    now: &str,
+) -> ApiResult<SegmentMapping> {
+    let m = new_mapping(
+        &d.destination_id,
+        seg,
+        r.fees.clone().unwrap_or_default(),
+        now,
+    );
+    let m = adopted.map_or(m.clone(), |a| crate::export::adopt::adopted(m, a));
+    if !ctx
+        .destinations
+        .add_mapping(&m)
+        .await
+        .map_err(store_failure)?
+    {
+        return Err(ApiError::conflict(
+            "already_mapped",
+            format!("segment {} was mapped concurrently", seg.segment_id),
+        ));
+    }
+    if let Some(a) = adopted {
+        crate::export::adopt::start(ctx, d, &m, a)
+            .await
+            .map_err(store_failure)?;
+    }
+    Ok(m)
+}
+
 /// The audiences the requests adopt, in their order (`None` for audiences to create), each read
 /// at Amazon and claimed for its mapping (`crate::export::adopt`).
 pub(super) async fn adopt_all(
@@ -252,7 +271,7 @@ pub(super) async fn adopt_all(
     account: &IntegratedAccount,
     destination_id: &str,
     reqs: &[MappingRequest],
-) -> Result<Vec<Option<crate::amazon::Audience>>, HttpResponse> {
+) -> ApiResult<Vec<Option<Audience>>> {
     let wanted = reqs.iter().filter(|r| r.audience_id.is_some()).count();
     if wanted > crate::export::adopt::MAX_ADOPTIONS_PER_REQUEST {
         return Err(invalid(
@@ -268,11 +287,7 @@ pub(super) async fn adopt_all(
     for r in reqs {
         out.push(match r.audience_id {
             Some(aid) => {
-                let dot = if r.field.is_empty() {
-                    String::new()
-                } else {
-                    format!("{}.", r.field)
-                };
+                let dot = r.dot();
                 Some(
                     crate::export::adopt::check(
                         ctx,
@@ -298,7 +313,7 @@ pub(super) async fn revive_mapping(
     account: &IntegratedAccount,
     old: &SegmentMapping,
     fees: Option<Vec<AudienceFee>>,
-) -> Result<SegmentMapping, HttpResponse> {
+) -> ApiResult<SegmentMapping> {
     let from = [MappingStatus::Removed, MappingStatus::Failed];
     if let Some(f) = &fees
         && *f != old.audience_fees
@@ -330,8 +345,7 @@ pub(super) async fn revive_mapping(
         .await
         .map_err(store_failure)?
         .ok_or_else(|| {
-            HttpResponse::error(
-                409,
+            ApiError::conflict(
                 "already_mapped",
                 format!("segment {} changed concurrently; try again", old.segment_id),
             )
@@ -348,31 +362,38 @@ pub(super) async fn revive_mapping(
 /// stops its deliveries (deltas and backfill only serve `active` mappings). The audience stays at
 /// Amazon (the Data Provider API cannot delete audiences); its members age out with its `ttl`.
 pub async fn remove_mapping(ctx: &ExportCtx, id: &str, segment_id: &str) -> HttpResponse {
+    respond(
+        remove(ctx, id, segment_id)
+            .await
+            .map(|m| HttpResponse::json(200, &mapping_view(&m, None))),
+    )
+}
+
+/// [`remove_mapping`]: the mapping as it stands once removed.
+pub(in crate::export) async fn remove(
+    ctx: &ExportCtx,
+    id: &str,
+    segment_id: &str,
+) -> ApiResult<SegmentMapping> {
     let from = [
         MappingStatus::Pending,
         MappingStatus::Active,
         MappingStatus::Blocked,
         MappingStatus::Failed,
     ];
-    match ctx.destinations.get_destination(id).await {
-        Ok(Some(_)) => {}
-        Ok(None) => return destination_not_found(id),
-        Err(e) => return store_failure(e),
-    }
-    match ctx
-        .destinations
+    find_destination(ctx, id).await?;
+    let store = &ctx.destinations;
+    let removed = store
         .set_mapping_status(id, segment_id, &from, MappingStatus::Removed, None, false)
         .await
-    {
-        Ok(Some(m)) => {
-            tracing::info!(destination = %id, segment = %segment_id, "mapping removed");
-            HttpResponse::json(200, &mapping_view(&m, None))
-        }
-        Ok(None) => match ctx.destinations.get_mapping(id, segment_id).await {
-            Ok(Some(m)) => HttpResponse::json(200, &mapping_view(&m, None)),
-            Ok(None) => mapping_not_found(id, segment_id),
-            Err(e) => store_failure(e),
-        },
-        Err(e) => store_failure(e),
+        .map_err(store_failure)?;
+    if let Some(m) = removed {
+        tracing::info!(destination = %id, segment = %segment_id, "mapping removed");
+        return Ok(m);
     }
+    store
+        .get_mapping(id, segment_id)
+        .await
+        .map_err(store_failure)?
+        .ok_or_else(|| mapping_not_found(id, segment_id))
 }

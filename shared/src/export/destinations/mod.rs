@@ -45,11 +45,10 @@ pub use requests::{DEFAULT_TTL_SECONDS, MAX_TTL_SECONDS, parse_fees, valid_segme
 pub use routes::{create_destination, get_destination, list_destinations, patch_destination};
 pub use segments::{get_segment, put_segment};
 
-pub(super) use super::errors::{
-    amazon_failure, destination_not_found, invalid, mapping_not_found, segment_not_found,
-    store_failure,
-};
+pub(super) use super::errors::invalid;
 pub(super) use audiences::audience_description;
+pub(super) use mappings::remove;
 pub(super) use pacing::{pace_by, paced_call_done};
 pub(super) use requests::parse_countries;
+pub(super) use routes::find_destination;
 pub(super) use views::mapping_view;

@@ -3,8 +3,9 @@
 use crate::amazon::AudienceFee;
 use crate::domain::export_controls::{ExportControl, ExportLabel};
 use crate::domain::segment::check_segment_id;
-use crate::export::errors::invalid;
-use crate::http::{HttpRequest, HttpResponse, parse_json_body};
+use crate::export::errors::{from_answer, invalid, not_an_object};
+use crate::http::{ApiResult, HttpRequest, parse_json_body};
+use crate::store::destinations::{Destination, DestinationStore};
 use serde_json::{Map, Value};
 
 /// Largest request body the metadata routes accept.
@@ -21,14 +22,11 @@ pub(super) const MAX_AUDIENCE_DESCRIPTION: usize = 1000;
 
 pub(super) const MAX_NAME_CHARS: usize = 255;
 
-pub(super) fn body_object(req: &HttpRequest) -> Result<Map<String, Value>, HttpResponse> {
-    match parse_json_body::<Value>(req, MAX_BODY_BYTES)? {
+/// The body as a JSON object (415, 413 and 400 `invalid_json` otherwise).
+pub(super) fn body_object(req: &HttpRequest) -> ApiResult<Map<String, Value>> {
+    match parse_json_body::<Value>(req, MAX_BODY_BYTES).map_err(from_answer)? {
         Value::Object(m) => Ok(m),
-        _ => Err(HttpResponse::error(
-            400,
-            "invalid_json",
-            "the body must be a JSON object",
-        )),
+        _ => Err(not_an_object()),
     }
 }
 
@@ -37,11 +35,7 @@ pub fn valid_segment_id(id: &str) -> bool {
     check_segment_id(id).is_ok()
 }
 
-pub(super) fn req_string(
-    obj: &Map<String, Value>,
-    field: &str,
-    max: usize,
-) -> Result<String, HttpResponse> {
+pub(super) fn req_string(obj: &Map<String, Value>, field: &str, max: usize) -> ApiResult<String> {
     match obj.get(field) {
         None | Some(Value::Null) => Err(invalid(field, format!("{field} is required"))),
         Some(Value::String(s)) => {
@@ -65,7 +59,7 @@ pub(super) fn opt_string(
     obj: &Map<String, Value>,
     field: &str,
     max: usize,
-) -> Result<Option<String>, HttpResponse> {
+) -> ApiResult<Option<String>> {
     match obj.get(field) {
         None | Some(Value::Null) => Ok(None),
         Some(Value::String(s)) if s.chars().count() > max => Err(invalid(
@@ -77,7 +71,7 @@ pub(super) fn opt_string(
     }
 }
 
-pub(super) fn array<'a>(v: &'a Value, field: &str) -> Result<&'a Vec<Value>, HttpResponse> {
+pub(super) fn array<'a>(v: &'a Value, field: &str) -> ApiResult<&'a Vec<Value>> {
     v.as_array()
         .ok_or_else(|| invalid(field, format!("{field} must be an array")))
 }
@@ -87,7 +81,7 @@ pub(super) fn parse_enum_list<T: Copy + PartialEq>(
     field: &str,
     parse: impl Fn(&str) -> Option<T>,
     allowed: &[&str],
-) -> Result<Vec<T>, HttpResponse> {
+) -> ApiResult<Vec<T>> {
     let Some(v) = v.filter(|v| !v.is_null()) else {
         return Ok(Vec::new());
     };
@@ -105,12 +99,12 @@ pub(super) fn parse_enum_list<T: Copy + PartialEq>(
     Ok(out)
 }
 
-pub(super) fn parse_labels(v: Option<&Value>) -> Result<Vec<ExportLabel>, HttpResponse> {
+pub(super) fn parse_labels(v: Option<&Value>) -> ApiResult<Vec<ExportLabel>> {
     let allowed: Vec<&str> = ExportLabel::ALL.iter().map(|l| l.as_str()).collect();
     parse_enum_list(v, "dataExportLabels", ExportLabel::parse, &allowed)
 }
 
-pub(super) fn parse_controls(v: Option<&Value>) -> Result<Vec<ExportControl>, HttpResponse> {
+pub(super) fn parse_controls(v: Option<&Value>) -> ApiResult<Vec<ExportControl>> {
     let allowed: Vec<&str> = ExportControl::ALL.iter().map(|c| c.as_str()).collect();
     parse_enum_list(v, "dataExportControls", ExportControl::parse, &allowed)
 }
@@ -121,7 +115,7 @@ pub fn parse_fees(
     v: &Value,
     field: &str,
     advertiser_currency: &str,
-) -> Result<Vec<AudienceFee>, HttpResponse> {
+) -> ApiResult<Vec<AudienceFee>> {
     let items = array(v, field)?;
     if items.len() > 1 {
         return Err(invalid(
@@ -174,7 +168,7 @@ pub fn parse_fees(
     Ok(out)
 }
 
-pub(in crate::export) fn parse_countries(v: &Value) -> Result<Vec<String>, HttpResponse> {
+pub(in crate::export) fn parse_countries(v: &Value) -> ApiResult<Vec<String>> {
     let field = "dataSourceCountry";
     let items = array(v, field)?;
     if items.is_empty() {
@@ -203,7 +197,7 @@ pub(in crate::export) fn parse_countries(v: &Value) -> Result<Vec<String>, HttpR
     Ok(out)
 }
 
-pub(super) fn parse_ttl(v: Option<&Value>) -> Result<u64, HttpResponse> {
+pub(super) fn parse_ttl(v: Option<&Value>) -> ApiResult<u64> {
     match v {
         None | Some(Value::Null) => Ok(DEFAULT_TTL_SECONDS),
         Some(v) => v.as_u64().filter(|t| *t <= MAX_TTL_SECONDS).ok_or_else(|| {
@@ -218,7 +212,7 @@ pub(super) fn parse_ttl(v: Option<&Value>) -> Result<u64, HttpResponse> {
 }
 
 /// The account id as users give it: a decimal string or a JSON integer.
-pub(super) fn parse_account_id(v: Option<&Value>) -> Result<String, HttpResponse> {
+pub(super) fn parse_account_id(v: Option<&Value>) -> ApiResult<String> {
     let field = "accountId";
     let s = match v {
         None | Some(Value::Null) => return Err(invalid(field, "accountId is required")),
@@ -250,11 +244,27 @@ pub(super) struct MappingRequest {
     pub(super) field: String,
 }
 
+impl MappingRequest {
+    /// The prefix of this mapping's error fields: `mappings[i].`, or "" for a single-object body.
+    pub(super) fn dot(&self) -> String {
+        if self.field.is_empty() {
+            String::new()
+        } else {
+            format!("{}.", self.field)
+        }
+    }
+
+    /// The error field of this mapping's segment id.
+    pub(super) fn segment_field(&self) -> String {
+        format!("{}segmentId", self.dot())
+    }
+}
+
 pub(super) fn parse_mapping_requests(
     v: &Value,
     field: &str,
     currency: &str,
-) -> Result<Vec<MappingRequest>, HttpResponse> {
+) -> ApiResult<Vec<MappingRequest>> {
     let items = array(v, field)?;
     let mut out: Vec<MappingRequest> = Vec::new();
     for (i, item) in items.iter().enumerate() {
@@ -280,7 +290,7 @@ pub(super) fn parse_mapping_object(
     obj: &Map<String, Value>,
     prefix: &str,
     currency: &str,
-) -> Result<MappingRequest, HttpResponse> {
+) -> ApiResult<MappingRequest> {
     let dot = if prefix.is_empty() {
         String::new()
     } else {
@@ -322,4 +332,98 @@ pub(super) fn parse_mapping_object(
         audience_id,
         field: prefix.to_string(),
     })
+}
+
+/// A checked `POST /destinations` body; its `mappings` are checked once the account (and so the
+/// fee currency) is known.
+pub(super) struct NewDestination {
+    pub(super) name: String,
+    pub(super) description: String,
+    pub(super) account_id: String,
+    pub(super) labels: Vec<ExportLabel>,
+    pub(super) ttl_seconds: u64,
+    pub(super) countries: Option<Vec<String>>,
+    pub(super) mappings: Value,
+}
+
+/// Checks a `POST /destinations` body, field by field in a fixed order.
+pub(super) fn parse_new_destination(obj: &Map<String, Value>) -> ApiResult<NewDestination> {
+    const KNOWN: [&str; 7] = [
+        "name",
+        "description",
+        "accountId",
+        "dataExportLabels",
+        "dataSourceCountry",
+        "ttlSeconds",
+        "mappings",
+    ];
+    if let Some(k) = obj.keys().find(|k| !KNOWN.contains(&k.as_str())) {
+        return Err(invalid(k, format!("unknown field {k}")));
+    }
+    let name = req_string(obj, "name", MAX_NAME_CHARS)?;
+    let description = opt_string(obj, "description", MAX_AUDIENCE_DESCRIPTION)?.unwrap_or_default();
+    let account_id = parse_account_id(obj.get("accountId"))?;
+    let labels = parse_labels(obj.get("dataExportLabels"))?;
+    let ttl_seconds = parse_ttl(obj.get("ttlSeconds"))?;
+    let countries = match obj.get("dataSourceCountry") {
+        None | Some(Value::Null) => None,
+        Some(v) => Some(parse_countries(v)?),
+    };
+    let mappings = obj
+        .get("mappings")
+        .cloned()
+        .unwrap_or(Value::Array(Vec::new()));
+    if let Some(a) = mappings.as_array()
+        && a.len() > DestinationStore::MAX_MAPPINGS_PER_CREATE
+    {
+        return Err(invalid(
+            "mappings",
+            format!(
+                "at most {} mappings when creating a destination; add more with POST /destinations/{{id}}/mappings",
+                DestinationStore::MAX_MAPPINGS_PER_CREATE
+            ),
+        ));
+    }
+    Ok(NewDestination {
+        name,
+        description,
+        account_id,
+        labels,
+        ttl_seconds,
+        countries,
+        mappings,
+    })
+}
+
+/// The fields of a `PATCH /destinations/{id}` body: the first one (in key order) that may not
+/// change, or is unknown, is refused.
+pub(super) fn check_patch_fields(obj: &Map<String, Value>, d: &Destination) -> ApiResult<()> {
+    let id = d.destination_id.as_str();
+    for (k, v) in obj {
+        match k.as_str() {
+            "description" | "dataExportLabels" | "ttlSeconds" | "dataSourceCountry" => {}
+            "name" => {
+                if v.as_str().map(str::trim) != Some(d.name.as_str()) {
+                    return Err(invalid(
+                        "name",
+                        "the name of a destination cannot be changed",
+                    ));
+                }
+            }
+            "destinationId" if v.as_str() == Some(id) => {}
+            "accountId" | "mappings" | "destinationId" => {
+                let how = if k == "mappings" {
+                    " (use POST /destinations/{id}/mappings and DELETE /destinations/{id}/mappings/{segmentId})"
+                } else {
+                    ""
+                };
+                return Err(invalid(
+                    k,
+                    format!("{k} of a destination cannot be changed{how}"),
+                ));
+            }
+            _ => return Err(invalid(k, format!("unknown field {k}"))),
+        }
+    }
+    Ok(())
 }

@@ -14,7 +14,8 @@ use crate::export::errors::invalid;
 use crate::export::errors::segment_not_found;
 use crate::export::errors::store_failure;
 use crate::export::members;
-use crate::http::{HttpRequest, HttpResponse};
+use crate::http::error::respond;
+use crate::http::{ApiResult, HttpRequest, HttpResponse};
 use crate::store::StoreError;
 use crate::store::destinations::{
     Destination, MappingStatus, Segment, SegmentMapping, now_rfc3339,
@@ -25,41 +26,37 @@ use serde_json::{Value, json};
 /// against every destination the segment is mapped to at once: a new conflict blocks the mapping
 /// (deliveries stop), a resolved one unblocks it (and re-sends its members through a backfill).
 pub async fn put_segment(ctx: &ExportCtx, segment_id: &str, req: &HttpRequest) -> HttpResponse {
+    respond(put(ctx, segment_id, req).await)
+}
+
+async fn put(ctx: &ExportCtx, segment_id: &str, req: &HttpRequest) -> ApiResult<HttpResponse> {
     if let Err(why) = check_segment_id(segment_id) {
-        return invalid("segmentId", format!("segmentId (in the path) {why}"));
+        return Err(invalid(
+            "segmentId",
+            format!("segmentId (in the path) {why}"),
+        ));
     }
-    let obj = match body_object(req) {
-        Ok(o) => o,
-        Err(r) => return r,
-    };
+    let obj = body_object(req)?;
     for k in obj.keys() {
         if !matches!(
             k.as_str(),
             "name" | "description" | "dataExportControls" | "segmentId"
         ) {
-            return invalid(k, format!("unknown field {k}"));
+            return Err(invalid(k, format!("unknown field {k}")));
         }
     }
     if let Some(id) = obj.get("segmentId")
         && id.as_str() != Some(segment_id)
     {
-        return invalid(
+        return Err(invalid(
             "segmentId",
             "segmentId in the body differs from the one in the path",
-        );
+        ));
     }
-    let name = match req_string(&obj, "name", MAX_NAME_CHARS) {
-        Ok(n) => n,
-        Err(r) => return r,
-    };
-    let description = match opt_string(&obj, "description", MAX_AUDIENCE_DESCRIPTION) {
-        Ok(d) => d.unwrap_or_default(),
-        Err(r) => return r,
-    };
-    let controls = match parse_controls(obj.get("dataExportControls")) {
-        Ok(c) => c,
-        Err(r) => return r,
-    };
+    let name = req_string(&obj, "name", MAX_NAME_CHARS)?;
+    let description =
+        opt_string(&obj, "description", MAX_AUDIENCE_DESCRIPTION)?.unwrap_or_default();
+    let controls = parse_controls(obj.get("dataExportControls"))?;
     let seg = Segment {
         segment_id: segment_id.to_string(),
         name,
@@ -67,19 +64,17 @@ pub async fn put_segment(ctx: &ExportCtx, segment_id: &str, req: &HttpRequest) -
         data_export_controls: controls,
         updated_at: now_rfc3339(),
     };
-    let previous = match ctx.destinations.put_segment(&seg).await {
-        Ok(p) => p,
-        Err(e) => return store_failure(e),
-    };
+    let previous = ctx
+        .destinations
+        .put_segment(&seg)
+        .await
+        .map_err(store_failure)?;
     let mut changed = Vec::new();
     let controls_changed = previous
         .as_ref()
         .is_some_and(|p| p.data_export_controls != seg.data_export_controls);
     if controls_changed {
-        match reevaluate_segment(ctx, &seg).await {
-            Ok(c) => changed = c,
-            Err(e) => return store_failure(e),
-        }
+        changed = reevaluate_segment(ctx, &seg).await.map_err(store_failure)?;
     }
     let mut view = segment_view(&seg);
     view["changedMappings"] = Value::Array(
@@ -88,16 +83,19 @@ pub async fn put_segment(ctx: &ExportCtx, segment_id: &str, req: &HttpRequest) -
             .map(|m| json!({"destinationId": m.destination_id, "status": m.status, "blockedReason": m.blocked_reason}))
             .collect(),
     );
-    HttpResponse::json(if previous.is_some() { 200 } else { 201 }, &view)
+    Ok(HttpResponse::json(
+        if previous.is_some() { 200 } else { 201 },
+        &view,
+    ))
 }
 
 /// `GET /segments/{segmentId}`.
 pub async fn get_segment(ctx: &ExportCtx, segment_id: &str) -> HttpResponse {
-    match ctx.destinations.get_segment(segment_id).await {
-        Ok(Some(s)) => HttpResponse::json(200, &segment_view(&s)),
-        Ok(None) => segment_not_found(segment_id, None),
-        Err(e) => store_failure(e),
-    }
+    respond(match ctx.destinations.get_segment(segment_id).await {
+        Ok(Some(s)) => Ok(HttpResponse::json(200, &segment_view(&s))),
+        Ok(None) => Err(segment_not_found(segment_id, None)),
+        Err(e) => Err(store_failure(e)),
+    })
 }
 
 /// Applies a segment's (new) controls to each of its mappings.

@@ -7,6 +7,7 @@ use super::requests::{
 use super::views::{destination_status, mapping_view};
 use crate::amazon::AudienceFee;
 use crate::domain::export_controls::ExportControl;
+use crate::http::HttpResponse;
 use crate::store::destinations::{MappingStatus, SegmentMapping};
 use serde_json::json;
 
@@ -44,6 +45,7 @@ fn fees_must_be_in_the_advertisers_currency() {
         "mappings[2].audienceFees",
         "USD",
     )
+    .map_err(HttpResponse::from)
     .unwrap_err();
     assert_eq!(r.status, 400);
     let b = r.json_body();
@@ -58,6 +60,7 @@ fn fees_must_be_in_the_advertisers_currency() {
             "audienceFees",
             "USD",
         )
+        .map_err(HttpResponse::from)
         .unwrap_err();
         assert_eq!(r.json_body()["error"]["field"], "audienceFees[0].cpmCents");
     }
@@ -66,15 +69,20 @@ fn fees_must_be_in_the_advertisers_currency() {
         "audienceFees",
         "USD",
     )
+    .map_err(HttpResponse::from)
     .unwrap_err();
     assert_eq!(r.json_body()["error"]["field"], "audienceFees[1]");
 }
 
 #[test]
 fn labels_and_controls_errors_name_the_index() {
-    let r = parse_labels(Some(&json!(["PII_COMBINATION", "nope"]))).unwrap_err();
+    let r = parse_labels(Some(&json!(["PII_COMBINATION", "nope"])))
+        .map_err(HttpResponse::from)
+        .unwrap_err();
     assert_eq!(r.json_body()["error"]["field"], "dataExportLabels[1]");
-    let r = parse_controls(Some(&json!("NO_PII_COMBINATION"))).unwrap_err();
+    let r = parse_controls(Some(&json!("NO_PII_COMBINATION")))
+        .map_err(HttpResponse::from)
+        .unwrap_err();
     assert_eq!(r.json_body()["error"]["field"], "dataExportControls");
     assert_eq!(
         parse_controls(Some(&json!(["NO_PII_COMBINATION", "NO_PII_COMBINATION"]))).unwrap(),
@@ -90,11 +98,18 @@ fn countries_ttl_and_account_ids_are_checked() {
     );
     assert_eq!(
         parse_countries(&json!(["US", "USA"]))
+            .map_err(HttpResponse::from)
             .unwrap_err()
             .json_body()["error"]["field"],
         "dataSourceCountry[1]"
     );
-    assert_eq!(parse_countries(&json!([])).unwrap_err().status, 400);
+    assert_eq!(
+        parse_countries(&json!([]))
+            .map_err(HttpResponse::from)
+            .unwrap_err()
+            .status,
+        400
+    );
     assert_eq!(parse_ttl(None).unwrap(), DEFAULT_TTL_SECONDS);
     assert_eq!(
         parse_ttl(Some(&json!(MAX_TTL_SECONDS))).unwrap(),
@@ -116,10 +131,12 @@ fn duplicate_segments_in_one_request_are_refused() {
         "mappings",
         "USD",
     )
+    .map_err(HttpResponse::from)
     .err()
     .unwrap();
     assert_eq!(r.json_body()["error"]["field"], "mappings[2].segmentId");
     let r = parse_mapping_requests(&json!([{"segmentId": "a", "fees": []}]), "mappings", "USD")
+        .map_err(HttpResponse::from)
         .err()
         .unwrap();
     assert_eq!(r.json_body()["error"]["field"], "mappings[0].fees");

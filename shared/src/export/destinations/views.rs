@@ -1,9 +1,9 @@
 //! The JSON views of segments, destinations and mappings.
 
 use crate::export::ExportCtx;
+use crate::export::errors::active_account;
 use crate::export::members;
 use crate::store::StoreError;
-use crate::store::accounts::require_active;
 use crate::store::destinations::{Destination, MappingStatus, Segment, SegmentMapping};
 use futures::StreamExt;
 use serde_json::{Map, Value, json};
@@ -80,12 +80,7 @@ pub(super) async fn account_problem(
     account_id: &str,
 ) -> Result<Option<String>, StoreError> {
     let found = ctx.accounts.get_account(account_id).await?;
-    Ok(require_active(account_id, found).err().map(|r| {
-        r.json_body()["error"]["message"]
-            .as_str()
-            .unwrap_or("the account is not active")
-            .to_string()
-    }))
+    Ok(active_account(account_id, found).err().map(|e| e.message))
 }
 
 pub(super) async fn destination_view(
