@@ -1,10 +1,10 @@
 //! Privacy routes of segment export: `POST /privacy/deletions`, `GET /privacy/deletions/{id}`
-//! (the job itself is `erasure.rs`), the route matching of the privacy and identity routes, and
-//! the erasure check of the qualification path ([`upsert_unless_erased`]).
+//! (the job itself is `erasure.rs`; the routes are in the table of `super::router`), and the
+//! erasure check of the qualification path ([`upsert_unless_erased`]).
 
+use super::ExportCtx;
 use super::erasure::{self, ErasureDoc, ErasureOptions, RawDevices};
 use super::errors::from_answer;
-use super::{ExportCtx, identities};
 use crate::domain::audience::{IdType, device_key, validate_device_id};
 use crate::http::error::respond;
 use crate::http::{ApiError, ApiResult, HttpRequest, HttpResponse, Kind, parse_json_body};
@@ -18,45 +18,6 @@ use std::collections::BTreeSet;
 /// Most devices per deletion request (`PATCH /v2/dp/users` takes 1 000 users).
 pub const MAX_DEVICES: usize = 1000;
 const MAX_BODY_BYTES: usize = 1024 * 1024;
-
-/// A privacy or identity route.
-#[derive(Debug, PartialEq, Eq)]
-pub enum PrivacyRoute<'a> {
-    CreateDeletion,
-    GetDeletion(&'a str),
-    Identities(&'a str),
-}
-
-/// Matches the privacy and identity paths: `None` when the path is not one of them,
-/// `Some(Err(allowed))` for a wrong method.
-pub fn match_route<'a>(
-    method: &str,
-    segs: &[&'a str],
-) -> Option<Result<PrivacyRoute<'a>, &'static str>> {
-    Some(match (method, segs) {
-        ("POST", ["privacy", "deletions"]) => Ok(PrivacyRoute::CreateDeletion),
-        (_, ["privacy", "deletions"]) => Err("POST"),
-        ("GET", ["privacy", "deletions", id]) => Ok(PrivacyRoute::GetDeletion(id)),
-        (_, ["privacy", "deletions", _]) => Err("GET"),
-        ("POST", ["accounts", id, "identities"]) => Ok(PrivacyRoute::Identities(id)),
-        (_, ["accounts", _, "identities"]) => Err("POST"),
-        _ => return None,
-    })
-}
-
-/// Serves a matched privacy or identity route (the API key is already checked).
-pub async fn route(
-    ctx: &ExportCtx,
-    r: PrivacyRoute<'_>,
-    req: &HttpRequest,
-    inv: &Invocation,
-) -> HttpResponse {
-    match r {
-        PrivacyRoute::CreateDeletion => create_deletion(ctx, req, inv).await,
-        PrivacyRoute::GetDeletion(id) => get_deletion(ctx, id).await,
-        PrivacyRoute::Identities(account) => identities::handle(ctx, account, req, inv).await,
-    }
-}
 
 /// The ledger write of a qualification, unless the device was erased at or after the
 /// qualification's time: written first, then the tombstone is read (consistently) and a write
@@ -227,26 +188,6 @@ pub async fn get_deletion(ctx: &ExportCtx, id: &str) -> HttpResponse {
 mod tests {
     use super::*;
     use serde_json::json;
-
-    #[test]
-    fn routes_and_methods() {
-        let m = |meth: &str, p: &str| {
-            let segs: Vec<&str> = p.split('/').filter(|s| !s.is_empty()).collect();
-            format!("{:?}", match_route(meth, &segs))
-        };
-        assert_eq!(m("POST", "/privacy/deletions"), "Some(Ok(CreateDeletion))");
-        assert_eq!(m("GET", "/privacy/deletions"), "Some(Err(\"POST\"))");
-        assert_eq!(
-            m("GET", "/privacy/deletions/abc"),
-            "Some(Ok(GetDeletion(\"abc\")))"
-        );
-        assert_eq!(
-            m("POST", "/accounts/42/identities"),
-            "Some(Ok(Identities(\"42\")))"
-        );
-        assert_eq!(m("GET", "/accounts/42/identities"), "Some(Err(\"POST\"))");
-        assert_eq!(m("GET", "/accounts/42"), "None");
-    }
 
     #[test]
     fn devices_are_validated_per_index_and_deduplicated() {

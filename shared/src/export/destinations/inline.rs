@@ -47,11 +47,38 @@ pub(super) async fn work_inline(
     ictx.amazon = ctx.amazon.clone().with_retry_policy(cfg.retry.clone());
     let ctx = &ictx;
     let mut summary = InlineSummary::default();
-
     // 1. Its queued audiences, in the request's order, within the creation share of the slice
     //    (as the scheduled task splits its time): a call starts only on a slot inside it.
     let creation_stop =
         now + ((stop_at - now) as f64 * crate::export::AUDIENCE_CREATION_SHARE) as u64;
+    create_own_audiences(ctx, mappings, creation_stop, &mut summary).await;
+    // 2. The backfill jobs of its mappings that are active now (created above, or revived with
+    //    their audience), on the scheduled run's path, until the slice ends.
+    let targets = active_targets(ctx, mappings).await;
+    if !targets.is_empty() && crate::runtime::now_ms() < stop_at {
+        // The backfill stops at `deadline - margin`: a deadline of `stop_at + margin` makes that
+        // the slice's end (and it is never later than the real one).
+        let slice = Invocation {
+            request_id: inv.request_id.clone(),
+            deadline_ms: stop_at + margin,
+        };
+        match members::run_backfill_for(ctx, &slice, &cfg.backfill, &targets).await {
+            Ok(v) => summary.backfill = v,
+            Err(e) => tracing::warn!(error = %e, "inline backfill left to the schedule"),
+        }
+    }
+    summary.ms = started.elapsed().as_millis() as u64;
+    report(ctx, &summary);
+    Some(summary)
+}
+
+/// Creates the queued audiences of `mappings` until `creation_stop` (epoch ms).
+async fn create_own_audiences(
+    ctx: &ExportCtx,
+    mappings: &[SegmentMapping],
+    creation_stop: u64,
+    summary: &mut InlineSummary,
+) {
     for m in mappings
         .iter()
         .filter(|m| m.status == MappingStatus::Pending && m.audience_id.is_none())
@@ -71,9 +98,10 @@ pub(super) async fn work_inline(
             }
         }
     }
+}
 
-    // 2. The backfill jobs of its mappings that are active now (created above, or revived with
-    //    their audience), on the scheduled run's path, until the slice ends.
+/// The mappings of `mappings` that are `active` with an audience now (read again).
+async fn active_targets(ctx: &ExportCtx, mappings: &[SegmentMapping]) -> Vec<(String, String)> {
     let mut targets = Vec::new();
     for m in mappings {
         match ctx
@@ -90,19 +118,11 @@ pub(super) async fn work_inline(
             }
         }
     }
-    if !targets.is_empty() && crate::runtime::now_ms() < stop_at {
-        // The backfill stops at `deadline - margin`: a deadline of `stop_at + margin` makes that
-        // the slice's end (and it is never later than the real one).
-        let slice = Invocation {
-            request_id: inv.request_id.clone(),
-            deadline_ms: stop_at + margin,
-        };
-        match members::run_backfill_for(ctx, &slice, &cfg.backfill, &targets).await {
-            Ok(v) => summary.backfill = v,
-            Err(e) => tracing::warn!(error = %e, "inline backfill left to the schedule"),
-        }
-    }
-    summary.ms = started.elapsed().as_millis() as u64;
+    targets
+}
+
+/// Metrics and the log line of a slice.
+fn report(ctx: &ExportCtx, summary: &InlineSummary) {
     let mut metrics = crate::telemetry::Metrics::new(ctx.metrics_fn);
     metrics
         .count("AudiencesCreated", summary.created as u64)
@@ -117,5 +137,4 @@ pub(super) async fn work_inline(
         ms = summary.ms,
         "inline work of a creating request done"
     );
-    Some(summary)
 }
