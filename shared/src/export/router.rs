@@ -9,6 +9,7 @@ use crate::http::auth::ApiKeyAuth;
 use crate::http::router::{Matched, RouteLine, route_request};
 use crate::http::{HttpRequest, HttpResponse};
 use crate::runtime::Invocation;
+use futures::future::BoxFuture;
 
 /// A segment-export route.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -100,30 +101,43 @@ pub async fn route_authorized(
         Matched::WrongMethod(allowed) => return HttpResponse::method_not_allowed(&allowed),
         Matched::NotFound => return HttpResponse::not_found(),
     };
-    // The table's patterns capture what each route reads.
-    let at = |i: usize| caps.get(i).copied().unwrap_or_default();
     if r.changes_destination()
-        && let Err(refused) = lifecycle::refuse_if_deleting(ctx, at(0)).await
+        && let Err(refused) =
+            lifecycle::refuse_if_deleting(ctx, caps.first().copied().unwrap_or_default()).await
     {
         return refused.into_response();
     }
+    dispatch(ctx, r, &caps, req, inv).await
+}
+
+/// The handler of route `r`, boxed: the routes' futures are large (debug builds reserve stack
+/// for each arm's), and a request served in process (the console) polls them deep in its own.
+fn dispatch<'a>(
+    ctx: &'a ExportCtx,
+    r: Route,
+    caps: &[&'a str],
+    req: &'a HttpRequest,
+    inv: &'a Invocation,
+) -> BoxFuture<'a, HttpResponse> {
+    // The table's patterns capture what each route reads.
+    let at = |i: usize| caps.get(i).copied().unwrap_or_default();
     match r {
-        Route::PutSegment => destinations::put_segment(ctx, at(0), req).await,
-        Route::GetSegment => destinations::get_segment(ctx, at(0)).await,
-        Route::ListSegments => lifecycle::list_segments(ctx, req).await,
-        Route::DeleteSegment => lifecycle::delete_segment(ctx, at(0), req, inv).await,
-        Route::DeleteDestination => lifecycle::delete_destination(ctx, at(0), req).await,
-        Route::CreateDestination => destinations::create_destination(ctx, req, inv).await,
-        Route::ListDestinations => destinations::list_destinations(ctx, req).await,
-        Route::GetDestination => destinations::get_destination(ctx, at(0)).await,
-        Route::PatchDestination => destinations::patch_destination(ctx, at(0), req).await,
-        Route::AddMappings => destinations::add_mappings(ctx, at(0), req, inv).await,
-        Route::RemoveMapping => lifecycle::remove_mapping(ctx, at(0), at(1), req).await,
-        Route::PutFees => destinations::put_fees(ctx, at(0), at(1), req).await,
-        Route::Qualifications => members::handle_qualifications(ctx, req, inv).await,
-        Route::CreateDeletion => privacy::create_deletion(ctx, req, inv).await,
-        Route::GetDeletion => privacy::get_deletion(ctx, at(0)).await,
-        Route::Identities => identities::handle(ctx, at(0), req, inv).await,
+        Route::PutSegment => Box::pin(destinations::put_segment(ctx, at(0), req)),
+        Route::GetSegment => Box::pin(destinations::get_segment(ctx, at(0))),
+        Route::ListSegments => Box::pin(lifecycle::list_segments(ctx, req)),
+        Route::DeleteSegment => Box::pin(lifecycle::delete_segment(ctx, at(0), req, inv)),
+        Route::DeleteDestination => Box::pin(lifecycle::delete_destination(ctx, at(0), req)),
+        Route::CreateDestination => Box::pin(destinations::create_destination(ctx, req, inv)),
+        Route::ListDestinations => Box::pin(destinations::list_destinations(ctx, req)),
+        Route::GetDestination => Box::pin(destinations::get_destination(ctx, at(0))),
+        Route::PatchDestination => Box::pin(destinations::patch_destination(ctx, at(0), req)),
+        Route::AddMappings => Box::pin(destinations::add_mappings(ctx, at(0), req, inv)),
+        Route::RemoveMapping => Box::pin(lifecycle::remove_mapping(ctx, at(0), at(1), req)),
+        Route::PutFees => Box::pin(destinations::put_fees(ctx, at(0), at(1), req)),
+        Route::Qualifications => Box::pin(members::handle_qualifications(ctx, req, inv)),
+        Route::CreateDeletion => Box::pin(privacy::create_deletion(ctx, req, inv)),
+        Route::GetDeletion => Box::pin(privacy::get_deletion(ctx, at(0))),
+        Route::Identities => Box::pin(identities::handle(ctx, at(0), req, inv)),
     }
 }
 

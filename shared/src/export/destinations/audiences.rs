@@ -1,7 +1,7 @@
 //! Audience creation: the queue of pending audiences, created one paced call at a time.
 
+use super::fields::MAX_AUDIENCE_DESCRIPTION;
 use super::pacing::{METADATA_SPACING_MS, pace_by, paced_call_done};
-use super::requests::MAX_AUDIENCE_DESCRIPTION;
 use crate::amazon::{AmazonError, NewAudience};
 use crate::export::ExportCtx;
 use crate::export::errors::active_account;

@@ -4,13 +4,13 @@
 use super::audiences::audience_description;
 use super::mappings::load_account;
 use super::pacing::{pace_by, paced_call_done};
-use super::requests::{body_object, parse_fees};
+use super::requests::{FeesBody, body};
 use super::routes::find_destination;
 use super::views::mapping_view;
 use crate::amazon::{AmazonError, AudienceFee, AudienceUpdate};
 use crate::export::ExportCtx;
 use crate::export::errors::{
-    amazon_failure, invalid, mapping_not_found, metadata_busy, segment_not_found, store_failure,
+    amazon_failure, mapping_not_found, metadata_busy, segment_not_found, store_failure,
 };
 use crate::http::error::respond;
 use crate::http::{ApiError, ApiResult, HttpRequest, HttpResponse};
@@ -37,10 +37,8 @@ async fn put(
     segment_id: &str,
     req: &HttpRequest,
 ) -> ApiResult<HttpResponse> {
-    let obj = body_object(req)?;
-    if let Some(k) = obj.keys().find(|k| k.as_str() != "audienceFees") {
-        return Err(invalid(k, format!("unknown field {k}")));
-    }
+    let body: FeesBody = body(req)?;
+    body.check_fields()?;
     let d = find_destination(ctx, id).await?;
     let m = ctx
         .destinations
@@ -55,13 +53,7 @@ async fn put(
         ));
     }
     let account = load_account(ctx, &d.account_id).await?;
-    let fees_v = obj.get("audienceFees").ok_or_else(|| {
-        invalid(
-            "audienceFees",
-            "audienceFees is required (an empty array removes the fee)",
-        )
-    })?;
-    let fees = parse_fees(fees_v, "audienceFees", &account.currency)?;
+    let fees = body.fees(&account.currency)?;
     let m = if m.audience_id.is_some() {
         apply_fees(ctx, &d, &account, &m, &fees).await?
     } else {

@@ -3,7 +3,8 @@
 
 use super::fees::apply_fees;
 use super::inline::work_inline;
-use super::requests::{MappingRequest, body_object, parse_mapping_object, parse_mapping_requests};
+use super::mapping_requests::{AddMappingsBody, MappingRequest};
+use super::requests::body;
 use super::routes::find_destination;
 use super::views::{current_views, mapping_view};
 use crate::amazon::{Audience, AudienceFee};
@@ -23,7 +24,7 @@ use crate::store::destinations::{
     Destination, MappingStatus, Segment, SegmentMapping, now_rfc3339,
 };
 use futures::StreamExt;
-use serde_json::{Map, Value, json};
+use serde_json::json;
 
 pub(super) fn new_mapping(
     destination_id: &str,
@@ -137,10 +138,10 @@ async fn add(
     req: &HttpRequest,
     inv: &Invocation,
 ) -> ApiResult<HttpResponse> {
-    let obj = body_object(req)?;
+    let body: AddMappingsBody = body(req)?;
     let d = find_destination(ctx, id).await?;
     let account = load_account(ctx, &d.account_id).await?;
-    let reqs = parse_add_body(&obj, &account.currency)?;
+    let reqs = body.check(&account.currency)?;
     let segments = load_segments(ctx, &reqs).await?;
     let existing = current_mappings(ctx, &d, &reqs, &segments).await?;
     let now = now_rfc3339();
@@ -167,28 +168,6 @@ async fn add(
         202,
         &json!({"destinationId": id, "mappings": views}),
     ))
-}
-
-/// The mappings of a `POST …/mappings` body: `{"mappings":[…]}` or one mapping object.
-fn parse_add_body(obj: &Map<String, Value>, currency: &str) -> ApiResult<Vec<MappingRequest>> {
-    let reqs = if let Some(list) = obj.get("mappings") {
-        if let Some(k) = obj.keys().find(|k| k.as_str() != "mappings") {
-            return Err(invalid(
-                k,
-                format!("unknown field {k} (give either mappings or one segmentId)"),
-            ));
-        }
-        parse_mapping_requests(list, "mappings", currency)?
-    } else {
-        vec![parse_mapping_object(obj, "", currency)?]
-    };
-    if reqs.is_empty() {
-        return Err(invalid(
-            "mappings",
-            "mappings must list at least one segment",
-        ));
-    }
-    Ok(reqs)
 }
 
 /// Each request's current mapping (`None` for a new one), checked in order: no export-control

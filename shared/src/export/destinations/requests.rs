@@ -1,26 +1,38 @@
-//! Request bodies of the metadata routes and their checks (each error names its field, with indices).
+//! The request bodies of the metadata routes, as serde structs.
+//!
+//! Each body is read as given (every known field a raw JSON value, `null` kept apart from an
+//! absent field, other fields collected in `other`) and then checked field by field in a fixed
+//! order, so that a body with several problems is always answered with the same first one, in
+//! the words of [`super::fields`]. A JSON object's keys are sorted (serde_json's `Map`), so "the
+//! first unknown field" is the first in key order.
 
+use super::fields::{
+    MAX_AUDIENCE_DESCRIPTION, MAX_NAME_CHARS, opt_string, parse_account_id, parse_controls,
+    parse_countries, parse_fees, parse_labels, parse_ttl, req_string,
+};
 use crate::amazon::AudienceFee;
 use crate::domain::export_controls::{ExportControl, ExportLabel};
-use crate::domain::segment::check_segment_id;
 use crate::export::errors::{from_answer, invalid, not_an_object};
-use crate::http::{ApiResult, HttpRequest, parse_json_body};
+use crate::http::{ApiError, ApiResult, HttpRequest, Kind, parse_json_body};
 use crate::store::destinations::{Destination, DestinationStore};
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Deserializer};
 use serde_json::{Map, Value};
 
 /// Largest request body the metadata routes accept.
-pub(super) const MAX_BODY_BYTES: usize = 256 * 1024;
+const MAX_BODY_BYTES: usize = 256 * 1024;
 
-/// Amazon's audience `ttl` ceiling, seconds (~397 days).
-pub const MAX_TTL_SECONDS: u64 = 34_300_800;
+/// A field as given: `None` when absent, else its JSON value, `null` included.
+pub(super) fn given<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Value>, D::Error> {
+    Value::deserialize(d).map(Some)
+}
 
-/// The audience `ttl` when a destination does not say (30 days, Amazon's guide example).
-pub const DEFAULT_TTL_SECONDS: u64 = 2_592_000;
-
-/// Amazon's audience description limit.
-pub(super) const MAX_AUDIENCE_DESCRIPTION: usize = 1000;
-
-pub(super) const MAX_NAME_CHARS: usize = 255;
+/// A body struct from a JSON object. Every field of these structs takes any JSON value, so this
+/// fails only on a struct that does not follow that rule (a 400 then, never a panic).
+pub(super) fn from_object<T: DeserializeOwned>(v: Value) -> ApiResult<T> {
+    serde_json::from_value(v)
+        .map_err(|e| ApiError::new(Kind::BadRequest, "invalid_json", e.to_string()))
+}
 
 /// The body as a JSON object (415, 413 and 400 `invalid_json` otherwise).
 pub(super) fn body_object(req: &HttpRequest) -> ApiResult<Map<String, Value>> {
@@ -30,308 +42,94 @@ pub(super) fn body_object(req: &HttpRequest) -> ApiResult<Map<String, Value>> {
     }
 }
 
-/// Segment ids follow one rule everywhere ([`crate::domain::segment::check_segment_id`]).
-pub fn valid_segment_id(id: &str) -> bool {
-    check_segment_id(id).is_ok()
+/// The body as the struct `T` (see [`body_object`]).
+pub(super) fn body<T: DeserializeOwned>(req: &HttpRequest) -> ApiResult<T> {
+    from_object(Value::Object(body_object(req)?))
 }
 
-pub(super) fn req_string(obj: &Map<String, Value>, field: &str, max: usize) -> ApiResult<String> {
-    match obj.get(field) {
-        None | Some(Value::Null) => Err(invalid(field, format!("{field} is required"))),
-        Some(Value::String(s)) => {
-            let t = s.trim();
-            if t.is_empty() {
-                Err(invalid(field, format!("{field} must not be empty")))
-            } else if t.chars().count() > max {
-                Err(invalid(
-                    field,
-                    format!("{field} is longer than {max} characters"),
-                ))
-            } else {
-                Ok(t.to_string())
-            }
-        }
-        Some(_) => Err(invalid(field, format!("{field} must be a string"))),
-    }
-}
-
-pub(super) fn opt_string(
-    obj: &Map<String, Value>,
-    field: &str,
-    max: usize,
-) -> ApiResult<Option<String>> {
-    match obj.get(field) {
-        None | Some(Value::Null) => Ok(None),
-        Some(Value::String(s)) if s.chars().count() > max => Err(invalid(
-            field,
-            format!("{field} is longer than {max} characters"),
-        )),
-        Some(Value::String(s)) => Ok(Some(s.trim().to_string())),
-        Some(_) => Err(invalid(field, format!("{field} must be a string"))),
-    }
-}
-
-pub(super) fn array<'a>(v: &'a Value, field: &str) -> ApiResult<&'a Vec<Value>> {
-    v.as_array()
-        .ok_or_else(|| invalid(field, format!("{field} must be an array")))
-}
-
-pub(super) fn parse_enum_list<T: Copy + PartialEq>(
-    v: Option<&Value>,
-    field: &str,
-    parse: impl Fn(&str) -> Option<T>,
-    allowed: &[&str],
-) -> ApiResult<Vec<T>> {
-    let Some(v) = v.filter(|v| !v.is_null()) else {
-        return Ok(Vec::new());
-    };
-    let mut out = Vec::new();
-    for (i, item) in array(v, field)?.iter().enumerate() {
-        let f = format!("{field}[{i}]");
-        let parsed = item
-            .as_str()
-            .and_then(&parse)
-            .ok_or_else(|| invalid(&f, format!("{f} must be one of {}", allowed.join(", "))))?;
-        if !out.contains(&parsed) {
-            out.push(parsed);
-        }
-    }
-    Ok(out)
-}
-
-pub(super) fn parse_labels(v: Option<&Value>) -> ApiResult<Vec<ExportLabel>> {
-    let allowed: Vec<&str> = ExportLabel::ALL.iter().map(|l| l.as_str()).collect();
-    parse_enum_list(v, "dataExportLabels", ExportLabel::parse, &allowed)
-}
-
-pub(super) fn parse_controls(v: Option<&Value>) -> ApiResult<Vec<ExportControl>> {
-    let allowed: Vec<&str> = ExportControl::ALL.iter().map(|c| c.as_str()).collect();
-    parse_enum_list(v, "dataExportControls", ExportControl::parse, &allowed)
-}
-
-/// `audienceFees`: `[{"cpmCents": <non-negative integer>, "currency": <the advertiser's>}]`,
-/// at most one fee (one currency is allowed, so a second entry could only contradict the first).
-pub fn parse_fees(
-    v: &Value,
-    field: &str,
-    advertiser_currency: &str,
-) -> ApiResult<Vec<AudienceFee>> {
-    let items = array(v, field)?;
-    if items.len() > 1 {
-        return Err(invalid(
-            &format!("{field}[1]"),
-            format!(
-                "{field} holds at most one fee (in the advertiser's currency, {advertiser_currency})"
-            ),
-        ));
-    }
-    let mut out = Vec::new();
-    for (i, item) in items.iter().enumerate() {
-        let f = format!("{field}[{i}]");
-        let obj = item
-            .as_object()
-            .ok_or_else(|| invalid(&f, format!("{f} must be an object {{cpmCents, currency}}")))?;
-        let cf = format!("{f}.cpmCents");
-        let cpm = obj
-            .get("cpmCents")
-            .ok_or_else(|| invalid(&cf, format!("{cf} is required")))?;
-        let cpm_cents = cpm
-            .as_u64()
-            .and_then(|c| u32::try_from(c).ok())
-            .ok_or_else(|| {
-                invalid(
-                    &cf,
-                    format!("{cf} must be a non-negative integer (cents per thousand)"),
-                )
-            })?;
-        let kf = format!("{f}.currency");
-        let currency = obj.get("currency").and_then(Value::as_str).ok_or_else(|| {
-            invalid(
-                &kf,
-                format!("{kf} is required (a string such as {advertiser_currency})"),
-            )
-        })?;
-        if !currency.eq_ignore_ascii_case(advertiser_currency) {
-            return Err(invalid(
-                &kf,
-                format!(
-                    "{kf} must be the advertiser's currency {advertiser_currency} (got {currency}); Amazon \
-                     only accepts audience fees in the DSP account's currency"
-                ),
-            ));
-        }
-        out.push(AudienceFee {
-            cpm_cents,
-            currency: advertiser_currency.to_ascii_uppercase(),
-        });
-    }
-    Ok(out)
-}
-
-pub(in crate::export) fn parse_countries(v: &Value) -> ApiResult<Vec<String>> {
-    let field = "dataSourceCountry";
-    let items = array(v, field)?;
-    if items.is_empty() {
-        return Err(invalid(
-            field,
-            "dataSourceCountry must list at least one country",
-        ));
-    }
-    let mut out: Vec<String> = Vec::new();
-    for (i, item) in items.iter().enumerate() {
-        let f = format!("{field}[{i}]");
-        let c = item
-            .as_str()
-            .filter(|c| c.len() == 2 && c.bytes().all(|b| b.is_ascii_alphabetic()))
-            .ok_or_else(|| {
-                invalid(
-                    &f,
-                    format!("{f} must be an ISO 3166 alpha-2 country code such as \"US\""),
-                )
-            })?
-            .to_ascii_uppercase();
-        if !out.contains(&c) {
-            out.push(c);
-        }
-    }
-    Ok(out)
-}
-
-pub(super) fn parse_ttl(v: Option<&Value>) -> ApiResult<u64> {
-    match v {
-        None | Some(Value::Null) => Ok(DEFAULT_TTL_SECONDS),
-        Some(v) => v.as_u64().filter(|t| *t <= MAX_TTL_SECONDS).ok_or_else(|| {
-            invalid(
-                "ttlSeconds",
-                format!(
-                    "ttlSeconds must be an integer from 0 to {MAX_TTL_SECONDS} (about 397 days)"
-                ),
-            )
-        }),
-    }
-}
-
-/// The account id as users give it: a decimal string or a JSON integer.
-pub(super) fn parse_account_id(v: Option<&Value>) -> ApiResult<String> {
-    let field = "accountId";
-    let s = match v {
-        None | Some(Value::Null) => return Err(invalid(field, "accountId is required")),
-        Some(Value::String(s)) => s.trim().to_string(),
-        Some(Value::Number(n)) if n.is_u64() => n.to_string(),
-        Some(_) => {
-            return Err(invalid(
-                field,
-                "accountId must be the advertiser id as a string of digits",
-            ));
-        }
-    };
-    if s.is_empty() || s.len() > 20 || !s.bytes().all(|b| b.is_ascii_digit()) {
-        return Err(invalid(
-            field,
-            "accountId must be the advertiser id as a string of digits",
-        ));
-    }
-    Ok(s)
-}
-
-/// A mapping request as given in `mappings[i]` (or the body of `POST …/mappings`).
-pub(super) struct MappingRequest {
-    pub(super) segment_id: String,
-    pub(super) fees: Option<Vec<AudienceFee>>,
-    /// An existing audience to adopt (`crate::export::adopt`).
-    pub(super) audience_id: Option<i64>,
-    /// `mappings[i]` (or "" for a single-object body), for error fields.
-    pub(super) field: String,
-}
-
-impl MappingRequest {
-    /// The prefix of this mapping's error fields: `mappings[i].`, or "" for a single-object body.
-    pub(super) fn dot(&self) -> String {
-        if self.field.is_empty() {
-            String::new()
-        } else {
-            format!("{}.", self.field)
-        }
-    }
-
-    /// The error field of this mapping's segment id.
-    pub(super) fn segment_field(&self) -> String {
-        format!("{}segmentId", self.dot())
-    }
-}
-
-pub(super) fn parse_mapping_requests(
-    v: &Value,
-    field: &str,
-    currency: &str,
-) -> ApiResult<Vec<MappingRequest>> {
-    let items = array(v, field)?;
-    let mut out: Vec<MappingRequest> = Vec::new();
-    for (i, item) in items.iter().enumerate() {
-        let f = format!("{field}[{i}]");
-        let obj = item.as_object().ok_or_else(|| {
-            invalid(
-                &f,
-                format!("{f} must be an object {{segmentId, audienceFees?}}"),
-            )
-        })?;
-        out.push(parse_mapping_object(obj, &f, currency)?);
-        if out[..i].iter().any(|m| m.segment_id == out[i].segment_id) {
-            return Err(invalid(
-                &format!("{f}.segmentId"),
-                format!("segment {} is listed twice", out[i].segment_id),
-            ));
-        }
-    }
-    Ok(out)
-}
-
-pub(super) fn parse_mapping_object(
-    obj: &Map<String, Value>,
+/// 400 for the first of `other`'s fields, if any.
+pub(super) fn refuse_unknown(
+    other: &Map<String, Value>,
     prefix: &str,
-    currency: &str,
-) -> ApiResult<MappingRequest> {
-    let dot = if prefix.is_empty() {
-        String::new()
-    } else {
-        format!("{prefix}.")
-    };
-    let sf = format!("{dot}segmentId");
-    let segment_id = obj
-        .get("segmentId")
-        .and_then(Value::as_str)
-        .ok_or_else(|| invalid(&sf, format!("{sf} is required (a string)")))?;
-    if let Err(why) = check_segment_id(segment_id) {
-        return Err(invalid(&sf, format!("{sf} {why}")));
+    hint: &str,
+) -> ApiResult<()> {
+    match other.keys().next() {
+        Some(k) => Err(invalid(
+            &format!("{prefix}{k}"),
+            format!("unknown field {prefix}{k}{hint}"),
+        )),
+        None => Ok(()),
     }
-    let fees = match obj.get("audienceFees") {
-        None | Some(Value::Null) => None,
-        Some(v) => Some(parse_fees(v, &format!("{dot}audienceFees"), currency)?),
-    };
-    let audience_id = crate::export::adopt::parse_audience_id(
-        obj.get("audienceId"),
-        &format!("{dot}audienceId"),
-    )?;
-    if audience_id.is_some() && fees.is_some() {
-        return Err(invalid(
-            &format!("{dot}audienceFees"),
-            "an adopted audience keeps its own fees: give audienceFees later with PUT …/fees",
-        ));
-    }
-    for k in obj.keys() {
-        if k != "segmentId" && k != "audienceFees" && k != "audienceId" {
+}
+
+/// `PUT /segments/{segmentId}`'s body.
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub(super) struct SegmentBody {
+    #[serde(default, deserialize_with = "given")]
+    segment_id: Option<Value>,
+    #[serde(default, deserialize_with = "given")]
+    name: Option<Value>,
+    #[serde(default, deserialize_with = "given")]
+    description: Option<Value>,
+    #[serde(default, deserialize_with = "given")]
+    data_export_controls: Option<Value>,
+    #[serde(flatten)]
+    other: Map<String, Value>,
+}
+
+/// A checked segment body: name, description, controls.
+pub(super) struct SegmentFields {
+    pub(super) name: String,
+    pub(super) description: String,
+    pub(super) controls: Vec<ExportControl>,
+}
+
+impl SegmentBody {
+    /// Checks the body of segment `segment_id` (the path's).
+    pub(super) fn check(self, segment_id: &str) -> ApiResult<SegmentFields> {
+        refuse_unknown(&self.other, "", "")?;
+        if let Some(id) = &self.segment_id
+            && id.as_str() != Some(segment_id)
+        {
             return Err(invalid(
-                &format!("{dot}{k}"),
-                format!("unknown field {dot}{k}"),
+                "segmentId",
+                "segmentId in the body differs from the one in the path",
             ));
         }
+        Ok(SegmentFields {
+            name: req_string(self.name.as_ref(), "name", MAX_NAME_CHARS)?,
+            description: opt_string(
+                self.description.as_ref(),
+                "description",
+                MAX_AUDIENCE_DESCRIPTION,
+            )?
+            .unwrap_or_default(),
+            controls: parse_controls(self.data_export_controls.as_ref())?,
+        })
     }
-    Ok(MappingRequest {
-        segment_id: segment_id.to_string(),
-        fees,
-        audience_id,
-        field: prefix.to_string(),
-    })
+}
+
+/// `POST /destinations`' body.
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub(super) struct NewDestinationBody {
+    #[serde(default, deserialize_with = "given")]
+    name: Option<Value>,
+    #[serde(default, deserialize_with = "given")]
+    description: Option<Value>,
+    #[serde(default, deserialize_with = "given")]
+    account_id: Option<Value>,
+    #[serde(default, deserialize_with = "given")]
+    data_export_labels: Option<Value>,
+    #[serde(default, deserialize_with = "given")]
+    data_source_country: Option<Value>,
+    #[serde(default, deserialize_with = "given")]
+    ttl_seconds: Option<Value>,
+    #[serde(default, deserialize_with = "given")]
+    mappings: Option<Value>,
+    #[serde(flatten)]
+    other: Map<String, Value>,
 }
 
 /// A checked `POST /destinations` body; its `mappings` are checked once the account (and so the
@@ -346,84 +144,160 @@ pub(super) struct NewDestination {
     pub(super) mappings: Value,
 }
 
-/// Checks a `POST /destinations` body, field by field in a fixed order.
-pub(super) fn parse_new_destination(obj: &Map<String, Value>) -> ApiResult<NewDestination> {
-    const KNOWN: [&str; 7] = [
-        "name",
-        "description",
-        "accountId",
-        "dataExportLabels",
-        "dataSourceCountry",
-        "ttlSeconds",
-        "mappings",
-    ];
-    if let Some(k) = obj.keys().find(|k| !KNOWN.contains(&k.as_str())) {
-        return Err(invalid(k, format!("unknown field {k}")));
+impl NewDestinationBody {
+    pub(super) fn check(self) -> ApiResult<NewDestination> {
+        refuse_unknown(&self.other, "", "")?;
+        let name = req_string(self.name.as_ref(), "name", MAX_NAME_CHARS)?;
+        let description = opt_string(
+            self.description.as_ref(),
+            "description",
+            MAX_AUDIENCE_DESCRIPTION,
+        )?
+        .unwrap_or_default();
+        let account_id = parse_account_id(self.account_id.as_ref())?;
+        let labels = parse_labels(self.data_export_labels.as_ref())?;
+        let ttl_seconds = parse_ttl(self.ttl_seconds.as_ref())?;
+        let countries = match &self.data_source_country {
+            None | Some(Value::Null) => None,
+            Some(v) => Some(parse_countries(v)?),
+        };
+        let mappings = self.mappings.unwrap_or(Value::Array(Vec::new()));
+        if let Some(a) = mappings.as_array()
+            && a.len() > DestinationStore::MAX_MAPPINGS_PER_CREATE
+        {
+            return Err(invalid(
+                "mappings",
+                format!(
+                    "at most {} mappings when creating a destination; add more with POST /destinations/{{id}}/mappings",
+                    DestinationStore::MAX_MAPPINGS_PER_CREATE
+                ),
+            ));
+        }
+        Ok(NewDestination {
+            name,
+            description,
+            account_id,
+            labels,
+            ttl_seconds,
+            countries,
+            mappings,
+        })
     }
-    let name = req_string(obj, "name", MAX_NAME_CHARS)?;
-    let description = opt_string(obj, "description", MAX_AUDIENCE_DESCRIPTION)?.unwrap_or_default();
-    let account_id = parse_account_id(obj.get("accountId"))?;
-    let labels = parse_labels(obj.get("dataExportLabels"))?;
-    let ttl_seconds = parse_ttl(obj.get("ttlSeconds"))?;
-    let countries = match obj.get("dataSourceCountry") {
-        None | Some(Value::Null) => None,
-        Some(v) => Some(parse_countries(v)?),
-    };
-    let mappings = obj
-        .get("mappings")
-        .cloned()
-        .unwrap_or(Value::Array(Vec::new()));
-    if let Some(a) = mappings.as_array()
-        && a.len() > DestinationStore::MAX_MAPPINGS_PER_CREATE
-    {
-        return Err(invalid(
-            "mappings",
-            format!(
-                "at most {} mappings when creating a destination; add more with POST /destinations/{{id}}/mappings",
-                DestinationStore::MAX_MAPPINGS_PER_CREATE
-            ),
-        ));
-    }
-    Ok(NewDestination {
-        name,
-        description,
-        account_id,
-        labels,
-        ttl_seconds,
-        countries,
-        mappings,
-    })
 }
 
-/// The fields of a `PATCH /destinations/{id}` body: the first one (in key order) that may not
-/// change, or is unknown, is refused.
-pub(super) fn check_patch_fields(obj: &Map<String, Value>, d: &Destination) -> ApiResult<()> {
-    let id = d.destination_id.as_str();
-    for (k, v) in obj {
-        match k.as_str() {
-            "description" | "dataExportLabels" | "ttlSeconds" | "dataSourceCountry" => {}
-            "name" => {
-                if v.as_str().map(str::trim) != Some(d.name.as_str()) {
-                    return Err(invalid(
-                        "name",
-                        "the name of a destination cannot be changed",
-                    ));
-                }
-            }
-            "destinationId" if v.as_str() == Some(id) => {}
-            "accountId" | "mappings" | "destinationId" => {
-                let how = if k == "mappings" {
-                    " (use POST /destinations/{id}/mappings and DELETE /destinations/{id}/mappings/{segmentId})"
-                } else {
-                    ""
-                };
-                return Err(invalid(
-                    k,
-                    format!("{k} of a destination cannot be changed{how}"),
-                ));
-            }
-            _ => return Err(invalid(k, format!("unknown field {k}"))),
+/// `PATCH /destinations/{id}`'s body.
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub(super) struct PatchBody {
+    #[serde(default, deserialize_with = "given")]
+    description: Option<Value>,
+    #[serde(default, deserialize_with = "given")]
+    data_export_labels: Option<Value>,
+    /// Fixed at creation: refused unless unchanged.
+    #[serde(default, deserialize_with = "given")]
+    name: Option<Value>,
+    #[serde(default, deserialize_with = "given")]
+    destination_id: Option<Value>,
+    /// Fixed at creation: always refused.
+    #[serde(default, deserialize_with = "given")]
+    account_id: Option<Value>,
+    #[serde(default, deserialize_with = "given")]
+    mappings: Option<Value>,
+    /// `ttlSeconds` and `dataSourceCountry` (`crate::export::audience_meta::parse_settings`),
+    /// and unknown fields.
+    #[serde(flatten)]
+    other: Map<String, Value>,
+}
+
+/// A checked `PATCH /destinations/{id}` body: the new description and labels.
+pub(super) struct DestinationPatch {
+    pub(super) description: String,
+    pub(super) labels: Vec<ExportLabel>,
+}
+
+impl PatchBody {
+    /// Checks the body against destination `d`: the first field (in key order) that may not
+    /// change or is unknown is refused, then the description and labels are checked.
+    pub(super) fn check(self, d: &Destination) -> ApiResult<DestinationPatch> {
+        if let Some((_, refused)) = self.refused(d).into_iter().min_by(|a, b| a.0.cmp(&b.0)) {
+            return Err(refused);
         }
+        let description = opt_string(
+            self.description.as_ref(),
+            "description",
+            MAX_AUDIENCE_DESCRIPTION,
+        )?
+        .unwrap_or_else(|| d.description.clone());
+        let labels = match &self.data_export_labels {
+            Some(v) => parse_labels(Some(v))?,
+            None => d.data_export_labels.clone(),
+        };
+        Ok(DestinationPatch {
+            description,
+            labels,
+        })
     }
-    Ok(())
+
+    /// Every refused field with its answer.
+    fn refused(&self, d: &Destination) -> Vec<(String, ApiError)> {
+        let fixed = |k: &str, how: &str| {
+            let e = invalid(k, format!("{k} of a destination cannot be changed{how}"));
+            (k.to_string(), e)
+        };
+        let mut out: Vec<(String, ApiError)> = self
+            .other
+            .keys()
+            .filter(|k| !matches!(k.as_str(), "ttlSeconds" | "dataSourceCountry"))
+            .map(|k| (k.clone(), invalid(k, format!("unknown field {k}"))))
+            .collect();
+        if let Some(v) = &self.name
+            && v.as_str().map(str::trim) != Some(d.name.as_str())
+        {
+            let e = invalid("name", "the name of a destination cannot be changed");
+            out.push(("name".into(), e));
+        }
+        if let Some(v) = &self.destination_id
+            && v.as_str() != Some(d.destination_id.as_str())
+        {
+            out.push(fixed("destinationId", ""));
+        }
+        if self.account_id.is_some() {
+            out.push(fixed("accountId", ""));
+        }
+        if self.mappings.is_some() {
+            out.push(fixed(
+                "mappings",
+                " (use POST /destinations/{id}/mappings and DELETE /destinations/{id}/mappings/{segmentId})",
+            ));
+        }
+        out
+    }
+}
+
+/// `PUT …/fees`' body: `{"audienceFees":[…]}` (an empty list removes the fee).
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub(super) struct FeesBody {
+    #[serde(default, deserialize_with = "given")]
+    audience_fees: Option<Value>,
+    #[serde(flatten)]
+    other: Map<String, Value>,
+}
+
+impl FeesBody {
+    /// The unknown fields are refused before anything is read.
+    pub(super) fn check_fields(&self) -> ApiResult<()> {
+        refuse_unknown(&self.other, "", "")
+    }
+
+    /// The fees, in the advertiser's `currency`.
+    pub(super) fn fees(&self, currency: &str) -> ApiResult<Vec<AudienceFee>> {
+        let v = self.audience_fees.as_ref().ok_or_else(|| {
+            invalid(
+                "audienceFees",
+                "audienceFees is required (an empty array removes the fee)",
+            )
+        })?;
+        parse_fees(v, "audienceFees", currency)
+    }
 }

@@ -1,11 +1,9 @@
 //! `POST /destinations`, `GET /destinations`, `GET /destinations/{id}`, `PATCH /destinations/{id}`.
 
 use super::inline::work_inline;
+use super::mapping_requests::{MappingRequest, parse_mapping_requests};
 use super::mappings::{adopt_all, check_conflicts, load_account, load_segments, new_mapping};
-use super::requests::{
-    MAX_AUDIENCE_DESCRIPTION, MappingRequest, body_object, check_patch_fields, opt_string,
-    parse_labels, parse_mapping_requests, parse_new_destination,
-};
+use super::requests::{NewDestinationBody, PatchBody, body, body_object, from_object};
 use super::segments::reevaluate_destination;
 use super::views::{destination_json, destination_status, destination_view, mapping_view};
 use crate::amazon::Audience;
@@ -38,7 +36,7 @@ pub async fn create_destination(
 }
 
 async fn create(ctx: &ExportCtx, req: &HttpRequest, inv: &Invocation) -> ApiResult<HttpResponse> {
-    let body = parse_new_destination(&body_object(req)?)?;
+    let body = body::<NewDestinationBody>(req)?.check()?;
     // The account decides the fee currency, so it is looked up before the mappings are checked.
     let account = load_account(ctx, &body.account_id).await?;
     let reqs = parse_mapping_requests(&body.mappings, "mappings", &account.currency)?;
@@ -225,14 +223,8 @@ pub async fn patch_destination(ctx: &ExportCtx, id: &str, req: &HttpRequest) -> 
 async fn patch(ctx: &ExportCtx, id: &str, req: &HttpRequest) -> ApiResult<HttpResponse> {
     let obj = body_object(req)?;
     let d = find_destination(ctx, id).await?;
-    check_patch_fields(&obj, &d)?;
-    let description = opt_string(&obj, "description", MAX_AUDIENCE_DESCRIPTION)?
-        .unwrap_or_else(|| d.description.clone());
-    let labels = if obj.contains_key("dataExportLabels") {
-        parse_labels(obj.get("dataExportLabels"))?
-    } else {
-        d.data_export_labels.clone()
-    };
+    let patch = from_object::<PatchBody>(Value::Object(obj.clone()))?.check(&d)?;
+    let (description, labels) = (patch.description, patch.labels);
     let settings = crate::export::audience_meta::parse_settings(&obj, &d).map_err(from_answer)?;
     if let Some((ttl, countries)) = &settings {
         crate::export::audience_meta::apply_settings(ctx, &d, *ttl, countries)

@@ -1,18 +1,11 @@
 //! `PUT /segments/{segmentId}`, `GET /segments/{segmentId}`, and the export-control re-evaluation of mappings when labels or controls change.
 
-use super::requests::MAX_AUDIENCE_DESCRIPTION;
-use super::requests::MAX_NAME_CHARS;
-use super::requests::body_object;
-use super::requests::opt_string;
-use super::requests::parse_controls;
-use super::requests::req_string;
+use super::requests::{SegmentBody, body};
 use super::views::segment_view;
 use crate::domain::export_controls::{ExportControl, ExportLabel, conflicts, describe_conflicts};
 use crate::domain::segment::check_segment_id;
 use crate::export::ExportCtx;
-use crate::export::errors::invalid;
-use crate::export::errors::segment_not_found;
-use crate::export::errors::store_failure;
+use crate::export::errors::{invalid, segment_not_found, store_failure};
 use crate::export::members;
 use crate::http::error::respond;
 use crate::http::{ApiResult, HttpRequest, HttpResponse};
@@ -36,32 +29,12 @@ async fn put(ctx: &ExportCtx, segment_id: &str, req: &HttpRequest) -> ApiResult<
             format!("segmentId (in the path) {why}"),
         ));
     }
-    let obj = body_object(req)?;
-    for k in obj.keys() {
-        if !matches!(
-            k.as_str(),
-            "name" | "description" | "dataExportControls" | "segmentId"
-        ) {
-            return Err(invalid(k, format!("unknown field {k}")));
-        }
-    }
-    if let Some(id) = obj.get("segmentId")
-        && id.as_str() != Some(segment_id)
-    {
-        return Err(invalid(
-            "segmentId",
-            "segmentId in the body differs from the one in the path",
-        ));
-    }
-    let name = req_string(&obj, "name", MAX_NAME_CHARS)?;
-    let description =
-        opt_string(&obj, "description", MAX_AUDIENCE_DESCRIPTION)?.unwrap_or_default();
-    let controls = parse_controls(obj.get("dataExportControls"))?;
+    let fields = body::<SegmentBody>(req)?.check(segment_id)?;
     let seg = Segment {
         segment_id: segment_id.to_string(),
-        name,
-        description,
-        data_export_controls: controls,
+        name: fields.name,
+        description: fields.description,
+        data_export_controls: fields.controls,
         updated_at: now_rfc3339(),
     };
     let previous = ctx

@@ -1,9 +1,10 @@
 //! Unit tests of the request checks and views.
 
-use super::requests::{
+use super::fields::{
     DEFAULT_TTL_SECONDS, MAX_TTL_SECONDS, parse_account_id, parse_controls, parse_countries,
-    parse_fees, parse_labels, parse_mapping_requests, parse_ttl, valid_segment_id,
+    parse_fees, parse_labels, parse_ttl, valid_segment_id,
 };
+use super::mapping_requests::parse_mapping_requests;
 use super::views::{destination_status, mapping_view};
 use crate::amazon::AudienceFee;
 use crate::domain::export_controls::ExportControl;
