@@ -190,3 +190,117 @@ fn audience_ids_above_2_pow_53_stay_exact_in_views() {
     let text = serde_json::to_string(&v).unwrap();
     assert!(text.contains("\"audienceId\":72057594038053890"), "{text}");
 }
+
+/// The error (status, field, message) of a body check.
+fn refusal<T>(r: crate::http::ApiResult<T>) -> (u16, String, String) {
+    let e = r.err().expect("the check should fail");
+    (e.status(), e.field.unwrap_or_default(), e.message)
+}
+
+fn segment_body(v: serde_json::Value) -> super::requests::SegmentBody {
+    super::requests::from_object(v).unwrap()
+}
+
+#[test]
+fn segment_bodies_answer_the_first_problem_in_a_fixed_order() {
+    let r = refusal(segment_body(json!({"zeta": 1, "alpha": 2, "name": "x"})).check("s"));
+    assert_eq!(r, (400, "alpha".into(), "unknown field alpha".into()));
+    // `null` is not the path's id; an absent one is fine.
+    let r = refusal(segment_body(json!({"segmentId": null, "name": "x"})).check("s"));
+    assert_eq!(r.1, "segmentId");
+    assert!(segment_body(json!({"name": " x "})).check("s").is_ok());
+    // The name is checked before the description, whatever the key order.
+    let r = refusal(segment_body(json!({"description": 5, "name": 5})).check("s"));
+    assert_eq!(r, (400, "name".into(), "name must be a string".into()));
+}
+
+#[test]
+fn patch_bodies_refuse_the_first_fixed_or_unknown_field_in_key_order() {
+    let d = crate::store::destinations::Destination {
+        destination_id: "d1".into(),
+        name: "N".into(),
+        description: "old".into(),
+        account_id: "1".into(),
+        data_export_labels: vec![crate::domain::export_controls::ExportLabel::ALL[0]],
+        data_source_country: vec!["US".into()],
+        ttl_seconds: 60,
+        created_at: String::new(),
+    };
+    let patch = |v: serde_json::Value| {
+        super::requests::from_object::<super::requests::PatchBody>(v)
+            .unwrap()
+            .check(&d)
+    };
+    let r = refusal(patch(json!({"zz": 1, "mappings": [], "accountId": "1"})));
+    assert_eq!(
+        r,
+        (
+            400,
+            "accountId".into(),
+            "accountId of a destination cannot be changed".into()
+        )
+    );
+    let r = refusal(patch(json!({"zz": 1, "name": "M"})));
+    assert_eq!(r.1, "name");
+    let r = refusal(patch(json!({"destinationId": "d2"})));
+    assert_eq!(r.1, "destinationId");
+    // Unchanged fixed fields and the settings pass; a `null` label list empties the labels.
+    let p = patch(
+        json!({"name": " N ", "destinationId": "d1", "ttlSeconds": 5,
+        "dataSourceCountry": ["CA"], "dataExportLabels": null}),
+    )
+    .unwrap();
+    assert_eq!((p.description.as_str(), p.labels.len()), ("old", 0));
+    assert_eq!(patch(json!({})).unwrap().labels, d.data_export_labels);
+}
+
+#[test]
+fn mapping_and_fee_bodies_keep_null_apart_from_absent() {
+    use super::mapping_requests::AddMappingsBody;
+    let add = |v: serde_json::Value| {
+        super::requests::from_object::<AddMappingsBody>(v)
+            .unwrap()
+            .check("USD")
+    };
+    let r = refusal(add(json!({"mappings": null, "b": 1, "a": 2})));
+    assert_eq!(
+        r,
+        (
+            400,
+            "a".into(),
+            "unknown field a (give either mappings or one segmentId)".into()
+        )
+    );
+    let r = refusal(add(json!({"mappings": null})));
+    assert_eq!(r.2, "mappings must be an array");
+    let r = refusal(add(json!({"segmentId": "s", "x": 1})));
+    assert_eq!((r.1.as_str(), r.2.as_str()), ("x", "unknown field x"));
+    let r = refusal(add(json!({"mappings": []})));
+    assert_eq!(r.2, "mappings must list at least one segment");
+    assert_eq!(
+        add(json!({"segmentId": "s"})).unwrap()[0].segment_field(),
+        "segmentId"
+    );
+
+    use super::requests::FeesBody;
+    let fees = |v: serde_json::Value| super::requests::from_object::<FeesBody>(v).unwrap();
+    assert_eq!(
+        refusal(fees(json!({"audienceFees": [], "cpm": 1})).check_fields()).1,
+        "cpm"
+    );
+    assert_eq!(
+        refusal(fees(json!({"audienceFees": null})).fees("USD")).2,
+        "audienceFees must be an array"
+    );
+    assert_eq!(
+        refusal(fees(json!({})).fees("USD")).2,
+        "audienceFees is required (an empty array removes the fee)"
+    );
+    let r = refusal(parse_fees(
+        &json!([{"cpmCents": null, "currency": "USD"}]),
+        "f",
+        "USD",
+    ));
+    assert_eq!(r.1, "f[0].cpmCents");
+    assert!(r.2.contains("non-negative integer"), "{}", r.2);
+}
