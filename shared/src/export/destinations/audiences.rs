@@ -161,26 +161,23 @@ async fn still_to_create(ctx: &ExportCtx, p: &PendingAudience) -> Result<bool, S
         store.dequeue_audience(p).await?;
         return Ok(false);
     };
-    match current.status {
-        MappingStatus::Pending if current.audience_id.is_none() => return Ok(true),
-        MappingStatus::Pending | MappingStatus::Active if current.audience_id.is_some() => {
-            // A previous run created the audience but stopped before queueing the backfill.
-            // Only then: a stale entry met after another caller (a creating request) created the
-            // audience and already ran its backfill must not start that backfill over.
-            if current.status == MappingStatus::Active
-                && ctx
-                    .jobs
-                    .get_job(dst, seg_id)
-                    .await?
-                    .is_none_or(|j| Some(j.audience_id) != current.audience_id)
-            {
-                members::start_backfill(ctx, &current).await?;
-            }
-        }
-        _ => {
-            // Blocked, failed or removed since it was queued: nothing to create now (unblocking
-            // or mapping again queues it anew).
-        }
+    if current.status == MappingStatus::Pending && current.audience_id.is_none() {
+        return Ok(true);
+    }
+    // Pending or active with an audience: a previous run created it but may have stopped before
+    // queueing the backfill. Only then: a stale entry met after another caller (a creating
+    // request) created the audience and already ran its backfill must not start that backfill
+    // over. Blocked, failed or removed since it was queued: nothing to create now (unblocking or
+    // mapping again queues it anew).
+    if current.status == MappingStatus::Active
+        && current.audience_id.is_some()
+        && ctx
+            .jobs
+            .get_job(dst, seg_id)
+            .await?
+            .is_none_or(|j| Some(j.audience_id) != current.audience_id)
+    {
+        members::start_backfill(ctx, &current).await?;
     }
     store.dequeue_audience(p).await?;
     Ok(false)
