@@ -1,4 +1,5 @@
-//! A creating request's bounded slice of work on its own destination (see the module doc of `super`).
+//! A creating request's bounded slice of work on its own destination (see the module doc of
+//! `super`).
 
 use super::audiences::Outcome;
 use super::audiences::create_one;

@@ -1,4 +1,5 @@
-//! Amazon's metadata pace (1 request/s per LwA client), shared by every process through DynamoDB slots.
+//! Amazon's metadata pace (1 request/s per LwA client), shared by every process through DynamoDB
+//! slots.
 
 use crate::export::ExportCtx;
 use crate::store::StoreError;

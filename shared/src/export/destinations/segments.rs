@@ -1,4 +1,5 @@
-//! `PUT /segments/{segmentId}`, `GET /segments/{segmentId}`, and the export-control re-evaluation of mappings when labels or controls change.
+//! `PUT /segments/{segmentId}`, `GET /segments/{segmentId}`, and the export-control
+//! re-evaluation of mappings when labels or controls change.
 
 use super::requests::{SegmentBody, body};
 use super::views::segment_view;
