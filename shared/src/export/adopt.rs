@@ -13,9 +13,12 @@
 //! so the answer stays within API Gateway's time at one metadata call per second.
 
 use super::ExportCtx;
-use super::destinations::{amazon_failure, invalid, pace_by, paced_call_done, store_failure};
+use super::destinations::{pace_by, paced_call_done};
+use super::errors::{
+    amazon_busy, amazon_failure, audience_not_found, invalid, other_advertiser, store_failure,
+};
 use crate::amazon::{AmazonError, Audience};
-use crate::http::HttpResponse;
+use crate::http::{ApiError, ApiResult};
 use crate::store::StoreError;
 use crate::store::accounts::IntegratedAccount;
 use crate::store::destinations::{Destination, MappingStatus, SegmentMapping};
@@ -29,7 +32,7 @@ pub const MAX_ADOPTIONS_PER_REQUEST: usize = 5;
 pub const ADOPTION_BUDGET_MS: i64 = 6_000;
 
 /// `audienceId` as given: a JSON integer (exact above 2^53) or a string of digits.
-pub fn parse_audience_id(v: Option<&Value>, field: &str) -> Result<Option<i64>, HttpResponse> {
+pub fn parse_audience_id(v: Option<&Value>, field: &str) -> ApiResult<Option<i64>> {
     let id = match v {
         None | Some(Value::Null) => return Ok(None),
         Some(Value::Number(n)) => n.as_i64(),
@@ -47,30 +50,6 @@ pub fn parse_audience_id(v: Option<&Value>, field: &str) -> Result<Option<i64>, 
     }
 }
 
-fn not_found(field: &str, id: i64) -> HttpResponse {
-    HttpResponse::field_error(
-        404,
-        "audience_not_found",
-        field,
-        format!(
-            "audience {id} does not exist or this adsync installation (its Amazon client) \
-             cannot read it"
-        ),
-    )
-}
-
-fn other_advertiser(field: &str, id: i64, account: &IntegratedAccount) -> HttpResponse {
-    HttpResponse::field_error(
-        409,
-        "audience_of_another_advertiser",
-        field,
-        format!(
-            "audience {id} does not belong to advertiser {} of this destination",
-            account.advertiser_id
-        ),
-    )
-}
-
 /// Reads audience `id` and checks that it may back mapping (`destination_id`, `segment_id`),
 /// claiming it for that mapping. The call starts on a metadata slot no later than `not_after`
 /// (epoch ms), else 503.
@@ -81,16 +60,12 @@ pub async fn check(
     field: &str,
     (destination_id, segment_id): (&str, &str),
     not_after: i64,
-) -> Result<Audience, HttpResponse> {
+) -> ApiResult<Audience> {
     if !pace_by(ctx, account, Some(not_after))
         .await
         .map_err(store_failure)?
     {
-        return Err(HttpResponse::error(
-            503,
-            "amazon_busy",
-            "Amazon's metadata pace (one call per second) is taken by other work; try again",
-        ));
+        return Err(amazon_busy());
     }
     let amazon = ctx
         .amazon
@@ -106,7 +81,7 @@ pub async fn check(
         Err(AmazonError::Rejected { status, .. } | AmazonError::AccountNotFound { status, .. })
             if status == 403 || status == 404 =>
         {
-            return Err(not_found(field, id));
+            return Err(audience_not_found(field, id));
         }
         // 401 "No matching advertiser found for scope": the audience's advertiser is not ours.
         Err(AmazonError::AccountNotFound { .. }) => {
@@ -129,12 +104,11 @@ pub async fn check(
             .map_err(store_failure)?,
     };
     if let Some((d, s)) = owner {
-        return Err(HttpResponse::field_error(
-            409,
+        return Err(ApiError::conflict(
             "audience_already_mapped",
-            field,
             format!("audience {id} already backs segment {s} of destination {d}"),
-        ));
+        )
+        .at(field));
     }
     Ok(a)
 }

@@ -13,22 +13,23 @@
 //!   deleted once every purge is done (then 404); meanwhile changes to it answer 409.
 
 use super::ExportCtx;
-use super::destinations::{
-    destination_not_found, invalid, mapping_not_found, mapping_view, segment_not_found,
-    store_failure,
+use super::destinations::{find_destination, mapping_view, remove};
+use super::errors::{
+    destination_deleting, invalid, mapping_not_found, segment_not_found, store_failure,
 };
 use super::purge::{purge_view, queue_purge};
-use crate::http::{HttpRequest, HttpResponse};
+use crate::http::error::respond;
+use crate::http::{ApiError, ApiResult, HttpRequest, HttpResponse};
 use crate::runtime::Invocation;
 use crate::store::StoreError;
-use crate::store::destinations::MappingStatus;
+use crate::store::destinations::{Destination, MappingStatus};
 use crate::store::jobs::{JobPurpose, JobState};
 use serde_json::{Value, json};
 
 /// The longest a `DELETE /segments/{id}?purgeLedger=true` spends deleting rows.
 const LEDGER_PURGE_SLICE_MS: i64 = 15_000;
 
-fn wants_purge(req: &HttpRequest, name: &str) -> Result<bool, HttpResponse> {
+fn wants_purge(req: &HttpRequest, name: &str) -> ApiResult<bool> {
     match req.query().get(name).map(String::as_str) {
         None | Some("false") => Ok(false),
         Some("true") => Ok(true),
@@ -38,23 +39,27 @@ fn wants_purge(req: &HttpRequest, name: &str) -> Result<bool, HttpResponse> {
 
 /// `GET /segments?limit=&nextToken=`.
 pub async fn list_segments(ctx: &ExportCtx, req: &HttpRequest) -> HttpResponse {
+    respond(segments_page(ctx, req).await)
+}
+
+async fn segments_page(ctx: &ExportCtx, req: &HttpRequest) -> ApiResult<HttpResponse> {
     let q = req.query();
     let limit = match q.get("limit").map(|l| l.parse::<i32>()) {
         None => 50,
         Some(Ok(l)) if (1..=100).contains(&l) => l,
-        Some(_) => return invalid("limit", "limit must be an integer from 1 to 100"),
+        Some(_) => {
+            return Err(invalid("limit", "limit must be an integer from 1 to 100"));
+        }
     };
-    match ctx
+    let p = ctx
         .destinations
         .list_segments(limit, q.get("nextToken").map(String::as_str))
         .await
-    {
-        Ok(p) => HttpResponse::json(
-            200,
-            &json!({"segments": p.segments, "nextToken": p.next_token}),
-        ),
-        Err(e) => store_failure(e),
-    }
+        .map_err(store_failure)?;
+    Ok(HttpResponse::json(
+        200,
+        &json!({"segments": p.segments, "nextToken": p.next_token}),
+    ))
 }
 
 /// `DELETE /segments/{id}[?purgeLedger=true]`.
@@ -64,58 +69,72 @@ pub async fn delete_segment(
     req: &HttpRequest,
     inv: &Invocation,
 ) -> HttpResponse {
-    let purge = match wants_purge(req, "purgeLedger") {
-        Ok(p) => p,
-        Err(r) => return r,
-    };
-    let mapped = match ctx.destinations.mappings_for_segment(id).await {
-        Ok(ms) => ms,
-        Err(e) => return store_failure(e),
-    };
-    let mut dests: Vec<String> = Vec::new();
-    for m in mapped.iter().filter(|m| m.status != MappingStatus::Removed) {
-        // The index lags: confirm with a consistent read.
-        match ctx.destinations.get_mapping(&m.destination_id, id).await {
-            Ok(Some(cur)) if cur.status != MappingStatus::Removed => dests.push(cur.destination_id),
-            Ok(_) => {}
-            Err(e) => return store_failure(e),
-        }
-    }
+    respond(segment_delete(ctx, id, req, inv).await)
+}
+
+async fn segment_delete(
+    ctx: &ExportCtx,
+    id: &str,
+    req: &HttpRequest,
+    inv: &Invocation,
+) -> ApiResult<HttpResponse> {
+    let purge = wants_purge(req, "purgeLedger")?;
+    let dests = mapped_to(ctx, id).await.map_err(store_failure)?;
     if !dests.is_empty() {
-        return HttpResponse::error(
-            409,
+        return Err(ApiError::conflict(
             "segment_mapped",
             format!(
                 "segment {id} is mapped to destination(s) {}; remove those mappings first \
                  (DELETE /destinations/{{id}}/mappings/{id})",
                 dests.join(", ")
             ),
-        );
+        ));
     }
-    let existed = match ctx.destinations.delete_segment(id).await {
-        Ok(e) => e,
-        Err(e) => return store_failure(e),
-    };
+    let existed = ctx
+        .destinations
+        .delete_segment(id)
+        .await
+        .map_err(store_failure)?;
     if !existed && !purge {
-        return segment_not_found(id, None);
+        return Err(segment_not_found(id, None));
     }
     if !purge {
-        return HttpResponse::json(200, &json!({"segmentId": id, "deleted": true}));
+        return Ok(HttpResponse::json(
+            200,
+            &json!({"segmentId": id, "deleted": true}),
+        ));
     }
     // The ledger rows, within a slice of the request's time (sending the DELETE again
     // continues: it is accepted for a segment already deleted when purgeLedger=true).
     let deadline = (chrono::Utc::now().timestamp_millis() + LEDGER_PURGE_SLICE_MS)
         .min(inv.deadline_ms as i64 - 5_000);
-    match ctx.ledger.purge_segment(id, deadline).await {
-        Ok(p) => HttpResponse::json(
-            if p.complete { 200 } else { 202 },
-            &json!({"segmentId": id, "deleted": true,
-                    "ledger": {"rowsDeleted": p.deleted, "complete": p.complete,
-                               "note": if p.complete { Value::Null } else {
-                                   json!("more rows are left: send the same DELETE again to continue") }}}),
-        ),
-        Err(e) => store_failure(e),
+    let p = ctx
+        .ledger
+        .purge_segment(id, deadline)
+        .await
+        .map_err(store_failure)?;
+    Ok(HttpResponse::json(
+        if p.complete { 200 } else { 202 },
+        &json!({"segmentId": id, "deleted": true,
+                "ledger": {"rowsDeleted": p.deleted, "complete": p.complete,
+                           "note": if p.complete { Value::Null } else {
+                               json!("more rows are left: send the same DELETE again to continue") }}}),
+    ))
+}
+
+/// The destinations segment `id` is mapped to (not `removed`).
+async fn mapped_to(ctx: &ExportCtx, id: &str) -> Result<Vec<String>, StoreError> {
+    let mapped = ctx.destinations.mappings_for_segment(id).await?;
+    let mut dests: Vec<String> = Vec::new();
+    for m in mapped.iter().filter(|m| m.status != MappingStatus::Removed) {
+        // The index lags: confirm with a consistent read.
+        if let Some(cur) = ctx.destinations.get_mapping(&m.destination_id, id).await?
+            && cur.status != MappingStatus::Removed
+        {
+            dests.push(cur.destination_id);
+        }
     }
+    Ok(dests)
 }
 
 /// `DELETE /destinations/{id}/mappings/{segmentId}[?purge=true]`.
@@ -125,55 +144,77 @@ pub async fn remove_mapping(
     segment_id: &str,
     req: &HttpRequest,
 ) -> HttpResponse {
-    let purge = match wants_purge(req, "purge") {
-        Ok(p) => p,
-        Err(r) => return r,
-    };
-    let resp = super::destinations::remove_mapping(ctx, id, segment_id).await;
-    if !purge || resp.status != 200 {
-        return resp;
+    respond(mapping_remove(ctx, id, segment_id, req).await)
+}
+
+async fn mapping_remove(
+    ctx: &ExportCtx,
+    id: &str,
+    segment_id: &str,
+    req: &HttpRequest,
+) -> ApiResult<HttpResponse> {
+    let purge = wants_purge(req, "purge")?;
+    let removed = remove(ctx, id, segment_id).await?;
+    if !purge {
+        return Ok(HttpResponse::json(200, &mapping_view(&removed, None)));
     }
-    let m = match ctx.destinations.get_mapping(id, segment_id).await {
-        Ok(Some(m)) => m,
-        Ok(None) => return mapping_not_found(id, segment_id),
-        Err(e) => return store_failure(e),
-    };
-    let d = match ctx.destinations.get_destination(id).await {
-        Ok(Some(d)) => d,
-        Ok(None) => return destination_not_found(id),
-        Err(e) => return store_failure(e),
-    };
-    if let Err(e) = queue_purge(ctx, &m, &d.account_id, false).await {
-        return store_failure(e);
-    }
+    let m = ctx
+        .destinations
+        .get_mapping(id, segment_id)
+        .await
+        .map_err(store_failure)?
+        .ok_or_else(|| mapping_not_found(id, segment_id))?;
+    let d = find_destination(ctx, id).await?;
+    queue_purge(ctx, &m, &d.account_id, false)
+        .await
+        .map_err(store_failure)?;
     let mut view = mapping_view(&m, None);
     view["purge"] = purge_view(ctx, &m.destination_id, &m.segment_id, None).await;
-    HttpResponse::json(202, &view)
+    Ok(HttpResponse::json(202, &view))
 }
 
 /// `DELETE /destinations/{id}[?purge=true]`.
 pub async fn delete_destination(ctx: &ExportCtx, id: &str, req: &HttpRequest) -> HttpResponse {
-    let purge = match wants_purge(req, "purge") {
-        Ok(p) => p,
-        Err(r) => return r,
-    };
-    match delete_destination_inner(ctx, id, purge).await {
-        Ok(r) => r,
-        Err(e) => store_failure(e),
-    }
+    respond(destination_delete(ctx, id, req).await)
 }
 
-async fn delete_destination_inner(
+async fn destination_delete(
     ctx: &ExportCtx,
     id: &str,
+    req: &HttpRequest,
+) -> ApiResult<HttpResponse> {
+    let purge = wants_purge(req, "purge")?;
+    let d = find_destination(ctx, id).await?;
+    delete_found(ctx, &d, purge).await.map_err(store_failure)
+}
+
+async fn delete_found(
+    ctx: &ExportCtx,
+    d: &Destination,
     purge: bool,
 ) -> Result<HttpResponse, StoreError> {
-    let Some(d) = ctx.destinations.get_destination(id).await? else {
-        return Ok(destination_not_found(id));
-    };
+    let id = d.destination_id.as_str();
     if ctx.destinations.is_deleting(id).await? {
         return Ok(HttpResponse::json(202, &deleting_view(ctx, id).await?));
     }
+    let purges = retire_mappings(ctx, d, purge).await?;
+    if purges > 0 {
+        ctx.destinations.mark_destination_deleting(id).await?;
+        tracing::info!(destination = %id, purges, "destination deleting after its purges");
+        return Ok(HttpResponse::json(202, &deleting_view(ctx, id).await?));
+    }
+    ctx.destinations.delete_destination_items(id).await?;
+    tracing::info!(destination = %id, "destination deleted");
+    Ok(HttpResponse::json(
+        200,
+        &json!({"destinationId": id, "deleted": true}),
+    ))
+}
+
+/// Turns every mapping of `d` `removed`, drops its upkeep, retires its job and, with `purge`,
+/// queues its purge: the number of purges queued.
+async fn retire_mappings(ctx: &ExportCtx, d: &Destination, purge: bool) -> Result<u32, StoreError> {
+    let id = d.destination_id.as_str();
     let live = [
         MappingStatus::Pending,
         MappingStatus::Active,
@@ -202,17 +243,7 @@ async fn delete_destination_inner(
             purges += 1;
         }
     }
-    if purges > 0 {
-        ctx.destinations.mark_destination_deleting(id).await?;
-        tracing::info!(destination = %id, purges, "destination deleting after its purges");
-        return Ok(HttpResponse::json(202, &deleting_view(ctx, id).await?));
-    }
-    ctx.destinations.delete_destination_items(id).await?;
-    tracing::info!(destination = %id, "destination deleted");
-    Ok(HttpResponse::json(
-        200,
-        &json!({"destinationId": id, "deleted": true}),
-    ))
+    Ok(purges)
 }
 
 /// Retires a mapping's unfinished non-purge job, so no later run lists or takes it.
@@ -242,28 +273,26 @@ async fn deleting_view(ctx: &ExportCtx, id: &str) -> Result<Value, StoreError> {
 }
 
 /// 409 for a change to a destination that is being deleted (its purges run).
-pub async fn refuse_if_deleting(ctx: &ExportCtx, id: &str) -> Option<HttpResponse> {
+pub async fn refuse_if_deleting(ctx: &ExportCtx, id: &str) -> ApiResult<()> {
     match ctx.destinations.is_deleting(id).await {
-        Ok(true) => Some(HttpResponse::error(
-            409,
-            "destination_deleting",
-            format!("destination {id} is being deleted; GET /destinations/{id} shows the progress"),
-        )),
-        Ok(false) => None,
-        Err(e) => Some(store_failure(e)),
+        Ok(true) => Err(destination_deleting(id)),
+        Ok(false) => Ok(()),
+        Err(e) => Err(store_failure(e)),
     }
 }
 
 /// `GET /destinations/{id}` of a destination being deleted answers the deletion's progress.
-pub async fn deleting_answer(ctx: &ExportCtx, id: &str) -> Option<HttpResponse> {
-    match ctx.destinations.is_deleting(id).await {
-        Ok(true) => Some(match deleting_view(ctx, id).await {
-            Ok(v) => HttpResponse::json(200, &v),
-            Err(e) => store_failure(e),
-        }),
-        Ok(false) => None,
-        Err(e) => Some(store_failure(e)),
+pub async fn deleting_answer(ctx: &ExportCtx, id: &str) -> ApiResult<Option<HttpResponse>> {
+    if !ctx
+        .destinations
+        .is_deleting(id)
+        .await
+        .map_err(store_failure)?
+    {
+        return Ok(None);
     }
+    let v = deleting_view(ctx, id).await.map_err(store_failure)?;
+    Ok(Some(HttpResponse::json(200, &v)))
 }
 
 #[cfg(test)]
@@ -338,7 +367,7 @@ mod tests {
         assert_eq!(wants_purge(&r(""), "purge").ok(), Some(false));
         assert_eq!(wants_purge(&r("purge=true"), "purge").ok(), Some(true));
         assert_eq!(wants_purge(&r("purge=false"), "purge").ok(), Some(false));
-        let bad = wants_purge(&r("purge=yes"), "purge").unwrap_err();
+        let bad: HttpResponse = wants_purge(&r("purge=yes"), "purge").unwrap_err().into();
         assert_eq!(bad.status, 400);
         assert_eq!(bad.json_body()["error"]["field"], "purge");
     }

@@ -26,6 +26,7 @@ pub mod audience_view;
 pub mod destinations;
 pub mod erasure;
 pub mod erasure_progress;
+pub mod errors;
 pub mod identities;
 pub mod identities_redrive;
 pub mod lifecycle;
@@ -34,6 +35,8 @@ pub mod migrate;
 pub mod privacy;
 pub mod purge;
 pub mod refresh;
+mod router;
+mod tasks;
 pub mod upkeep;
 
 use crate::amazon::{AmazonClient, RetryPolicy};
@@ -48,7 +51,7 @@ use crate::store::jobs::JobStore;
 use crate::store::ledger::LedgerStore;
 use crate::store::parked::ParkedQueue;
 use crate::store::secrets::SecretsStore;
-use serde_json::{Value, json};
+use serde_json::Value;
 use std::time::Duration;
 
 /// The share of an invocation's remaining time the `backfill` task may spend creating audiences
@@ -149,6 +152,8 @@ pub struct ExportCtx {
 }
 
 pub use crate::runtime::StartError;
+pub use router::{route, route_authorized};
+pub use tasks::{run_task, run_task_with};
 
 impl ExportCtx {
     /// Builds the context from the environment (`ACCOUNTS_TABLE`, `DESTINATIONS_TABLE`,
@@ -201,199 +206,6 @@ impl Handler for ExportHandler {
     }
 }
 
-/// The route a request matched.
-#[derive(Debug, PartialEq, Eq)]
-enum Route<'a> {
-    PutSegment(&'a str),
-    GetSegment(&'a str),
-    ListSegments,
-    DeleteSegment(&'a str),
-    DeleteDestination(&'a str),
-    CreateDestination,
-    ListDestinations,
-    GetDestination(&'a str),
-    PatchDestination(&'a str),
-    AddMappings(&'a str),
-    RemoveMapping(&'a str, &'a str),
-    PutFees(&'a str, &'a str),
-    Qualifications,
-    Privacy(privacy::PrivacyRoute<'a>),
-    /// The path exists but not with this method: the allowed methods.
-    WrongMethod(&'static str),
-    NotFound,
-}
-
-/// The path's segments without the `cargo lambda watch` prefix (`/lambda-url/<function>/…`).
-fn route_segments(path: &str) -> Vec<&str> {
-    let segs: Vec<&str> = path.split('/').filter(|s| !s.is_empty()).collect();
-    if segs.first() == Some(&"lambda-url") && segs.len() >= 2 {
-        segs[2..].to_vec()
-    } else {
-        segs
-    }
-}
-
-fn match_route<'a>(method: &str, segs: &[&'a str]) -> Route<'a> {
-    use Route::*;
-    match (method, segs) {
-        ("PUT", ["segments", id]) => PutSegment(id),
-        ("GET", ["segments", id]) => GetSegment(id),
-        ("DELETE", ["segments", id]) => DeleteSegment(id),
-        (_, ["segments", _]) => WrongMethod("GET, PUT, DELETE"),
-        ("GET", ["segments"]) => ListSegments,
-        (_, ["segments"]) => WrongMethod("GET"),
-        ("POST", ["destinations"]) => CreateDestination,
-        ("GET", ["destinations"]) => ListDestinations,
-        (_, ["destinations"]) => WrongMethod("GET, POST"),
-        ("GET", ["destinations", id]) => GetDestination(id),
-        ("PATCH", ["destinations", id]) => PatchDestination(id),
-        ("DELETE", ["destinations", id]) => DeleteDestination(id),
-        (_, ["destinations", _]) => WrongMethod("GET, PATCH, DELETE"),
-        ("POST", ["destinations", id, "mappings"]) => AddMappings(id),
-        (_, ["destinations", _, "mappings"]) => WrongMethod("POST"),
-        ("DELETE", ["destinations", id, "mappings", seg]) => RemoveMapping(id, seg),
-        (_, ["destinations", _, "mappings", _]) => WrongMethod("DELETE"),
-        ("PUT", ["destinations", id, "mappings", seg, "fees"]) => PutFees(id, seg),
-        (_, ["destinations", _, "mappings", _, "fees"]) => WrongMethod("PUT"),
-        ("POST", ["qualifications"]) => Qualifications,
-        (_, ["qualifications"]) => WrongMethod("POST"),
-        _ => match privacy::match_route(method, segs) {
-            Some(Ok(r)) => Privacy(r),
-            Some(Err(allowed)) => WrongMethod(allowed),
-            None => NotFound,
-        },
-    }
-}
-
-/// Routes one request of the segment-export function. Every route needs an API key with the
-/// route's scope and no account restriction.
-pub async fn route(
-    ctx: &ExportCtx,
-    auth: &ApiKeyAuth,
-    req: &HttpRequest,
-    inv: &Invocation,
-) -> HttpResponse {
-    // Authenticate and authorize before routing (crate::http::scopes owns the rules).
-    if let Err(denied) = crate::http::scopes::authorize(auth, req).await {
-        return denied;
-    }
-    route_authorized(ctx, req, inv).await
-}
-
-/// Routes a request whose caller is already authorized against `crate::http::scopes::POLICY`
-/// (the console checks its session's key the same way before it calls this in process).
-pub async fn route_authorized(
-    ctx: &ExportCtx,
-    req: &HttpRequest,
-    inv: &Invocation,
-) -> HttpResponse {
-    let segs = route_segments(&req.path);
-    let r = match_route(&req.method, &segs);
-    if let Route::PatchDestination(id) | Route::AddMappings(id) | Route::PutFees(id, _) = r
-        && let Some(refused) = lifecycle::refuse_if_deleting(ctx, id).await
-    {
-        return refused;
-    }
-    match r {
-        Route::PutSegment(id) => destinations::put_segment(ctx, id, req).await,
-        Route::GetSegment(id) => destinations::get_segment(ctx, id).await,
-        Route::ListSegments => lifecycle::list_segments(ctx, req).await,
-        Route::DeleteSegment(id) => lifecycle::delete_segment(ctx, id, req, inv).await,
-        Route::DeleteDestination(id) => lifecycle::delete_destination(ctx, id, req).await,
-        Route::CreateDestination => destinations::create_destination(ctx, req, inv).await,
-        Route::ListDestinations => destinations::list_destinations(ctx, req).await,
-        Route::GetDestination(id) => destinations::get_destination(ctx, id).await,
-        Route::PatchDestination(id) => destinations::patch_destination(ctx, id, req).await,
-        Route::AddMappings(id) => destinations::add_mappings(ctx, id, req, inv).await,
-        Route::RemoveMapping(id, seg) => lifecycle::remove_mapping(ctx, id, seg, req).await,
-        Route::PutFees(id, seg) => destinations::put_fees(ctx, id, seg, req).await,
-        Route::Qualifications => members::handle_qualifications(ctx, req, inv).await,
-        Route::Privacy(r) => privacy::route(ctx, r, req, inv).await,
-        Route::WrongMethod(allowed) => HttpResponse::method_not_allowed(allowed),
-        Route::NotFound => HttpResponse::not_found(),
-    }
-}
-
-/// Runs a scheduled task: `backfill` (audience creation, then backfill jobs) or `redrive`.
-pub async fn run_task(ctx: &ExportCtx, name: &str, inv: &Invocation) -> Result<Value, String> {
-    run_task_with(ctx, name, &json!({ "task": name }), inv).await
-}
-
-/// [`run_task`] with the task's input (`redrive-dlq` reads its scope from it).
-/// A scheduled step's summary, or its error.
-fn step_view(r: &Result<Value, String>) -> Value {
-    match r {
-        Ok(v) => v.clone(),
-        Err(e) => json!({ "error": e }),
-    }
-}
-
-/// `out` when every step succeeded, else the first error (logged with the whole summary).
-fn both_ok<const N: usize>(out: Value, steps: [Result<Value, String>; N]) -> Result<Value, String> {
-    match steps.into_iter().find_map(Result::err) {
-        None => Ok(out),
-        Some(e) => {
-            tracing::error!(summary = %out, "a scheduled step failed");
-            Err(e)
-        }
-    }
-}
-
-pub async fn run_task_with(
-    ctx: &ExportCtx,
-    name: &str,
-    input: &Value,
-    inv: &Invocation,
-) -> Result<Value, String> {
-    match name {
-        "backfill" => {
-            let started = crate::runtime::now_ms() as i64;
-            let budget = inv.remaining().mul_f64(AUDIENCE_CREATION_SHARE);
-            let audiences = destinations::create_pending_audiences(ctx, inv, budget).await;
-            // Refreshes, purges and audience metadata, within the same metadata share.
-            let upkeep = upkeep::run_upkeep(
-                ctx,
-                started + budget.as_millis() as i64,
-                &upkeep::UpkeepOptions::from_env(),
-                crate::runtime::now_ms() as i64,
-            )
-            .await;
-            let mut metrics = crate::telemetry::Metrics::new(ctx.metrics_fn);
-            metrics
-                .count("AudiencesCreated", audiences.created as u64)
-                .count("AudienceCreationFailures", audiences.failed as u64);
-            metrics.emit();
-            // Erasures first (rare, and owed to a person); a failure of one step never skips
-            // the other.
-            let erasures = erasure::run_erasures(ctx, inv, &Default::default()).await;
-            let backfill = members::run_backfill(ctx, inv).await;
-            let out = json!({
-                "task": "backfill", "audiences": audiences, "upkeep": upkeep,
-                "backfill": step_view(&backfill), "erasures": step_view(&erasures)
-            });
-            both_ok(out, [backfill, erasures])
-        }
-        "redrive" => {
-            let redrive = members::run_redrive(ctx, inv).await;
-            let identities = identities::run_redrive(ctx, inv).await;
-            let out = json!({
-                "task": "redrive", "redrive": step_view(&redrive),
-                "identities": step_view(&identities)
-            });
-            both_ok(out, [redrive, identities])
-        }
-        "redrive-dlq" => {
-            use crate::parked_dlq::{DeadLetterMover, Scope};
-            let mover = DeadLetterMover::for_patches(&ctx.parked, &ctx.accounts)?;
-            let moved = mover.run(&Scope::from_input(input), inv).await?;
-            Ok(json!({"task": "redrive-dlq", "redriveDlq": moved}))
-        }
-        other => Err(format!(
-            "unknown task {other:?} (expected \"backfill\", \"redrive\" or \"redrive-dlq\")"
-        )),
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -417,44 +229,5 @@ mod tests {
                 <= budget.total - budget.reserve
         );
         assert!(!InlineWork::off().enabled());
-    }
-
-    #[test]
-    fn routes_match_with_and_without_the_function_url_prefix() {
-        for prefix in ["", "/lambda-url/segment-export"] {
-            let r = |m: &str, p: &str| {
-                let path = format!("{prefix}{p}");
-                let segs = route_segments(&path);
-                format!("{:?}", match_route(m, &segs))
-            };
-            assert_eq!(r("PUT", "/segments/s1"), "PutSegment(\"s1\")");
-            assert_eq!(r("POST", "/destinations"), "CreateDestination");
-            assert_eq!(r("GET", "/destinations/"), "ListDestinations");
-            assert_eq!(r("GET", "/destinations/d1"), "GetDestination(\"d1\")");
-            assert_eq!(r("PATCH", "/destinations/d1"), "PatchDestination(\"d1\")");
-            assert_eq!(
-                r("POST", "/destinations/d1/mappings"),
-                "AddMappings(\"d1\")"
-            );
-            assert_eq!(
-                r("DELETE", "/destinations/d1/mappings/s1"),
-                "RemoveMapping(\"d1\", \"s1\")"
-            );
-            assert_eq!(
-                r("PUT", "/destinations/d1/mappings/s1/fees"),
-                "PutFees(\"d1\", \"s1\")"
-            );
-            assert_eq!(r("POST", "/qualifications"), "Qualifications");
-            assert_eq!(r("DELETE", "/destinations/d1"), "DeleteDestination(\"d1\")");
-            assert_eq!(r("GET", "/segments"), "ListSegments");
-            assert_eq!(r("DELETE", "/segments/s1"), "DeleteSegment(\"s1\")");
-            assert_eq!(r("POST", "/segments"), "WrongMethod(\"GET\")");
-            assert_eq!(
-                r("POST", "/destinations/d1"),
-                "WrongMethod(\"GET, PATCH, DELETE\")"
-            );
-            assert_eq!(r("GET", "/nope"), "NotFound");
-            assert_eq!(r("GET", "/destinations/d1/mappings/s1/fees/x"), "NotFound");
-        }
     }
 }

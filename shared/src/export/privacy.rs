@@ -1,14 +1,16 @@
 //! Privacy routes of segment export: `POST /privacy/deletions`, `GET /privacy/deletions/{id}`
-//! (the job itself is `erasure.rs`), the route matching of the privacy and identity routes, and
-//! the erasure check of the qualification path ([`upsert_unless_erased`]).
+//! (the job itself is `erasure.rs`; the routes are in the table of `super::router`), and the
+//! erasure check of the qualification path ([`upsert_unless_erased`]).
 
+use super::ExportCtx;
 use super::erasure::{self, ErasureDoc, ErasureOptions, RawDevices};
-use super::{ExportCtx, identities};
+use super::errors::from_answer;
 use crate::domain::audience::{IdType, device_key, validate_device_id};
-use crate::http::{HttpRequest, HttpResponse, parse_json_body};
+use crate::http::error::respond;
+use crate::http::{ApiError, ApiResult, HttpRequest, HttpResponse, Kind, parse_json_body};
 use crate::runtime::Invocation;
 use crate::store::StoreError;
-use crate::store::erasures::device_hash;
+use crate::store::erasures::{ErasureStore, device_hash};
 use crate::store::ledger::{LedgerRow, Upsert};
 use serde_json::Value;
 use std::collections::BTreeSet;
@@ -16,45 +18,6 @@ use std::collections::BTreeSet;
 /// Most devices per deletion request (`PATCH /v2/dp/users` takes 1 000 users).
 pub const MAX_DEVICES: usize = 1000;
 const MAX_BODY_BYTES: usize = 1024 * 1024;
-
-/// A privacy or identity route.
-#[derive(Debug, PartialEq, Eq)]
-pub enum PrivacyRoute<'a> {
-    CreateDeletion,
-    GetDeletion(&'a str),
-    Identities(&'a str),
-}
-
-/// Matches the privacy and identity paths: `None` when the path is not one of them,
-/// `Some(Err(allowed))` for a wrong method.
-pub fn match_route<'a>(
-    method: &str,
-    segs: &[&'a str],
-) -> Option<Result<PrivacyRoute<'a>, &'static str>> {
-    Some(match (method, segs) {
-        ("POST", ["privacy", "deletions"]) => Ok(PrivacyRoute::CreateDeletion),
-        (_, ["privacy", "deletions"]) => Err("POST"),
-        ("GET", ["privacy", "deletions", id]) => Ok(PrivacyRoute::GetDeletion(id)),
-        (_, ["privacy", "deletions", _]) => Err("GET"),
-        ("POST", ["accounts", id, "identities"]) => Ok(PrivacyRoute::Identities(id)),
-        (_, ["accounts", _, "identities"]) => Err("POST"),
-        _ => return None,
-    })
-}
-
-/// Serves a matched privacy or identity route (the API key is already checked).
-pub async fn route(
-    ctx: &ExportCtx,
-    r: PrivacyRoute<'_>,
-    req: &HttpRequest,
-    inv: &Invocation,
-) -> HttpResponse {
-    match r {
-        PrivacyRoute::CreateDeletion => create_deletion(ctx, req, inv).await,
-        PrivacyRoute::GetDeletion(id) => get_deletion(ctx, id).await,
-        PrivacyRoute::Identities(account) => identities::handle(ctx, account, req, inv).await,
-    }
-}
 
 /// The ledger write of a qualification, unless the device was erased at or after the
 /// qualification's time: written first, then the tombstone is read (consistently) and a write
@@ -87,22 +50,18 @@ pub async fn upsert_unless_erased(ctx: &ExportCtx, row: &LedgerRow) -> Result<Up
     }
 }
 
-fn invalid(field: String, message: String) -> HttpResponse {
-    HttpResponse::field_error(400, "invalid_request", &field, message)
-}
-
 /// Validates `{"devices":[{"idType","deviceId"}]}`: the devices (deduplicated, in order) or the
 /// first problem, naming `devices[i].field`.
-fn parse_devices(body: &Value) -> Result<RawDevices, HttpResponse> {
+fn parse_devices(body: &Value) -> ApiResult<RawDevices> {
     let Some(list) = body.get("devices").and_then(Value::as_array) else {
-        return Err(invalid(
-            "devices".into(),
-            "the body must be an object with a \"devices\" array".into(),
+        return Err(ApiError::invalid(
+            "devices",
+            "the body must be an object with a \"devices\" array",
         ));
     };
     if list.is_empty() || list.len() > MAX_DEVICES {
-        return Err(invalid(
-            "devices".into(),
+        return Err(ApiError::invalid(
+            "devices",
             format!(
                 "devices must hold 1 to {MAX_DEVICES} entries (got {})",
                 list.len()
@@ -115,17 +74,14 @@ fn parse_devices(body: &Value) -> Result<RawDevices, HttpResponse> {
         let f = |k: &str| format!("devices[{i}].{k}");
         let id_type = match d.get("idType").and_then(Value::as_str) {
             Some(t) => IdType::parse(t).ok_or_else(|| {
-                invalid(
-                    f("idType"),
-                    "must be one of COOKIE, MAID, EXTERNAL_USER_ID".into(),
-                )
+                ApiError::invalid(f("idType"), "must be one of COOKIE, MAID, EXTERNAL_USER_ID")
             })?,
-            None => return Err(invalid(f("idType"), "is required (a string)".into())),
+            None => return Err(ApiError::invalid(f("idType"), "is required (a string)")),
         };
         let Some(id) = d.get("deviceId").and_then(Value::as_str) else {
-            return Err(invalid(f("deviceId"), "is required (a string)".into()));
+            return Err(ApiError::invalid(f("deviceId"), "is required (a string)"));
         };
-        validate_device_id(id).map_err(|m| invalid(f("deviceId"), m))?;
+        validate_device_id(id).map_err(|m| ApiError::invalid(f("deviceId"), m))?;
         if seen.insert(device_key(id_type, id)) {
             out.push((id_type, id.to_string()));
         }
@@ -147,14 +103,12 @@ fn view(doc: &ErasureDoc) -> Value {
 
 /// `POST /privacy/deletions` → 202 with the job as of the answer.
 pub async fn create_deletion(ctx: &ExportCtx, req: &HttpRequest, inv: &Invocation) -> HttpResponse {
-    let body: Value = match parse_json_body(req, MAX_BODY_BYTES) {
-        Ok(v) => v,
-        Err(r) => return r,
-    };
-    let devices = match parse_devices(&body) {
-        Ok(d) => d,
-        Err(r) => return r,
-    };
+    respond(create(ctx, req, inv).await)
+}
+
+async fn create(ctx: &ExportCtx, req: &HttpRequest, inv: &Invocation) -> ApiResult<HttpResponse> {
+    let body: Value = parse_json_body(req, MAX_BODY_BYTES).map_err(from_answer)?;
+    let devices = parse_devices(&body)?;
     let id = uuid::Uuid::new_v4().simple().to_string();
     let requested_at_ms = chrono::Utc::now().timestamp_millis();
     let doc = ErasureDoc::new(id.clone(), requested_at_ms, &devices);
@@ -168,55 +122,66 @@ pub async fn create_deletion(ctx: &ExportCtx, req: &HttpRequest, inv: &Invocatio
     };
     if let Err(e) = created {
         tracing::error!(error = %e, "could not store an erasure job");
-        return HttpResponse::error(
-            503,
+        return Err(ApiError::unavailable(
             "store_unavailable",
             "the erasure could not be stored; send it again",
-        );
+        ));
     }
     tracing::info!(deletion_id = %id, devices = devices.len(), "erasure requested");
     if ctx.inline.enabled() {
-        // The request's slice, with the inline retry policy; the schedule finishes the rest.
-        let mut ictx = ctx.clone();
-        ictx.amazon = ctx
-            .amazon
-            .clone()
-            .with_retry_policy(ctx.inline.retry.clone());
-        let slice = Invocation {
-            request_id: inv.request_id.clone(),
-            deadline_ms: inv
-                .deadline_ms
-                .min(crate::runtime::now_ms() + ctx.inline.budget.as_millis() as u64),
-        };
-        let opts = ErasureOptions {
-            safety_margin: std::time::Duration::ZERO,
-            ..ErasureOptions::default()
-        };
-        if let Err(e) = erasure::run_job(&ictx, &st, &id, &slice, &opts).await {
-            tracing::warn!(deletion_id = %id, error = %e, "erasure left to the schedule");
-        }
+        work_inline(ctx, &st, &id, inv).await;
     }
     let doc = match st.get_job(&id).await {
         Ok(Some(j)) => serde_json::from_str(&j.doc).unwrap_or(doc),
         _ => doc,
     };
     let location = format!("/privacy/deletions/{id}");
-    HttpResponse::json(202, &view(&doc)).with_header("location", &location)
+    Ok(HttpResponse::json(202, &view(&doc)).with_header("location", &location))
+}
+
+/// The request's slice of the erasure, with the inline retry policy; the schedule finishes the
+/// rest.
+async fn work_inline(ctx: &ExportCtx, st: &ErasureStore, id: &str, inv: &Invocation) {
+    let mut ictx = ctx.clone();
+    ictx.amazon = ctx
+        .amazon
+        .clone()
+        .with_retry_policy(ctx.inline.retry.clone());
+    let slice = Invocation {
+        request_id: inv.request_id.clone(),
+        deadline_ms: inv
+            .deadline_ms
+            .min(crate::runtime::now_ms() + ctx.inline.budget.as_millis() as u64),
+    };
+    let opts = ErasureOptions {
+        safety_margin: std::time::Duration::ZERO,
+        ..ErasureOptions::default()
+    };
+    if let Err(e) = erasure::run_job(&ictx, st, id, &slice, &opts).await {
+        tracing::warn!(deletion_id = %id, error = %e, "erasure left to the schedule");
+    }
 }
 
 /// `GET /privacy/deletions/{deletionId}`.
 pub async fn get_deletion(ctx: &ExportCtx, id: &str) -> HttpResponse {
-    match erasure::store(ctx).get_job(id).await {
+    respond(match erasure::store(ctx).get_job(id).await {
         Ok(Some(j)) => match serde_json::from_str::<ErasureDoc>(&j.doc) {
-            Ok(doc) => HttpResponse::json(200, &view(&doc)),
-            Err(e) => HttpResponse::error(500, "internal", format!("unreadable erasure job: {e}")),
+            Ok(doc) => Ok(HttpResponse::json(200, &view(&doc))),
+            Err(e) => Err(ApiError::new(
+                Kind::Internal,
+                "internal",
+                format!("unreadable erasure job: {e}"),
+            )),
         },
-        Ok(None) => HttpResponse::error(404, "not_found", format!("no deletion {id}")),
+        Ok(None) => Err(ApiError::not_found(
+            "not_found",
+            format!("no deletion {id}"),
+        )),
         Err(e) => {
             tracing::error!(error = %e, "erasure job read failed");
-            HttpResponse::error(503, "store_unavailable", "try again")
+            Err(ApiError::unavailable("store_unavailable", "try again"))
         }
-    }
+    })
 }
 
 #[cfg(test)]
@@ -225,32 +190,14 @@ mod tests {
     use serde_json::json;
 
     #[test]
-    fn routes_and_methods() {
-        let m = |meth: &str, p: &str| {
-            let segs: Vec<&str> = p.split('/').filter(|s| !s.is_empty()).collect();
-            format!("{:?}", match_route(meth, &segs))
-        };
-        assert_eq!(m("POST", "/privacy/deletions"), "Some(Ok(CreateDeletion))");
-        assert_eq!(m("GET", "/privacy/deletions"), "Some(Err(\"POST\"))");
-        assert_eq!(
-            m("GET", "/privacy/deletions/abc"),
-            "Some(Ok(GetDeletion(\"abc\")))"
-        );
-        assert_eq!(
-            m("POST", "/accounts/42/identities"),
-            "Some(Ok(Identities(\"42\")))"
-        );
-        assert_eq!(m("GET", "/accounts/42/identities"), "Some(Err(\"POST\"))");
-        assert_eq!(m("GET", "/accounts/42"), "None");
-    }
-
-    #[test]
     fn devices_are_validated_per_index_and_deduplicated() {
         let ok = parse_devices(&json!({"devices":[
             {"idType":"MAID","deviceId":"a"},{"idType":"MAID","deviceId":"a"},{"idType":"COOKIE","deviceId":"a"}]}))
         .unwrap();
         assert_eq!(ok.len(), 2);
-        let bad = |v: Value| parse_devices(&v).unwrap_err().json_body()["error"]["field"].clone();
+        let bad = |v: Value| {
+            HttpResponse::from(parse_devices(&v).unwrap_err()).json_body()["error"]["field"].clone()
+        };
         assert_eq!(
             bad(
                 json!({"devices":[{"idType":"MAID","deviceId":"a"},{"idType":"IDFA","deviceId":"b"}]})

@@ -1,0 +1,190 @@
+//! The error answers of the segment-export routes, as [`ApiError`]s (the status follows from
+//! their [`Kind`]): one constructor per answer that more than one route gives, or whose wording
+//! is worth finding in one place.
+
+use crate::amazon::AmazonError;
+use crate::http::{ApiError, ApiResult, HttpResponse, Kind};
+use crate::store::StoreError;
+use crate::store::accounts::{IntegratedAccount, require_active};
+
+/// 400 `invalid_request` naming the field at fault.
+pub fn invalid(field: &str, message: impl Into<String>) -> ApiError {
+    ApiError::invalid(field, message)
+}
+
+/// 400 `invalid_json`: the body is JSON but not an object.
+pub fn not_an_object() -> ApiError {
+    ApiError::new(
+        Kind::BadRequest,
+        "invalid_json",
+        "the body must be a JSON object",
+    )
+}
+
+/// 503 `store_unavailable` (the store error is logged, never answered).
+pub fn store_failure(e: StoreError) -> ApiError {
+    tracing::error!(error = %e, "destination store failure");
+    ApiError::unavailable(
+        "store_unavailable",
+        "adsync could not read or write its tables; try again",
+    )
+}
+
+pub fn destination_not_found(id: &str) -> ApiError {
+    ApiError::not_found(
+        "destination_not_found",
+        format!("destination {id} does not exist"),
+    )
+}
+
+/// 404 `segment_not_found`, naming `field` when the segment was given in the body.
+pub fn segment_not_found(id: &str, field: Option<&str>) -> ApiError {
+    let e = ApiError::not_found(
+        "segment_not_found",
+        format!("segment {id} does not exist; register it first with PUT /segments/{id}"),
+    );
+    match field {
+        Some(f) => e.at(f),
+        None => e,
+    }
+}
+
+pub fn mapping_not_found(destination_id: &str, segment_id: &str) -> ApiError {
+    ApiError::not_found(
+        "mapping_not_found",
+        format!("segment {segment_id} is not mapped to destination {destination_id}"),
+    )
+}
+
+/// 409 `destination_deleting`: a change to a destination whose purges run.
+pub fn destination_deleting(id: &str) -> ApiError {
+    ApiError::conflict(
+        "destination_deleting",
+        format!("destination {id} is being deleted; GET /destinations/{id} shows the progress"),
+    )
+}
+
+/// The answer for an Amazon failure on a user-triggered call, worded by `user_message()`.
+pub fn amazon_failure(e: &AmazonError) -> ApiError {
+    let (kind, code) = match e {
+        AmazonError::ReauthorizationRequired => (Kind::Conflict, "reauthorization_required"),
+        AmazonError::AccountNotFound { .. } => (Kind::NotFound, "account_not_found"),
+        AmazonError::Rejected { .. } | AmazonError::PayloadTooLarge { .. } => {
+            (Kind::BadRequest, "amazon_rejected")
+        }
+        _ => (Kind::BadGateway, "amazon_unavailable"),
+    };
+    ApiError::new(kind, code, e.user_message())
+}
+
+/// 503 for a fee update that found no metadata slot within its request budget.
+pub fn metadata_busy() -> ApiError {
+    ApiError::unavailable(
+        "metadata_busy",
+        "Amazon allows one audience metadata call per second for this LwA client, and every slot \
+         until this request's time budget runs out is taken (audience creations, other fee \
+         updates). Nothing was changed; send the request again in a few seconds.",
+    )
+    .with_header("retry-after", "5")
+}
+
+/// 503 for an adoption that found no metadata slot within its share of the request.
+pub fn amazon_busy() -> ApiError {
+    ApiError::unavailable(
+        "amazon_busy",
+        "Amazon's metadata pace (one call per second) is taken by other work; try again",
+    )
+}
+
+/// 404 for an audience to adopt that does not exist or that this LwA client cannot read.
+pub fn audience_not_found(field: &str, id: i64) -> ApiError {
+    ApiError::not_found(
+        "audience_not_found",
+        format!(
+            "audience {id} does not exist or this adsync installation (its Amazon client) \
+             cannot read it"
+        ),
+    )
+    .at(field)
+}
+
+/// 409 for an audience to adopt that belongs to another advertiser.
+pub fn other_advertiser(field: &str, id: i64, account: &IntegratedAccount) -> ApiError {
+    ApiError::conflict(
+        "audience_of_another_advertiser",
+        format!(
+            "audience {id} does not belong to advertiser {} of this destination",
+            account.advertiser_id
+        ),
+    )
+    .at(field)
+}
+
+/// The account if it can be used (`crate::store::accounts::require_active`): else 409
+/// `reauthorization_required` or 404 `account_not_found`.
+pub fn active_account(
+    account_id: &str,
+    found: Option<IntegratedAccount>,
+) -> ApiResult<IntegratedAccount> {
+    require_active(account_id, found).map_err(from_answer)
+}
+
+/// An error answer built outside `ApiError` (`crate::http::parse_json_body`,
+/// `crate::store::accounts::require_active`) as an [`ApiError`]: the same status, code, message,
+/// field and headers.
+pub fn from_answer(r: impl Into<HttpResponse>) -> ApiError {
+    let r: HttpResponse = r.into();
+    let body = r.json_body();
+    let text = |k: &str| body["error"][k].as_str().map(str::to_string);
+    let mut e = ApiError::new(
+        kind_of(r.status),
+        &text("code").unwrap_or_default(),
+        text("message").unwrap_or_default(),
+    );
+    e.field = text("field");
+    e.headers = r.headers;
+    e
+}
+
+/// The [`Kind`] of an error status (500 for one no kind has).
+fn kind_of(status: u16) -> Kind {
+    use Kind::*;
+    [
+        BadRequest,
+        Unauthorized,
+        Forbidden,
+        NotFound,
+        MethodNotAllowed,
+        Conflict,
+        Gone,
+        PayloadTooLarge,
+        UnsupportedMediaType,
+        Unprocessable,
+        TooManyRequests,
+        Internal,
+        BadGateway,
+        Unavailable,
+        GatewayTimeout,
+    ]
+    .into_iter()
+    .find(|k| k.status() == status)
+    .unwrap_or(Internal)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_answer_built_elsewhere_keeps_its_bytes() {
+        for r in [
+            HttpResponse::error(415, "unsupported_media_type", "Content-Type must be JSON"),
+            HttpResponse::field_error(409, "reauthorization_required", "accountId", "relink"),
+            HttpResponse::error(400, "invalid_json", "malformed JSON: x").with_header("x-a", "b"),
+        ] {
+            assert_eq!(from_answer(r.clone()).into_response(), r);
+        }
+        let r: HttpResponse = metadata_busy().into();
+        assert_eq!((r.status, r.headers["retry-after"].as_str()), (503, "5"));
+    }
+}
