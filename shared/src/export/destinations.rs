@@ -32,10 +32,11 @@ use crate::amazon::{AmazonError, AudienceFee, AudienceUpdate, NewAudience};
 use crate::domain::audience_names::{audience_name, external_audience_id};
 use crate::domain::export_controls::{ExportControl, ExportLabel, conflicts, describe_conflicts};
 use crate::domain::segment::check_segment_id;
+use crate::http::accounts::require_active;
 use crate::http::{HttpRequest, HttpResponse, parse_json_body};
 use crate::runtime::Invocation;
 use crate::store::StoreError;
-use crate::store::accounts::{IntegratedAccount, require_active};
+use crate::store::accounts::IntegratedAccount;
 use crate::store::destinations::{
     Destination, DestinationStore, MappingStatus, PendingAudience, Segment, SegmentMapping,
     now_rfc3339,

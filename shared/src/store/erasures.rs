@@ -12,15 +12,14 @@
 //! moves forward in time (conditional on `ts`).
 
 use super::StoreError;
-use super::dynamo::{aws_error, is_conditional_failure, n, s};
+use super::dynamo::{aws_error, conditional, fenced, key, n, s};
+use super::item::{Item, ItemExt};
+use super::lease::{Lease, guarded};
 use super::ledger::{partition_key, shard_of};
 use crate::store::ledger::LEDGER_SHARDS;
 use aws_sdk_dynamodb::Client;
-use aws_sdk_dynamodb::types::{AttributeValue, DeleteRequest, PutRequest, WriteRequest};
+use aws_sdk_dynamodb::types::{DeleteRequest, PutRequest, WriteRequest};
 use sha2::{Digest, Sha256};
-use std::collections::HashMap;
-
-type Item = HashMap<String, AttributeValue>;
 
 /// The `gsi1pk` of unfinished erasure jobs.
 pub const ACTIVE_ERASURES: &str = "ERASURES#active";
@@ -56,35 +55,19 @@ pub struct ErasureStore {
     jobs_table: String,
 }
 
-fn get_s<'a>(item: &'a Item, k: &str) -> Option<&'a str> {
-    match item.get(k) {
-        Some(AttributeValue::S(v)) => Some(v),
-        _ => None,
-    }
-}
-
-fn get_n(item: &Item, k: &str) -> Option<i64> {
-    match item.get(k) {
-        Some(AttributeValue::N(v)) => v.parse().ok(),
-        _ => None,
-    }
-}
-
 fn job_key(id: &str) -> Item {
-    HashMap::from([
-        ("pk".into(), s(format!("ERASURE#{id}"))),
-        ("sk".into(), s("JOB")),
-    ])
+    key(format!("ERASURE#{id}"), "JOB")
+}
+
+fn found_key(id: &str, seg: &str, hash: &str) -> Item {
+    key(format!("ERASURE#{id}"), format!("FOUND#{seg}#{hash}"))
 }
 
 fn ledger_key(segment_id: &str, device: &str) -> Item {
-    HashMap::from([
-        (
-            "pk".into(),
-            s(partition_key(segment_id, shard_of(device, LEDGER_SHARDS))),
-        ),
-        ("sk".into(), s(device)),
-    ])
+    key(
+        partition_key(segment_id, shard_of(device, LEDGER_SHARDS)),
+        device,
+    )
 }
 
 impl ErasureStore {
@@ -117,11 +100,7 @@ impl ErasureStore {
             .expression_attribute_values(":ts", n(ts_ms))
             .send()
             .await;
-        match res {
-            Ok(_) => Ok(()),
-            Err(e) if is_conditional_failure(&e) => Ok(()),
-            Err(e) => Err(aws_error("erasure tombstone put", e)),
-        }
+        conditional(res, "erasure tombstone put").map(|_| ())
     }
 
     /// The erasure time of a device hash, if it was ever erased (consistent read).
@@ -142,8 +121,8 @@ impl ErasureStore {
             .await
             .map_err(|e| aws_error("erasure tombstone get", e))?;
         Ok(res.item().and_then(|i| {
-            let id = get_s(i, "deletionId").unwrap_or_default().to_string();
-            get_n(i, "ts").map(|ts| (ts, id))
+            let id = i.opt_str("deletionId").unwrap_or_default().to_string();
+            i.opt_num("ts").map(|ts| (ts, id))
         }))
     }
 
@@ -167,11 +146,7 @@ impl ErasureStore {
             .expression_attribute_values(":t", n(ts_ms))
             .send()
             .await;
-        match res {
-            Ok(_) => Ok(true),
-            Err(e) if is_conditional_failure(&e) => Ok(false),
-            Err(e) => Err(aws_error("ledger delete", e)),
-        }
+        Ok(conditional(res, "ledger delete")?.is_some())
     }
 
     /// Deletes a backfill job's dirty mark of a device (`store::jobs` layout), so no raw id
@@ -208,31 +183,28 @@ impl ErasureStore {
             .projection_expression("pk, sk, ts")
             .limit(limit);
         if let Some((pk, sk)) = after {
-            q = q.set_exclusive_start_key(Some(HashMap::from([
-                ("pk".to_string(), s(pk)),
-                ("sk".to_string(), s(sk)),
-            ])));
+            q = q.set_exclusive_start_key(Some(key(pk, sk)));
         }
         let res = q.send().await.map_err(|e| aws_error("ledger scan", e))?;
         let rows = res
             .items()
             .iter()
             .filter_map(|it| {
-                let pk = get_s(it, "pk")?;
+                let pk = it.opt_str("pk")?;
                 if pk.starts_with(TOMBSTONE_PREFIX) {
                     return None;
                 }
                 let (seg, _) = pk.rsplit_once('#')?;
                 Some(ScannedRow {
                     segment_id: seg.to_string(),
-                    device: get_s(it, "sk")?.to_string(),
-                    ts_ms: get_n(it, "ts")?,
+                    device: it.opt_str("sk")?.to_string(),
+                    ts_ms: it.opt_num("ts")?,
                 })
             })
             .collect();
         let next = res
             .last_evaluated_key()
-            .and_then(|k| Some((get_s(k, "pk")?.to_string(), get_s(k, "sk")?.to_string())));
+            .and_then(|k| Some((k.opt_str("pk")?.to_string(), k.opt_str("sk")?.to_string())));
         Ok((rows, next))
     }
 
@@ -278,12 +250,13 @@ impl ErasureStore {
             return Ok(None);
         };
         Ok(Some(StoredErasure {
-            doc: get_s(it, "doc")
+            doc: it
+                .opt_str("doc")
                 .ok_or_else(|| StoreError::Corrupt("erasure job without doc".into()))?
                 .to_string(),
-            devices: get_s(it, "devices").map(str::to_string),
-            lease_owner: get_s(it, "leaseOwner").map(str::to_string),
-            lease_until_ms: get_n(it, "leaseUntil").unwrap_or(0),
+            devices: it.opt_str("devices").map(str::to_string),
+            lease_owner: it.opt_str("leaseOwner").map(str::to_string),
+            lease_until_ms: it.opt_num("leaseUntil").unwrap_or(0),
         }))
     }
 
@@ -304,7 +277,7 @@ impl ErasureStore {
             .items()
             .iter()
             .filter_map(|it| {
-                get_s(it, "pk")?
+                it.opt_str("pk")?
                     .strip_prefix("ERASURE#")
                     .map(str::to_string)
             })
@@ -320,44 +293,26 @@ impl ErasureStore {
         until_ms: i64,
     ) -> Result<bool, StoreError> {
         let res = self
-            .client
-            .update_item()
-            .table_name(&self.jobs_table)
-            .set_key(Some(job_key(id)))
-            .update_expression("SET leaseOwner = :me, leaseUntil = :until")
-            .condition_expression(
-                "attribute_exists(pk) AND (leaseUntil < :now OR leaseOwner = :me)",
-            )
-            .expression_attribute_values(":me", s(owner))
-            .expression_attribute_values(":until", n(until_ms))
-            .expression_attribute_values(":now", n(now_ms))
+            .lease_of(id)
+            .take(owner, now_ms, until_ms, &guarded("attribute_exists(pk)"))
             .send()
             .await;
-        match res {
-            Ok(_) => Ok(true),
-            Err(e) if is_conditional_failure(&e) => Ok(false),
-            Err(e) => Err(aws_error("erasure job lease", e)),
-        }
+        Ok(conditional(res, "erasure job lease")?.is_some())
     }
 
     /// Gives the lease back (when `owner` still holds it), so the next run need not wait for it
     /// to expire.
     pub async fn release(&self, id: &str, owner: &str) -> Result<(), StoreError> {
-        let res = self
-            .client
-            .update_item()
-            .table_name(&self.jobs_table)
-            .set_key(Some(job_key(id)))
-            .update_expression("SET leaseUntil = :zero")
-            .condition_expression("leaseOwner = :me")
-            .expression_attribute_values(":me", s(owner))
-            .expression_attribute_values(":zero", n(0))
-            .send()
-            .await;
-        match res {
-            Ok(_) => Ok(()),
-            Err(e) if is_conditional_failure(&e) => Ok(()),
-            Err(e) => Err(aws_error("erasure job release", e)),
+        self.lease_of(id)
+            .release(owner, "erasure job release")
+            .await
+    }
+
+    fn lease_of(&self, id: &str) -> Lease<'_> {
+        Lease {
+            client: &self.client,
+            table: &self.jobs_table,
+            key: job_key(id),
         }
     }
 
@@ -390,13 +345,10 @@ impl ErasureStore {
         if finished {
             q = q.expression_attribute_values(":zero", n(0));
         }
-        match q.send().await {
-            Ok(_) => Ok(()),
-            Err(e) if is_conditional_failure(&e) => Err(StoreError::Conflict(
-                "the erasure job's lease was lost".into(),
-            )),
-            Err(e) => Err(aws_error("erasure job save", e)),
-        }
+        fenced(q.send().await, "erasure job save", || {
+            StoreError::Conflict("the erasure job's lease was lost".into())
+        })
+        .map(|_| ())
     }
 
     /// Records ledger rows the job removed (idempotent).
@@ -404,12 +356,9 @@ impl ErasureStore {
         let writes: Vec<WriteRequest> = rows
             .iter()
             .filter_map(|(seg, hash)| {
-                let item = HashMap::from([
-                    ("pk".to_string(), s(format!("ERASURE#{id}"))),
-                    ("sk".to_string(), s(format!("FOUND#{seg}#{hash}"))),
-                    ("seg".to_string(), s(seg.as_str())),
-                    ("hash".to_string(), s(hash.as_str())),
-                ]);
+                let mut item = found_key(id, seg, hash);
+                item.insert("seg".to_string(), s(seg.as_str()));
+                item.insert("hash".to_string(), s(hash.as_str()));
                 let p = PutRequest::builder().set_item(Some(item)).build().ok()?;
                 Some(WriteRequest::builder().put_request(p).build())
             })
@@ -435,7 +384,7 @@ impl ErasureStore {
                 .await
                 .map_err(|e| aws_error("erasure found query", e))?;
             for it in res.items() {
-                if let (Some(seg), Some(hash)) = (get_s(it, "seg"), get_s(it, "hash")) {
+                if let (Some(seg), Some(hash)) = (it.opt_str("seg"), it.opt_str("hash")) {
                     out.push((seg.to_string(), hash.to_string()));
                 }
             }
@@ -453,11 +402,10 @@ impl ErasureStore {
         let writes: Vec<WriteRequest> = found
             .iter()
             .filter_map(|(seg, hash)| {
-                let key = HashMap::from([
-                    ("pk".to_string(), s(format!("ERASURE#{id}"))),
-                    ("sk".to_string(), s(format!("FOUND#{seg}#{hash}"))),
-                ]);
-                let d = DeleteRequest::builder().set_key(Some(key)).build().ok()?;
+                let d = DeleteRequest::builder()
+                    .set_key(Some(found_key(id, seg, hash)))
+                    .build()
+                    .ok()?;
                 Some(WriteRequest::builder().delete_request(d).build())
             })
             .collect();

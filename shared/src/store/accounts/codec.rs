@@ -1,99 +1,51 @@
-//! Item layouts and attribute helpers of the account store.
+//! Keys and item encoding and decoding of the account store (layouts in the module doc).
 
-use super::*;
+use super::{AccountStatus, Connection, ConnectionStatus, IntegratedAccount, digest};
+use crate::amazon::Region;
+use crate::store::StoreError;
+use crate::store::dynamo::{key, n, now_rfc3339, s};
+use crate::store::item::{Item, ItemExt};
 
-pub(super) fn now_secs() -> i64 {
-    chrono::Utc::now().timestamp()
-}
-
-pub(super) fn aws_err<E: std::fmt::Display>(what: &str, e: E) -> StoreError {
-    StoreError::Aws(format!("{what}: {e}"))
-}
-
-pub(super) fn get_s<'a>(
-    item: &'a HashMap<String, AttributeValue>,
-    k: &str,
-) -> Result<&'a str, StoreError> {
-    match item.get(k) {
-        Some(AttributeValue::S(v)) => Ok(v),
-        _ => Err(StoreError::Corrupt(format!(
-            "attribute {k} is missing or not a string"
-        ))),
-    }
-}
-
-pub(super) fn opt_s(item: &HashMap<String, AttributeValue>, k: &str) -> Option<String> {
-    match item.get(k) {
-        Some(AttributeValue::S(v)) => Some(v.clone()),
-        _ => None,
-    }
-}
-
-pub(super) fn get_n(item: &HashMap<String, AttributeValue>, k: &str) -> Result<i64, StoreError> {
-    match item.get(k) {
-        Some(AttributeValue::N(v)) => v
-            .parse()
-            .map_err(|_| StoreError::Corrupt(format!("attribute {k} is not an integer"))),
-        _ => Err(StoreError::Corrupt(format!(
-            "attribute {k} is missing or not a number"
-        ))),
-    }
-}
-
-pub(super) fn region_of(item: &HashMap<String, AttributeValue>) -> Result<Region, StoreError> {
-    let r = get_s(item, "region")?;
+pub(super) fn region_of(item: &Item) -> Result<Region, StoreError> {
+    let r = item.req_str("region")?;
     Region::parse(r).ok_or_else(|| StoreError::Corrupt(format!("unknown region {r:?}")))
 }
 
-pub(super) fn account_key(account_id: &str) -> HashMap<String, AttributeValue> {
-    HashMap::from([
-        ("pk".to_string(), s(format!("ACCOUNT#{account_id}"))),
-        ("sk".to_string(), s("ACCOUNT")),
-    ])
+pub(super) fn account_key(account_id: &str) -> Item {
+    key(format!("ACCOUNT#{account_id}"), "ACCOUNT")
 }
 
-pub(super) fn directory_key(account_id: &str) -> HashMap<String, AttributeValue> {
-    HashMap::from([
-        ("pk".to_string(), s("ACCOUNTS")),
-        ("sk".to_string(), s(format!("ACCOUNT#{account_id}"))),
-    ])
+pub(super) fn directory_key(account_id: &str) -> Item {
+    key("ACCOUNTS", format!("ACCOUNT#{account_id}"))
 }
 
-pub(super) fn connection_key(connection_id: &str) -> HashMap<String, AttributeValue> {
-    HashMap::from([
-        ("pk".to_string(), s(format!("CONN#{connection_id}"))),
-        ("sk".to_string(), s("CONNECTION")),
-    ])
+pub(super) fn connection_key(connection_id: &str) -> Item {
+    key(format!("CONN#{connection_id}"), "CONNECTION")
 }
 
-pub(super) fn single_use_key(kind: &str, value: &str) -> HashMap<String, AttributeValue> {
-    HashMap::from([
-        ("pk".to_string(), s(format!("{kind}#{}", digest(value)))),
-        ("sk".to_string(), s(kind)),
-    ])
+pub(super) fn single_use_key(kind: &str, value: &str) -> Item {
+    key(format!("{kind}#{}", digest(value)), kind)
 }
 
-pub(super) fn account_from_item(
-    item: &HashMap<String, AttributeValue>,
-) -> Result<IntegratedAccount, StoreError> {
-    let status = get_s(item, "status")?;
+pub(super) fn account_from_item(item: &Item) -> Result<IntegratedAccount, StoreError> {
+    let status = item.req_str("status")?;
     Ok(IntegratedAccount {
-        account_id: get_s(item, "accountId")?.to_string(),
+        account_id: item.req_s("accountId")?,
         region: region_of(item)?,
-        profile_id: get_n(item, "profileId")?,
-        advertiser_id: get_n(item, "advertiserId")?,
-        name: get_s(item, "name")?.to_string(),
-        currency: get_s(item, "currency")?.to_string(),
-        country: get_s(item, "country")?.to_string(),
-        connection_id: get_s(item, "connectionId")?.to_string(),
-        token_secret: get_s(item, "tokenSecret")?.to_string(),
+        profile_id: item.req_num("profileId")?,
+        advertiser_id: item.req_num("advertiserId")?,
+        name: item.req_s("name")?,
+        currency: item.req_s("currency")?,
+        country: item.req_s("country")?,
+        connection_id: item.req_s("connectionId")?,
+        token_secret: item.req_s("tokenSecret")?,
         status: AccountStatus::parse(status)
             .ok_or_else(|| StoreError::Corrupt(format!("unknown account status {status:?}")))?,
-        created_at: get_s(item, "createdAt")?.to_string(),
+        created_at: item.req_s("createdAt")?,
     })
 }
 
-pub(super) fn account_item(a: &IntegratedAccount) -> HashMap<String, AttributeValue> {
+pub(super) fn account_item(a: &IntegratedAccount) -> Item {
     let mut item = account_key(&a.account_id);
     item.insert("accountId".into(), s(&a.account_id));
     item.insert("region".into(), s(a.region.as_str()));
@@ -110,39 +62,22 @@ pub(super) fn account_item(a: &IntegratedAccount) -> HashMap<String, AttributeVa
     item
 }
 
-pub(super) fn connection_from_item(
-    item: &HashMap<String, AttributeValue>,
-) -> Result<Connection, StoreError> {
-    let status = get_s(item, "status")?;
-    let advertisers = match opt_s(item, "advertisers") {
+pub(super) fn connection_from_item(item: &Item) -> Result<Connection, StoreError> {
+    let status = item.req_str("status")?;
+    let advertisers = match item.opt_s("advertisers") {
         Some(json) => serde_json::from_str(&json)
             .map_err(|e| StoreError::Corrupt(format!("connection advertisers: {e}")))?,
         None => Vec::new(),
     };
     Ok(Connection {
-        connection_id: get_s(item, "connectionId")?.to_string(),
+        connection_id: item.req_s("connectionId")?,
         region: region_of(item)?,
         status: ConnectionStatus::parse(status)
             .ok_or_else(|| StoreError::Corrupt(format!("unknown connection status {status:?}")))?,
-        created_at: get_s(item, "createdAt")?.to_string(),
-        expires_at: get_n(item, "expiresAt")?,
+        created_at: item.req_s("createdAt")?,
+        expires_at: item.req_num("expiresAt")?,
         advertisers,
-        token_secret: opt_s(item, "tokenSecret"),
-        failure: opt_s(item, "failure"),
+        token_secret: item.opt_s("tokenSecret"),
+        failure: item.opt_s("failure"),
     })
-}
-
-pub(super) fn is_transaction_conditional_failure<R>(
-    e: &aws_sdk_dynamodb::error::SdkError<
-        aws_sdk_dynamodb::operation::transact_write_items::TransactWriteItemsError,
-        R,
-    >,
-) -> bool {
-    match e.as_service_error() {
-        Some(aws_sdk_dynamodb::operation::transact_write_items::TransactWriteItemsError::TransactionCanceledException(t)) => t
-            .cancellation_reasons()
-            .iter()
-            .any(|r| r.code() == Some("ConditionalCheckFailed")),
-        _ => false,
-    }
 }

@@ -1,6 +1,12 @@
 //! Connections: the linking attempts.
 
-use super::*;
+use super::codec::{connection_from_item, connection_key, single_use_key};
+use super::{AccountStore, Connection, ConnectionStatus, ListedAdvertiser};
+use crate::amazon::Region;
+use crate::clock::now_secs;
+use crate::store::StoreError;
+use crate::store::dynamo::{aws_error, build_error, conditional, fenced, n, now_rfc3339, s};
+use aws_sdk_dynamodb::types::{Put, TransactWriteItem};
 
 impl AccountStore {
     // ---- connections ---------------------------------------------------------------------
@@ -32,7 +38,7 @@ impl AccountStore {
                 .set_item(Some(item))
                 .condition_expression("attribute_not_exists(pk)")
                 .build()
-                .map_err(|e| aws_err("create connection", e))
+                .map_err(|e| build_error("create connection", e))
         };
         self.client
             .transact_write_items()
@@ -40,7 +46,7 @@ impl AccountStore {
             .transact_items(TransactWriteItem::builder().put(put(st)?).build())
             .send()
             .await
-            .map_err(|e| aws_err_sdk("create connection", e))?;
+            .map_err(|e| aws_error("create connection", e))?;
         Ok(())
     }
 
@@ -56,7 +62,7 @@ impl AccountStore {
             .consistent_read(true)
             .send()
             .await
-            .map_err(|e| aws_err_sdk("get connection", e))?;
+            .map_err(|e| aws_error("get connection", e))?;
         out.item.as_ref().map(connection_from_item).transpose()
     }
 
@@ -90,13 +96,12 @@ impl AccountStore {
             .expression_attribute_values(":nowsecs", n(now_secs()))
             .send()
             .await;
-        match res {
-            Ok(_) => Ok(()),
-            Err(e) if is_conditional_failure(&e) => Err(StoreError::Conflict(format!(
+        fenced(res, "mark connection consented", || {
+            StoreError::Conflict(format!(
                 "connection {connection_id} is not pending any more"
-            ))),
-            Err(e) => Err(aws_err_sdk("mark connection consented", e)),
-        }
+            ))
+        })
+        .map(|_| ())
     }
 
     /// Consented/linked → linked (idempotent).
@@ -114,13 +119,12 @@ impl AccountStore {
             .expression_attribute_values(":now", s(now_rfc3339()))
             .send()
             .await;
-        match res {
-            Ok(_) => Ok(()),
-            Err(e) if is_conditional_failure(&e) => Err(StoreError::Conflict(format!(
+        fenced(res, "mark connection linked", || {
+            StoreError::Conflict(format!(
                 "connection {connection_id} cannot be linked in its current state"
-            ))),
-            Err(e) => Err(aws_err_sdk("mark connection linked", e)),
-        }
+            ))
+        })
+        .map(|_| ())
     }
 
     /// Marks the connection failed with a short reason code and forgets its advertiser list.
@@ -142,10 +146,6 @@ impl AccountStore {
             .expression_attribute_values(":now", s(now_rfc3339()))
             .send()
             .await;
-        match res {
-            Ok(_) => Ok(()),
-            Err(e) if is_conditional_failure(&e) => Ok(()),
-            Err(e) => Err(aws_err_sdk("mark connection failed", e)),
-        }
+        conditional(res, "mark connection failed").map(|_| ())
     }
 }

@@ -1,6 +1,13 @@
 //! Integrated accounts and their directory.
 
-use super::*;
+use super::codec::{account_from_item, account_item, account_key, directory_key};
+use super::{AccountStatus, AccountStore, IntegratedAccount};
+use crate::store::StoreError;
+use crate::store::dynamo::{
+    aws_error, build_error, conditional, is_cancelled_by_condition, now_rfc3339, s,
+};
+use crate::store::item::{Item, ItemExt};
+use aws_sdk_dynamodb::types::{Delete, KeysAndAttributes, Put, TransactWriteItem, Update};
 
 impl AccountStore {
     // ---- integrated accounts -------------------------------------------------------------
@@ -17,7 +24,7 @@ impl AccountStore {
             .set_key(Some(account_key(account_id)))
             .send()
             .await
-            .map_err(|e| aws_err_sdk("get account", e))?;
+            .map_err(|e| aws_error("get account", e))?;
         out.item.as_ref().map(account_from_item).transpose()
     }
 
@@ -27,7 +34,7 @@ impl AccountStore {
             .table_name(&self.table)
             .set_item(Some(account_item(a)))
             .build()
-            .map_err(|e| aws_err("put account", e))?;
+            .map_err(|e| build_error("put account", e))?;
         let dir = if a.status == AccountStatus::Removed {
             TransactWriteItem::builder()
                 .delete(
@@ -35,7 +42,7 @@ impl AccountStore {
                         .table_name(&self.table)
                         .set_key(Some(directory_key(&a.account_id)))
                         .build()
-                        .map_err(|e| aws_err("put account", e))?,
+                        .map_err(|e| build_error("put account", e))?,
                 )
                 .build()
         } else {
@@ -48,7 +55,7 @@ impl AccountStore {
                         .table_name(&self.table)
                         .set_item(Some(item))
                         .build()
-                        .map_err(|e| aws_err("put account", e))?,
+                        .map_err(|e| build_error("put account", e))?,
                 )
                 .build()
         };
@@ -58,7 +65,7 @@ impl AccountStore {
             .transact_items(dir)
             .send()
             .await
-            .map_err(|e| aws_err_sdk("put account", e))?;
+            .map_err(|e| aws_error("put account", e))?;
         Ok(())
     }
 
@@ -90,10 +97,8 @@ impl AccountStore {
                 .expression_attribute_values(":now", s(now_rfc3339()))
                 .send()
                 .await;
-            match res {
-                Ok(_) => changed += 1,
-                Err(e) if is_conditional_failure(&e) => {}
-                Err(e) => return Err(aws_err_sdk("mark reauthorization required", e)),
+            if conditional(res, "mark reauthorization required")?.is_some() {
+                changed += 1;
             }
         }
         if changed > 0 {
@@ -119,7 +124,7 @@ impl AccountStore {
     /// (accountId, tokenSecret) of every non-removed account.
     async fn directory(&self) -> Result<Vec<(String, String)>, StoreError> {
         let mut out = Vec::new();
-        let mut start: Option<HashMap<String, AttributeValue>> = None;
+        let mut start: Option<Item> = None;
         loop {
             let page = self
                 .client
@@ -131,12 +136,9 @@ impl AccountStore {
                 .set_exclusive_start_key(start.take())
                 .send()
                 .await
-                .map_err(|e| aws_err_sdk("list accounts", e))?;
+                .map_err(|e| aws_error("list accounts", e))?;
             for item in page.items() {
-                out.push((
-                    get_s(item, "accountId")?.to_string(),
-                    get_s(item, "tokenSecret")?.to_string(),
-                ));
+                out.push((item.req_s("accountId")?, item.req_s("tokenSecret")?));
             }
             match page.last_evaluated_key {
                 Some(k) if !k.is_empty() => start = Some(k),
@@ -156,8 +158,7 @@ impl AccountStore {
             .collect();
         let mut out = Vec::with_capacity(ids.len());
         for chunk in ids.chunks(100) {
-            let mut keys: Vec<HashMap<String, AttributeValue>> =
-                chunk.iter().map(|id| account_key(id)).collect();
+            let mut keys: Vec<Item> = chunk.iter().map(|id| account_key(id)).collect();
             // BatchGetItem may return part of the batch; retry the rest a bounded number of times.
             for attempt in 0..8u32 {
                 if keys.is_empty() {
@@ -171,14 +172,14 @@ impl AccountStore {
                     .set_keys(Some(std::mem::take(&mut keys)))
                     .consistent_read(true)
                     .build()
-                    .map_err(|e| aws_err("list accounts", e))?;
+                    .map_err(|e| build_error("list accounts", e))?;
                 let res = self
                     .client
                     .batch_get_item()
                     .request_items(&self.table, ka)
                     .send()
                     .await
-                    .map_err(|e| aws_err_sdk("list accounts", e))?;
+                    .map_err(|e| aws_error("list accounts", e))?;
                 if let Some(items) = res.responses.as_ref().and_then(|r| r.get(&self.table)) {
                     for item in items {
                         let a = account_from_item(item)?;
@@ -226,12 +227,12 @@ impl AccountStore {
             .expression_attribute_values(":removed", s(AccountStatus::Removed.as_str()))
             .expression_attribute_values(":now", s(now_rfc3339()))
             .build()
-            .map_err(|e| aws_err("remove account", e))?;
+            .map_err(|e| build_error("remove account", e))?;
         let delete = Delete::builder()
             .table_name(&self.table)
             .set_key(Some(directory_key(account_id)))
             .build()
-            .map_err(|e| aws_err("remove account", e))?;
+            .map_err(|e| build_error("remove account", e))?;
         let res = self
             .client
             .transact_write_items()
@@ -242,8 +243,8 @@ impl AccountStore {
         match res {
             Ok(_) => Ok(Some(before)),
             // Removed concurrently by another request: that one reports it.
-            Err(e) if is_transaction_conditional_failure(&e) => Ok(None),
-            Err(e) => Err(aws_err_sdk("remove account", e)),
+            Err(e) if is_cancelled_by_condition(&e) => Ok(None),
+            Err(e) => Err(aws_error("remove account", e)),
         }
     }
 }

@@ -22,24 +22,15 @@
 //! The account item is separate from its directory entry so the hot `get_account` reads (every
 //! conversion batch, every export) spread over partitions, while listing stays one query.
 
-use super::StoreError;
-use super::dynamo::{aws_error as aws_err_sdk, is_conditional_failure, n, now_rfc3339, s};
 use crate::amazon::{AccountScope, LoginRef, Region};
-use crate::http::HttpResponse;
 use aws_sdk_dynamodb::Client;
-use aws_sdk_dynamodb::types::{
-    AttributeValue, Delete, KeysAndAttributes, Put, TransactWriteItem, Update,
-};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
-use std::collections::HashMap;
 
 mod codec;
 mod connections;
 mod integrated;
 mod single_use;
-
-use codec::*;
 
 /// The state of a linked account.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -107,33 +98,32 @@ impl IntegratedAccount {
     }
 }
 
-/// Turns a looked-up account into the account a request may use.
-///
-/// Unknown or removed → 404 `account_not_found`; reauthorization required → 409
-/// `reauthorization_required`. Messages use the contract's wording and say what to do.
-pub fn require_active(
+/// Why a request cannot use an account (`crate::http::accounts` turns it into the answer).
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum AccountUnavailable {
+    /// Unknown, or removed.
+    #[error("account {account_id} was not found")]
+    NotFound { account_id: String },
+    /// Its Amazon login was revoked or expired: it must be linked again.
+    #[error("account {account_id} needs reauthorization")]
+    ReauthorizationRequired { account_id: String },
+}
+
+/// Turns a looked-up account into the account a request may use: only an `Active` one.
+pub fn active_account(
     account_id: &str,
     found: Option<IntegratedAccount>,
-) -> Result<IntegratedAccount, HttpResponse> {
+) -> Result<IntegratedAccount, AccountUnavailable> {
     match found {
         Some(a) if a.status == AccountStatus::Active => Ok(a),
-        Some(a) if a.status == AccountStatus::ReauthorizationRequired => Err(HttpResponse::error(
-            409,
-            "reauthorization_required",
-            format!(
-                "Amazon Error: Account {account_id} needs reauthorization: the Amazon login linked to it \
-                 was revoked or expired. Link the account again (POST /connections, then confirm \
-                 advertiser {account_id}); nothing is sent for it until then."
-            ),
-        )),
-        _ => Err(HttpResponse::error(
-            404,
-            "account_not_found",
-            format!(
-                "Amazon Error: Account {account_id} was not found. Link it first (POST /connections) \
-                 or use the id of a linked account (GET /accounts)."
-            ),
-        )),
+        Some(a) if a.status == AccountStatus::ReauthorizationRequired => {
+            Err(AccountUnavailable::ReauthorizationRequired {
+                account_id: account_id.to_string(),
+            })
+        }
+        _ => Err(AccountUnavailable::NotFound {
+            account_id: account_id.to_string(),
+        }),
     }
 }
 

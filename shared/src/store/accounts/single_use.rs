@@ -1,6 +1,12 @@
 //! Single-use values: OAuth states, account-list views, CSRF tokens.
 
-use super::*;
+use super::codec::{region_of, single_use_key};
+use super::{AccountStore, ConsumeError, CsrfOutcome, StateGrant, UsedCsrf};
+use crate::clock::now_secs;
+use crate::store::StoreError;
+use crate::store::dynamo::{aws_error, is_conditional_failure, n, now_rfc3339, s};
+use crate::store::item::{Item, ItemExt};
+use aws_sdk_dynamodb::types::ReturnValue;
 
 impl AccountStore {
     // ---- single-use values ---------------------------------------------------------------
@@ -9,7 +15,8 @@ impl AccountStore {
     /// later caller gets `Used`.
     pub async fn consume_state(&self, state: &str) -> Result<StateGrant, ConsumeError> {
         let item = self.consume("STATE", state, None).await?;
-        let connection_id = get_s(&item, "connectionId")
+        let connection_id = item
+            .req_str("connectionId")
             .map_err(|e| ConsumeError::Store(e.to_string()))?
             .to_string();
         let region = region_of(&item).map_err(|e| ConsumeError::Store(e.to_string()))?;
@@ -40,15 +47,17 @@ impl AccountStore {
             .consistent_read(true)
             .send()
             .await
-            .map_err(|e| ConsumeError::Store(aws_err_sdk("resolve view", e).to_string()))?;
+            .map_err(|e| ConsumeError::Store(aws_error("resolve view", e).to_string()))?;
         let Some(item) = out.item else {
             return Err(ConsumeError::Unknown);
         };
-        let exp = get_n(&item, "expiresAt").map_err(|e| ConsumeError::Store(e.to_string()))?;
+        let exp = item
+            .req_num::<i64>("expiresAt")
+            .map_err(|e| ConsumeError::Store(e.to_string()))?;
         if exp <= now_secs() {
             return Err(ConsumeError::Expired);
         }
-        get_s(&item, "connectionId")
+        item.req_str("connectionId")
             .map(str::to_string)
             .map_err(|e| ConsumeError::Store(e.to_string()))
     }
@@ -73,7 +82,8 @@ impl AccountStore {
     ) -> Result<CsrfOutcome, ConsumeError> {
         match self.consume("CSRF", token, Some(used_for)).await {
             Ok(item) => Ok(CsrfOutcome::Fresh {
-                connection_id: get_s(&item, "connectionId")
+                connection_id: item
+                    .req_str("connectionId")
                     .map_err(|e| ConsumeError::Store(e.to_string()))?
                     .to_string(),
             }),
@@ -110,7 +120,7 @@ impl AccountStore {
             .condition_expression("attribute_not_exists(pk)")
             .send()
             .await
-            .map_err(|e| aws_err_sdk("store single-use value", e))?;
+            .map_err(|e| aws_error("store single-use value", e))?;
         Ok(())
     }
 
@@ -122,7 +132,7 @@ impl AccountStore {
         kind: &str,
         value: &str,
         used_for: Option<&str>,
-    ) -> Result<HashMap<String, AttributeValue>, ConsumeError> {
+    ) -> Result<Item, ConsumeError> {
         let mut req = self
             .client
             .update_item()
@@ -133,7 +143,7 @@ impl AccountStore {
             )
             .expression_attribute_values(":now", n(now_secs()))
             .expression_attribute_values(":usedAt", s(now_rfc3339()))
-            .return_values(aws_sdk_dynamodb::types::ReturnValue::AllNew);
+            .return_values(ReturnValue::AllNew);
         req = match used_for {
             Some(f) => req
                 .update_expression("SET usedAt = :usedAt, usedFor = :usedFor")
@@ -152,7 +162,7 @@ impl AccountStore {
                     .send()
                     .await
                     .map_err(|e| {
-                        ConsumeError::Store(aws_err_sdk("read single-use value", e).to_string())
+                        ConsumeError::Store(aws_error("read single-use value", e).to_string())
                     })?;
                 match out.item {
                     None => Err(ConsumeError::Unknown),
@@ -161,7 +171,7 @@ impl AccountStore {
                 }
             }
             Err(e) => Err(ConsumeError::Store(
-                aws_err_sdk("consume single-use value", e).to_string(),
+                aws_error("consume single-use value", e).to_string(),
             )),
         }
     }
@@ -175,15 +185,14 @@ impl AccountStore {
             .consistent_read(true)
             .send()
             .await
-            .map_err(|e| {
-                ConsumeError::Store(aws_err_sdk("read single-use value", e).to_string())
-            })?;
+            .map_err(|e| ConsumeError::Store(aws_error("read single-use value", e).to_string()))?;
         let item = out.item.ok_or(ConsumeError::Unknown)?;
         Ok(UsedCsrf {
-            connection_id: get_s(&item, "connectionId")
+            connection_id: item
+                .req_str("connectionId")
                 .map_err(|e| ConsumeError::Store(e.to_string()))?
                 .to_string(),
-            used_for: opt_s(&item, "usedFor"),
+            used_for: item.opt_s("usedFor"),
         })
     }
 }

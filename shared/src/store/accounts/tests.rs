@@ -1,5 +1,8 @@
+//! Unit tests of the account store's pure parts (the DynamoDB side is in `tests/tests/linking.rs`).
 
+use super::codec::{account_from_item, account_item, single_use_key};
 use super::*;
+use aws_sdk_dynamodb::types::AttributeValue;
 
 fn account(status: AccountStatus) -> IntegratedAccount {
     IntegratedAccount {
@@ -18,23 +21,22 @@ fn account(status: AccountStatus) -> IntegratedAccount {
 }
 
 #[test]
-fn require_active_maps_status_to_the_documented_errors() {
-    assert!(require_active("123", Some(account(AccountStatus::Active))).is_ok());
-    let r = require_active("123", None).unwrap_err();
-    assert_eq!(r.status, 404);
-    assert_eq!(r.json_body()["error"]["code"], "account_not_found");
-    assert!(
-        r.json_body()["error"]["message"]
-            .as_str()
-            .unwrap()
-            .starts_with("Amazon Error: Account 123 was not found")
+fn only_an_active_account_is_available() {
+    assert!(active_account("123", Some(account(AccountStatus::Active))).is_ok());
+    let not_found = AccountUnavailable::NotFound {
+        account_id: "123".into(),
+    };
+    assert_eq!(active_account("123", None).unwrap_err(), not_found);
+    assert_eq!(
+        active_account("123", Some(account(AccountStatus::Removed))).unwrap_err(),
+        not_found
     );
-    let r = require_active("123", Some(account(AccountStatus::Removed))).unwrap_err();
-    assert_eq!(r.status, 404);
-    let r =
-        require_active("123", Some(account(AccountStatus::ReauthorizationRequired))).unwrap_err();
-    assert_eq!(r.status, 409);
-    assert_eq!(r.json_body()["error"]["code"], "reauthorization_required");
+    assert_eq!(
+        active_account("123", Some(account(AccountStatus::ReauthorizationRequired))).unwrap_err(),
+        AccountUnavailable::ReauthorizationRequired {
+            account_id: "123".into()
+        }
+    );
 }
 
 #[test]

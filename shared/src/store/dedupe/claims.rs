@@ -1,6 +1,11 @@
 //! Claims: claim, complete, release, park, read.
 
-use super::*;
+use super::codec::{outcome_of, record};
+use super::{Claim, ClaimOutcome, ClaimStatus, DedupeKey, DedupeRecord, DedupeStore, StoreError};
+use crate::clock::now_ms;
+use crate::store::dynamo::{aws_error, conditional, n, s};
+use aws_sdk_dynamodb::operation::put_item::PutItemError;
+use aws_sdk_dynamodb::types::ReturnValuesOnConditionCheckFailure;
 
 impl DedupeStore {
     /// Claims `key` for an invocation that dies at `holder_deadline_ms`. An id remembered
@@ -80,29 +85,16 @@ impl DedupeStore {
             let old = match res {
                 Ok(_) => return Ok(ClaimOutcome::Claimed(Claim { pk, token })),
                 Err(e) => match e.as_service_error() {
-                    Some(aws_sdk_dynamodb::operation::put_item::PutItemError::ConditionalCheckFailedException(c)) => {
-                        c.item().cloned()
-                    }
-                    _ => return Err(aws_err("claim", e)),
+                    Some(PutItemError::ConditionalCheckFailedException(c)) => c.item().cloned(),
+                    _ => return Err(aws_error("DynamoDB claim", e)),
                 },
             };
             let old = match old {
                 Some(item) => Some(record(&item)?),
                 None => self.get(key).await?,
             };
-            match old {
-                None => continue,
-                Some(r) => {
-                    return Ok(match r.status {
-                        ClaimStatus::Completed => ClaimOutcome::Completed {
-                            fingerprint: r.fingerprint,
-                        },
-                        ClaimStatus::Parked => ClaimOutcome::Parked,
-                        ClaimStatus::InProgress => ClaimOutcome::Held {
-                            until_ms: r.in_progress_until.unwrap_or(0),
-                        },
-                    });
-                }
+            if let Some(r) = old {
+                return Ok(outcome_of(r));
             }
         }
         Err(StoreError::Conflict(format!(
@@ -129,7 +121,7 @@ impl DedupeStore {
             .expression_attribute_values(":token", s(&claim.token))
             .send()
             .await;
-        conditional(res.map(|_| ()), "complete")
+        Ok(conditional(res, "DynamoDB complete")?.is_some())
     }
 
     /// Gives the claim up (the send failed for good, or Amazon rejected the event), so that a
@@ -145,7 +137,7 @@ impl DedupeStore {
             .expression_attribute_values(":token", s(&claim.token))
             .send()
             .await;
-        conditional(res.map(|_| ()), "release")
+        Ok(conditional(res, "DynamoDB release")?.is_some())
     }
 
     /// The event was parked: keep the key so that webhook retries answer `parked`.
@@ -166,7 +158,7 @@ impl DedupeStore {
             .expression_attribute_values(":token", s(&claim.token))
             .send()
             .await;
-        conditional(res.map(|_| ()), "mark parked")
+        Ok(conditional(res, "DynamoDB mark parked")?.is_some())
     }
 
     /// The stored state of `key` (strongly consistent).
@@ -179,7 +171,7 @@ impl DedupeStore {
             .consistent_read(true)
             .send()
             .await
-            .map_err(|e| aws_err("get", e))?;
+            .map_err(|e| aws_error("DynamoDB get", e))?;
         out.item.as_ref().map(record).transpose()
     }
 }

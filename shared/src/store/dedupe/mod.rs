@@ -50,19 +50,14 @@
 //!   (released, or never claimed) is claimed afresh, without the correction clause.
 
 use super::StoreError;
-use super::dynamo::{n, s};
+use crate::clock::now_ms;
 use aws_sdk_dynamodb::Client;
-use aws_sdk_dynamodb::error::SdkError;
-use aws_sdk_dynamodb::types::{AttributeValue, ReturnValuesOnConditionCheckFailure};
 use serde::{Deserialize, Serialize};
-use std::collections::HashMap;
 use std::time::Duration;
 
 mod claims;
 mod codec;
 mod redrive;
-
-use codec::*;
 
 /// What is being deduplicated.
 #[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]

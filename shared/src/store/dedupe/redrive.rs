@@ -1,6 +1,14 @@
 //! The redrive's side: taking parked events over, recording parked events.
 
-use super::*;
+use super::codec::record;
+use super::{
+    Claim, ClaimOutcome, ClaimStatus, DedupeKey, DedupeRecord, DedupeStore, StoreError, Take,
+    TakeOutcome,
+};
+use crate::clock::now_ms;
+use crate::store::dynamo::{aws_error, conditional, n, s};
+use aws_sdk_dynamodb::operation::update_item::UpdateItemError;
+use aws_sdk_dynamodb::types::ReturnValuesOnConditionCheckFailure;
 
 impl DedupeStore {
     /// The redrive's claim on a parked event (see the module doc); `parked_at_ms` is when this
@@ -139,10 +147,8 @@ impl DedupeStore {
         let old = match res {
             Ok(_) => return Ok(Ok(Claim { pk, token })),
             Err(e) => match e.as_service_error() {
-                Some(aws_sdk_dynamodb::operation::update_item::UpdateItemError::ConditionalCheckFailedException(c)) => {
-                    c.item().cloned()
-                }
-                _ => return Err(aws_err("take parked", e)),
+                Some(UpdateItemError::ConditionalCheckFailedException(c)) => c.item().cloned(),
+                _ => return Err(aws_error("DynamoDB take parked", e)),
             },
         };
         Ok(Err(match old {
@@ -175,7 +181,7 @@ impl DedupeStore {
             .condition_expression("attribute_not_exists(pk)")
             .send()
             .await;
-        match conditional(res.map(|_| ()), "put parked")? {
+        match conditional(res, "DynamoDB put parked")?.is_some() {
             true => Ok(()),
             false => Err(StoreError::Conflict("park id already in use".into())),
         }

@@ -1,4 +1,3 @@
-
 use super::*;
 
 /// The dedupe table on DynamoDB Local; fails loudly when the stack's environment is missing.

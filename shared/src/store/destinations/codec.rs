@@ -1,13 +1,41 @@
-//! Item layouts and attribute helpers of the destination store.
+//! Keys, item encoding and decoding of the destination store (layouts in the module doc).
 
-use super::*;
+use super::{DESTINATIONS_GSI_PK, Destination, MappingStatus, PENDING_PK, Segment, SegmentMapping};
+use crate::amazon::AudienceFee;
+use crate::domain::export_controls::{ExportControl, ExportLabel};
+use crate::store::StoreError;
+use crate::store::dynamo::{self, n, s, str_list};
+use crate::store::item::{Item, ItemExt};
+use aws_sdk_dynamodb::types::{AttributeValue, Put, TransactWriteItem};
+use std::collections::HashMap;
 
-pub(super) fn now_ms() -> i64 {
-    chrono::Utc::now().timestamp_millis()
+// The free-function spellings `audiences` reads and keys items with.
+
+pub(super) fn key(pk: String, sk: &str) -> Item {
+    dynamo::key(pk, sk)
 }
 
-pub(super) fn str_list<T: AsRef<str>>(items: &[T]) -> AttributeValue {
-    AttributeValue::L(items.iter().map(|i| s(i.as_ref())).collect())
+pub(super) fn get_s(item: &Item, name: &str) -> Result<String, StoreError> {
+    item.req_s(name)
+}
+
+pub(super) fn opt_s(item: &Item, name: &str) -> Option<String> {
+    item.opt_s(name)
+}
+
+pub(super) fn get_num<T: std::str::FromStr>(
+    item: &Item,
+    name: &str,
+) -> Result<Option<T>, StoreError> {
+    item.num(name)
+}
+
+pub(super) fn get_list<T>(
+    item: &Item,
+    name: &str,
+    parse: impl Fn(&str) -> Option<T>,
+) -> Result<Vec<T>, StoreError> {
+    item.list(name, parse)
 }
 
 pub(super) fn fee_list(fees: &[AudienceFee]) -> AttributeValue {
@@ -39,86 +67,22 @@ pub(super) fn pending_sk(created_at: &str, destination_id: &str, segment_id: &st
     format!("{created_at}#{destination_id}#{segment_id}")
 }
 
-pub(super) fn key(pk: String, sk: &str) -> Item {
-    HashMap::from([("pk".to_string(), s(pk)), ("sk".to_string(), s(sk))])
+/// The key of a mapping.
+pub(super) fn mapping_key(destination_id: &str, segment_id: &str) -> Item {
+    key(dst_pk(destination_id), &map_sk(segment_id))
 }
 
-pub(super) fn sdk_err<E, R>(what: &str, e: SdkError<E, R>) -> StoreError
-where
-    E: std::error::Error + 'static,
-    R: std::fmt::Debug,
-{
-    StoreError::Aws(format!("{what}: {}", DisplayErrorContext(&e)))
-}
-
-pub(super) fn get_s(item: &Item, name: &str) -> Result<String, StoreError> {
-    match item.get(name) {
-        Some(AttributeValue::S(v)) => Ok(v.clone()),
-        _ => Err(StoreError::Corrupt(format!(
-            "attribute {name} missing or not a string"
-        ))),
-    }
-}
-
-pub(super) fn opt_s(item: &Item, name: &str) -> Option<String> {
-    match item.get(name) {
-        Some(AttributeValue::S(v)) => Some(v.clone()),
-        _ => None,
-    }
-}
-
-pub(super) fn get_num<T: std::str::FromStr>(
-    item: &Item,
-    name: &str,
-) -> Result<Option<T>, StoreError> {
-    match item.get(name) {
-        None | Some(AttributeValue::Null(_)) => Ok(None),
-        // Parsed from the decimal text, so an i64 above 2^53 stays exact.
-        Some(AttributeValue::N(v)) => v
-            .parse()
-            .map(Some)
-            .map_err(|_| StoreError::Corrupt(format!("attribute {name} is not a valid number"))),
-        _ => Err(StoreError::Corrupt(format!(
-            "attribute {name} is not a number"
-        ))),
-    }
-}
-
-pub(super) fn get_list<T>(
-    item: &Item,
-    name: &str,
-    parse: impl Fn(&str) -> Option<T>,
-) -> Result<Vec<T>, StoreError> {
-    match item.get(name) {
-        None => Ok(Vec::new()),
-        Some(AttributeValue::L(items)) => items
-            .iter()
-            .map(|v| match v {
-                AttributeValue::S(x) => parse(x).ok_or_else(|| {
-                    StoreError::Corrupt(format!("attribute {name} holds unknown value {x:?}"))
-                }),
-                _ => Err(StoreError::Corrupt(format!(
-                    "attribute {name} holds a non-string"
-                ))),
-            })
-            .collect(),
-        _ => Err(StoreError::Corrupt(format!(
-            "attribute {name} is not a list"
-        ))),
-    }
-}
-
-pub(super) fn get_fees(item: &Item) -> Result<Vec<AudienceFee>, StoreError> {
+fn get_fees(item: &Item) -> Result<Vec<AudienceFee>, StoreError> {
     match item.get("audienceFees") {
         None => Ok(Vec::new()),
         Some(AttributeValue::L(items)) => items
             .iter()
             .map(|v| match v {
                 AttributeValue::M(m) => Ok(AudienceFee {
-                    cpm_cents: get_num(m, "cpmCents")?.ok_or_else(|| {
+                    cpm_cents: m.num("cpmCents")?.ok_or_else(|| {
                         StoreError::Corrupt("audienceFees entry without cpmCents".into())
                     })?,
-                    currency: get_s(m, "currency")?,
+                    currency: m.req_s("currency")?,
                 }),
                 _ => Err(StoreError::Corrupt("audienceFees holds a non-map".into())),
             })
@@ -129,46 +93,63 @@ pub(super) fn get_fees(item: &Item) -> Result<Vec<AudienceFee>, StoreError> {
 
 pub(super) fn segment_from(item: &Item) -> Result<Segment, StoreError> {
     Ok(Segment {
-        segment_id: get_s(item, "segmentId")?,
-        name: get_s(item, "name")?,
-        description: opt_s(item, "description").unwrap_or_default(),
-        data_export_controls: get_list(item, "dataExportControls", ExportControl::parse)?,
-        updated_at: get_s(item, "updatedAt")?,
+        segment_id: item.req_s("segmentId")?,
+        name: item.req_s("name")?,
+        description: item.opt_s("description").unwrap_or_default(),
+        data_export_controls: item.list("dataExportControls", ExportControl::parse)?,
+        updated_at: item.req_s("updatedAt")?,
     })
+}
+
+pub(super) fn segment_item(seg: &Segment) -> Item {
+    let mut item = key(seg_pk(&seg.segment_id), "SEGMENT");
+    item.insert("gsi1pk".into(), s(super::lifecycle::SEGMENTS_GSI_PK));
+    item.insert("gsi1sk".into(), s(&seg.segment_id));
+    item.insert("segmentId".into(), s(&seg.segment_id));
+    item.insert("name".into(), s(&seg.name));
+    item.insert("description".into(), s(&seg.description));
+    let controls: Vec<_> = seg
+        .data_export_controls
+        .iter()
+        .map(|c| c.as_str())
+        .collect();
+    item.insert("dataExportControls".into(), str_list(&controls));
+    item.insert("updatedAt".into(), s(&seg.updated_at));
+    item
 }
 
 pub(super) fn destination_from(item: &Item) -> Result<Destination, StoreError> {
     Ok(Destination {
-        destination_id: get_s(item, "destinationId")?,
-        name: get_s(item, "name")?,
-        description: opt_s(item, "description").unwrap_or_default(),
-        account_id: get_s(item, "accountId")?,
-        data_export_labels: get_list(item, "dataExportLabels", ExportLabel::parse)?,
-        data_source_country: get_list(item, "dataSourceCountry", |c| Some(c.to_string()))?,
-        ttl_seconds: get_num(item, "ttlSeconds")?.unwrap_or(0),
-        created_at: get_s(item, "createdAt")?,
+        destination_id: item.req_s("destinationId")?,
+        name: item.req_s("name")?,
+        description: item.opt_s("description").unwrap_or_default(),
+        account_id: item.req_s("accountId")?,
+        data_export_labels: item.list("dataExportLabels", ExportLabel::parse)?,
+        data_source_country: item.list("dataSourceCountry", |c| Some(c.to_string()))?,
+        ttl_seconds: item.num("ttlSeconds")?.unwrap_or(0),
+        created_at: item.req_s("createdAt")?,
     })
 }
 
 pub(super) fn mapping_from(item: &Item) -> Result<SegmentMapping, StoreError> {
-    let status = get_s(item, "status")?;
+    let status = item.req_s("status")?;
     Ok(SegmentMapping {
-        destination_id: get_s(item, "destinationId")?,
-        segment_id: get_s(item, "segmentId")?,
+        destination_id: item.req_s("destinationId")?,
+        segment_id: item.req_s("segmentId")?,
         status: MappingStatus::parse(&status)
             .ok_or_else(|| StoreError::Corrupt(format!("unknown mapping status {status:?}")))?,
-        audience_id: get_num(item, "audienceId")?,
-        external_audience_id: get_s(item, "externalAudienceId")?,
-        audience_name: get_s(item, "audienceName")?,
+        audience_id: item.num("audienceId")?,
+        external_audience_id: item.req_s("externalAudienceId")?,
+        audience_name: item.req_s("audienceName")?,
         audience_fees: get_fees(item)?,
-        last_error: opt_s(item, "lastError"),
-        blocked_reason: opt_s(item, "blockedReason"),
-        created_at: get_s(item, "createdAt")?,
-        updated_at: get_s(item, "updatedAt")?,
+        last_error: item.opt_s("lastError"),
+        blocked_reason: item.opt_s("blockedReason"),
+        created_at: item.req_s("createdAt")?,
+        updated_at: item.req_s("updatedAt")?,
     })
 }
 
-pub(super) fn destination_item(d: &Destination, updated_at: &str) -> Item {
+fn destination_item(d: &Destination, updated_at: &str) -> Item {
     let mut item = key(dst_pk(&d.destination_id), "DESTINATION");
     item.insert("gsi1pk".into(), s(DESTINATIONS_GSI_PK));
     item.insert(
@@ -179,15 +160,8 @@ pub(super) fn destination_item(d: &Destination, updated_at: &str) -> Item {
     item.insert("name".into(), s(&d.name));
     item.insert("description".into(), s(&d.description));
     item.insert("accountId".into(), s(&d.account_id));
-    item.insert(
-        "dataExportLabels".into(),
-        str_list(
-            &d.data_export_labels
-                .iter()
-                .map(|l| l.as_str())
-                .collect::<Vec<_>>(),
-        ),
-    );
+    let labels: Vec<_> = d.data_export_labels.iter().map(|l| l.as_str()).collect();
+    item.insert("dataExportLabels".into(), str_list(&labels));
     item.insert("dataSourceCountry".into(), str_list(&d.data_source_country));
     item.insert("ttlSeconds".into(), n(d.ttl_seconds));
     item.insert("createdAt".into(), s(&d.created_at));
@@ -195,8 +169,8 @@ pub(super) fn destination_item(d: &Destination, updated_at: &str) -> Item {
     item
 }
 
-pub(super) fn mapping_item(m: &SegmentMapping) -> Item {
-    let mut item = key(dst_pk(&m.destination_id), &map_sk(&m.segment_id));
+fn mapping_item(m: &SegmentMapping) -> Item {
+    let mut item = mapping_key(&m.destination_id, &m.segment_id);
     item.insert("gsi1pk".into(), s(format!("SEGMAP#{}", m.segment_id)));
     item.insert("gsi1sk".into(), s(dst_pk(&m.destination_id)));
     item.insert("destinationId".into(), s(&m.destination_id));
@@ -229,17 +203,6 @@ pub(super) fn pending_item(m: &SegmentMapping) -> Item {
     item
 }
 
-/// A transaction cancelled because one of its conditions failed.
-pub(super) fn is_cancelled_by_condition<R>(e: &SdkError<TransactWriteItemsError, R>) -> bool {
-    match e.as_service_error() {
-        Some(TransactWriteItemsError::TransactionCanceledException(c)) => c
-            .cancellation_reasons()
-            .iter()
-            .any(|r| r.code() == Some("ConditionalCheckFailed")),
-        _ => false,
-    }
-}
-
 /// The statuses as DynamoDB values for an `IN (…)` condition.
 pub(super) fn status_values(statuses: &[MappingStatus]) -> (String, Vec<(String, AttributeValue)>) {
     let names: Vec<String> = (0..statuses.len()).map(|i| format!(":st{i}")).collect();
@@ -249,4 +212,48 @@ pub(super) fn status_values(statuses: &[MappingStatus]) -> (String, Vec<(String,
         .map(|(k, st)| (k.clone(), s(st.as_str())))
         .collect();
     (names.join(", "), values)
+}
+
+/// A `Put` of `item` in a transaction, under `condition` when given.
+fn tx_put(
+    table: &str,
+    item: Item,
+    condition: Option<&str>,
+) -> Result<TransactWriteItem, StoreError> {
+    let put = Put::builder()
+        .table_name(table)
+        .set_item(Some(item))
+        .set_condition_expression(condition.map(str::to_string))
+        .build()
+        .map_err(|e| StoreError::Aws(e.to_string()))?;
+    Ok(TransactWriteItem::builder().put(put).build())
+}
+
+/// The transaction items of a new mapping: the mapping (which must not exist yet) and, when it
+/// is `Pending`, its entry in the queue of audiences to create.
+pub(super) fn new_mapping_writes(
+    table: &str,
+    m: &SegmentMapping,
+) -> Result<Vec<TransactWriteItem>, StoreError> {
+    let mut items = vec![tx_put(
+        table,
+        mapping_item(m),
+        Some("attribute_not_exists(pk)"),
+    )?];
+    if m.status == MappingStatus::Pending {
+        items.push(tx_put(table, pending_item(m), None)?);
+    }
+    Ok(items)
+}
+
+/// The transaction item of a new destination (which must not exist yet).
+pub(super) fn new_destination_write(
+    table: &str,
+    d: &Destination,
+) -> Result<TransactWriteItem, StoreError> {
+    tx_put(
+        table,
+        destination_item(d, &d.created_at),
+        Some("attribute_not_exists(pk)"),
+    )
 }

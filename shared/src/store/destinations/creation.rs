@@ -1,10 +1,17 @@
-//! The queue and claims of audience creation.
+//! Audience creation: the queue of pending mappings and the claim a creating invocation holds
+//! on a mapping (`leaseUntil`, epoch ms) so that two invocations never create two audiences.
 
-use super::*;
+use super::codec::pending_item;
+use super::{
+    DestinationStore, MappingStatus, PENDING_PK, PendingAudience, SegmentMapping, StoreError, key,
+    mapping_from, mapping_key, n, now_rfc3339, s, sdk_err,
+};
+use crate::clock::now_epoch_ms;
+use crate::store::dynamo::conditional;
+use crate::store::item::ItemExt;
+use aws_sdk_dynamodb::types::ReturnValue;
 
 impl DestinationStore {
-    // ------------------------------------------------------- audience creation
-
     /// Queues the audience creation of a pending mapping (idempotent).
     pub async fn queue_audience(&self, m: &SegmentMapping) -> Result<(), StoreError> {
         self.client
@@ -34,9 +41,9 @@ impl DestinationStore {
             .iter()
             .map(|i| {
                 Ok(PendingAudience {
-                    destination_id: get_s(i, "destinationId")?,
-                    segment_id: get_s(i, "segmentId")?,
-                    sk: get_s(i, "sk")?,
+                    destination_id: i.req_s("destinationId")?,
+                    segment_id: i.req_s("segmentId")?,
+                    sk: i.req_s("sk")?,
                 })
             })
             .collect()
@@ -63,12 +70,12 @@ impl DestinationStore {
         segment_id: &str,
         lease_ms: i64,
     ) -> Result<Option<SegmentMapping>, StoreError> {
-        let now = now_ms();
+        let now = now_epoch_ms();
         let r = self
             .client
             .update_item()
             .table_name(&self.table)
-            .set_key(Some(key(dst_pk(destination_id), &map_sk(segment_id))))
+            .set_key(Some(mapping_key(destination_id, segment_id)))
             .condition_expression(
                 "#status = :pending AND attribute_not_exists(audienceId) \
                  AND (attribute_not_exists(leaseUntil) OR leaseUntil < :now)",
@@ -81,10 +88,9 @@ impl DestinationStore {
             .return_values(ReturnValue::AllNew)
             .send()
             .await;
-        match r {
-            Ok(out) => out.attributes.map(|a| mapping_from(&a)).transpose(),
-            Err(e) if is_conditional_failure(&e) => Ok(None),
-            Err(e) => Err(sdk_err("claim audience creation", e)),
+        match conditional(r, "claim audience creation")? {
+            Some(out) => out.attributes.map(|a| mapping_from(&a)).transpose(),
+            None => Ok(None),
         }
     }
 
@@ -97,13 +103,12 @@ impl DestinationStore {
         segment_id: &str,
         audience_id: i64,
     ) -> Result<SegmentMapping, StoreError> {
-        let k = key(dst_pk(destination_id), &map_sk(segment_id));
         let now = now_rfc3339();
         let r = self
             .client
             .update_item()
             .table_name(&self.table)
-            .set_key(Some(k.clone()))
+            .set_key(Some(mapping_key(destination_id, segment_id)))
             .condition_expression("#status = :pending")
             .update_expression(
                 "SET audienceId = :id, #status = :active, updatedAt = :u \
@@ -117,28 +122,40 @@ impl DestinationStore {
             .return_values(ReturnValue::AllNew)
             .send()
             .await;
-        let attrs = match r {
-            Ok(out) => out.attributes,
-            Err(e) if is_conditional_failure(&e) => {
-                self.client
-                    .update_item()
-                    .table_name(&self.table)
-                    .set_key(Some(k))
-                    .condition_expression("attribute_exists(pk)")
-                    .update_expression("SET audienceId = :id, updatedAt = :u REMOVE leaseUntil")
-                    .expression_attribute_values(":id", n(audience_id))
-                    .expression_attribute_values(":u", s(&now))
-                    .return_values(ReturnValue::AllNew)
-                    .send()
-                    .await
-                    .map_err(|e| sdk_err("record audience id", e))?
-                    .attributes
+        let attrs = match conditional(r, "complete audience creation")? {
+            Some(out) => out.attributes,
+            None => {
+                self.record_audience_id(destination_id, segment_id, audience_id, &now)
+                    .await?
             }
-            Err(e) => return Err(sdk_err("complete audience creation", e)),
         };
         let attrs =
             attrs.ok_or_else(|| StoreError::Corrupt("update returned no attributes".into()))?;
         mapping_from(&attrs)
+    }
+
+    /// Sets `audienceId` on a mapping that left `Pending` meanwhile; its new attributes.
+    async fn record_audience_id(
+        &self,
+        destination_id: &str,
+        segment_id: &str,
+        audience_id: i64,
+        now: &str,
+    ) -> Result<Option<super::Item>, StoreError> {
+        Ok(self
+            .client
+            .update_item()
+            .table_name(&self.table)
+            .set_key(Some(mapping_key(destination_id, segment_id)))
+            .condition_expression("attribute_exists(pk)")
+            .update_expression("SET audienceId = :id, updatedAt = :u REMOVE leaseUntil")
+            .expression_attribute_values(":id", n(audience_id))
+            .expression_attribute_values(":u", s(now))
+            .return_values(ReturnValue::AllNew)
+            .send()
+            .await
+            .map_err(|e| sdk_err("record audience id", e))?
+            .attributes)
     }
 
     /// Gives back a claim taken by [`Self::claim_creation`] without trying (no metadata slot
@@ -153,18 +170,14 @@ impl DestinationStore {
             .client
             .update_item()
             .table_name(&self.table)
-            .set_key(Some(key(dst_pk(destination_id), &map_sk(segment_id))))
+            .set_key(Some(mapping_key(destination_id, segment_id)))
             .condition_expression("#status = :pending AND attribute_not_exists(audienceId)")
             .update_expression("REMOVE leaseUntil")
             .expression_attribute_names("#status", "status")
             .expression_attribute_values(":pending", s(MappingStatus::Pending.as_str()))
             .send()
             .await;
-        match r {
-            Ok(_) => Ok(()),
-            Err(e) if is_conditional_failure(&e) => Ok(()),
-            Err(e) => Err(sdk_err("release audience creation", e)),
-        }
+        conditional(r, "release audience creation").map(|_| ())
     }
 
     /// Ends a failed creation attempt: records `message` as the last error; a `permanent` failure
@@ -183,7 +196,7 @@ impl DestinationStore {
             .client
             .update_item()
             .table_name(&self.table)
-            .set_key(Some(key(dst_pk(destination_id), &map_sk(segment_id))))
+            .set_key(Some(mapping_key(destination_id, segment_id)))
             .condition_expression("#status = :pending")
             .expression_attribute_names("#status", "status")
             .expression_attribute_values(":pending", s(MappingStatus::Pending.as_str()))
@@ -198,12 +211,8 @@ impl DestinationStore {
             req.update_expression(
                 "SET lastError = :e, lastErrorAt = :u, updatedAt = :u, leaseUntil = :until",
             )
-            .expression_attribute_values(":until", n(now_ms() + retry_after_ms.max(0)))
+            .expression_attribute_values(":until", n(now_epoch_ms() + retry_after_ms.max(0)))
         };
-        match req.send().await {
-            Ok(_) => Ok(()),
-            Err(e) if is_conditional_failure(&e) => Ok(()),
-            Err(e) => Err(sdk_err("fail audience creation", e)),
-        }
+        conditional(req.send().await, "fail audience creation").map(|_| ())
     }
 }

@@ -1,10 +1,16 @@
-//! Segment mappings.
+//! Segment mappings: reading, listing, adding, and the field-level updates of their status,
+//! fees and last error.
 
-use super::*;
+use super::codec::{fee_list, new_mapping_writes, status_values};
+use super::{
+    DestinationStore, GSI1, Item, MappingStatus, SegmentMapping, StoreError, dst_pk, map_sk,
+    mapping_from, mapping_key, now_rfc3339, s, sdk_err,
+};
+use crate::amazon::AudienceFee;
+use crate::store::dynamo::{conditional, is_cancelled_by_condition};
+use aws_sdk_dynamodb::types::ReturnValue;
 
 impl DestinationStore {
-    // ---------------------------------------------------------------- mappings
-
     pub async fn get_mapping(
         &self,
         destination_id: &str,
@@ -82,31 +88,7 @@ impl DestinationStore {
     /// Adds a new mapping to an existing destination (conditional: the mapping must not exist),
     /// queueing its audience creation when it is `Pending`. `Ok(false)` if it already exists.
     pub async fn add_mapping(&self, m: &SegmentMapping) -> Result<bool, StoreError> {
-        let mut items = vec![
-            TransactWriteItem::builder()
-                .put(
-                    Put::builder()
-                        .table_name(&self.table)
-                        .set_item(Some(mapping_item(m)))
-                        .condition_expression("attribute_not_exists(pk)")
-                        .build()
-                        .map_err(|e| StoreError::Aws(e.to_string()))?,
-                )
-                .build(),
-        ];
-        if m.status == MappingStatus::Pending {
-            items.push(
-                TransactWriteItem::builder()
-                    .put(
-                        Put::builder()
-                            .table_name(&self.table)
-                            .set_item(Some(pending_item(m)))
-                            .build()
-                            .map_err(|e| StoreError::Aws(e.to_string()))?,
-                    )
-                    .build(),
-            );
-        }
+        let items = new_mapping_writes(&self.table, m)?;
         match self
             .client
             .transact_write_items()
@@ -149,7 +131,7 @@ impl DestinationStore {
             .client
             .update_item()
             .table_name(&self.table)
-            .set_key(Some(key(dst_pk(destination_id), &map_sk(segment_id))))
+            .set_key(Some(mapping_key(destination_id, segment_id)))
             .expression_attribute_names("#status", "status")
             .expression_attribute_values(":new", s(status.as_str()))
             .expression_attribute_values(":u", s(now_rfc3339()))
@@ -170,14 +152,10 @@ impl DestinationStore {
             .condition_expression(condition)
             .send()
             .await;
-        let mapping = match r {
-            Ok(out) => match out.attributes {
-                Some(a) => mapping_from(&a)?,
-                None => return Ok(None),
-            },
-            Err(e) if is_conditional_failure(&e) => return Ok(None),
-            Err(e) => return Err(sdk_err("set mapping status", e)),
+        let Some(attrs) = conditional(r, "set mapping status")?.and_then(|o| o.attributes) else {
+            return Ok(None);
         };
+        let mapping = mapping_from(&attrs)?;
         if mapping.status == MappingStatus::Pending {
             self.queue_audience(&mapping).await?;
         }
@@ -195,7 +173,7 @@ impl DestinationStore {
             .client
             .update_item()
             .table_name(&self.table)
-            .set_key(Some(key(dst_pk(destination_id), &map_sk(segment_id))))
+            .set_key(Some(mapping_key(destination_id, segment_id)))
             .condition_expression("attribute_exists(pk)")
             .update_expression("SET audienceFees = :f, updatedAt = :u")
             .expression_attribute_values(":f", fee_list(fees))
@@ -203,10 +181,9 @@ impl DestinationStore {
             .return_values(ReturnValue::AllNew)
             .send()
             .await;
-        match r {
-            Ok(out) => out.attributes.map(|a| mapping_from(&a)).transpose(),
-            Err(e) if is_conditional_failure(&e) => Ok(None),
-            Err(e) => Err(sdk_err("set mapping fees", e)),
+        match conditional(r, "set mapping fees")? {
+            Some(out) => out.attributes.map(|a| mapping_from(&a)).transpose(),
+            None => Ok(None),
         }
     }
 
@@ -222,19 +199,15 @@ impl DestinationStore {
             .client
             .update_item()
             .table_name(&self.table)
-            .set_key(Some(key(dst_pk(destination_id), &map_sk(segment_id))))
+            .set_key(Some(mapping_key(destination_id, segment_id)))
             .condition_expression("attribute_exists(pk)")
             .update_expression("SET lastError = :e, lastErrorAt = :u, updatedAt = :u")
             .expression_attribute_values(":e", s(message))
             .expression_attribute_values(":u", s(now_rfc3339()))
             .send()
             .await;
-        match r {
-            Ok(_) => Ok(()),
-            // The mapping is gone: nothing to report the error on.
-            Err(e) if is_conditional_failure(&e) => Ok(()),
-            Err(e) => Err(sdk_err("set mapping error", e)),
-        }
+        // The mapping is gone: nothing to report the error on.
+        conditional(r, "set mapping error").map(|_| ())
     }
 
     /// Clears a mapping's last error (after a later success).
@@ -247,16 +220,12 @@ impl DestinationStore {
             .client
             .update_item()
             .table_name(&self.table)
-            .set_key(Some(key(dst_pk(destination_id), &map_sk(segment_id))))
+            .set_key(Some(mapping_key(destination_id, segment_id)))
             .condition_expression("attribute_exists(lastError)")
             .update_expression("SET updatedAt = :u REMOVE lastError, lastErrorAt")
             .expression_attribute_values(":u", s(now_rfc3339()))
             .send()
             .await;
-        match r {
-            Ok(_) => Ok(()),
-            Err(e) if is_conditional_failure(&e) => Ok(()),
-            Err(e) => Err(sdk_err("clear mapping error", e)),
-        }
+        conditional(r, "clear mapping error").map(|_| ())
     }
 }

@@ -29,15 +29,12 @@
 
 use super::StoreError;
 pub use super::dynamo::now_rfc3339;
-use super::dynamo::{is_conditional_failure, n, s};
+use super::dynamo::{aws_error as sdk_err, n, s, str_list};
+use super::item::Item;
 use crate::amazon::AudienceFee;
 use crate::domain::export_controls::{ExportControl, ExportLabel};
 use aws_sdk_dynamodb::Client;
-use aws_sdk_dynamodb::error::{DisplayErrorContext, SdkError};
-use aws_sdk_dynamodb::operation::transact_write_items::TransactWriteItemsError;
-use aws_sdk_dynamodb::types::{AttributeValue, Put, ReturnValue, TransactWriteItem};
 use serde::{Deserialize, Serialize};
-use std::collections::HashMap;
 
 pub mod audiences;
 pub mod lifecycle;
@@ -50,9 +47,10 @@ mod pacing;
 mod records;
 mod segments;
 
-use codec::*;
-
-type Item = HashMap<String, AttributeValue>;
+use codec::{
+    destination_from, dst_pk, get_list, get_num, get_s, key, map_sk, mapping_from, mapping_key,
+    opt_s, pending_sk, seg_pk, segment_from,
+};
 
 const PENDING_PK: &str = "PENDING#AUDIENCE";
 const DESTINATIONS_GSI_PK: &str = "DESTINATIONS";
@@ -182,6 +180,7 @@ pub struct DestinationStore {
     client: Client,
     table: String,
 }
+
 impl DestinationStore {
     pub fn new(client: Client, table: String) -> Self {
         Self { client, table }

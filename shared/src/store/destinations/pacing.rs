@@ -1,6 +1,10 @@
-//! Cross-process pacing of Amazon's metadata calls.
+//! Cross-process pacing of Amazon's metadata calls: one `RATE#<LwA client id>` item whose
+//! `nextAt` (epoch ms) is the earliest start of the next call, moved forward by conditional
+//! writes only.
 
-use super::*;
+use super::{DestinationStore, StoreError, get_num, key, n};
+use crate::clock::now_epoch_ms;
+use crate::store::dynamo::conditional;
 
 impl DestinationStore {
     /// Reserves the next slot for an Amazon metadata call of LwA client `client_id`, shared by
@@ -29,7 +33,7 @@ impl DestinationStore {
     ) -> Result<Option<i64>, StoreError> {
         let k = key(format!("RATE#{client_id}"), "METADATA");
         for _ in 0..20 {
-            let now = now_ms();
+            let now = now_epoch_ms();
             let current: i64 = match self
                 .get_item(format!("RATE#{client_id}"), "METADATA")
                 .await?
@@ -54,12 +58,10 @@ impl DestinationStore {
                 req.condition_expression("nextAt = :cur")
                     .expression_attribute_values(":cur", n(current))
             };
-            match req.send().await {
-                Ok(_) => return Ok(Some(slot)),
-                // Another process took this slot: read again and take the next one.
-                Err(e) if is_conditional_failure(&e) => continue,
-                Err(e) => return Err(sdk_err("reserve metadata slot", e)),
+            if conditional(req.send().await, "reserve metadata slot")?.is_some() {
+                return Ok(Some(slot));
             }
+            // Another process took this slot: read again and take the next one.
         }
         Err(StoreError::Conflict(
             "could not reserve an Amazon metadata slot".into(),
@@ -74,7 +76,7 @@ impl DestinationStore {
         client_id: &str,
         spacing_ms: i64,
     ) -> Result<(), StoreError> {
-        let next = now_ms() + spacing_ms;
+        let next = now_epoch_ms() + spacing_ms;
         let r = self
             .client
             .update_item()
@@ -85,11 +87,7 @@ impl DestinationStore {
             .expression_attribute_values(":next", n(next))
             .send()
             .await;
-        match r {
-            Ok(_) => Ok(()),
-            // A later slot is already reserved.
-            Err(e) if is_conditional_failure(&e) => Ok(()),
-            Err(e) => Err(sdk_err("record metadata call", e)),
-        }
+        // A failed condition: a later slot is already reserved.
+        conditional(r, "record metadata call").map(|_| ())
     }
 }

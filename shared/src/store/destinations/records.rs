@@ -1,10 +1,15 @@
-//! Destination items.
+//! Destination items: creating (with the first mappings), reading, updating, listing.
 
-use super::*;
+use super::codec::{new_destination_write, new_mapping_writes};
+use super::{
+    DESTINATIONS_GSI_PK, Destination, DestinationPage, DestinationStore, GSI1, SegmentMapping,
+    StoreError, destination_from, dst_pk, key, now_rfc3339, s, sdk_err, str_list,
+};
+use crate::domain::export_controls::ExportLabel;
+use crate::store::dynamo::{conditional, is_cancelled_by_condition};
+use aws_sdk_dynamodb::types::ReturnValue;
 
 impl DestinationStore {
-    // ------------------------------------------------------------ destinations
-
     /// Creates a destination with its first mappings in one transaction (so a destination never
     /// exists half-mapped), queueing the audience creation of every `Pending` mapping. At most
     /// [`Self::MAX_MAPPINGS_PER_CREATE`] mappings (DynamoDB's 100 items per transaction).
@@ -19,44 +24,9 @@ impl DestinationStore {
                 Self::MAX_MAPPINGS_PER_CREATE
             )));
         }
-        let mut items = vec![
-            TransactWriteItem::builder()
-                .put(
-                    Put::builder()
-                        .table_name(&self.table)
-                        .set_item(Some(destination_item(d, &d.created_at)))
-                        .condition_expression("attribute_not_exists(pk)")
-                        .build()
-                        .map_err(|e| StoreError::Aws(e.to_string()))?,
-                )
-                .build(),
-        ];
+        let mut items = vec![new_destination_write(&self.table, d)?];
         for m in mappings {
-            items.push(
-                TransactWriteItem::builder()
-                    .put(
-                        Put::builder()
-                            .table_name(&self.table)
-                            .set_item(Some(mapping_item(m)))
-                            .condition_expression("attribute_not_exists(pk)")
-                            .build()
-                            .map_err(|e| StoreError::Aws(e.to_string()))?,
-                    )
-                    .build(),
-            );
-            if m.status == MappingStatus::Pending {
-                items.push(
-                    TransactWriteItem::builder()
-                        .put(
-                            Put::builder()
-                                .table_name(&self.table)
-                                .set_item(Some(pending_item(m)))
-                                .build()
-                                .map_err(|e| StoreError::Aws(e.to_string()))?,
-                        )
-                        .build(),
-                );
-            }
+            items.extend(new_mapping_writes(&self.table, m)?);
         }
         self.client
             .transact_write_items()
@@ -91,6 +61,7 @@ impl DestinationStore {
         description: &str,
         labels: &[ExportLabel],
     ) -> Result<Option<Destination>, StoreError> {
+        let labels: Vec<_> = labels.iter().map(|l| l.as_str()).collect();
         let r = self
             .client
             .update_item()
@@ -99,18 +70,14 @@ impl DestinationStore {
             .condition_expression("attribute_exists(pk)")
             .update_expression("SET description = :d, dataExportLabels = :l, updatedAt = :u")
             .expression_attribute_values(":d", s(description))
-            .expression_attribute_values(
-                ":l",
-                str_list(&labels.iter().map(|l| l.as_str()).collect::<Vec<_>>()),
-            )
+            .expression_attribute_values(":l", str_list(&labels))
             .expression_attribute_values(":u", s(now_rfc3339()))
             .return_values(ReturnValue::AllNew)
             .send()
             .await;
-        match r {
-            Ok(out) => out.attributes.map(|a| destination_from(&a)).transpose(),
-            Err(e) if is_conditional_failure(&e) => Ok(None),
-            Err(e) => Err(sdk_err("update destination", e)),
+        match conditional(r, "update destination")? {
+            Some(out) => out.attributes.map(|a| destination_from(&a)).transpose(),
+            None => Ok(None),
         }
     }
 

@@ -1,33 +1,17 @@
-//! Segment items.
+//! Segment items (listing and deleting them is in [`super::lifecycle`]).
 
-use super::*;
+use super::codec::segment_item;
+use super::{DestinationStore, Segment, StoreError, sdk_err, seg_pk, segment_from};
+use aws_sdk_dynamodb::types::ReturnValue;
 
 impl DestinationStore {
-    // ---------------------------------------------------------------- segments
-
     /// Creates or replaces a segment; returns the previous version (to notice changed controls).
     pub async fn put_segment(&self, seg: &Segment) -> Result<Option<Segment>, StoreError> {
-        let mut item = key(seg_pk(&seg.segment_id), "SEGMENT");
-        item.insert("gsi1pk".into(), s(lifecycle::SEGMENTS_GSI_PK));
-        item.insert("gsi1sk".into(), s(&seg.segment_id));
-        item.insert("segmentId".into(), s(&seg.segment_id));
-        item.insert("name".into(), s(&seg.name));
-        item.insert("description".into(), s(&seg.description));
-        item.insert(
-            "dataExportControls".into(),
-            str_list(
-                &seg.data_export_controls
-                    .iter()
-                    .map(|c| c.as_str())
-                    .collect::<Vec<_>>(),
-            ),
-        );
-        item.insert("updatedAt".into(), s(&seg.updated_at));
         let out = self
             .client
             .put_item()
             .table_name(&self.table)
-            .set_item(Some(item))
+            .set_item(Some(segment_item(seg)))
             .return_values(ReturnValue::AllOld)
             .send()
             .await

@@ -1,6 +1,11 @@
-//! Dirty devices of unfinished jobs.
+//! Dirty devices of unfinished jobs (`DIRTY#<deviceKey>`, with a `nonce` so that the drain
+//! deletes an entry only if no newer delta re-marked it).
 
-use super::*;
+use super::codec::{job_pk, req_s};
+use super::{DirtyDevice, JobStore};
+use crate::store::StoreError;
+use crate::store::dynamo::{aws_error, conditional, key, s};
+use crate::store::item::ItemExt;
 
 impl JobStore {
     /// Records a device changed by a delta while the job is unfinished. Written before the
@@ -11,9 +16,9 @@ impl JobStore {
         segment_id: &str,
         device: &str,
     ) -> Result<(), StoreError> {
-        let mut it = Self::key(
-            &job_pk(destination_id, segment_id),
-            &format!("DIRTY#{device}"),
+        let mut it = key(
+            job_pk(destination_id, segment_id),
+            format!("DIRTY#{device}"),
         );
         it.insert("segmentId".into(), s(segment_id));
         it.insert("device".into(), s(device));
@@ -24,7 +29,7 @@ impl JobStore {
             .set_item(Some(it))
             .send()
             .await
-            .map_err(|e| aws("mark dirty", e))?;
+            .map_err(|e| aws_error("jobs mark dirty", e))?;
         Ok(())
     }
 
@@ -46,10 +51,10 @@ impl JobStore {
             .expression_attribute_values(":p", s("DIRTY#"))
             .consistent_read(true)
             .limit(limit)
-            .set_exclusive_start_key(start_after.map(|d| Self::key(&pk, &format!("DIRTY#{d}"))))
+            .set_exclusive_start_key(start_after.map(|d| key(&pk, format!("DIRTY#{d}"))))
             .send()
             .await
-            .map_err(|e| aws("query dirty", e))?;
+            .map_err(|e| aws_error("jobs query dirty", e))?;
         let mut out = Vec::new();
         for it in res.items() {
             out.push(DirtyDevice {
@@ -58,10 +63,11 @@ impl JobStore {
                 nonce: req_s(it, "nonce")?,
             });
         }
-        let last = match res.last_evaluated_key().and_then(|k| k.get("sk")) {
-            Some(AttributeValue::S(sk)) => sk.strip_prefix("DIRTY#").map(str::to_string),
-            _ => None,
-        };
+        let last = res
+            .last_evaluated_key()
+            .and_then(|k| k.opt_str("sk"))
+            .and_then(|sk| sk.strip_prefix("DIRTY#"))
+            .map(str::to_string);
         Ok((out, last))
     }
 
@@ -76,18 +82,14 @@ impl JobStore {
             .client
             .delete_item()
             .table_name(&self.table)
-            .set_key(Some(Self::key(
-                &job_pk(destination_id, segment_id),
-                &format!("DIRTY#{}", d.device),
+            .set_key(Some(key(
+                job_pk(destination_id, segment_id),
+                format!("DIRTY#{}", d.device),
             )))
             .condition_expression("nonce = :n")
             .expression_attribute_values(":n", s(&d.nonce))
             .send()
             .await;
-        match res {
-            Ok(_) => Ok(()),
-            Err(e) if is_condition_failed(&e) => Ok(()),
-            Err(e) => Err(aws("clear dirty", e)),
-        }
+        conditional(res, "jobs clear dirty").map(|_| ())
     }
 }

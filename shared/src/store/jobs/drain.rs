@@ -1,8 +1,22 @@
-//! The job's own lease and its final phase (the dirty-set drain), errors and finishing.
+//! The job item's own lease (held for its final phase, the dirty-set drain), the writes fenced
+//! by it, the job's errors and its end.
 
-use super::*;
+use super::JobStore;
+use super::codec::job_key;
+use crate::store::StoreError;
+use crate::store::dynamo::{conditional, fenced, n, now_rfc3339, s};
+use crate::store::lease::{Lease, guarded};
+use aws_sdk_dynamodb::types::AttributeValue;
 
 impl JobStore {
+    fn job_lease(&self, destination_id: &str, segment_id: &str) -> Lease<'_> {
+        Lease {
+            client: &self.client,
+            table: &self.table,
+            key: job_key(destination_id, segment_id),
+        }
+    }
+
     /// Takes (or renews) the lease of the job's final phase (the dirty-set drain).
     pub async fn lease_job(
         &self,
@@ -14,27 +28,19 @@ impl JobStore {
         lease_ms: u64,
     ) -> Result<bool, StoreError> {
         let res = self
-            .client
-            .update_item()
-            .table_name(&self.table)
-            .set_key(Some(Self::key(&job_pk(destination_id, segment_id), "JOB")))
-            .update_expression("SET leaseOwner = :me, leaseUntil = :until")
-            .condition_expression(
-                "gen = :gen AND #st = :run AND (leaseUntil < :now OR leaseOwner = :me)",
+            .job_lease(destination_id, segment_id)
+            .take(
+                owner,
+                now_ms,
+                now_ms + lease_ms,
+                &guarded("gen = :gen AND #st = :run"),
             )
             .expression_attribute_names("#st", "state")
-            .expression_attribute_values(":me", s(owner))
-            .expression_attribute_values(":until", n(now_ms + lease_ms))
-            .expression_attribute_values(":now", n(now_ms))
             .expression_attribute_values(":gen", n(generation))
             .expression_attribute_values(":run", s("running"))
             .send()
             .await;
-        match res {
-            Ok(_) => Ok(true),
-            Err(e) if is_condition_failed(&e) => Ok(false),
-            Err(e) => Err(aws("lease job", e)),
-        }
+        Ok(conditional(res, "jobs lease job")?.is_some())
     }
 
     /// Marks the job `draining` (fenced by the job lease): called once every shard is done,
@@ -49,7 +55,7 @@ impl JobStore {
             .client
             .update_item()
             .table_name(&self.table)
-            .set_key(Some(Self::key(&job_pk(destination_id, segment_id), "JOB")))
+            .set_key(Some(job_key(destination_id, segment_id)))
             .update_expression("SET draining = :t, updatedAt = :now")
             .condition_expression("leaseOwner = :me")
             .expression_attribute_values(":me", s(owner))
@@ -57,13 +63,10 @@ impl JobStore {
             .expression_attribute_values(":now", s(now_rfc3339()))
             .send()
             .await;
-        match res {
-            Ok(_) => Ok(()),
-            Err(e) if is_condition_failed(&e) => {
-                Err(StoreError::Conflict("job lease was lost".into()))
-            }
-            Err(e) => Err(aws("set draining", e)),
-        }
+        fenced(res, "jobs set draining", || {
+            StoreError::Conflict("job lease was lost".into())
+        })
+        .map(|_| ())
     }
 
     /// Releases the job's lease (quietly, if it is no longer ours).
@@ -73,22 +76,9 @@ impl JobStore {
         segment_id: &str,
         owner: &str,
     ) -> Result<(), StoreError> {
-        let res = self
-            .client
-            .update_item()
-            .table_name(&self.table)
-            .set_key(Some(Self::key(&job_pk(destination_id, segment_id), "JOB")))
-            .update_expression("SET leaseUntil = :zero")
-            .condition_expression("leaseOwner = :me")
-            .expression_attribute_values(":me", s(owner))
-            .expression_attribute_values(":zero", n(0))
-            .send()
-            .await;
-        match res {
-            Ok(_) => Ok(()),
-            Err(e) if is_condition_failed(&e) => Ok(()),
-            Err(e) => Err(aws("release job", e)),
-        }
+        self.job_lease(destination_id, segment_id)
+            .release(owner, "jobs release job")
+            .await
     }
 
     /// Adds to the count of dirty devices re-sent (fenced by the job lease).
@@ -103,7 +93,7 @@ impl JobStore {
             .client
             .update_item()
             .table_name(&self.table)
-            .set_key(Some(Self::key(&job_pk(destination_id, segment_id), "JOB")))
+            .set_key(Some(job_key(destination_id, segment_id)))
             .update_expression("SET drained = drained + :c, updatedAt = :now")
             .condition_expression("leaseOwner = :me")
             .expression_attribute_values(":me", s(owner))
@@ -111,13 +101,10 @@ impl JobStore {
             .expression_attribute_values(":now", s(now_rfc3339()))
             .send()
             .await;
-        match res {
-            Ok(_) => Ok(()),
-            Err(e) if is_condition_failed(&e) => {
-                Err(StoreError::Conflict("job lease was lost".into()))
-            }
-            Err(e) => Err(aws("add drained", e)),
-        }
+        fenced(res, "jobs add drained", || {
+            StoreError::Conflict("job lease was lost".into())
+        })
+        .map(|_| ())
     }
 
     /// Finishes the job: state `done`, out of the active index. Conditional on holding its lease
@@ -134,7 +121,7 @@ impl JobStore {
             .client
             .update_item()
             .table_name(&self.table)
-            .set_key(Some(Self::key(&job_pk(destination_id, segment_id), "JOB")))
+            .set_key(Some(job_key(destination_id, segment_id)))
             .update_expression(
                 "SET #st = :done, finishedAt = :now, updatedAt = :now, leaseUntil = :zero REMOVE gsi1pk, gsi1sk, lastError",
             )
@@ -148,13 +135,10 @@ impl JobStore {
             .expression_attribute_values(":gen", n(generation))
             .send()
             .await;
-        match res {
-            Ok(_) => Ok(()),
-            Err(e) if is_condition_failed(&e) => {
-                Err(StoreError::Conflict("job lease was lost".into()))
-            }
-            Err(e) => Err(aws("finish job", e)),
-        }
+        fenced(res, "jobs finish job", || {
+            StoreError::Conflict("job lease was lost".into())
+        })
+        .map(|_| ())
     }
 
     /// Records an error on the job; `fail` also moves it to `failed` (needs a person; it stays
@@ -171,7 +155,7 @@ impl JobStore {
             .client
             .update_item()
             .table_name(&self.table)
-            .set_key(Some(Self::key(&job_pk(destination_id, segment_id), "JOB")))
+            .set_key(Some(job_key(destination_id, segment_id)))
             .condition_expression("gen = :gen AND #st <> :done")
             .expression_attribute_names("#st", "state")
             .expression_attribute_values(":gen", n(generation))
@@ -184,11 +168,7 @@ impl JobStore {
         } else {
             u.update_expression("SET lastError = :err, updatedAt = :now")
         };
-        match u.send().await {
-            Ok(_) => Ok(()),
-            Err(e) if is_condition_failed(&e) => Ok(()),
-            Err(e) => Err(aws("job error", e)),
-        }
+        conditional(u.send().await, "jobs job error").map(|_| ())
     }
 
     /// Clears the job's last error (after progress).
@@ -202,16 +182,12 @@ impl JobStore {
             .client
             .update_item()
             .table_name(&self.table)
-            .set_key(Some(Self::key(&job_pk(destination_id, segment_id), "JOB")))
+            .set_key(Some(job_key(destination_id, segment_id)))
             .update_expression("REMOVE lastError")
             .condition_expression("gen = :gen AND attribute_exists(lastError)")
             .expression_attribute_values(":gen", n(generation))
             .send()
             .await;
-        match res {
-            Ok(_) => Ok(()),
-            Err(e) if is_condition_failed(&e) => Ok(()),
-            Err(e) => Err(aws("clear job error", e)),
-        }
+        conditional(res, "jobs clear job error").map(|_| ())
     }
 }

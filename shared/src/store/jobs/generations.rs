@@ -1,6 +1,12 @@
-//! Jobs and their generations.
+//! Jobs and their generations: starting, re-arming, restarting, reading and listing them.
 
-use super::*;
+use super::codec::{fresh_shard, job_from, job_item, job_key, job_pk, shard_from, shard_key};
+use super::{
+    ACTIVE_JOBS, BackfillJob, Ensure, Generation, JobPurpose, JobState, JobStore, ShardState,
+};
+use crate::store::StoreError;
+use crate::store::dynamo::{aws_error, conditional, n, now_rfc3339, s};
+use crate::store::item::Item;
 
 impl JobStore {
     /// Makes sure a job for this mapping and audience runs (idempotent; see [`Ensure`]).
@@ -13,9 +19,7 @@ impl JobStore {
         shards: u16,
         restart_running: bool,
     ) -> Result<Ensure, StoreError> {
-        let pk = job_pk(destination_id, segment_id);
         let existing = self.get_job(destination_id, segment_id).await?;
-        let now = now_rfc3339();
         let (generation, include_removals, outcome) = match &existing {
             Some(j)
                 if j.audience_id == audience_id
@@ -25,44 +29,7 @@ impl JobStore {
                 return Ok(Ensure::AlreadyRunning);
             }
             Some(j) if j.audience_id == audience_id && j.state == JobState::Failed => {
-                self.client
-                    .update_item()
-                    .table_name(&self.table)
-                    .set_key(Some(Self::key(&pk, "JOB")))
-                    .update_expression(
-                        "SET #st = :run, updatedAt = :now, gsi1pk = :active, gsi1sk = :gsk REMOVE lastError",
-                    )
-                    .condition_expression("#st = :failed AND gen = :gen")
-                    .expression_attribute_names("#st", "state")
-                    .expression_attribute_values(":run", s("running"))
-                    .expression_attribute_values(":failed", s("failed"))
-                    .expression_attribute_values(":gen", n(j.generation))
-                    .expression_attribute_values(":now", s(&now))
-                    .expression_attribute_values(":active", s(ACTIVE_JOBS))
-                    .expression_attribute_values(
-                        ":gsk",
-                        s(format!("{}#{destination_id}#{segment_id}", j.created_at)),
-                    )
-                    .send()
-                    .await
-                    .map_err(|e| aws("rearm", e))?;
-                // Shards that failed keep their checkpoint; only their error goes.
-                for sh in 0..j.shards {
-                    let res = self
-                        .client
-                        .update_item()
-                        .table_name(&self.table)
-                        .set_key(Some(Self::key(&pk, &shard_sk(sh))))
-                        .update_expression("REMOVE lastError")
-                        .condition_expression("attribute_exists(pk)")
-                        .send()
-                        .await;
-                    if let Err(e) = res
-                        && !is_condition_failed(&e)
-                    {
-                        return Err(aws("rearm shard", e));
-                    }
-                }
+                self.rearm(destination_id, segment_id, j).await?;
                 return Ok(Ensure::Rearmed);
             }
             // Same audience, finished: members may have changed while it was not delivered to
@@ -90,6 +57,50 @@ impl JobStore {
         }
     }
 
+    /// Re-arms a failed job of the same audience: running again and listed, its error gone;
+    /// shards that failed keep their checkpoint, only their error goes.
+    async fn rearm(
+        &self,
+        destination_id: &str,
+        segment_id: &str,
+        j: &BackfillJob,
+    ) -> Result<(), StoreError> {
+        self.client
+            .update_item()
+            .table_name(&self.table)
+            .set_key(Some(job_key(destination_id, segment_id)))
+            .update_expression(
+                "SET #st = :run, updatedAt = :now, gsi1pk = :active, gsi1sk = :gsk REMOVE lastError",
+            )
+            .condition_expression("#st = :failed AND gen = :gen")
+            .expression_attribute_names("#st", "state")
+            .expression_attribute_values(":run", s("running"))
+            .expression_attribute_values(":failed", s("failed"))
+            .expression_attribute_values(":gen", n(j.generation))
+            .expression_attribute_values(":now", s(now_rfc3339()))
+            .expression_attribute_values(":active", s(ACTIVE_JOBS))
+            .expression_attribute_values(
+                ":gsk",
+                s(format!("{}#{destination_id}#{segment_id}", j.created_at)),
+            )
+            .send()
+            .await
+            .map_err(|e| aws_error("jobs rearm", e))?;
+        for sh in 0..j.shards {
+            let res = self
+                .client
+                .update_item()
+                .table_name(&self.table)
+                .set_key(Some(shard_key(destination_id, segment_id, sh)))
+                .update_expression("REMOVE lastError")
+                .condition_expression("attribute_exists(pk)")
+                .send()
+                .await;
+            conditional(res, "jobs rearm shard")?;
+        }
+        Ok(())
+    }
+
     /// Starts generation `generation` of a mapping's job (fresh shards, then the job item,
     /// conditional on `existing`'s generation so two starters never both win). `false` when
     /// another writer got there first.
@@ -99,58 +110,30 @@ impl JobStore {
         existing: Option<&BackfillJob>,
         generation: u64,
     ) -> Result<bool, StoreError> {
-        let (destination_id, segment_id) = (g.destination_id, g.segment_id);
-        let pk = job_pk(destination_id, segment_id);
+        let pk = job_pk(g.destination_id, g.segment_id);
         let now = now_rfc3339();
         // Shards first, the job item last: a listed job always has its shards.
         for sh in 0..g.shards {
             self.client
                 .put_item()
                 .table_name(&self.table)
-                .set_item(Some(Self::fresh_shard(&pk, sh, generation, &now)))
+                .set_item(Some(fresh_shard(&pk, sh, generation, &now)))
                 .send()
                 .await
-                .map_err(|e| aws("put shard", e))?;
+                .map_err(|e| aws_error("jobs put shard", e))?;
         }
-        let mut job = Self::key(&pk, "JOB");
-        job.insert("destinationId".into(), s(destination_id));
-        job.insert("segmentId".into(), s(segment_id));
-        job.insert("accountId".into(), s(g.account_id));
-        job.insert("audienceId".into(), n(g.audience_id));
-        job.insert("gen".into(), n(generation));
-        job.insert("state".into(), s("running"));
-        job.insert("shards".into(), n(g.shards));
-        job.insert(
-            "includeRemovals".into(),
-            AttributeValue::Bool(g.include_removals),
-        );
-        job.insert("purpose".into(), s(g.purpose.as_str()));
-        job.insert("createdAt".into(), s(&now));
-        job.insert("updatedAt".into(), s(&now));
-        job.insert("drained".into(), n(0));
-        job.insert("draining".into(), AttributeValue::Bool(false));
-        job.insert("leaseUntil".into(), n(0));
-        job.insert("gsi1pk".into(), s(ACTIVE_JOBS));
-        job.insert(
-            "gsi1sk".into(),
-            s(format!("{now}#{destination_id}#{segment_id}")),
-        );
         let mut put = self
             .client
             .put_item()
             .table_name(&self.table)
-            .set_item(Some(job));
+            .set_item(Some(job_item(g, generation, &now)));
         put = match existing {
             None => put.condition_expression("attribute_not_exists(pk)"),
             Some(j) => put
                 .condition_expression("gen = :gen")
                 .expression_attribute_values(":gen", n(j.generation)),
         };
-        match put.send().await {
-            Ok(_) => Ok(true),
-            Err(e) if is_condition_failed(&e) => Ok(false),
-            Err(e) => Err(aws("put job", e)),
-        }
+        Ok(conditional(put.send().await, "jobs put job")?.is_some())
     }
 
     pub async fn get_job(
@@ -162,12 +145,12 @@ impl JobStore {
             .client
             .get_item()
             .table_name(&self.table)
-            .set_key(Some(Self::key(&job_pk(destination_id, segment_id), "JOB")))
+            .set_key(Some(job_key(destination_id, segment_id)))
             .consistent_read(true)
             .send()
             .await
-            .map_err(|e| aws("get job", e))?;
-        res.item().map(Self::job_from).transpose()
+            .map_err(|e| aws_error("jobs get job", e))?;
+        res.item().map(job_from).transpose()
     }
 
     /// The shards of a job (consistent read).
@@ -191,9 +174,9 @@ impl JobStore {
                 .set_exclusive_start_key(start.take())
                 .send()
                 .await
-                .map_err(|e| aws("query shards", e))?;
+                .map_err(|e| aws_error("jobs query shards", e))?;
             for it in res.items() {
-                out.push(Self::shard_from(it)?);
+                out.push(shard_from(it)?);
             }
             match res.last_evaluated_key() {
                 Some(k) if !k.is_empty() => start = Some(k.clone()),
@@ -218,9 +201,9 @@ impl JobStore {
                 .set_exclusive_start_key(start.take())
                 .send()
                 .await
-                .map_err(|e| aws("list jobs", e))?;
+                .map_err(|e| aws_error("jobs list jobs", e))?;
             for it in res.items() {
-                out.push(Self::job_from(it)?);
+                out.push(job_from(it)?);
             }
             match res.last_evaluated_key() {
                 Some(k) if !k.is_empty() => start = Some(k.clone()),

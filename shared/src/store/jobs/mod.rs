@@ -24,13 +24,7 @@
 //!   from the ledger's current state after its scan. The `nonce` lets the drain delete an entry
 //!   only if no newer delta re-marked it meanwhile.
 
-use super::StoreError;
-use super::dynamo::{is_conditional_failure as is_condition_failed, n, now_rfc3339, s};
 use aws_sdk_dynamodb::Client;
-use aws_sdk_dynamodb::types::AttributeValue;
-use std::collections::HashMap;
-
-type Item = HashMap<String, AttributeValue>;
 
 mod codec;
 mod dirty;
@@ -41,7 +35,6 @@ mod shards;
 mod slots;
 
 pub use codec::job_pk;
-use codec::*;
 
 /// The `gsi1pk` of unfinished jobs.
 pub const ACTIVE_JOBS: &str = "JOBS#active";

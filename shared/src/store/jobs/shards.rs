@@ -1,6 +1,11 @@
-//! Shards: leases and checkpoints.
+//! Shards: their leases, checkpoints (fenced by the lease) and completion.
 
-use super::*;
+use super::codec::{shard_from, shard_key};
+use super::{JobStore, ShardState};
+use crate::store::StoreError;
+use crate::store::dynamo::{conditional, fenced, n, now_rfc3339, s};
+use crate::store::lease::{Lease, guarded};
+use aws_sdk_dynamodb::types::ReturnValue;
 
 impl JobStore {
     /// Takes (or renews) the lease of a shard of the given generation that is not done. `None`
@@ -16,31 +21,27 @@ impl JobStore {
         now_ms: u64,
         lease_ms: u64,
     ) -> Result<Option<ShardState>, StoreError> {
-        let res = self
-            .client
-            .update_item()
-            .table_name(&self.table)
-            .set_key(Some(Self::key(
-                &job_pk(destination_id, segment_id),
-                &shard_sk(shard),
-            )))
-            .update_expression("SET leaseOwner = :me, leaseUntil = :until")
-            .condition_expression(
-                "gen = :gen AND #st <> :done AND (leaseUntil < :now OR leaseOwner = :me)",
+        let lease = Lease {
+            client: &self.client,
+            table: &self.table,
+            key: shard_key(destination_id, segment_id, shard),
+        };
+        let res = lease
+            .take(
+                owner,
+                now_ms,
+                now_ms + lease_ms,
+                &guarded("gen = :gen AND #st <> :done"),
             )
             .expression_attribute_names("#st", "state")
-            .expression_attribute_values(":me", s(owner))
-            .expression_attribute_values(":until", n(now_ms + lease_ms))
-            .expression_attribute_values(":now", n(now_ms))
             .expression_attribute_values(":gen", n(generation))
             .expression_attribute_values(":done", s("done"))
-            .return_values(aws_sdk_dynamodb::types::ReturnValue::AllNew)
+            .return_values(ReturnValue::AllNew)
             .send()
             .await;
-        match res {
-            Ok(r) => r.attributes().map(Self::shard_from).transpose(),
-            Err(e) if is_condition_failed(&e) => Ok(None),
-            Err(e) => Err(aws("lease shard", e)),
+        match conditional(res, "jobs lease shard")? {
+            Some(r) => r.attributes().map(shard_from).transpose(),
+            None => Ok(None),
         }
     }
 
@@ -62,7 +63,7 @@ impl JobStore {
             .client
             .update_item()
             .table_name(&self.table)
-            .set_key(Some(Self::key(&job_pk(destination_id, segment_id), &shard_sk(shard))))
+            .set_key(Some(shard_key(destination_id, segment_id, shard)))
             .update_expression(
                 "SET lastKey = :k, sent = sent + :s, batches = batches + :b, leaseUntil = :until, updatedAt = :now REMOVE lastError",
             )
@@ -75,13 +76,10 @@ impl JobStore {
             .expression_attribute_values(":me", s(owner))
             .send()
             .await;
-        match res {
-            Ok(_) => Ok(()),
-            Err(e) if is_condition_failed(&e) => Err(StoreError::Conflict(format!(
-                "lease of shard {shard} was lost"
-            ))),
-            Err(e) => Err(aws("checkpoint", e)),
-        }
+        fenced(res, "jobs checkpoint", || {
+            StoreError::Conflict(format!("lease of shard {shard} was lost"))
+        })
+        .map(|_| ())
     }
 
     /// Marks a shard done (fenced by the lease) and releases it.
@@ -96,10 +94,7 @@ impl JobStore {
             .client
             .update_item()
             .table_name(&self.table)
-            .set_key(Some(Self::key(
-                &job_pk(destination_id, segment_id),
-                &shard_sk(shard),
-            )))
+            .set_key(Some(shard_key(destination_id, segment_id, shard)))
             .update_expression(
                 "SET #st = :done, leaseUntil = :zero, updatedAt = :now REMOVE lastError",
             )
@@ -111,13 +106,10 @@ impl JobStore {
             .expression_attribute_values(":me", s(owner))
             .send()
             .await;
-        match res {
-            Ok(_) => Ok(()),
-            Err(e) if is_condition_failed(&e) => Err(StoreError::Conflict(format!(
-                "lease of shard {shard} was lost"
-            ))),
-            Err(e) => Err(aws("finish shard", e)),
-        }
+        fenced(res, "jobs finish shard", || {
+            StoreError::Conflict(format!("lease of shard {shard} was lost"))
+        })
+        .map(|_| ())
     }
 
     /// Gives a shard's lease back (stopping before the deadline), optionally recording an error.
@@ -134,10 +126,7 @@ impl JobStore {
             .client
             .update_item()
             .table_name(&self.table)
-            .set_key(Some(Self::key(
-                &job_pk(destination_id, segment_id),
-                &shard_sk(shard),
-            )))
+            .set_key(Some(shard_key(destination_id, segment_id, shard)))
             .condition_expression("leaseOwner = :me")
             .expression_attribute_values(":me", s(owner))
             .expression_attribute_values(":zero", n(0))
@@ -148,10 +137,6 @@ impl JobStore {
                 .expression_attribute_values(":err", s(msg)),
             None => u.update_expression("SET leaseUntil = :zero, updatedAt = :now"),
         };
-        match u.send().await {
-            Ok(_) => Ok(()),
-            Err(e) if is_condition_failed(&e) => Ok(()),
-            Err(e) => Err(aws("release shard", e)),
-        }
+        conditional(u.send().await, "jobs release shard").map(|_| ())
     }
 }

@@ -1,8 +1,20 @@
-//! Backfill slots: how many invocations run backfills at once.
+//! Backfill slots (`JOBS#slots` / `SLOT#<n>`): leased items that bound how many invocations run
+//! backfills at once across every process.
 
-use super::*;
+use super::JobStore;
+use crate::store::StoreError;
+use crate::store::dynamo::{conditional, key};
+use crate::store::lease::Lease;
 
 impl JobStore {
+    fn slot_lease(&self, slot: u16) -> Lease<'_> {
+        Lease {
+            client: &self.client,
+            table: &self.table,
+            key: key("JOBS#slots", format!("SLOT#{slot}")),
+        }
+    }
+
     /// Takes one of `slots` backfill slots until `until_ms` (the invocation's deadline), so at
     /// most `slots` invocations run backfills at once across every process. `None` when all are
     /// held by live invocations.
@@ -15,23 +27,17 @@ impl JobStore {
     ) -> Result<Option<u16>, StoreError> {
         for slot in 0..slots {
             let res = self
-                .client
-                .update_item()
-                .table_name(&self.table)
-                .set_key(Some(Self::key("JOBS#slots", &format!("SLOT#{slot}"))))
-                .update_expression("SET leaseOwner = :me, leaseUntil = :until")
-                .condition_expression(
+                .slot_lease(slot)
+                .take(
+                    owner,
+                    now_ms,
+                    until_ms,
                     "attribute_not_exists(pk) OR leaseUntil < :now OR leaseOwner = :me",
                 )
-                .expression_attribute_values(":me", s(owner))
-                .expression_attribute_values(":until", n(until_ms))
-                .expression_attribute_values(":now", n(now_ms))
                 .send()
                 .await;
-            match res {
-                Ok(_) => return Ok(Some(slot)),
-                Err(e) if is_condition_failed(&e) => continue,
-                Err(e) => return Err(aws("lease slot", e)),
+            if conditional(res, "jobs lease slot")?.is_some() {
+                return Ok(Some(slot));
             }
         }
         Ok(None)
@@ -39,21 +45,8 @@ impl JobStore {
 
     /// Frees a backfill slot (quietly, if it is no longer ours).
     pub async fn release_slot(&self, slot: u16, owner: &str) -> Result<(), StoreError> {
-        let res = self
-            .client
-            .update_item()
-            .table_name(&self.table)
-            .set_key(Some(Self::key("JOBS#slots", &format!("SLOT#{slot}"))))
-            .update_expression("SET leaseUntil = :zero")
-            .condition_expression("leaseOwner = :me")
-            .expression_attribute_values(":me", s(owner))
-            .expression_attribute_values(":zero", n(0))
-            .send()
-            .await;
-        match res {
-            Ok(_) => Ok(()),
-            Err(e) if is_condition_failed(&e) => Ok(()),
-            Err(e) => Err(aws("release slot", e)),
-        }
+        self.slot_lease(slot)
+            .release(owner, "jobs release slot")
+            .await
     }
 }
