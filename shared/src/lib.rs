@@ -5,6 +5,7 @@
 pub mod amazon;
 pub mod aws;
 pub mod budget;
+pub mod clock;
 pub mod config;
 pub mod console;
 pub mod domain;

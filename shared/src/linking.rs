@@ -1134,7 +1134,7 @@ impl Linking {
                     }),
                 )
             }
-            Ok(None) => crate::store::accounts::require_active(account_id, None)
+            Ok(None) => crate::http::accounts::require_active(account_id, None)
                 .err()
                 .unwrap_or_else(HttpResponse::not_found),
             Err(e) => {

@@ -10,8 +10,9 @@ mod support;
 
 use adsync::amazon::{LoginRef, Region};
 use adsync::http::HttpRequest;
+use adsync::http::accounts::require_active;
 use adsync::linking::random_token;
-use adsync::store::accounts::{AccountStatus, ConnectionStatus, IntegratedAccount, require_active};
+use adsync::store::accounts::{AccountStatus, ConnectionStatus, IntegratedAccount};
 use adsync_tests::sandbox::{SandboxAdvertiser, SandboxProfile, SandboxUser, random_id};
 use support::*;
 

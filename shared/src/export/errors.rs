@@ -5,7 +5,7 @@
 use crate::amazon::AmazonError;
 use crate::http::{ApiError, ApiResult, HttpResponse, Kind};
 use crate::store::StoreError;
-use crate::store::accounts::{IntegratedAccount, require_active};
+use crate::store::accounts::IntegratedAccount;
 
 /// 400 `invalid_request` naming the field at fault.
 pub fn invalid(field: &str, message: impl Into<String>) -> ApiError {
@@ -120,17 +120,16 @@ pub fn other_advertiser(field: &str, id: i64, account: &IntegratedAccount) -> Ap
     .at(field)
 }
 
-/// The account if it can be used (`crate::store::accounts::require_active`): else 409
-/// `reauthorization_required` or 404 `account_not_found`.
+/// The account if it can be used (`crate::store::accounts::active_account`): else 409
+/// `reauthorization_required` or 404 `account_not_found` (`crate::http::accounts`).
 pub fn active_account(
     account_id: &str,
     found: Option<IntegratedAccount>,
 ) -> ApiResult<IntegratedAccount> {
-    require_active(account_id, found).map_err(from_answer)
+    crate::store::accounts::active_account(account_id, found).map_err(ApiError::from)
 }
 
-/// An error answer built outside `ApiError` (`crate::http::parse_json_body`,
-/// `crate::store::accounts::require_active`) as an [`ApiError`]: the same status, code, message,
+/// An error answer built outside `ApiError` (`crate::http::parse_json_body`) as an [`ApiError`]: the same status, code, message,
 /// field and headers.
 pub fn from_answer(r: impl Into<HttpResponse>) -> ApiError {
     let r: HttpResponse = r.into();

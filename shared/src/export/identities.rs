@@ -19,9 +19,10 @@ use crate::amazon::privacy::{
 };
 use crate::amazon::{AmazonClient, AmazonError, RetryPolicy};
 use crate::domain::conversion::matchkey::{KeyHasher, KeyType, KeyValue};
+use crate::http::accounts::require_active;
 use crate::http::{HttpRequest, HttpResponse, parse_json_body};
 use crate::runtime::Invocation;
-use crate::store::accounts::{IntegratedAccount, require_active};
+use crate::store::accounts::IntegratedAccount;
 use crate::store::parked::ParkedQueue;
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};

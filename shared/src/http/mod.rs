@@ -5,6 +5,7 @@
 //! same behind API Gateway and locally. Handlers return [`HttpResponse`]; expected failures are
 //! responses, never `Err`.
 
+pub mod accounts;
 pub mod auth;
 pub mod error;
 pub mod html;

@@ -11,6 +11,7 @@
 use super::StoreError;
 use super::accounts::AccountStore;
 use super::dynamo::{aws_error, n, s};
+use super::item::ItemExt;
 use aws_sdk_dynamodb::types::AttributeValue;
 use serde::Serialize;
 use std::collections::{BTreeMap, HashMap};
@@ -153,11 +154,7 @@ impl ConversionCounts {
             for item in page.items() {
                 let c = counts_of(item);
                 out.last_7d.add(&c);
-                if item
-                    .get("sk")
-                    .and_then(|v| v.as_s().ok())
-                    .is_some_and(|sk| *sk >= from_24h)
-                {
+                if item.opt_str("sk").is_some_and(|sk| sk >= from_24h.as_str()) {
                     out.last_24h.add(&c);
                 }
             }

@@ -7,21 +7,17 @@
 //! tombstone at or after the row's time is dropped (a newer qualification re-adds as usual).
 
 use super::StoreError;
-use super::dynamo::{aws_error, s};
+use super::dynamo::{aws_error, key};
 use super::erasures::{TOMBSTONE_PREFIX, device_hash};
+use super::item::{Item, ItemExt};
 use super::ledger::LedgerRow;
 use aws_sdk_dynamodb::Client;
-use aws_sdk_dynamodb::types::{AttributeValue, KeysAndAttributes};
+use aws_sdk_dynamodb::types::KeysAndAttributes;
 use std::collections::{BTreeSet, HashMap};
 use std::time::Duration;
 
-type Item = HashMap<String, AttributeValue>;
-
 fn tombstone_key(hash: &str) -> Item {
-    HashMap::from([
-        ("pk".to_string(), s(format!("{TOMBSTONE_PREFIX}{hash}"))),
-        ("sk".to_string(), s("ERASED")),
-    ])
+    key(format!("{TOMBSTONE_PREFIX}{hash}"), "ERASED")
 }
 
 /// The erasure time of each of `hashes` that has a tombstone in `table` (consistent reads).
@@ -51,14 +47,11 @@ pub async fn tombstones(
                 .into_iter()
                 .flatten()
             {
-                let hash = match it.get("pk") {
-                    Some(AttributeValue::S(pk)) => pk.trim_start_matches(TOMBSTONE_PREFIX),
-                    _ => continue,
+                let Some(pk) = it.opt_str("pk") else {
+                    continue;
                 };
-                if let Some(AttributeValue::N(ts)) = it.get("ts")
-                    && let Ok(ts) = ts.parse()
-                {
-                    out.insert(hash.to_string(), ts);
+                if let Some(ts) = it.opt_num("ts") {
+                    out.insert(pk.trim_start_matches(TOMBSTONE_PREFIX).to_string(), ts);
                 }
             }
             match res.unprocessed_keys().and_then(|u| u.get(table)) {

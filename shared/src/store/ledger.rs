@@ -20,6 +20,8 @@
 //! Erasure tombstones (`ERASED#<sha256>` / `ERASED`) share this table; `store::erasures` owns them.
 
 use super::StoreError;
+use super::dynamo::{aws_error, is_conditional_failure};
+use super::item::{Item, ItemExt};
 use aws_sdk_dynamodb::Client;
 use aws_sdk_dynamodb::types::{AttributeValue, KeysAndAttributes, PutRequest, WriteRequest};
 use std::collections::HashMap;
@@ -27,8 +29,6 @@ use std::time::Duration;
 
 /// Shards per segment. Stored data depends on it: never change it for an existing table.
 pub const LEDGER_SHARDS: u16 = 16;
-
-type Item = HashMap<String, AttributeValue>;
 
 pub mod purge;
 
@@ -89,17 +89,6 @@ pub fn partition_key(segment_id: &str, shard: u16) -> String {
     format!("{segment_id}#{shard:02}")
 }
 
-fn aws<E: std::error::Error + Send + Sync + 'static>(
-    op: &str,
-    e: aws_sdk_dynamodb::error::SdkError<E>,
-) -> StoreError {
-    // DisplayErrorContext shows the service's code and message; no item data is in it.
-    StoreError::Aws(format!(
-        "ledger {op}: {}",
-        aws_sdk_dynamodb::error::DisplayErrorContext(&e)
-    ))
-}
-
 impl LedgerStore {
     pub fn new(client: Client, table: String) -> Self {
         Self { client, table }
@@ -138,10 +127,7 @@ impl LedgerStore {
     }
 
     fn from_item(item: &Item) -> Result<LedgerRow, StoreError> {
-        let s = |k: &str| match item.get(k) {
-            Some(AttributeValue::S(v)) => Ok(v.as_str()),
-            _ => Err(StoreError::Corrupt(format!("ledger item without {k}"))),
-        };
+        let s = |k: &str| item.req_str(k);
         let pk = s("pk")?;
         let segment_id = pk
             .rsplit_once('#')
@@ -175,13 +161,8 @@ impl LedgerStore {
             .await;
         match res {
             Ok(_) => Ok(Upsert::Applied),
-            Err(e)
-                if e.as_service_error()
-                    .is_some_and(|s| s.is_conditional_check_failed_exception()) =>
-            {
-                Ok(Upsert::Stale)
-            }
-            Err(e) => Err(aws("put", e)),
+            Err(e) if is_conditional_failure(&e) => Ok(Upsert::Stale),
+            Err(e) => Err(aws_error("ledger put", e)),
         }
     }
 
@@ -205,7 +186,7 @@ impl LedgerStore {
                     .request_items(&self.table, pending.clone())
                     .send()
                     .await
-                    .map_err(|e| aws("batch get", e))?;
+                    .map_err(|e| aws_error("ledger batch get", e))?;
                 if let Some(items) = res.responses().and_then(|r| r.get(&self.table)) {
                     for it in items {
                         out.push(Self::from_item(it)?);
@@ -259,7 +240,7 @@ impl LedgerStore {
                 ("sk".to_string(), AttributeValue::S(sk.to_string())),
             ])));
         }
-        let res = q.send().await.map_err(|e| aws("query", e))?;
+        let res = q.send().await.map_err(|e| aws_error("ledger query", e))?;
         let rows = res
             .items()
             .iter()
@@ -315,7 +296,7 @@ impl LedgerStore {
                     .request_items(&self.table, pending)
                     .send()
                     .await
-                    .map_err(|e| aws("batch write", e))?;
+                    .map_err(|e| aws_error("ledger batch write", e))?;
                 pending = res
                     .unprocessed_items()
                     .and_then(|u| u.get(&self.table))

@@ -1,5 +1,10 @@
-//! Adapters for the stores adsync keeps state in (Secrets Manager, DynamoDB, SQS). Each store
-//! owns one module; they share [`StoreError`].
+//! Adapters for the stores adsync keeps state in (Secrets Manager, DynamoDB, SQS, KMS). Each store
+//! owns one module; they share [`StoreError`], and the DynamoDB adapters share one item reader
+//! ([`item`]), one set of attribute builders, SDK-error and conditional-write helpers
+//! ([`dynamo`]), one lease ([`lease`]) and the one clock (`crate::clock`).
+//!
+//! Stores know nothing of HTTP: they answer with their own types (e.g.
+//! [`accounts::AccountUnavailable`]); `crate::http` turns those into answers.
 
 pub mod accounts;
 pub mod conversion_counts;
@@ -8,7 +13,9 @@ pub mod destinations;
 pub mod dynamo;
 pub mod erased_rows;
 pub mod erasures;
+pub(crate) mod item;
 pub mod jobs;
+pub(crate) mod lease;
 pub mod ledger;
 pub mod parked;
 pub mod parked_counts;

@@ -13,6 +13,7 @@
 //! never by content) so that it reaches the dead-letter queue instead of blocking the redrive.
 
 use super::StoreError;
+use super::dynamo::aws_error;
 use aws_sdk_sqs::types::MessageSystemAttributeName;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
@@ -114,12 +115,7 @@ impl ParkedQueue {
             .visibility_timeout(after.as_secs().min(43_200) as i32)
             .send()
             .await
-            .map_err(|e| {
-                StoreError::Aws(format!(
-                    "SQS ChangeMessageVisibility: {}",
-                    aws_sdk_sqs::error::DisplayErrorContext(e)
-                ))
-            })?;
+            .map_err(|e| aws_error("SQS ChangeMessageVisibility", e))?;
         Ok(())
     }
 
@@ -146,12 +142,7 @@ impl ParkedQueue {
             .delay_seconds(delay.as_secs().min(MAX_DELAY_SECS) as i32)
             .send()
             .await
-            .map_err(|e| {
-                StoreError::Aws(format!(
-                    "SQS SendMessage: {}",
-                    aws_sdk_sqs::error::DisplayErrorContext(e)
-                ))
-            })?;
+            .map_err(|e| aws_error("SQS SendMessage", e))?;
         Ok(())
     }
 
@@ -170,12 +161,7 @@ impl ParkedQueue {
             .message_system_attribute_names(MessageSystemAttributeName::ApproximateReceiveCount)
             .send()
             .await
-            .map_err(|e| {
-                StoreError::Aws(format!(
-                    "SQS ReceiveMessage: {}",
-                    aws_sdk_sqs::error::DisplayErrorContext(e)
-                ))
-            })?;
+            .map_err(|e| aws_error("SQS ReceiveMessage", e))?;
         let mut items = Vec::new();
         for m in out.messages.unwrap_or_default() {
             let message_id = m.message_id.unwrap_or_default();
@@ -220,12 +206,7 @@ impl ParkedQueue {
             .receipt_handle(receipt_handle)
             .send()
             .await
-            .map_err(|e| {
-                StoreError::Aws(format!(
-                    "SQS DeleteMessage: {}",
-                    aws_sdk_sqs::error::DisplayErrorContext(e)
-                ))
-            })?;
+            .map_err(|e| aws_error("SQS DeleteMessage", e))?;
         Ok(())
     }
 }

@@ -13,8 +13,9 @@
 
 use super::StoreError;
 use super::accounts::AccountStore;
-use super::dynamo::{aws_error, n, s};
-use aws_sdk_dynamodb::types::{AttributeValue, KeysAndAttributes, ReturnValue};
+use super::dynamo::{self, aws_error, conditional, n};
+use super::item::{Item, ItemExt};
+use aws_sdk_dynamodb::types::{KeysAndAttributes, ReturnValue};
 use serde::Serialize;
 use std::collections::HashMap;
 
@@ -59,18 +60,12 @@ pub struct ParkedCounts {
     table: String,
 }
 
-fn key(account_id: &str) -> HashMap<String, AttributeValue> {
-    HashMap::from([
-        ("pk".to_string(), s(format!("PARKED#{account_id}"))),
-        ("sk".to_string(), s("COUNTS")),
-    ])
+fn key(account_id: &str) -> Item {
+    dynamo::key(format!("PARKED#{account_id}"), "COUNTS")
 }
 
-fn num(item: &HashMap<String, AttributeValue>, attr: &str) -> i64 {
-    item.get(attr)
-        .and_then(|v| v.as_n().ok())
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(0)
+fn num(item: &Item, attr: &str) -> i64 {
+    item.opt_num(attr).unwrap_or(0)
 }
 
 impl ParkedCounts {
@@ -129,16 +124,7 @@ impl ParkedCounts {
             .expression_attribute_values(":zero", n(0))
             .send()
             .await;
-        match res {
-            Ok(_) => Ok(()),
-            Err(e)
-                if e.as_service_error()
-                    .is_some_and(|s| s.is_conditional_check_failed_exception()) =>
-            {
-                Ok(())
-            }
-            Err(e) => Err(aws_error("clamp a parked count", e)),
-        }
+        conditional(res, "clamp a parked count").map(|_| ())
     }
 
     /// Best effort [`add`](Self::add): a failure is logged, never fails the caller's work.
@@ -209,10 +195,7 @@ impl ParkedCounts {
                     .remove(&self.table)
                     .unwrap_or_default()
                 {
-                    let Some(id) = item
-                        .get("pk")
-                        .and_then(|v| v.as_s().ok())
-                        .and_then(|pk| pk.strip_prefix("PARKED#"))
+                    let Some(id) = item.opt_str("pk").and_then(|pk| pk.strip_prefix("PARKED#"))
                     else {
                         continue;
                     };
@@ -250,8 +233,8 @@ mod tests {
     #[tokio::test]
     async fn counts_add_up_and_never_show_below_zero() {
         let c = store().await;
-        let a = format!("9{}", crate::runtime::now_ms());
-        let b = format!("8{}", crate::runtime::now_ms());
+        let a = format!("9{}", crate::clock::now_ms());
+        let b = format!("8{}", crate::clock::now_ms());
         c.add(&a, &[(Counter::Conversions, 5), (Counter::Patches, 2)])
             .await
             .unwrap();

@@ -14,6 +14,7 @@
 //! environment as the other AWS clients.
 
 use super::StoreError;
+use super::dynamo::aws_error;
 use aws_lc_rs::aead::{AES_256_GCM, Aad, LessSafeKey, NONCE_LEN, Nonce, UnboundKey};
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD as B64;
@@ -53,7 +54,7 @@ impl Sealer {
             .key_spec(aws_sdk_kms::types::DataKeySpec::Aes256)
             .send()
             .await
-            .map_err(|e| kms_error("GenerateDataKey", e))?;
+            .map_err(|e| aws_error("KMS GenerateDataKey", e))?;
         let (Some(key), Some(wrapped)) = (dk.plaintext(), dk.ciphertext_blob()) else {
             return Err(StoreError::Aws(
                 "KMS GenerateDataKey: no key returned".into(),
@@ -100,7 +101,7 @@ impl Sealer {
             .ciphertext_blob(aws_sdk_kms::primitives::Blob::new(wrapped))
             .send()
             .await
-            .map_err(|e| kms_error("Decrypt", e))?;
+            .map_err(|e| aws_error("KMS Decrypt", e))?;
         let key = out.plaintext().ok_or_else(|| bad("KMS returned no key"))?;
         let plain = aead_key(key.as_ref())?
             .open_in_place(
@@ -127,17 +128,6 @@ fn aead_key(key: &[u8]) -> Result<LessSafeKey, StoreError> {
     UnboundKey::new(&AES_256_GCM, key)
         .map(LessSafeKey::new)
         .map_err(|_| StoreError::Aws("KMS returned a data key of the wrong size".into()))
-}
-
-fn kms_error<E, R>(op: &str, e: aws_sdk_kms::error::SdkError<E, R>) -> StoreError
-where
-    E: std::error::Error + 'static,
-    R: std::fmt::Debug,
-{
-    StoreError::Aws(format!(
-        "KMS {op}: {}",
-        aws_sdk_kms::error::DisplayErrorContext(&e)
-    ))
 }
 
 /// The process's sealer: `Some` when `ADSYNC_KMS_KEY_ID` is set. Built once, on first use.

@@ -7,11 +7,12 @@
 //! partition (`DST#<id>`: the destination and its mappings) is deleted.
 
 use super::{
-    DestinationStore, GSI1, Item, StoreError, dst_pk, is_conditional_failure, key, n, now_rfc3339,
-    s, sdk_err, seg_pk, segment_from, str_list,
+    DestinationStore, GSI1, Item, Segment, StoreError, dst_pk, key, n, now_rfc3339, s, sdk_err,
+    seg_pk, segment_from, str_list,
 };
-use crate::store::destinations::Segment;
-use aws_sdk_dynamodb::types::{AttributeValue, DeleteRequest, WriteRequest};
+use crate::store::dynamo::{batch_delete, conditional};
+use crate::store::item::ItemExt;
+use aws_sdk_dynamodb::types::AttributeValue;
 
 pub(super) const SEGMENTS_GSI_PK: &str = "SEGMENTS";
 
@@ -72,11 +73,7 @@ impl DestinationStore {
             .condition_expression("attribute_exists(pk)")
             .send()
             .await;
-        match r {
-            Ok(_) => Ok(true),
-            Err(e) if is_conditional_failure(&e) => Ok(false),
-            Err(e) => Err(sdk_err("delete segment", e)),
-        }
+        Ok(conditional(r, "delete segment")?.is_some())
     }
 
     /// Changes the audience settings of a destination (`ttlSeconds`, `dataSourceCountry`).
@@ -98,11 +95,7 @@ impl DestinationStore {
             .expression_attribute_values(":u", s(now_rfc3339()))
             .send()
             .await;
-        match r {
-            Ok(_) => Ok(true),
-            Err(e) if is_conditional_failure(&e) => Ok(false),
-            Err(e) => Err(sdk_err("update destination settings", e)),
-        }
+        Ok(conditional(r, "update destination settings")?.is_some())
     }
 
     /// Takes a destination out of the list and marks it `deleting`; `false` when it is gone.
@@ -118,11 +111,7 @@ impl DestinationStore {
             .expression_attribute_values(":u", s(now_rfc3339()))
             .send()
             .await;
-        match r {
-            Ok(_) => Ok(true),
-            Err(e) if is_conditional_failure(&e) => Ok(false),
-            Err(e) => Err(sdk_err("mark destination deleting", e)),
-        }
+        Ok(conditional(r, "mark destination deleting")?.is_some())
     }
 
     /// True while a destination is being deleted (its purges run).
@@ -130,7 +119,7 @@ impl DestinationStore {
         Ok(self
             .get_item(dst_pk(id), "DESTINATION")
             .await?
-            .is_some_and(|i| matches!(i.get("deleting"), Some(AttributeValue::Bool(true)))))
+            .is_some_and(|i| i.flag("deleting")))
     }
 
     /// Deletes every item of a destination's partition (the destination and its mappings).
@@ -162,37 +151,13 @@ impl DestinationStore {
 
     /// `BatchWriteItem` deletes of ≤ 25 keys, resending what DynamoDB leaves unprocessed.
     async fn delete_keys(&self, keys: &[Item]) -> Result<(), StoreError> {
-        let mut requests: Vec<WriteRequest> = keys
-            .iter()
-            .map(|k| {
-                let del = DeleteRequest::builder()
-                    .set_key(Some(k.clone()))
-                    .build()
-                    .map_err(|e| StoreError::Aws(e.to_string()))?;
-                Ok(WriteRequest::builder().delete_request(del).build())
-            })
-            .collect::<Result<_, StoreError>>()?;
-        for attempt in 0..8u32 {
-            if requests.is_empty() {
-                return Ok(());
-            }
-            let out = self
-                .client
-                .batch_write_item()
-                .request_items(&self.table, requests)
-                .send()
-                .await
-                .map_err(|e| sdk_err("delete items", e))?;
-            requests = out
-                .unprocessed_items
-                .and_then(|mut m| m.remove(&self.table))
-                .unwrap_or_default();
-            if !requests.is_empty() {
-                tokio::time::sleep(std::time::Duration::from_millis(50 << attempt)).await;
-            }
-        }
-        Err(StoreError::Aws(
-            "DynamoDB left deletes unprocessed after 8 attempts".into(),
-        ))
+        batch_delete(
+            &self.client,
+            &self.table,
+            keys,
+            "delete items",
+            "DynamoDB left deletes unprocessed after 8 attempts",
+        )
+        .await
     }
 }

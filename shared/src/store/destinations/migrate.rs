@@ -9,8 +9,10 @@
 //! |---|---|---|---|
 //! | migration | `MIGRATION` | `<name>` | `done (BOOL), cursorPk?, cursorSk?, migrated (N, items changed so far), updatedAt` |
 
-use super::{DestinationStore, Item, StoreError, is_conditional_failure, key, n, now_rfc3339, s};
-use super::{lifecycle::SEGMENTS_GSI_PK, sdk_err};
+use super::lifecycle::SEGMENTS_GSI_PK;
+use super::{DestinationStore, Item, StoreError, key, n, now_rfc3339, s, sdk_err, seg_pk};
+use crate::store::dynamo::conditional;
+use crate::store::item::ItemExt;
 use aws_sdk_dynamodb::types::AttributeValue;
 
 const MIGRATION_PK: &str = "MIGRATION";
@@ -51,20 +53,15 @@ impl DestinationStore {
     /// One page of the segment-listing migration, from its checkpoint.
     pub async fn migrate_segment_listing_step(&self) -> Result<MigrationStep, StoreError> {
         let marker = self.migration_item(SEGMENTS_GSI1).await?;
-        if marker
-            .as_ref()
-            .is_some_and(|i| matches!(i.get("done"), Some(AttributeValue::Bool(true))))
-        {
+        if marker.as_ref().is_some_and(|i| i.flag("done")) {
             return Ok(MigrationStep {
                 done: true,
                 migrated: 0,
             });
         }
-        let cursor = marker.as_ref().and_then(|i| {
-            let pk = i.get("cursorPk")?.as_s().ok()?;
-            let sk = i.get("cursorSk")?.as_s().ok()?;
-            Some(key(pk.clone(), sk))
-        });
+        let cursor = marker
+            .as_ref()
+            .and_then(|i| Some(key(i.opt_s("cursorPk")?, i.opt_str("cursorSk")?)));
         let page = self
             .client
             .scan()
@@ -78,14 +75,14 @@ impl DestinationStore {
             .map_err(|e| sdk_err("scan for unlisted segments", e))?;
         let mut migrated = 0;
         for item in page.items() {
-            if let Some(id) = item.get("segmentId").and_then(|v| v.as_s().ok()) {
+            if let Some(id) = item.opt_str("segmentId") {
                 migrated += u32::from(self.list_segment(id).await?);
             }
         }
         let next = page.last_evaluated_key().cloned();
         let before = marker
             .as_ref()
-            .and_then(|i| i.get("migrated")?.as_n().ok()?.parse::<u32>().ok())
+            .and_then(|i| i.opt_num::<u32>("migrated"))
             .unwrap_or(0);
         self.save_migration(SEGMENTS_GSI1, next.as_ref(), before + migrated)
             .await?;
@@ -101,18 +98,14 @@ impl DestinationStore {
             .client
             .update_item()
             .table_name(&self.table)
-            .set_key(Some(key(super::seg_pk(id), "SEGMENT")))
+            .set_key(Some(key(seg_pk(id), "SEGMENT")))
             .condition_expression("attribute_exists(pk) AND attribute_not_exists(gsi1pk)")
             .update_expression("SET gsi1pk = :g, gsi1sk = :id")
             .expression_attribute_values(":g", s(SEGMENTS_GSI_PK))
             .expression_attribute_values(":id", s(id))
             .send()
             .await;
-        match r {
-            Ok(_) => Ok(true),
-            Err(e) if is_conditional_failure(&e) => Ok(false),
-            Err(e) => Err(sdk_err("list segment", e)),
-        }
+        Ok(conditional(r, "list segment")?.is_some())
     }
 
     /// Records a migration's checkpoint (`next`: where to go on; `None`: done).

@@ -6,9 +6,9 @@
 //! | audience claim | `AUDIENCE#<audienceId>` | `CLAIM` | `destinationId, segmentId, claimedAt`: the one mapping an adopted audience backs |
 //! | purge | `PURGES` | `<destinationId>#<segmentId>` | `destinationId, segmentId, accountId, audienceId (N), requestedAt (N, epoch ms), state (waiting/running/done), gen (N)?, deleteDestination (BOOL)` |
 
-use super::{DestinationStore, StoreError, get_num, get_s, key, opt_s, sdk_err};
-use crate::store::destinations::Item;
-use crate::store::dynamo::{is_conditional_failure, n, now_rfc3339, s};
+use super::{DestinationStore, Item, MappingStatus, StoreError, key, n, now_rfc3339, s, sdk_err};
+use crate::store::dynamo::conditional;
+use crate::store::item::ItemExt;
 use aws_sdk_dynamodb::types::AttributeValue;
 
 const PURGE_PK: &str = "PURGES";
@@ -53,24 +53,22 @@ pub struct PurgeEntry {
 }
 
 fn purge_from(item: &Item) -> Result<PurgeEntry, StoreError> {
-    let state = match opt_s(item, "state").as_deref() {
+    let state = match item.opt_str("state") {
         Some("running") => PurgeState::Running,
         Some("done") => PurgeState::Done,
         _ => PurgeState::Waiting,
     };
     Ok(PurgeEntry {
-        destination_id: get_s(item, "destinationId")?,
-        segment_id: get_s(item, "segmentId")?,
-        account_id: get_s(item, "accountId")?,
-        audience_id: get_num(item, "audienceId")?
+        destination_id: item.req_s("destinationId")?,
+        segment_id: item.req_s("segmentId")?,
+        account_id: item.req_s("accountId")?,
+        audience_id: item
+            .num("audienceId")?
             .ok_or_else(|| StoreError::Corrupt("purge without audienceId".into()))?,
-        requested_ms: get_num(item, "requestedAt")?.unwrap_or(0),
+        requested_ms: item.num("requestedAt")?.unwrap_or(0),
         state,
-        generation: get_num(item, "gen")?,
-        delete_destination: matches!(
-            item.get("deleteDestination"),
-            Some(AttributeValue::Bool(true))
-        ),
+        generation: item.num("gen")?,
+        delete_destination: item.flag("deleteDestination"),
     })
 }
 
@@ -100,12 +98,11 @@ impl DestinationStore {
             let owner = match self.get_item(pk.clone(), "CLAIM").await? {
                 None => put.condition_expression("attribute_not_exists(pk)"),
                 Some(cur) => {
-                    let (od, os) = (get_s(&cur, "destinationId")?, get_s(&cur, "segmentId")?);
+                    let (od, os) = (cur.req_s("destinationId")?, cur.req_s("segmentId")?);
                     let mine = od == destination_id && os == segment_id;
                     if !mine
                         && self.get_mapping(&od, &os).await?.is_some_and(|m| {
-                            m.status != super::MappingStatus::Removed
-                                && m.audience_id == Some(audience_id)
+                            m.status != MappingStatus::Removed && m.audience_id == Some(audience_id)
                         })
                     {
                         return Ok(Some((od, os)));
@@ -115,10 +112,8 @@ impl DestinationStore {
                         .expression_attribute_values(":s", s(os))
                 }
             };
-            match owner.send().await {
-                Ok(_) => return Ok(None),
-                Err(e) if is_conditional_failure(&e) => continue,
-                Err(e) => return Err(sdk_err("claim audience", e)),
+            if conditional(owner.send().await, "claim audience")?.is_some() {
+                return Ok(None);
             }
         }
         Err(StoreError::Conflict(format!(

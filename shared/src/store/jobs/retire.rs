@@ -1,8 +1,9 @@
 //! Retiring a job whose destination was deleted.
 
-use super::{JobStore, aws, is_condition_failed};
+use super::JobStore;
+use super::codec::job_key;
 use crate::store::StoreError;
-use crate::store::dynamo::{now_rfc3339, s};
+use crate::store::dynamo::{conditional, now_rfc3339, s};
 
 impl JobStore {
     /// Stops a mapping's job for good: `failed` with `message` and out of the index of
@@ -19,10 +20,7 @@ impl JobStore {
             .client
             .update_item()
             .table_name(&self.table)
-            .set_key(Some(Self::key(
-                &super::job_pk(destination_id, segment_id),
-                "JOB",
-            )))
+            .set_key(Some(job_key(destination_id, segment_id)))
             .condition_expression("attribute_exists(pk)")
             .update_expression(
                 "SET #st = :failed, lastError = :m, updatedAt = :now REMOVE gsi1pk, gsi1sk",
@@ -33,10 +31,6 @@ impl JobStore {
             .expression_attribute_values(":now", s(now_rfc3339()))
             .send()
             .await;
-        match res {
-            Ok(_) => Ok(()),
-            Err(e) if is_condition_failed(&e) => Ok(()),
-            Err(e) => Err(aws("retire job", e)),
-        }
+        conditional(res, "jobs retire job").map(|_| ())
     }
 }

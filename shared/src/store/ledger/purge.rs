@@ -1,9 +1,11 @@
 //! Deleting a segment's ledger rows (`DELETE /segments/{id}?purgeLedger=true`).
 
-use super::{LEDGER_SHARDS, LedgerStore, aws, partition_key};
+use super::{LEDGER_SHARDS, LedgerStore, partition_key};
+use crate::clock::now_epoch_ms;
 use crate::store::StoreError;
-use aws_sdk_dynamodb::types::{AttributeValue, DeleteRequest, WriteRequest};
-use std::collections::HashMap;
+use crate::store::dynamo::{aws_error, batch_delete};
+use crate::store::item::Item;
+use aws_sdk_dynamodb::types::AttributeValue;
 
 /// What one purge call did.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -26,7 +28,7 @@ impl LedgerStore {
         for shard in 0..LEDGER_SHARDS {
             let pk = partition_key(segment_id, shard);
             loop {
-                if chrono::Utc::now().timestamp_millis() >= deadline_ms {
+                if now_epoch_ms() >= deadline_ms {
                     return Ok(out);
                 }
                 let page = self
@@ -40,7 +42,7 @@ impl LedgerStore {
                     .limit(500)
                     .send()
                     .await
-                    .map_err(|e| aws("purge query", e))?;
+                    .map_err(|e| aws_error("ledger purge query", e))?;
                 if page.items().is_empty() {
                     break;
                 }
@@ -54,41 +56,14 @@ impl LedgerStore {
         Ok(out)
     }
 
-    async fn delete_keys(
-        &self,
-        keys: &[HashMap<String, AttributeValue>],
-    ) -> Result<(), StoreError> {
-        let mut requests: Vec<WriteRequest> = keys
-            .iter()
-            .map(|k| {
-                let del = DeleteRequest::builder()
-                    .set_key(Some(k.clone()))
-                    .build()
-                    .map_err(|e| StoreError::Aws(e.to_string()))?;
-                Ok(WriteRequest::builder().delete_request(del).build())
-            })
-            .collect::<Result<_, StoreError>>()?;
-        for attempt in 0..8u32 {
-            if requests.is_empty() {
-                return Ok(());
-            }
-            let out = self
-                .client
-                .batch_write_item()
-                .request_items(&self.table, requests)
-                .send()
-                .await
-                .map_err(|e| aws("purge delete", e))?;
-            requests = out
-                .unprocessed_items
-                .and_then(|mut m| m.remove(&self.table))
-                .unwrap_or_default();
-            if !requests.is_empty() {
-                tokio::time::sleep(std::time::Duration::from_millis(50 << attempt)).await;
-            }
-        }
-        Err(StoreError::Aws(
-            "DynamoDB left ledger deletes unprocessed after 8 attempts".into(),
-        ))
+    async fn delete_keys(&self, keys: &[Item]) -> Result<(), StoreError> {
+        batch_delete(
+            &self.client,
+            &self.table,
+            keys,
+            "ledger purge delete",
+            "DynamoDB left ledger deletes unprocessed after 8 attempts",
+        )
+        .await
     }
 }
