@@ -230,7 +230,8 @@ pub fn effective_deadline(deadline_ms: u64, now_ms: u64) -> u64 {
     if deadline_ms > now_ms + 1_000 {
         return deadline_ms;
     }
-    let secs = *LOCAL_TIMEOUT_SECS.get_or_init(|| crate::config::LocalSettings::default().timeout_secs);
+    let secs =
+        *LOCAL_TIMEOUT_SECS.get_or_init(|| crate::config::LocalSettings::default().timeout_secs);
     now_ms + secs * 1000
 }
 
@@ -249,9 +250,7 @@ pub async fn start<H: Handler>(
     };
     let settings = Settings::from_env().map_err(|e| cannot_start(&e))?;
     let aws = AwsClients::from_settings(&settings.aws).await;
-    let handler = build(&aws, &settings)
-        .await
-        .map_err(|e| cannot_start(&e))?;
+    let handler = build(&aws, &settings).await.map_err(|e| cannot_start(&e))?;
     serve(handler, &settings).await
 }
 
@@ -277,7 +276,9 @@ pub async fn serve<H: Handler>(handler: H, settings: &Settings) -> Result<(), Er
     });
     lambda_runtime::Runtime::new(service)
         .layer(lambda_runtime::layers::TracingLayer::new())
-        .layer(crate::local_serving::SettleLayer::new(settings.local.settle))
+        .layer(crate::local_serving::SettleLayer::new(
+            settings.local.settle,
+        ))
         .run()
         .await
 }

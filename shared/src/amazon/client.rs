@@ -118,8 +118,8 @@ impl AmazonClient {
     /// Builds the client from the environment: the LwA credentials from the
     /// `LWA_CREDENTIALS_SECRET` secret, the endpoint overrides, `LWA_SCOPES`.
     pub async fn from_env(aws: &AwsClients) -> Result<Self, AmazonError> {
-        let settings = crate::config::Settings::from_env()
-            .map_err(|e| AmazonError::Store(e.to_string()))?;
+        let settings =
+            crate::config::Settings::from_env().map_err(|e| AmazonError::Store(e.to_string()))?;
         Self::from_settings(aws, &settings).await
     }
 

@@ -11,14 +11,15 @@
 //! [`Settings`] from here, in their constructors.
 //!
 //! Still read outside `Settings` (their code has yet to take its value from here):
-//! `BackfillOptions::from_env` at each backfill run and redrive (`export::members`), its values
-//! falling back silently on a malformed number; `UpkeepOptions::from_env` at each upkeep
+//! `BackfillOptions::from_env` at each backfill run and redrive (`export::members`), whose
+//! numbers fall back silently on a malformed value; `UpkeepOptions::from_env` at each upkeep
 //! (`export::upkeep`, same fallback); `ParkedRetry::from_env` at each export redrive;
 //! `PARKED_IDENTITIES_QUEUE_URL` at each use (`export::identities::queue`); the sibling queue
-//! URLs of the dead-letter redrive (`crate::parked_dlq`); `ADSYNC_KMS_KEY_ID`
-//! (`store::secrets`, `store::sealed`); the SDK timeouts of the KMS and Lambda clients
-//! (`store::sealed`, `console::invoke`, through `SdkTimeouts::from_env`). `Settings::from_env`
-//! reads each of them once too, so a malformed value still stops the function at cold start.
+//! URLs of the dead-letter redrive (`crate::parked_dlq`); `ADSYNC_KMS_KEY_ID` (`store::secrets`,
+//! `store::sealed`); the SDK timeouts of the KMS client (`store::sealed`, through
+//! `SdkTimeouts::from_env`). Those of them that `Settings` also holds (backfill, parked retry,
+//! the queues, the SDK timeouts) are checked here at cold start, so a malformed parked-retry or
+//! timeout value stops the function before any request.
 
 use super::{ConfigError, Tables, optional, parsed_or};
 use crate::aws::AwsSettings;

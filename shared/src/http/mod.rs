@@ -97,8 +97,8 @@ impl HttpRequest {
 
     /// Parses the API Gateway HTTP API (payload 2.0) / function-URL event.
     pub fn from_apigw_v2(event: &serde_json::Value) -> Result<Self, String> {
-        let ev = ApiGwV2Event::deserialize(event)
-            .map_err(|e| format!("not an HTTP API event: {e}"))?;
+        let ev =
+            ApiGwV2Event::deserialize(event).map_err(|e| format!("not an HTTP API event: {e}"))?;
         Self::from_event(ev)
     }
 
