@@ -8,24 +8,43 @@ pub struct AwsClients {
     pub sqs: aws_sdk_sqs::Client,
 }
 
+/// Where the AWS clients go and how long they may take: read once at cold start
+/// ([`crate::config::Settings`]).
+///
+/// `ADSYNC_AWS_ENDPOINT_URL` / `ADSYNC_AWS_ENDPOINT_URL_DYNAMODB`, when non-empty, point every
+/// client (or DynamoDB alone) elsewhere. They exist for `sam local --env-vars`, which passes only
+/// variables the template declares: the template declares these empty (unset in AWS), whereas an
+/// empty `AWS_ENDPOINT_URL` makes the SDK fail on the first call. The SDK itself still honours
+/// `AWS_ENDPOINT_URL` and `AWS_ENDPOINT_URL_<SERVICE>`, which is how the local stack points us at
+/// moto and DynamoDB Local.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct AwsSettings {
+    pub endpoint_url: Option<String>,
+    pub dynamodb_endpoint_url: Option<String>,
+    pub timeouts: SdkTimeouts,
+}
+
+impl AwsSettings {
+    pub fn from_env() -> Result<Self, crate::config::ConfigError> {
+        Ok(Self {
+            endpoint_url: crate::config::optional("ADSYNC_AWS_ENDPOINT_URL"),
+            dynamodb_endpoint_url: crate::config::optional("ADSYNC_AWS_ENDPOINT_URL_DYNAMODB"),
+            timeouts: SdkTimeouts::read()?,
+        })
+    }
+}
+
 impl AwsClients {
-    /// Loads the shared AWS configuration from the environment (honours `AWS_ENDPOINT_URL` and
-    /// `AWS_ENDPOINT_URL_<SERVICE>`, which is how the local stack points us at moto and
-    /// DynamoDB Local).
-    ///
-    /// `ADSYNC_AWS_ENDPOINT_URL` / `ADSYNC_AWS_ENDPOINT_URL_DYNAMODB`, when non-empty, do the
-    /// same. They exist for `sam local --env-vars`, which passes only variables the template
-    /// declares: the template declares these empty (unset in AWS), whereas an empty
-    /// `AWS_ENDPOINT_URL` makes the SDK fail on the first call.
-    pub async fn from_env() -> Self {
+    /// Loads the shared AWS configuration (see [`AwsSettings`]) and builds the clients.
+    pub async fn from_settings(settings: &AwsSettings) -> Self {
         let mut loader = aws_config::defaults(aws_config::BehaviorVersion::latest())
-            .timeout_config(SdkTimeouts::from_env().config());
-        if let Some(url) = crate::config::optional("ADSYNC_AWS_ENDPOINT_URL") {
+            .timeout_config(settings.timeouts.config());
+        if let Some(url) = &settings.endpoint_url {
             loader = loader.endpoint_url(url);
         }
         let conf = loader.load().await;
         let mut dynamodb = aws_sdk_dynamodb::config::Builder::from(&conf);
-        if let Some(url) = crate::config::optional("ADSYNC_AWS_ENDPOINT_URL_DYNAMODB") {
+        if let Some(url) = &settings.dynamodb_endpoint_url {
             dynamodb = dynamodb.endpoint_url(url);
         }
         Self {
@@ -33,6 +52,21 @@ impl AwsClients {
             secrets: aws_sdk_secretsmanager::Client::new(&conf),
             sqs: aws_sdk_sqs::Client::new(&conf),
         }
+    }
+
+    /// For tests and tools: [`AwsClients::from_settings`] with the environment's settings. The
+    /// functions read them through [`crate::config::Settings`], which refuses a malformed value;
+    /// here one is logged and the defaults are used.
+    pub async fn from_env() -> Self {
+        let settings = AwsSettings::from_env().unwrap_or_else(|e| {
+            tracing::warn!(error = %e, "AWS settings; using the defaults");
+            AwsSettings {
+                endpoint_url: crate::config::optional("ADSYNC_AWS_ENDPOINT_URL"),
+                dynamodb_endpoint_url: crate::config::optional("ADSYNC_AWS_ENDPOINT_URL_DYNAMODB"),
+                timeouts: SdkTimeouts::default(),
+            }
+        });
+        Self::from_settings(&settings).await
     }
 }
 
@@ -59,28 +93,32 @@ impl Default for SdkTimeouts {
 }
 
 impl SdkTimeouts {
-    /// From the environment; an unreadable value keeps the default (logged).
-    pub fn from_env() -> Self {
+    /// From the environment; a malformed value (or one under 100 ms) is an error naming it.
+    pub fn read() -> Result<Self, crate::config::ConfigError> {
         let d = Self::default();
-        let ms = |name: &'static str, def: std::time::Duration| match crate::config::parsed_or::<u64>(
-            name,
-            def.as_millis() as u64,
-        ) {
-            Ok(v) if v >= 100 => std::time::Duration::from_millis(v),
-            Ok(_) | Err(_) => {
-                tracing::warn!(
-                    variable = name,
-                    "invalid AWS SDK timeout; using the default"
-                );
-                def
+        let ms = |name: &'static str, def: std::time::Duration| {
+            let v = crate::config::parsed_or::<u64>(name, def.as_millis() as u64)?;
+            if v < 100 {
+                return Err(crate::config::ConfigError::Invalid {
+                    name,
+                    reason: "must be at least 100 (milliseconds)".into(),
+                });
             }
+            Ok(std::time::Duration::from_millis(v))
         };
-        let attempt = ms("ADSYNC_AWS_ATTEMPT_TIMEOUT_MS", d.attempt);
-        Self {
+        let attempt = ms("ADSYNC_AWS_ATTEMPT_TIMEOUT_MS", d.attempt)?;
+        Ok(Self {
             connect: d.connect,
             attempt,
-            operation: ms("ADSYNC_AWS_OPERATION_TIMEOUT_MS", d.operation).max(attempt),
-        }
+            operation: ms("ADSYNC_AWS_OPERATION_TIMEOUT_MS", d.operation)?.max(attempt),
+        })
+    }
+
+    /// [`SdkTimeouts::read`] for the clients built outside [`crate::config::Settings`]
+    /// (`store::sealed`, `console::invoke`); the functions refuse a malformed value at cold start
+    /// (through `Settings`), so the defaults here only serve tests and tools.
+    pub fn from_env() -> Self {
+        Self::read().unwrap_or_default()
     }
 
     pub fn config(&self) -> aws_config::timeout::TimeoutConfig {

@@ -1,7 +1,15 @@
-//! Configuration, read once from the environment at start-up.
+//! Configuration, read from the environment at start-up.
 //!
-//! Every function reads the variables it needs through [`Config`]; a missing or malformed
-//! variable fails start-up with an error naming it.
+//! Each function's `main` reads [`Settings`] once at cold start ([`crate::runtime::start`]) and
+//! builds its handler from it; a malformed variable fails start-up with an error naming it, and a
+//! required one that is unset fails the constructor that needs it, naming it too. This module also
+//! holds the readers ([`required`], [`optional`], [`parsed_or`]) that `Settings` and the few
+//! readers still outside it use (listed in [`settings`]), and the refusal of
+//! plain-http endpoint overrides in AWS ([`refuse_insecure_endpoints`]).
+
+pub mod settings;
+
+pub use settings::{LocalSettings, Settings, Var};
 
 use std::time::Duration;
 
@@ -118,20 +126,26 @@ pub const ENDPOINT_OVERRIDES: [&str; 7] = [
 ];
 
 /// `ADSYNC_RUNNING_IN_AWS`: the template sets it to `true`; local runs leave it unset or `false`
-/// (Lambda's own variables cannot tell: the local emulators set them too).
-pub fn running_in_aws() -> bool {
-    optional("ADSYNC_RUNNING_IN_AWS").is_some_and(|v| {
-        matches!(
-            v.trim().to_ascii_lowercase().as_str(),
-            "1" | "true" | "yes" | "on"
-        )
-    })
+/// (Lambda's own variables cannot tell: the local emulators set them too). A value that is
+/// neither (`1/true/yes/on`, `0/false/no/off`) is an error.
+pub fn running_in_aws() -> Result<bool, ConfigError> {
+    match optional("ADSYNC_RUNNING_IN_AWS")
+        .map(|v| v.trim().to_ascii_lowercase())
+        .as_deref()
+    {
+        None | Some("0" | "false" | "no" | "off") => Ok(false),
+        Some("1" | "true" | "yes" | "on") => Ok(true),
+        Some(_) => Err(ConfigError::Invalid {
+            name: "ADSYNC_RUNNING_IN_AWS",
+            reason: "must be true or false".into(),
+        }),
+    }
 }
 
 /// In AWS, refuses to start with a plain `http://` endpoint override: tokens, codes and personal
 /// data would leave in clear text (overrides exist for the local stack and its sandbox).
 pub fn refuse_insecure_endpoints() -> Result<(), ConfigError> {
-    if !running_in_aws() {
+    if !running_in_aws()? {
         return Ok(());
     }
     check_endpoints(optional)

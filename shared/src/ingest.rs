@@ -45,7 +45,7 @@ mod redrive;
 
 use crate::amazon::{AmazonClient, AmazonError, EventError, EventsOutcome};
 use crate::aws::AwsClients;
-use crate::config::{Tables, dedupe_window, required};
+use crate::config::Settings;
 use crate::domain::conversion::{self, Arena, FieldError, Prepared, Processor, Reason, batch_body};
 use crate::http::accounts::require_active;
 use crate::http::auth::ApiKeyAuth;
@@ -124,19 +124,24 @@ impl IngestCtx {
     /// From the environment: `ACCOUNTS_TABLE`, `DEDUPE_TABLE`, `DEDUPE_WINDOW_DAYS`,
     /// `PARKED_CONVERSIONS_QUEUE_URL` and the Amazon client's variables.
     pub async fn from_env(aws: &AwsClients) -> Result<Self, StartError> {
-        let amazon = AmazonClient::from_env(aws).await?;
+        Self::from_settings(aws, &Settings::from_env()?).await
+    }
+
+    /// [`IngestCtx::from_env`] with the settings read at cold start.
+    pub async fn from_settings(aws: &AwsClients, config: &Settings) -> Result<Self, StartError> {
+        let amazon = AmazonClient::from_settings(aws, config).await?;
         Ok(Self {
             amazon,
-            accounts: AccountStore::new(aws.dynamodb.clone(), required("ACCOUNTS_TABLE")?),
+            accounts: AccountStore::new(aws.dynamodb.clone(), config.accounts_table.get()?),
             dedupe: DedupeStore::new(
                 aws.dynamodb.clone(),
-                Tables::from_env()?.dedupe,
-                dedupe_window()?,
+                config.tables()?.dedupe,
+                config.dedupe_window,
             ),
-            parked: ParkedQueue::new(aws.sqs.clone(), required("PARKED_CONVERSIONS_QUEUE_URL")?)
-                .with_dead_letter(crate::config::optional("PARKED_DLQ_URL")),
+            parked: ParkedQueue::new(aws.sqs.clone(), config.parked_conversions_queue.get()?)
+                .with_dead_letter(config.parked_dlq.clone()),
             settings: IngestSettings {
-                retry: ParkedRetry::from_env()?,
+                retry: config.parked_retry,
                 ..IngestSettings::default()
             },
         })
@@ -1188,10 +1193,15 @@ pub struct ConversionHandler {
 
 impl ConversionHandler {
     pub async fn from_env(aws: &AwsClients) -> Result<Self, StartError> {
-        let ctx = IngestCtx::from_env(aws).await?;
+        Self::from_settings(aws, &Settings::from_env()?).await
+    }
+
+    /// [`ConversionHandler::from_env`] with the settings read at cold start.
+    pub async fn from_settings(aws: &AwsClients, config: &Settings) -> Result<Self, StartError> {
+        let ctx = IngestCtx::from_settings(aws, config).await?;
         let auth = ApiKeyAuth::new(
             SecretsStore::new(aws.secrets.clone()),
-            required("API_KEYS_SECRET")?,
+            config.api_keys_secret.get()?,
         );
         Ok(Self { ctx, auth })
     }

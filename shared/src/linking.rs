@@ -310,22 +310,29 @@ impl Linking {
 
     /// Builds everything from the environment, once per process.
     pub async fn from_env() -> Result<Self, String> {
-        let aws = crate::aws::AwsClients::from_env().await;
-        let config = LinkingConfig::from_env().map_err(|e| e.to_string())?;
-        let tables = crate::config::required("ACCOUNTS_TABLE").map_err(|e| e.to_string())?;
-        let keys = crate::config::required("API_KEYS_SECRET").map_err(|e| e.to_string())?;
-        let amazon = AmazonClient::from_env(&aws)
+        let settings = crate::config::Settings::from_env().map_err(|e| e.to_string())?;
+        let aws = crate::aws::AwsClients::from_settings(&settings.aws).await;
+        Self::from_settings(&aws, &settings)
             .await
-            .map_err(|e| e.to_string())?;
+            .map_err(|e| e.to_string())
+    }
+
+    /// [`Linking::from_env`] with the clients and settings built at cold start.
+    pub async fn from_settings(
+        aws: &crate::aws::AwsClients,
+        settings: &crate::config::Settings,
+    ) -> Result<Self, crate::runtime::StartError> {
+        let tables = settings.accounts_table.get()?;
+        let keys = settings.api_keys_secret.get()?;
+        let amazon = AmazonClient::from_settings(aws, settings).await?;
         let secrets = crate::store::secrets::SecretsStore::new(aws.secrets.clone());
-        let pkce = crate::amazon::pkce::enabled_from_env().map_err(|e| e.to_string())?;
         Ok(Self::new(
             amazon,
             AccountStore::new(aws.dynamodb.clone(), tables),
             ApiKeyAuth::new(secrets, keys),
-            config,
+            settings.linking.clone(),
         )
-        .with_pkce(pkce))
+        .with_pkce(settings.pkce))
     }
 
     pub fn accounts(&self) -> &AccountStore {

@@ -30,12 +30,7 @@ pub struct SettleLayer {
 }
 
 impl SettleLayer {
-    /// From `ADSYNC_LOCAL_RESPONSE_SETTLE_MS` (default 100 ms).
-    pub fn from_env() -> Self {
-        let ms = crate::config::parsed_or("ADSYNC_LOCAL_RESPONSE_SETTLE_MS", 100u64).unwrap_or(100);
-        Self::new(Duration::from_millis(ms))
-    }
-
+    /// `pause`: `ADSYNC_LOCAL_RESPONSE_SETTLE_MS` (default 100 ms, `crate::config::LocalSettings`).
     pub fn new(pause: Duration) -> Self {
         Self { pause }
     }

@@ -2,12 +2,18 @@
 //!
 //! A function may be invoked by API Gateway (HTTP API, payload 2.0), by a Lambda function URL
 //! (same payload; this is what `cargo lambda watch` sends), or by the EventBridge Scheduler with an
-//! explicit input such as `{"task":"backfill"}`. [`run`] tells them apart and hands each to the
+//! explicit input such as `{"task":"backfill"}`. [`serve`] tells them apart and hands each to the
 //! function's [`Handler`].
+//!
+//! [`start`] is every function's `main`: tracing, [`Settings`] read once, the AWS clients, the
+//! function's handler built from them, then [`serve`].
 
+use crate::aws::AwsClients;
 use crate::budget::HttpBudget;
+use crate::config::Settings;
 use crate::http::{HttpRequest, HttpResponse};
-use lambda_runtime::{Error, LambdaEvent, service_fn};
+pub use lambda_runtime::Error;
+use lambda_runtime::{LambdaEvent, service_fn};
 use serde_json::Value;
 use serde_json::value::RawValue;
 use std::sync::Arc;
@@ -83,8 +89,10 @@ pub async fn dispatch<H: Handler + ?Sized>(
     }
 }
 
-/// The budget of HTTP requests, read once by [`run`] (the default when never set, e.g. in tests).
+/// The budget of HTTP requests, set once by [`serve`] (the default when never set, e.g. in tests).
 static HTTP_BUDGET: std::sync::OnceLock<HttpBudget> = std::sync::OnceLock::new();
+/// `ADSYNC_LOCAL_TIMEOUT_SECS`, set once by [`serve`] (see [`effective_deadline`]).
+static LOCAL_TIMEOUT_SECS: std::sync::OnceLock<u64> = std::sync::OnceLock::new();
 
 /// Runs one HTTP request under the request budget (`crate::budget`): the invocation's deadline is
 /// the budget's, Amazon calls end `reserve` before it, and a handler still running at the deadline
@@ -217,15 +225,35 @@ pub fn effective_deadline(deadline_ms: u64, now_ms: u64) -> u64 {
     if deadline_ms > now_ms + 1_000 {
         return deadline_ms;
     }
-    let secs = crate::config::parsed_or("ADSYNC_LOCAL_TIMEOUT_SECS", 60u64).unwrap_or(60);
+    let secs =
+        *LOCAL_TIMEOUT_SECS.get_or_init(|| crate::config::LocalSettings::default().timeout_secs);
     now_ms + secs * 1000
+}
+
+/// Every function's start-up: tracing, [`Settings`] read once from the environment, the AWS
+/// clients, then the handler `build` makes of them, served by [`serve`]. A configuration error or
+/// a handler that cannot be built is logged (`cannot start`, with the function's name) and ends
+/// the process.
+pub async fn start<H: Handler>(
+    function: &'static str,
+    build: impl AsyncFnOnce(&AwsClients, &Settings) -> Result<H, StartError>,
+) -> Result<(), Error> {
+    crate::telemetry::init_tracing();
+    let cannot_start = |e: &dyn std::fmt::Display| {
+        tracing::error!(function, error = %e, "cannot start");
+        Error::from(format!("{function} cannot start: {e}"))
+    };
+    let settings = Settings::from_env().map_err(|e| cannot_start(&e))?;
+    let aws = AwsClients::from_settings(&settings.aws).await;
+    let handler = build(&aws, &settings).await.map_err(|e| cannot_start(&e))?;
+    serve(handler, &settings).await
 }
 
 /// Runs the Lambda runtime loop with `handler` (built once, shared by every invocation), with
 /// lambda_runtime's tracing and the local emulator's [`crate::local_serving::SettleLayer`].
-pub async fn run<H: Handler>(handler: H) -> Result<(), Error> {
-    let budget = HttpBudget::from_env()?;
-    let _ = HTTP_BUDGET.set(budget);
+pub async fn serve<H: Handler>(handler: H, settings: &Settings) -> Result<(), Error> {
+    let _ = HTTP_BUDGET.set(settings.http_budget);
+    let _ = LOCAL_TIMEOUT_SECS.set(settings.local.timeout_secs);
     let handler = Arc::new(handler);
     let service = service_fn(move |ev: LambdaEvent<Box<RawValue>>| {
         let handler = handler.clone();
@@ -243,7 +271,9 @@ pub async fn run<H: Handler>(handler: H) -> Result<(), Error> {
     });
     lambda_runtime::Runtime::new(service)
         .layer(lambda_runtime::layers::TracingLayer::new())
-        .layer(crate::local_serving::SettleLayer::from_env())
+        .layer(crate::local_serving::SettleLayer::new(
+            settings.local.settle,
+        ))
         .run()
         .await
 }

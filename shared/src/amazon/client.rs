@@ -118,20 +118,31 @@ impl AmazonClient {
     /// Builds the client from the environment: the LwA credentials from the
     /// `LWA_CREDENTIALS_SECRET` secret, the endpoint overrides, `LWA_SCOPES`.
     pub async fn from_env(aws: &AwsClients) -> Result<Self, AmazonError> {
-        let name = crate::config::required("LWA_CREDENTIALS_SECRET")
+        let settings =
+            crate::config::Settings::from_env().map_err(|e| AmazonError::Store(e.to_string()))?;
+        Self::from_settings(aws, &settings).await
+    }
+
+    /// [`AmazonClient::from_env`] with the settings read at cold start.
+    pub async fn from_settings(
+        aws: &AwsClients,
+        settings: &crate::config::Settings,
+    ) -> Result<Self, AmazonError> {
+        let name = settings
+            .lwa_credentials_secret
+            .get()
             .map_err(|e| AmazonError::Store(e.to_string()))?;
         let secrets = SecretsStore::new(aws.secrets.clone());
         let creds: LwaCredentials = secrets
             .get_json(&name)
             .await?
             .ok_or_else(|| AmazonError::Store(format!("secret {name} does not exist")))?;
-        let scopes = crate::config::optional("LWA_SCOPES").unwrap_or_else(|| DEFAULT_SCOPES.into());
         Ok(Self::new(
             http_client(),
-            Endpoints::from_env(),
+            settings.amazon_endpoints.clone(),
             creds,
             secrets,
-            scopes,
+            settings.lwa_scopes.clone(),
         ))
     }
 

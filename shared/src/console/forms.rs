@@ -17,7 +17,11 @@ impl Form {
         if req.method != "POST" {
             return Self::default();
         }
-        Form(serde_urlencoded::from_bytes(&req.body).unwrap_or_default())
+        Form(
+            url::form_urlencoded::parse(&req.body)
+                .into_owned()
+                .collect(),
+        )
     }
 
     /// The first value of `name`, trimmed; `None` when absent.

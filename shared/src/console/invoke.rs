@@ -24,17 +24,17 @@ impl TaskInvoker {
         }
     }
 
-    /// From the environment: the shared AWS configuration (with the SDK timeouts) and
+    /// From the settings: the shared AWS configuration (with the SDK timeouts; the Lambda API's
+    /// endpoint is the SDK's own, `AWS_ENDPOINT_URL_LAMBDA` locally) and
     /// `CONVERSION_INGEST_FUNCTION` (default `conversion-ingest`, the local binary's name).
-    pub async fn from_env() -> Self {
+    pub async fn from_settings(settings: &crate::config::Settings) -> Self {
         let conf = aws_config::defaults(aws_config::BehaviorVersion::latest())
-            .timeout_config(crate::aws::SdkTimeouts::from_env().config())
+            .timeout_config(settings.aws.timeouts.config())
             .load()
             .await;
         Self::new(
             aws_sdk_lambda::Client::new(&conf),
-            crate::config::optional("CONVERSION_INGEST_FUNCTION")
-                .unwrap_or_else(|| "conversion-ingest".into()),
+            settings.conversion_ingest_function.clone(),
         )
     }
 

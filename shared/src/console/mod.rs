@@ -20,11 +20,12 @@ mod views;
 mod views_accounts;
 mod views_privacy;
 
+use crate::config::Settings;
 use crate::export::ExportCtx;
 use crate::http::auth::ApiKeyAuth;
 use crate::http::{HttpRequest, HttpResponse};
 use crate::linking::Linking;
-use crate::runtime::{Handler, Invocation};
+use crate::runtime::{Handler, Invocation, StartError};
 use crate::store::conversion_counts::ConversionCounts;
 use crate::store::secrets::SecretsStore;
 use invoke::TaskInvoker;
@@ -46,16 +47,27 @@ impl Console {
     /// From the environment: what segment-export and oauth-callback read, plus
     /// `CONSOLE_SIGNIN_LIMIT` / `CONSOLE_SIGNIN_WINDOW_SECS` and `CONVERSION_INGEST_FUNCTION`.
     pub async fn from_env(aws: &crate::aws::AwsClients) -> Result<Self, String> {
-        let export = ExportCtx::from_env(aws).await.map_err(|e| e.to_string())?;
-        let linking = Linking::from_env().await?;
-        let keys = crate::config::required("API_KEYS_SECRET").map_err(|e| e.to_string())?;
+        let settings = Settings::from_env().map_err(|e| e.to_string())?;
+        Self::from_settings(aws, &settings)
+            .await
+            .map_err(|e| e.to_string())
+    }
+
+    /// [`Console::from_env`] with the clients and settings built at cold start.
+    pub async fn from_settings(
+        aws: &crate::aws::AwsClients,
+        settings: &Settings,
+    ) -> Result<Self, StartError> {
+        let export = ExportCtx::from_settings(aws, settings).await?;
+        let linking = Linking::from_settings(aws, settings).await?;
+        let keys = settings.api_keys_secret.get()?;
         Ok(Self {
             sessions: SessionStore::new(aws.dynamodb.clone(), export.accounts.table().to_string()),
             counts: ConversionCounts::new(&export.accounts),
             api: api::Api { export, linking },
             auth: ApiKeyAuth::new(SecretsStore::new(aws.secrets.clone()), keys),
-            invoker: TaskInvoker::from_env().await,
-            limit: SignInLimit::from_env().map_err(|e| e.to_string())?,
+            invoker: TaskInvoker::from_settings(settings).await,
+            limit: settings.signin_limit.clone(),
         })
     }
 }

@@ -41,7 +41,7 @@ pub mod upkeep;
 
 use crate::amazon::{AmazonClient, RetryPolicy};
 use crate::aws::AwsClients;
-use crate::config::{ConfigError, Tables, parsed_or, required};
+use crate::config::{ConfigError, Settings};
 use crate::http::auth::ApiKeyAuth;
 use crate::http::{HttpRequest, HttpResponse};
 use crate::runtime::{Handler, Invocation};
@@ -112,21 +112,16 @@ impl InlineWork {
     /// `ADSYNC_INLINE_WORK_MS` (default [`DEFAULT_INLINE_WORK_MS`], 0 = off, at most
     /// [`MAX_INLINE_WORK_MS`]) with the backfill options of the environment.
     pub fn from_env() -> Result<Self, ConfigError> {
-        const VAR: &str = "ADSYNC_INLINE_WORK_MS";
-        let ms = parsed_or::<u64>(VAR, DEFAULT_INLINE_WORK_MS)?;
-        if ms > MAX_INLINE_WORK_MS {
-            return Err(ConfigError::Invalid {
-                name: VAR,
-                reason: format!(
-                    "{ms} is above {MAX_INLINE_WORK_MS} ms: the API answer must stay well under \
-                     API Gateway's 29 s timeout (0 turns the inline work off)"
-                ),
-            });
+        Ok(Self::from_settings(&Settings::from_env()?))
+    }
+
+    /// [`InlineWork::from_env`] with the settings read at cold start (`Settings::inline_work`
+    /// checks `ADSYNC_INLINE_WORK_MS`).
+    pub fn from_settings(config: &Settings) -> Self {
+        Self {
+            backfill: config.backfill.clone(),
+            ..Self::with_budget(config.inline_work)
         }
-        Ok(Self {
-            backfill: members::BackfillOptions::from_env(),
-            ..Self::with_budget(Duration::from_millis(ms))
-        })
     }
 }
 
@@ -159,20 +154,25 @@ impl ExportCtx {
     /// Builds the context from the environment (`ACCOUNTS_TABLE`, `DESTINATIONS_TABLE`,
     /// `LEDGER_TABLE`, `PARKED_PATCHES_QUEUE_URL`, the Amazon client's variables).
     pub async fn from_env(aws: &AwsClients) -> Result<Self, StartError> {
-        let tables = Tables::from_env()?;
-        let amazon = AmazonClient::from_env(aws).await?;
+        Self::from_settings(aws, &Settings::from_env()?).await
+    }
+
+    /// [`ExportCtx::from_env`] with the settings read at cold start.
+    pub async fn from_settings(aws: &AwsClients, config: &Settings) -> Result<Self, StartError> {
+        let tables = config.tables()?;
+        let amazon = AmazonClient::from_settings(aws, config).await?;
         // Checked at start-up: identities park there (`identities::queue`).
-        required(identities::QUEUE_VAR)?;
+        config.parked_identities_queue.get()?;
         Ok(Self {
             amazon,
             accounts: AccountStore::new(aws.dynamodb.clone(), tables.accounts),
             destinations: DestinationStore::new(aws.dynamodb.clone(), tables.destinations.clone()),
             ledger: LedgerStore::new(aws.dynamodb.clone(), tables.ledger),
             jobs: JobStore::new(aws.dynamodb.clone(), tables.destinations),
-            parked: ParkedQueue::new(aws.sqs.clone(), required("PARKED_PATCHES_QUEUE_URL")?)
-                .with_dead_letter(crate::config::optional("PARKED_DLQ_URL")),
+            parked: ParkedQueue::new(aws.sqs.clone(), config.parked_patches_queue.get()?)
+                .with_dead_letter(config.parked_dlq.clone()),
             metrics_fn: "segment-export",
-            inline: InlineWork::from_env()?,
+            inline: InlineWork::from_settings(config),
         })
     }
 }
@@ -186,10 +186,15 @@ pub struct ExportHandler {
 
 impl ExportHandler {
     pub async fn from_env(aws: &AwsClients) -> Result<Self, StartError> {
-        let ctx = ExportCtx::from_env(aws).await?;
+        Self::from_settings(aws, &Settings::from_env()?).await
+    }
+
+    /// [`ExportHandler::from_env`] with the settings read at cold start.
+    pub async fn from_settings(aws: &AwsClients, config: &Settings) -> Result<Self, StartError> {
+        let ctx = ExportCtx::from_settings(aws, config).await?;
         let auth = ApiKeyAuth::new(
             SecretsStore::new(aws.secrets.clone()),
-            required("API_KEYS_SECRET")?,
+            config.api_keys_secret.get()?,
         );
         Ok(Self { ctx, auth })
     }

@@ -2,7 +2,9 @@
 //!
 //! [`HttpRequest`] is parsed from the API Gateway HTTP API payload 2.0 (the Lambda function-URL
 //! payload is the same shape, which is what `cargo lambda watch` sends), so routing works the
-//! same behind API Gateway and locally. Handlers return [`HttpResponse`]; expected failures are
+//! same behind API Gateway and locally; [`HttpResponse::to_apigw_v2`] writes the payload 2.0
+//! answer. Both use `aws_lambda_events`' types, except for the request body (read as bytes, see
+//! `ApiGwV2Event`). Handlers return [`HttpResponse`]; expected failures are
 //! responses, never `Err`.
 
 pub mod accounts;
@@ -14,6 +16,9 @@ pub mod scopes;
 
 pub use error::{ApiError, ApiResult, Kind};
 
+use aws_lambda_events::apigw::{ApiGatewayV2httpRequest, ApiGatewayV2httpResponse};
+use aws_lambda_events::encodings::Body;
+use aws_lambda_events::http::{HeaderMap, HeaderName, HeaderValue};
 use base64::Engine;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
@@ -93,8 +98,8 @@ impl HttpRequest {
 
     /// Parses the API Gateway HTTP API (payload 2.0) / function-URL event.
     pub fn from_apigw_v2(event: &serde_json::Value) -> Result<Self, String> {
-        let ev = ApiGwV2Request::deserialize(event)
-            .map_err(|e| format!("not an HTTP API event: {e}"))?;
+        let ev =
+            ApiGwV2Event::deserialize(event).map_err(|e| format!("not an HTTP API event: {e}"))?;
         Self::from_event(ev)
     }
 
@@ -104,54 +109,63 @@ impl HttpRequest {
     /// read as bytes, WTF-8). The route then answers 400 naming the problem, instead of the event
     /// failing to deserialise (a 500 before any adsync code runs).
     pub fn from_apigw_v2_json(event: &str) -> Result<Self, String> {
-        let ev: ApiGwV2Request =
+        let ev: ApiGwV2Event =
             serde_json::from_str(event).map_err(|e| format!("not an HTTP API event: {e}"))?;
         Self::from_event(ev)
     }
 
-    fn from_event(ev: ApiGwV2Request) -> Result<Self, String> {
+    fn from_event(ev: ApiGwV2Event) -> Result<Self, String> {
+        let ApiGwV2Event { event, body } = ev;
         let mut headers = BTreeMap::new();
-        for (k, v) in ev.headers {
-            headers.insert(k.to_ascii_lowercase(), v);
+        for (name, value) in &event.headers {
+            // Header values are kept as sent (bytes beyond ASCII included).
+            let value = String::from_utf8_lossy(value.as_bytes()).into_owned();
+            headers
+                .entry(name.as_str().to_string())
+                .and_modify(|v: &mut String| {
+                    v.push(',');
+                    v.push_str(&value)
+                })
+                .or_insert(value);
         }
-        if !ev.cookies.is_empty() {
-            headers.insert("cookie".into(), ev.cookies.join("; "));
+        if let Some(cookies) = event.cookies.filter(|c| !c.is_empty()) {
+            headers.insert("cookie".into(), cookies.join("; "));
         }
-        let body = match ev.body {
+        let body = match body {
             None => Vec::new(),
-            Some(RawBody(b)) if ev.is_base64_encoded => base64::engine::general_purpose::STANDARD
-                .decode(&b)
-                .map_err(|e| format!("body is not valid base64: {e}"))?,
+            Some(RawBody(b)) if event.is_base64_encoded => {
+                base64::engine::general_purpose::STANDARD
+                    .decode(&b)
+                    .map_err(|e| format!("body is not valid base64: {e}"))?
+            }
             Some(RawBody(b)) => b,
         };
+        let context = event.request_context;
         Ok(Self {
-            method: ev.request_context.http.method.to_ascii_uppercase(),
-            path: ev
+            method: context.http.method.as_str().to_ascii_uppercase(),
+            path: event
                 .raw_path
-                .unwrap_or(ev.request_context.http.path.unwrap_or_default()),
-            raw_query: ev.raw_query_string.unwrap_or_default(),
+                .unwrap_or(context.http.path.unwrap_or_default()),
+            raw_query: event.raw_query_string.unwrap_or_default(),
             headers,
             body,
-            request_id: ev.request_context.request_id.unwrap_or_default(),
-            source_ip: ev.request_context.http.source_ip,
-            domain_name: ev.request_context.domain_name,
+            request_id: context.request_id.unwrap_or_default(),
+            source_ip: context.http.source_ip,
+            domain_name: context.domain_name,
         })
     }
 }
 
+/// The API Gateway HTTP API (payload 2.0) request: `aws_lambda_events`' type for everything but
+/// the body. The crate reads `body` as a `String`, so a body with lone surrogate escapes (not
+/// UTF-8) would fail the whole event (a 500 before any route runs); this struct takes `body`
+/// first, as bytes ([`RawBody`]), and hands the other fields to the crate's type.
 #[derive(Deserialize)]
-#[serde(rename_all = "camelCase")]
-struct ApiGwV2Request {
-    raw_path: Option<String>,
-    raw_query_string: Option<String>,
+struct ApiGwV2Event {
+    #[serde(flatten)]
+    event: ApiGatewayV2httpRequest,
     #[serde(default)]
-    headers: BTreeMap<String, String>,
-    #[serde(default)]
-    cookies: Vec<String>,
     body: Option<RawBody>,
-    #[serde(default)]
-    is_base64_encoded: bool,
-    request_context: ApiGwV2Context,
 }
 
 /// A request body read as bytes, so that a string that is not UTF-8 (lone surrogate escapes)
@@ -181,22 +195,6 @@ impl<'de> Deserialize<'de> for RawBody {
         }
         d.deserialize_bytes(V)
     }
-}
-
-#[derive(Deserialize)]
-#[serde(rename_all = "camelCase")]
-struct ApiGwV2Context {
-    request_id: Option<String>,
-    domain_name: Option<String>,
-    http: ApiGwV2Http,
-}
-
-#[derive(Deserialize)]
-#[serde(rename_all = "camelCase")]
-struct ApiGwV2Http {
-    method: String,
-    path: Option<String>,
-    source_ip: Option<String>,
 }
 
 /// An HTTP response.
@@ -260,19 +258,41 @@ impl HttpResponse {
         self
     }
 
-    /// The API Gateway HTTP API (payload 2.0) response document.
+    /// The API Gateway HTTP API (payload 2.0) response document (`aws_lambda_events`' type).
     /// A `set-cookie` header goes into payload 2.0's `cookies` list, where API Gateway expects it.
     pub fn to_apigw_v2(&self) -> serde_json::Value {
-        let mut headers = self.headers.clone();
-        let cookies: Vec<String> = headers.remove("set-cookie").into_iter().collect();
-        serde_json::json!({
-            "statusCode": self.status,
-            "headers": headers,
-            "body": self.body,
-            "isBase64Encoded": false,
-            // `cargo lambda watch` rejects a function-URL answer without this field.
-            "cookies": cookies,
-        })
+        let mut headers = HeaderMap::new();
+        let mut cookies = Vec::new();
+        for (name, value) in &self.headers {
+            if name == "set-cookie" {
+                cookies.push(value.clone());
+                continue;
+            }
+            match (
+                HeaderName::from_bytes(name.as_bytes()),
+                HeaderValue::from_str(value),
+            ) {
+                (Ok(n), Ok(v)) => {
+                    headers.insert(n, v);
+                }
+                // adsync's own headers are always valid; one that is not is left out rather
+                // than making API Gateway refuse the whole answer.
+                _ => tracing::warn!(header = %name, "not a valid HTTP header; left out"),
+            }
+        }
+        let mut resp = ApiGatewayV2httpResponse::default();
+        resp.status_code = i64::from(self.status);
+        resp.headers = headers;
+        resp.body = Some(Body::Text(self.body.clone()));
+        resp.is_base64_encoded = false;
+        // `cargo lambda watch` rejects a function-URL answer without this field.
+        resp.cookies = cookies;
+        let mut doc = serde_json::to_value(&resp).unwrap_or_default();
+        // Payload 2.0 has no multi-value headers (the crate's type always writes an empty map).
+        if let Some(fields) = doc.as_object_mut() {
+            fields.remove("multiValueHeaders");
+        }
+        doc
     }
 
     /// Parses the body as JSON (handy in tests).
@@ -381,6 +401,40 @@ mod tests {
         assert_eq!(req.body, br#"{"x":1}"#);
         assert_eq!(req.query()["b"], "x y");
         assert_eq!(req.content_type().as_deref(), Some("application/json"));
+    }
+
+    #[test]
+    fn the_response_document_is_payload_2_0() {
+        let resp = HttpResponse::json(201, &serde_json::json!({"a": "é"}))
+            .with_header("Set-Cookie", "s=1; HttpOnly")
+            .with_header("location", "/x/1");
+        assert_eq!(
+            resp.to_apigw_v2(),
+            serde_json::json!({
+                "statusCode": 201,
+                "headers": {"content-type": "application/json", "cache-control": "no-store",
+                            "location": "/x/1"},
+                "body": r#"{"a":"é"}"#,
+                "isBase64Encoded": false,
+                "cookies": ["s=1; HttpOnly"],
+            })
+        );
+        let empty = HttpResponse::new(204).to_apigw_v2();
+        assert_eq!(empty["body"], "");
+        assert_eq!(empty["cookies"], serde_json::json!([]));
+    }
+
+    #[test]
+    fn cookies_and_headers_are_read_as_sent() {
+        let ev = r#"{"rawPath":"/p","cookies":["a=1","b=2"],"headers":{"X-Name":"Zoë, 1"},
+            "requestContext":{"domainName":"api.example","http":{"method":"GET","sourceIp":"10.0.0.1"}}}"#;
+        let req = HttpRequest::from_apigw_v2_json(ev).unwrap();
+        assert_eq!(req.header("cookie"), Some("a=1; b=2"));
+        assert_eq!(req.header("x-name"), Some("Zoë, 1"));
+        assert_eq!(req.domain_name.as_deref(), Some("api.example"));
+        assert_eq!(req.source_ip.as_deref(), Some("10.0.0.1"));
+        assert!(req.body.is_empty());
+        assert!(HttpRequest::from_apigw_v2_json(r#"{"rawPath":"/p"}"#).is_err());
     }
 
     #[test]
