@@ -6,11 +6,12 @@
 use super::{Golden, Keys, bearer, body, json_body};
 use crate::conversions::IngestFixture;
 use crate::sandbox::random_id;
-use adsync::amazon::Region;
+use adsync::amazon::{Region, RetryPolicy};
 use adsync::http::HttpRequest;
 use adsync::ingest::ConversionHandler;
 use adsync::store::accounts::{AccountStatus, IntegratedAccount};
 use serde_json::{Value, json};
+use std::time::Duration;
 
 /// A valid purchase one hour old (`id`: its clientDedupeId).
 fn valid(id: &str) -> Value {
@@ -290,8 +291,17 @@ fn rejected_events() -> Vec<(&'static str, Value)> {
 pub async fn run() -> usize {
     let f = IngestFixture::new().await;
     let keys = Keys::new(&f.login.secrets).await;
+    // The accepted events reach the sandbox: patient retries, so that a slow answer on a
+    // loaded machine never turns an accepted event into a parked one.
+    let mut ctx = f.handler.ctx.clone();
+    ctx.amazon = ctx.amazon.clone().with_retry_policy(RetryPolicy {
+        max_attempts: 5,
+        base_delay: Duration::from_millis(100),
+        max_delay: Duration::from_secs(2),
+        request_timeout: Duration::from_secs(20),
+    });
     let h = ConversionHandler {
-        ctx: f.handler.ctx.clone(),
+        ctx,
         auth: keys.auth.clone(),
     };
     let mut g = Golden::new("conversion-ingest.json");

@@ -440,8 +440,13 @@ mod tests {
                        {"name": "y", "status": 200}]);
         let r = compare(a.as_array().unwrap(), b.as_array().unwrap());
         assert!(r.contains("case x changed"), "{r}");
-        assert!(r.contains("- \"status\": 400"), "{r}");
-        assert!(r.contains("+ \"status\": 409"), "{r}");
+        let line = |op: char, text: &str| {
+            r.lines()
+                .any(|l| l.trim_start().starts_with(op) && l.contains(text))
+        };
+        assert!(line('-', "\"status\": 400"), "{r}");
+        assert!(line('+', "\"status\": 409"), "{r}");
+        assert!(!line('-', "\"code\""), "unchanged lines are context: {r}");
         assert!(r.contains("new case y"), "{r}");
         assert!(compare(a.as_array().unwrap(), a.as_array().unwrap()).is_empty());
     }
