@@ -16,7 +16,7 @@
 //! up the copies it re-enqueued itself (`retry.lastRun`), so a zero delay (tests) still means one
 //! attempt per run.
 
-use super::{Delivery, IngestCtx, ParkedBatch, ParkedEvent, RedriveSummary, SendStats, mean};
+use super::{Delivery, IngestCtx, ParkedBatch, ParkedEvent, SendStats, mean};
 use crate::runtime::{Invocation, now_ms};
 use crate::store::StoreError;
 use crate::store::accounts::{AccountStatus, IntegratedAccount};
@@ -26,8 +26,31 @@ use crate::store::parked_counts::{Counter, ParkedCounts};
 use crate::store::parked_retry::{Next, RetryState};
 use crate::telemetry::Metrics;
 use futures::StreamExt;
+use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
 use std::time::Duration;
+
+/// What a redrive run did.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct RedriveSummary {
+    pub messages: usize,
+    pub acked: usize,
+    pub delivered: usize,
+    /// Already delivered by an earlier redrive or a retry: acknowledged only.
+    pub already_delivered: usize,
+    /// Replaced by a later correction (same id, other content): acknowledged, never sent.
+    #[serde(default)]
+    pub superseded: usize,
+    pub rejected: usize,
+    pub still_parked: usize,
+    /// Events sent back to the queue with a delay (`store::parked_retry`).
+    #[serde(default)]
+    pub requeued: usize,
+    /// Events put on the dead-letter queue (refused by Amazon for good, or too old).
+    #[serde(default)]
+    pub dead_lettered: usize,
+}
 
 /// What one message's events came to.
 #[derive(Default)]

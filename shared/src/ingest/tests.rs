@@ -1,0 +1,48 @@
+use super::routes::route_segments;
+use super::*;
+
+#[test]
+fn amazon_error_locations_are_made_relative_to_the_event() {
+    let errs = amazon_errors(&[EventError {
+        code: "FIELD_VALUE_IS_INVALID".into(),
+        message: "bad".into(),
+        field_location: Some("events[3].matchKeys[0].values".into()),
+    }]);
+    assert_eq!(errs[0].field, "matchKeys[0].values");
+    assert_eq!(errs[0].message, "Amazon: FIELD_VALUE_IS_INVALID bad");
+    assert_eq!(amazon_errors(&[])[0].reason, Reason::Amazon);
+}
+
+#[test]
+fn status_code_is_200_only_when_everything_went_through() {
+    let mk = |s: Vec<Status>| {
+        let results: Vec<EventResult> =
+            s.into_iter().enumerate().map(|(i, s)| done(i, s)).collect();
+        IngestReport {
+            account_id: "1".into(),
+            totals: totals(&results),
+            results,
+        }
+    };
+    assert_eq!(
+        mk(vec![Status::Accepted, Status::Duplicate]).status_code(),
+        200
+    );
+    assert_eq!(
+        mk(vec![Status::Accepted, Status::Parked]).status_code(),
+        207
+    );
+    assert_eq!(mk(vec![Status::Rejected]).status_code(), 207);
+}
+
+#[test]
+fn routes_under_api_gateway_and_cargo_lambda() {
+    assert_eq!(
+        route_segments("/accounts/12/conversions"),
+        ["accounts", "12", "conversions"]
+    );
+    assert_eq!(
+        route_segments("/lambda-url/conversion-ingest/accounts/12/conversions"),
+        ["accounts", "12", "conversions"]
+    );
+}
