@@ -1,16 +1,20 @@
 //! The conversion-ingest function's handler: authorization, routes and the scheduled tasks.
 
 use super::*;
+use crate::http::router::{Matched, RouteLine, route_request};
 
-/// The path's segments without the `cargo lambda watch` prefix (`/lambda-url/<function>/…`).
-pub(super) fn route_segments(path: &str) -> Vec<&str> {
-    let segs: Vec<&str> = path.split('/').filter(|s| !s.is_empty()).collect();
-    if segs.first() == Some(&"lambda-url") && segs.len() >= 2 {
-        segs[2..].to_vec()
-    } else {
-        segs
-    }
+/// The routes of conversion-ingest.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum Route {
+    Conversions,
 }
+
+/// Method, pattern, route (`crate::http::router`; the `/lambda-url/<fn>` prefix is ignored).
+pub(super) const ROUTES: &[RouteLine<Route>] = &[(
+    "POST",
+    "/accounts/{accountId}/conversions",
+    Route::Conversions,
+)];
 
 #[async_trait::async_trait]
 impl Handler for ConversionHandler {
@@ -19,15 +23,11 @@ impl Handler for ConversionHandler {
         if let Err(resp) = crate::http::scopes::authorize(&self.auth, &req).await {
             return resp;
         }
-        let segs = route_segments(&req.path);
-        match segs.as_slice() {
-            ["accounts", account_id, "conversions"] => {
-                if req.method != "POST" {
-                    return HttpResponse::method_not_allowed("POST");
-                }
-                self.ctx.handle_conversions(&req, &inv, account_id).await
+        match route_request(ROUTES, &req) {
+            Matched::Route(Route::Conversions, ids) => {
+                self.ctx.handle_conversions(&req, &inv, ids[0]).await
             }
-            _ => HttpResponse::not_found(),
+            refused => refused.refusal().unwrap_or_else(HttpResponse::not_found),
         }
     }
 

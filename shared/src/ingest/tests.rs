@@ -1,4 +1,4 @@
-use super::routes::route_segments;
+use super::routes::{ROUTES, Route};
 use super::*;
 
 #[test]
@@ -37,12 +37,19 @@ fn status_code_is_200_only_when_everything_went_through() {
 
 #[test]
 fn routes_under_api_gateway_and_cargo_lambda() {
-    assert_eq!(
-        route_segments("/accounts/12/conversions"),
-        ["accounts", "12", "conversions"]
-    );
-    assert_eq!(
-        route_segments("/lambda-url/conversion-ingest/accounts/12/conversions"),
-        ["accounts", "12", "conversions"]
-    );
+    use crate::http::router::{Matched, route};
+    for path in [
+        "/accounts/12/conversions",
+        "/lambda-url/conversion-ingest/accounts/12/conversions",
+    ] {
+        assert_eq!(
+            route(ROUTES, "POST", path),
+            Matched::Route(Route::Conversions, vec!["12"])
+        );
+        let r = route(ROUTES, "GET", path).refusal().unwrap();
+        assert_eq!((r.status, r.headers["allow"].as_str()), (405, "POST"));
+        assert_eq!(r.json_body()["error"]["message"], "allowed methods: POST");
+    }
+    let r = route(ROUTES, "POST", "/accounts/12").refusal().unwrap();
+    assert_eq!(r.status, 404);
 }

@@ -1,6 +1,7 @@
 //! The oauth-callback function's handler: authorization, routes and the scheduled cleanup.
 
 use super::*;
+use crate::http::router::{Matched, RouteLine, route_request};
 
 #[async_trait::async_trait]
 impl Handler for Linking {
@@ -32,6 +33,28 @@ impl Handler for Linking {
     }
 }
 
+/// The routes of oauth-callback.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum Route {
+    Callback,
+    Confirm,
+    Connections,
+    Accounts,
+    Account,
+}
+
+/// Method, pattern, route (`crate::http::router`; the `/lambda-url/<fn>` prefix is ignored).
+/// Only these exact paths reach the function (API Gateway routes them, `crate::http::scopes`
+/// authorizes them); a path under a stage prefix is not served.
+pub(super) const ROUTES: &[RouteLine<Route>] = &[
+    // GET only: a HEAD (link previews, prefetchers) must not spend the state.
+    ("GET", "/oauth/callback", Route::Callback),
+    ("POST", "/oauth/confirm", Route::Confirm),
+    ("POST", "/connections", Route::Connections),
+    ("GET", "/accounts", Route::Accounts),
+    ("DELETE", "/accounts/{accountId}", Route::Account),
+];
+
 impl Linking {
     /// Routes a request whose caller is already authorized against `crate::http::scopes::POLICY`
     /// (the console checks its session's key the same way before it calls this in process).
@@ -40,31 +63,13 @@ impl Linking {
         req: &HttpRequest,
         caller: Option<&Caller>,
     ) -> HttpResponse {
-        let segs = req.segments();
-        let m = req.method.as_str();
-        match segs.as_slice() {
-            [.., "oauth", "callback"] => match m {
-                // GET only: a HEAD (link previews, prefetchers) must not spend the state.
-                "GET" => self.get_callback(req).await,
-                _ => HttpResponse::method_not_allowed("GET"),
-            },
-            [.., "oauth", "confirm"] => match m {
-                "POST" => self.post_confirm(req).await,
-                _ => HttpResponse::method_not_allowed("POST"),
-            },
-            [.., "connections"] => match m {
-                "POST" => self.post_connections(req).await,
-                _ => HttpResponse::method_not_allowed("POST"),
-            },
-            [.., "accounts"] => match m {
-                "GET" => self.get_accounts(caller).await,
-                _ => HttpResponse::method_not_allowed("GET"),
-            },
-            [.., "accounts", id] => match m {
-                "DELETE" => self.delete_account(id).await,
-                _ => HttpResponse::method_not_allowed("DELETE"),
-            },
-            _ => HttpResponse::not_found(),
+        match route_request(ROUTES, req) {
+            Matched::Route(Route::Callback, _) => self.get_callback(req).await,
+            Matched::Route(Route::Confirm, _) => self.post_confirm(req).await,
+            Matched::Route(Route::Connections, _) => self.post_connections(req).await,
+            Matched::Route(Route::Accounts, _) => self.get_accounts(caller).await,
+            Matched::Route(Route::Account, ids) => self.delete_account(ids[0]).await,
+            refused => refused.refusal().unwrap_or_else(HttpResponse::not_found),
         }
     }
 }

@@ -33,3 +33,38 @@ fn failure_statuses_match_the_docs() {
     assert_eq!(exchange_failure(&ig).status, 400);
     assert_eq!(exchange_failure(&AmazonError::Timeout).status, 502);
 }
+
+#[test]
+fn routes_answer_as_before_under_api_gateway_and_cargo_lambda() {
+    use super::routes::{ROUTES, Route};
+    use crate::http::router::{Matched, route};
+    for prefix in ["", "/lambda-url/oauth-callback"] {
+        let p = |s: &str| format!("{prefix}{s}");
+        let cases = [
+            ("GET", "/oauth/callback", Route::Callback),
+            ("POST", "/oauth/confirm", Route::Confirm),
+            ("POST", "/connections", Route::Connections),
+            ("GET", "/accounts", Route::Accounts),
+            ("DELETE", "/accounts/42", Route::Account),
+        ];
+        for (m, path, r) in cases {
+            assert!(matches!(route(ROUTES, m, &p(path)), Matched::Route(x, _) if x == r));
+        }
+        for (m, path, allow) in [
+            ("HEAD", "/oauth/callback", "GET"),
+            ("GET", "/oauth/confirm", "POST"),
+            ("GET", "/connections", "POST"),
+            ("DELETE", "/accounts", "GET"),
+            ("GET", "/accounts/42", "DELETE"),
+        ] {
+            let r = route(ROUTES, m, &p(path)).refusal().unwrap();
+            assert_eq!((r.status, r.headers["allow"].as_str()), (405, allow));
+            assert_eq!(
+                r.json_body()["error"]["message"],
+                format!("allowed methods: {allow}")
+            );
+        }
+        let r = route(ROUTES, "GET", &p("/nope")).refusal().unwrap();
+        assert_eq!(r.status, 404);
+    }
+}
