@@ -1,6 +1,7 @@
 //! `POST /accounts/{accountId}/conversions`: the request checked and parsed into prepared events.
 
 use super::*;
+use crate::http::{ApiError, ApiResult, Kind};
 
 impl IngestCtx {
     /// `POST /accounts/{accountId}/conversions` after authentication.
@@ -10,57 +11,9 @@ impl IngestCtx {
         inv: &Invocation,
         account_id: &str,
     ) -> HttpResponse {
-        match req.content_type().as_deref() {
-            Some("application/json") => {}
-            Some(t) if t.ends_with("+json") => {}
-            other => {
-                return HttpResponse::error(
-                    415,
-                    "unsupported_media_type",
-                    format!(
-                        "Content-Type must be application/json (got {})",
-                        other.unwrap_or("none")
-                    ),
-                );
-            }
-        }
-        if req.body.len() > self.settings.max_body_bytes {
-            return HttpResponse::error(
-                413,
-                "payload_too_large",
-                format!(
-                    "the body is {} bytes; the limit is {} (send at most {} events per request)",
-                    req.body.len(),
-                    self.settings.max_body_bytes,
-                    conversion::MAX_EVENTS
-                ),
-            );
-        }
-        if req.body.is_empty() {
-            return HttpResponse::error(
-                400,
-                "invalid_json",
-                "the body is empty: send one event or {\"events\":[…]}",
-            );
-        }
-        let found = if account_id.bytes().all(|b| b.is_ascii_digit()) && !account_id.is_empty() {
-            match self.accounts.get_account(account_id).await {
-                Ok(a) => a,
-                Err(e) => {
-                    tracing::error!(error = %e, "account lookup failed");
-                    return HttpResponse::error(
-                        503,
-                        "unavailable",
-                        "the account store is unavailable; try again",
-                    );
-                }
-            }
-        } else {
-            None
-        };
-        let account = match require_active(account_id, found) {
+        let account = match self.active_account(req, account_id).await {
             Ok(a) => a,
-            Err(resp) => return resp,
+            Err(r) => return r,
         };
         let mut arena = Arena::for_body(req.body.len());
         let mut processor = Processor::new(now_ms() as i64).with_generated_ids();
@@ -78,5 +31,66 @@ impl IngestCtx {
             )
             .await;
         HttpResponse::json(report.status_code(), &report)
+    }
+
+    /// The body's envelope checked, then the account it is for, which must be active (the
+    /// accounts store's `require_active` answers 404/409 in its own words).
+    async fn active_account(
+        &self,
+        req: &HttpRequest,
+        account_id: &str,
+    ) -> Result<IntegratedAccount, HttpResponse> {
+        self.check_envelope(req)?;
+        let found = self.find_account(account_id).await?;
+        require_active(account_id, found).map_err(HttpResponse::from)
+    }
+
+    /// Content type, size and emptiness of the body.
+    fn check_envelope(&self, req: &HttpRequest) -> ApiResult<()> {
+        match req.content_type().as_deref() {
+            Some("application/json") => {}
+            Some(t) if t.ends_with("+json") => {}
+            other => {
+                return Err(ApiError::new(
+                    Kind::UnsupportedMediaType,
+                    "unsupported_media_type",
+                    format!(
+                        "Content-Type must be application/json (got {})",
+                        other.unwrap_or("none")
+                    ),
+                ));
+            }
+        }
+        if req.body.len() > self.settings.max_body_bytes {
+            return Err(ApiError::new(
+                Kind::PayloadTooLarge,
+                "payload_too_large",
+                format!(
+                    "the body is {} bytes; the limit is {} (send at most {} events per request)",
+                    req.body.len(),
+                    self.settings.max_body_bytes,
+                    conversion::MAX_EVENTS
+                ),
+            ));
+        }
+        if req.body.is_empty() {
+            return Err(ApiError::new(
+                Kind::BadRequest,
+                "invalid_json",
+                "the body is empty: send one event or {\"events\":[…]}",
+            ));
+        }
+        Ok(())
+    }
+
+    /// The account of a numeric id (`None` for any other id: not found).
+    async fn find_account(&self, account_id: &str) -> ApiResult<Option<IntegratedAccount>> {
+        if !(account_id.bytes().all(|b| b.is_ascii_digit()) && !account_id.is_empty()) {
+            return Ok(None);
+        }
+        self.accounts.get_account(account_id).await.map_err(|e| {
+            tracing::error!(error = %e, "account lookup failed");
+            ApiError::unavailable("unavailable", "the account store is unavailable; try again")
+        })
     }
 }

@@ -17,7 +17,7 @@ impl Linking {
         }
         let Some(state) = get("state") else {
             return Failure::new(
-                400,
+                Kind::BadRequest,
                 "This sign-in link is not valid",
                 "The sign-in answer carried no state, so adsync cannot tell which connection it belongs to.",
                 START_AGAIN,
@@ -35,7 +35,7 @@ impl Linking {
         let Some(code) = get("code") else {
             self.fail_connection(&cid, None, "missing_code").await;
             return Failure::new(
-                400,
+                Kind::BadRequest,
                 "The sign-in answer is incomplete",
                 "Amazon's answer carried no authorization code.",
                 START_AGAIN,
@@ -150,7 +150,7 @@ impl Linking {
             self.fail_connection(cid, Some(&login), "no_advertisers")
                 .await;
             return Err(Failure::new(
-                422,
+                Kind::Unprocessable,
                 "No advertiser accounts found",
                 format!(
                     "The Amazon login has no DSP advertiser accounts in region {region} (adsync needs an agency \

@@ -6,7 +6,7 @@ impl Linking {
     pub(super) async fn post_confirm(&self, req: &HttpRequest) -> HttpResponse {
         if req.content_type().as_deref() != Some("application/x-www-form-urlencoded") {
             return Failure::new(
-                415,
+                Kind::UnsupportedMediaType,
                 "Unsupported form",
                 "The confirmation must be posted as a form (application/x-www-form-urlencoded).",
                 "Press Confirm on the account list page.",
@@ -15,7 +15,7 @@ impl Linking {
         }
         if req.body.len() > 4096 {
             return Failure::new(
-                413,
+                Kind::PayloadTooLarge,
                 "Form too large",
                 "The confirmation form is too large.",
                 "Press Confirm on the account list page.",
@@ -33,7 +33,7 @@ impl Linking {
         }
         let missing = |field: &str| {
             Failure::new(
-                400,
+                Kind::BadRequest,
                 "The confirmation is incomplete",
                 format!("The form field {field} is missing."),
                 "Press Confirm on the account list page.",
@@ -48,7 +48,7 @@ impl Linking {
         };
         let Some(advertiser_id) = advertiser.trim().parse::<i64>().ok().filter(|a| *a > 0) else {
             return Failure::new(
-                400,
+                Kind::BadRequest,
                 "The confirmation is not valid",
                 "The form field advertiserId is not an advertiser id (a positive whole number).",
                 "Press Confirm on the account list page.",
@@ -74,7 +74,7 @@ impl Linking {
             Ok(CsrfOutcome::Repeat { connection_id }) => (connection_id, true),
             Ok(CsrfOutcome::UsedForOther { connection_id }) => {
                 return Failure::new(
-                    409,
+                    Kind::Conflict,
                     "This form was already used",
                     "This account list was already used to confirm a different advertiser account.",
                     "To link another advertiser from the same Amazon login, go back and reload the account list, \
@@ -115,7 +115,7 @@ impl Linking {
         match self.accounts.get_account(&advertiser_id.to_string()).await {
             Ok(Some(a)) if a.status == AccountStatus::Removed && a.connection_id == cid => {
                 Some(Failure::new(
-                    410,
+                    Kind::Gone,
                     "This account was unlinked",
                     format!(
                         "Account {advertiser_id} was linked from this page and has been unlinked since."
@@ -140,7 +140,7 @@ impl Linking {
             .find(|a| a.advertiser_id == advertiser_id)
         else {
             return Err(Failure::new(
-                400,
+                Kind::BadRequest,
                 "This advertiser was not offered",
                 format!(
                     "Advertiser {advertiser_id} is not one of the accounts this Amazon login can link."

@@ -1,6 +1,7 @@
 //! `POST /connections`: a pending connection and its consent link.
 
 use super::*;
+use crate::http::error::{ApiError, ApiResult, respond};
 
 #[derive(Deserialize)]
 struct CreateConnectionBody {
@@ -9,14 +10,14 @@ struct CreateConnectionBody {
 
 impl Linking {
     /// The redirect URI of a new connection (see [`binding::redirect_uri_for`]).
-    pub(super) fn redirect_uri_for(&self, req: &HttpRequest) -> Result<String, HttpResponse> {
+    pub(super) fn redirect_uri_for(&self, req: &HttpRequest) -> ApiResult<String> {
         binding::redirect_uri_for(&self.config.redirect_uri, req)
-            .map_err(|m| HttpResponse::error(500, "configuration", m))
+            .map_err(|m| ApiError::new(Kind::Internal, "configuration", m))
     }
 
     /// Starts a linking attempt: a pending connection and a single-use state for `region`,
     /// with the configured redirect URI.
-    pub async fn create_connection(&self, region: Region) -> Result<NewConnection, HttpResponse> {
+    pub async fn create_connection(&self, region: Region) -> ApiResult<NewConnection> {
         let redirect_uri = self.config.redirect_uri.clone();
         self.create_connection_with(region, &redirect_uri).await
     }
@@ -25,11 +26,10 @@ impl Linking {
         &self,
         region: Region,
         redirect_uri: &str,
-    ) -> Result<NewConnection, HttpResponse> {
+    ) -> ApiResult<NewConnection> {
         let connection_id = uuid::Uuid::new_v4().simple().to_string();
         let unavailable = || {
-            HttpResponse::error(
-                503,
+            ApiError::unavailable(
                 "unavailable",
                 "the server's random generator did not answer; try again",
             )
@@ -55,8 +55,7 @@ impl Linking {
         };
         if let Err(e) = stored {
             tracing::error!(error = %e, "could not store the new connection");
-            return Err(HttpResponse::error(
-                503,
+            return Err(ApiError::unavailable(
                 "store_unavailable",
                 "adsync could not store the connection; try again",
             ));
@@ -74,49 +73,45 @@ impl Linking {
     }
 
     pub(super) async fn post_connections(&self, req: &HttpRequest) -> HttpResponse {
-        let body: CreateConnectionBody = match crate::http::parse_json_body(req, 4096) {
-            Ok(b) => b,
-            Err(r) => return r,
-        };
-        let allowed = Region::ALL
-            .map(|r| format!("\"{}\"", r.as_str()))
-            .join(", ");
-        let region = match body.region {
-            None | Some(serde_json::Value::Null) => {
-                return HttpResponse::field_error(
-                    400,
-                    "invalid_field",
-                    "region",
-                    format!("region is required; allowed values: {allowed}"),
-                );
-            }
-            Some(serde_json::Value::String(s)) => match Region::parse(&s) {
-                Some(r) => r,
-                None => {
-                    return HttpResponse::field_error(
-                        400,
-                        "invalid_field",
-                        "region",
-                        format!("unknown region; allowed values: {allowed}"),
-                    );
-                }
-            },
-            Some(_) => {
-                return HttpResponse::field_error(
-                    400,
-                    "invalid_field",
-                    "region",
-                    format!("region must be a string; allowed values: {allowed}"),
-                );
-            }
-        };
-        let redirect_uri = match self.redirect_uri_for(req) {
-            Ok(u) => u,
-            Err(r) => return r,
-        };
-        match self.create_connection_with(region, &redirect_uri).await {
-            Ok(c) => HttpResponse::json(201, &c),
-            Err(r) => r,
+        // `from`: the body parser's refusal is an answer already (or an `ApiError`).
+        let body: CreateConnectionBody =
+            match crate::http::parse_json_body(req, 4096).map_err(HttpResponse::from) {
+                Ok(b) => b,
+                Err(r) => return r,
+            };
+        respond(self.connect(req, body).await)
+    }
+
+    async fn connect(
+        &self,
+        req: &HttpRequest,
+        body: CreateConnectionBody,
+    ) -> ApiResult<HttpResponse> {
+        let region = parse_region(body.region)?;
+        let redirect_uri = self.redirect_uri_for(req)?;
+        let c = self.create_connection_with(region, &redirect_uri).await?;
+        Ok(HttpResponse::json(201, &c))
+    }
+}
+
+/// The `region` field: one of [`Region::ALL`], named in every error.
+fn parse_region(region: Option<serde_json::Value>) -> ApiResult<Region> {
+    let allowed = Region::ALL
+        .map(|r| format!("\"{}\"", r.as_str()))
+        .join(", ");
+    let invalid = |what: &str| {
+        ApiError::new(
+            Kind::BadRequest,
+            "invalid_field",
+            format!("{what}; allowed values: {allowed}"),
+        )
+        .at("region")
+    };
+    match region {
+        None | Some(serde_json::Value::Null) => Err(invalid("region is required")),
+        Some(serde_json::Value::String(s)) => {
+            Region::parse(&s).ok_or_else(|| invalid("unknown region"))
         }
+        Some(_) => Err(invalid("region must be a string")),
     }
 }

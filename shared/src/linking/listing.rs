@@ -65,7 +65,7 @@ impl Linking {
         }
         if out.len() > MAX_ADVERTISERS {
             return Err(Failure::new(
-                422,
+                Kind::Unprocessable,
                 "Too many advertiser accounts",
                 format!(
                     "The Amazon login can reach {} advertiser accounts; adsync lists at most {MAX_ADVERTISERS}.",

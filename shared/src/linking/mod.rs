@@ -35,7 +35,7 @@ use failure::*;
 use crate::amazon::{AmazonClient, AmazonError, LoginRef, LwaError, Region};
 use crate::http::auth::{ApiKeyAuth, Caller};
 use crate::http::html::{self, AccountsPage, AdvertiserRow, STYLE, SuccessPage, Tone};
-use crate::http::{HttpRequest, HttpResponse};
+use crate::http::{HttpRequest, HttpResponse, Kind};
 use crate::runtime::{Handler, Invocation};
 use crate::store::accounts::{
     AccountStatus, AccountStore, Connection, ConnectionStatus, ConsumeError, CsrfOutcome,

@@ -89,13 +89,13 @@ impl Linking {
                 Err(consume_failure("view", &ConsumeError::Expired))
             }
             ConnectionStatus::Failed => Err(Failure::new(
-                410,
+                Kind::Gone,
                 "This connection ended with an error",
                 "This linking attempt failed earlier, and its Amazon login was not kept.",
                 START_AGAIN,
             )),
             ConnectionStatus::Pending => Err(Failure::new(
-                409,
+                Kind::Conflict,
                 "The Amazon sign-in is not finished",
                 "adsync has not received Amazon's consent for this connection yet.",
                 START_AGAIN,

@@ -17,21 +17,30 @@ fn random_tokens_are_long_and_distinct() {
 fn provider_errors_are_not_echoed_raw() {
     assert_eq!(sanitize_error_code("access_denied"), "access_denied");
     assert_eq!(sanitize_error_code("<script>"), "unknown_error");
-    assert_eq!(provider_error("access_denied").status, 403);
-    assert_eq!(provider_error("server_error").status, 400);
+    assert_eq!(provider_error("access_denied").status(), 403);
+    assert_eq!(provider_error("server_error").status(), 400);
 }
 
 #[test]
 fn failure_statuses_match_the_docs() {
-    assert_eq!(consume_failure("state", &ConsumeError::Unknown).status, 400);
-    assert_eq!(consume_failure("state", &ConsumeError::Expired).status, 410);
-    assert_eq!(consume_failure("state", &ConsumeError::Used).status, 409);
-    assert_eq!(consume_failure("form", &ConsumeError::Unknown).status, 403);
+    assert_eq!(
+        consume_failure("state", &ConsumeError::Unknown).status(),
+        400
+    );
+    assert_eq!(
+        consume_failure("state", &ConsumeError::Expired).status(),
+        410
+    );
+    assert_eq!(consume_failure("state", &ConsumeError::Used).status(), 409);
+    assert_eq!(
+        consume_failure("form", &ConsumeError::Unknown).status(),
+        403
+    );
     let ig = AmazonError::Lwa(LwaError::InvalidGrant {
         description: "x".into(),
     });
-    assert_eq!(exchange_failure(&ig).status, 400);
-    assert_eq!(exchange_failure(&AmazonError::Timeout).status, 502);
+    assert_eq!(exchange_failure(&ig).status(), 400);
+    assert_eq!(exchange_failure(&AmazonError::Timeout).status(), 502);
 }
 
 #[test]
