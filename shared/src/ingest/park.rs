@@ -94,7 +94,23 @@ impl IngestCtx {
     ) -> Vec<(usize, EventResult)> {
         let mut out = Vec::with_capacity(items.len());
         let now = now_ms();
-        let mut groups: Vec<Vec<(Work, String, ParkedEvent)>> = Vec::new();
+        let groups = self.park_groups(account, items, now, &mut out);
+        for group in groups {
+            self.park_group(account, group, now, inv, &mut out).await;
+        }
+        out
+    }
+
+    /// The parked copies of `items`, grouped into messages of at most `batch_size` events and
+    /// `park_message_bytes`; an event that is not JSON text is answered at once in `out`.
+    fn park_groups(
+        &self,
+        account: &IntegratedAccount,
+        items: Vec<(Work, String, &[u8])>,
+        now: u64,
+        out: &mut Vec<(usize, EventResult)>,
+    ) -> Vec<ParkGroup> {
+        let mut groups: Vec<ParkGroup> = Vec::new();
         let mut cur = Vec::new();
         let mut cur_bytes = 0;
         for (w, reason, bytes) in items {
@@ -137,60 +153,70 @@ impl IngestCtx {
         if !cur.is_empty() {
             groups.push(cur);
         }
-        for group in groups {
-            let (works, parked): (Vec<(Work, String)>, Vec<ParkedEvent>) =
-                group.into_iter().map(|(w, r, p)| ((w, r), p)).unzip();
-            let msg = ParkedBatch {
-                v: 1,
-                account_id: account.account_id.clone(),
-                advertiser_id: account.advertiser_id,
-                events: parked,
-                retry: RetryState::parked_at(now),
-            };
-            match self.parked.park(&msg).await {
-                Ok(()) => {
-                    ParkedCounts::new(&self.accounts)
-                        .add_logged(
-                            &account.account_id,
-                            &[(Counter::Conversions, msg.events.len() as i64)],
-                        )
-                        .await;
-                    // Futures built in a loop, not a closure over references: keeps the
-                    // handler future `Send` (rustc's higher-ranked closure limitation).
-                    let mut futs = Vec::with_capacity(works.len());
-                    for ((w, _), pe) in works.iter().zip(&msg.events) {
-                        futs.push(self.record_parked(w.claim.as_ref(), pe, &inv.request_id));
-                    }
-                    let marks = futures::stream::iter(futs)
-                        .buffer_unordered(self.settings.claim_concurrency)
-                        .collect::<Vec<_>>();
-                    marks.await;
-                    for (w, reason) in works {
-                        out.push((
-                            w.index,
-                            EventResult {
-                                index: w.index,
-                                status: Status::Parked,
-                                errors: vec![err(
-                                    "",
-                                    Reason::Unavailable,
-                                    format!("{reason}; the event is parked and will be redriven"),
-                                )],
-                            },
-                        ));
-                    }
+        groups
+    }
+
+    /// One message on the parked queue; its claims are kept as `PARKED` (or released if the
+    /// message could not be written, and the events answered "send it again").
+    async fn park_group(
+        &self,
+        account: &IntegratedAccount,
+        group: ParkGroup,
+        now: u64,
+        inv: &Invocation,
+        out: &mut Vec<(usize, EventResult)>,
+    ) {
+        let (works, parked): (Vec<(Work, String)>, Vec<ParkedEvent>) =
+            group.into_iter().map(|(w, r, p)| ((w, r), p)).unzip();
+        let msg = ParkedBatch {
+            v: 1,
+            account_id: account.account_id.clone(),
+            advertiser_id: account.advertiser_id,
+            events: parked,
+            retry: RetryState::parked_at(now),
+        };
+        if let Err(e) = self.parked.park(&msg).await {
+            tracing::error!(error = %e, events = works.len(), "parking failed; the caller must resend");
+            for (w, _) in works {
+                if let Some(c) = &w.claim {
+                    self.finish(self.dedupe.release(c).await, "release");
                 }
-                Err(e) => {
-                    tracing::error!(error = %e, events = works.len(), "parking failed; the caller must resend");
-                    for (w, _) in works {
-                        if let Some(c) = &w.claim {
-                            self.finish(self.dedupe.release(c).await, "release");
-                        }
-                        out.push((w.index, rejected_unavailable(w.index)));
-                    }
-                }
+                out.push((w.index, rejected_unavailable(w.index)));
             }
+            return;
         }
-        out
+        ParkedCounts::new(&self.accounts)
+            .add_logged(
+                &account.account_id,
+                &[(Counter::Conversions, msg.events.len() as i64)],
+            )
+            .await;
+        // Futures built in a loop, not a closure over references: keeps the
+        // handler future `Send` (rustc's higher-ranked closure limitation).
+        let mut futs = Vec::with_capacity(works.len());
+        for ((w, _), pe) in works.iter().zip(&msg.events) {
+            futs.push(self.record_parked(w.claim.as_ref(), pe, &inv.request_id));
+        }
+        let marks = futures::stream::iter(futs)
+            .buffer_unordered(self.settings.claim_concurrency)
+            .collect::<Vec<_>>();
+        marks.await;
+        for (w, reason) in works {
+            out.push((
+                w.index,
+                EventResult {
+                    index: w.index,
+                    status: Status::Parked,
+                    errors: vec![err(
+                        "",
+                        Reason::Unavailable,
+                        format!("{reason}; the event is parked and will be redriven"),
+                    )],
+                },
+            ));
+        }
     }
 }
+
+/// The events of one parked message, with their work and reason.
+type ParkGroup = Vec<(Work, String, ParkedEvent)>;

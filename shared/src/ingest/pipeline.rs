@@ -27,22 +27,7 @@ impl IngestCtx {
         inv: &Invocation,
     ) -> IngestReport {
         let started = Instant::now();
-        let n = outcomes.len();
-        let mut results: Vec<Option<EventResult>> = vec![None; n];
-        let mut prepared: Vec<Option<Prepared>> = Vec::with_capacity(n);
-        for (i, (slot, outcome)) in results.iter_mut().zip(outcomes).enumerate() {
-            match outcome {
-                Ok(p) => prepared.push(Some(p)),
-                Err(errors) => {
-                    prepared.push(None);
-                    *slot = Some(EventResult {
-                        index: i,
-                        status: Status::Rejected,
-                        errors,
-                    });
-                }
-            }
-        }
+        let (mut results, prepared) = split_outcomes(outcomes);
 
         // Copies of an id inside this request: one goes on (see `dedupe_in_request`).
         let (with_id, without_id) = dedupe_in_request(account, arena, &prepared, &mut results);
@@ -50,28 +35,8 @@ impl IngestCtx {
         // Claims.
         let claimed = self.claim_initial(with_id, inv).await;
         let mut to_send = without_id;
-        let mut waiting = Vec::new();
         let mut to_park: Vec<(Work, String)> = Vec::new();
-        for (mut w, outcome) in claimed {
-            match outcome {
-                Ok(ClaimOutcome::Claimed(c)) => {
-                    w.claim = Some(c);
-                    to_send.push(w);
-                }
-                Ok(ClaimOutcome::Completed { .. }) => {
-                    results[w.index] = Some(done(w.index, Status::Duplicate))
-                }
-                Ok(ClaimOutcome::Parked) => results[w.index] = Some(already_parked(w.index)),
-                Ok(ClaimOutcome::Held { .. }) => waiting.push(w),
-                Err(StoreError::Conflict(m)) if m == CLAIMS_OUT_OF_TIME => {
-                    to_park.push((w, CLAIMS_OUT_OF_TIME.into()));
-                }
-                Err(e) => {
-                    tracing::error!(error = %e, "dedupe claim failed; parking the event");
-                    to_park.push((w, "the dedupe store was unavailable".into()));
-                }
-            }
-        }
+        let waiting = sort_claims(claimed, &mut results, &mut to_send, &mut to_park);
 
         let mut stats = SendStats::default();
         let settled = self
@@ -83,21 +48,9 @@ impl IngestCtx {
 
         // Claims held by other live requests: wait for them to settle.
         if !waiting.is_empty() {
-            let (ready, dups, parked_elsewhere, timed_out) =
-                self.wait_for_holders(waiting, inv).await;
-            for w in dups {
-                results[w.index] = Some(done(w.index, Status::Duplicate));
-            }
-            for w in parked_elsewhere {
-                results[w.index] = Some(already_parked(w.index));
-            }
-            for w in timed_out {
-                to_park.push((
-                    w,
-                    "another request was still sending this clientDedupeId; parked for the redrive"
-                        .into(),
-                ));
-            }
+            let ready = self
+                .await_holders(waiting, inv, &mut results, &mut to_park)
+                .await;
             let settled = self
                 .send(account, ready, arena, &prepared, inv, &mut stats)
                 .await;
@@ -121,24 +74,46 @@ impl IngestCtx {
                 results[index] = Some(result);
             }
         }
+        self.report(account, fill_unprocessed(results), &stats, started)
+    }
 
-        let results: Vec<EventResult> = results
-            .into_iter()
-            .enumerate()
-            .map(|(i, r)| {
-                r.unwrap_or_else(|| EventResult {
-                    index: i,
-                    status: Status::Rejected,
-                    errors: vec![err(
-                        "",
-                        Reason::Unavailable,
-                        "the event was not processed; send it again",
-                    )],
-                })
-            })
-            .collect();
+    /// Waits for the claims other live requests hold ([`IngestCtx::wait_for_holders`]): what
+    /// they completed is a duplicate, what they parked is parked, what they still hold is parked
+    /// here; returns the claims we got, to be sent.
+    async fn await_holders(
+        &self,
+        waiting: Vec<Work>,
+        inv: &Invocation,
+        results: &mut [Option<EventResult>],
+        to_park: &mut Vec<(Work, String)>,
+    ) -> Vec<Work> {
+        let (ready, dups, parked_elsewhere, timed_out) = self.wait_for_holders(waiting, inv).await;
+        for w in dups {
+            results[w.index] = Some(done(w.index, Status::Duplicate));
+        }
+        for w in parked_elsewhere {
+            results[w.index] = Some(already_parked(w.index));
+        }
+        for w in timed_out {
+            to_park.push((
+                w,
+                "another request was still sending this clientDedupeId; parked for the redrive"
+                    .into(),
+            ));
+        }
+        ready
+    }
+
+    /// The answer: totals, metrics and the log line of the request.
+    fn report(
+        &self,
+        account: &IntegratedAccount,
+        results: Vec<EventResult>,
+        stats: &SendStats,
+        started: Instant,
+    ) -> IngestReport {
         let totals = totals(&results);
-        self.emit_metrics(&results, &totals, &stats);
+        self.emit_metrics(&results, &totals, stats);
         tracing::info!(
             account_id = %account.account_id,
             received = totals.received,
@@ -155,6 +130,80 @@ impl IngestCtx {
             results,
         }
     }
+}
+
+/// One result slot per event (filled for the events the domain rejected) and the prepared events.
+fn split_outcomes(
+    outcomes: Vec<conversion::Outcome>,
+) -> (Vec<Option<EventResult>>, Vec<Option<Prepared>>) {
+    let n = outcomes.len();
+    let mut results: Vec<Option<EventResult>> = vec![None; n];
+    let mut prepared: Vec<Option<Prepared>> = Vec::with_capacity(n);
+    for (i, (slot, outcome)) in results.iter_mut().zip(outcomes).enumerate() {
+        match outcome {
+            Ok(p) => prepared.push(Some(p)),
+            Err(errors) => {
+                prepared.push(None);
+                *slot = Some(EventResult {
+                    index: i,
+                    status: Status::Rejected,
+                    errors,
+                });
+            }
+        }
+    }
+    (results, prepared)
+}
+
+/// Sorts the first claims: ours go to `to_send`, settled ones get their result, failed ones go to
+/// `to_park`; returns the claims held by other live requests.
+fn sort_claims(
+    claimed: Vec<(Work, Result<ClaimOutcome, StoreError>)>,
+    results: &mut [Option<EventResult>],
+    to_send: &mut Vec<Work>,
+    to_park: &mut Vec<(Work, String)>,
+) -> Vec<Work> {
+    let mut waiting = Vec::new();
+    for (mut w, outcome) in claimed {
+        match outcome {
+            Ok(ClaimOutcome::Claimed(c)) => {
+                w.claim = Some(c);
+                to_send.push(w);
+            }
+            Ok(ClaimOutcome::Completed { .. }) => {
+                results[w.index] = Some(done(w.index, Status::Duplicate))
+            }
+            Ok(ClaimOutcome::Parked) => results[w.index] = Some(already_parked(w.index)),
+            Ok(ClaimOutcome::Held { .. }) => waiting.push(w),
+            Err(StoreError::Conflict(m)) if m == CLAIMS_OUT_OF_TIME => {
+                to_park.push((w, CLAIMS_OUT_OF_TIME.into()));
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "dedupe claim failed; parking the event");
+                to_park.push((w, "the dedupe store was unavailable".into()));
+            }
+        }
+    }
+    waiting
+}
+
+/// Every event left without a result (none should be) is answered "send it again".
+fn fill_unprocessed(results: Vec<Option<EventResult>>) -> Vec<EventResult> {
+    results
+        .into_iter()
+        .enumerate()
+        .map(|(i, r)| {
+            r.unwrap_or_else(|| EventResult {
+                index: i,
+                status: Status::Rejected,
+                errors: vec![err(
+                    "",
+                    Reason::Unavailable,
+                    "the event was not processed; send it again",
+                )],
+            })
+        })
+        .collect()
 }
 
 /// Splits a request's valid events into those with a caller's id (to be claimed) and those

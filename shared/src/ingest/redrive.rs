@@ -192,26 +192,12 @@ impl IngestCtx {
         let mut later_n = 0usize;
         if !out.later.is_empty() {
             let reason = out.later_reason.unwrap_or_default();
-            match self.settings.retry.after_failure(&batch.retry, now, run_id) {
-                Next::Later { delay, state } => {
-                    let copy = copy_of(batch, out.later, state);
-                    later_n = copy.events.len();
-                    match self.parked.park_delayed(&copy, delay).await {
-                        Ok(()) => summary.requeued += later_n,
-                        Err(e) => {
-                            tracing::error!(error = %e, "could not re-enqueue parked conversions");
-                            written = false;
-                        }
-                    }
-                    summary.still_parked += later_n;
-                }
-                Next::DeadLetter(why) => {
-                    let why = format!("{why}; last error: {reason}");
-                    let copy = copy_of(batch, out.later, batch.retry.dead_lettered(now, &why));
-                    written &= self.to_dead_letter(&copy, summary).await;
-                    dead += copy.events.len();
-                }
-            }
+            let (ok, requeued, dead_lettered) = self
+                .retry_later(batch, out.later, &reason, now, run_id, summary)
+                .await;
+            written &= ok;
+            later_n = requeued;
+            dead += dead_lettered;
         }
         if written {
             self.ack(msg).await;
@@ -230,6 +216,41 @@ impl IngestCtx {
                     ],
                 )
                 .await;
+        }
+    }
+
+    /// Events to try again later: back on the queue with a growing delay, or on the dead-letter
+    /// queue once the retry policy gives up. Returns (written, requeued, dead-lettered).
+    async fn retry_later(
+        &self,
+        batch: &ParkedBatch,
+        later: Vec<usize>,
+        reason: &str,
+        now: u64,
+        run_id: &str,
+        summary: &mut RedriveSummary,
+    ) -> (bool, usize, usize) {
+        match self.settings.retry.after_failure(&batch.retry, now, run_id) {
+            Next::Later { delay, state } => {
+                let copy = copy_of(batch, later, state);
+                let later_n = copy.events.len();
+                let mut written = true;
+                match self.parked.park_delayed(&copy, delay).await {
+                    Ok(()) => summary.requeued += later_n,
+                    Err(e) => {
+                        tracing::error!(error = %e, "could not re-enqueue parked conversions");
+                        written = false;
+                    }
+                }
+                summary.still_parked += later_n;
+                (written, later_n, 0)
+            }
+            Next::DeadLetter(why) => {
+                let why = format!("{why}; last error: {reason}");
+                let copy = copy_of(batch, later, batch.retry.dead_lettered(now, &why));
+                let written = self.to_dead_letter(&copy, summary).await;
+                (written, 0, copy.events.len())
+            }
         }
     }
 

@@ -137,12 +137,11 @@ impl IngestCtx {
                 .remaining()
                 .saturating_sub(self.settings.deadline_margin);
             if left.is_zero() {
-                out.extend(b.into_iter().map(|i| {
-                    (
-                        i,
-                        Delivery::Park("the invocation ran out of time before sending".into()),
-                    )
-                }));
+                park_all(
+                    &mut out,
+                    b,
+                    "the invocation ran out of time before sending".into(),
+                );
                 continue;
             }
             let body = batch_body(
@@ -158,92 +157,117 @@ impl IngestCtx {
             .await;
             stats.latencies_ms.push(t0.elapsed().as_secs_f64() * 1000.0);
             match res {
-                Err(_) => out.extend(b.into_iter().map(|i| {
-                    (
-                        i,
-                        Delivery::Park("Amazon did not answer before the deadline".into()),
-                    )
-                })),
-                Ok(Ok(EventsOutcome {
-                    accepted,
-                    rejected,
-                    missing,
-                })) => {
-                    for pos in accepted {
-                        if let Some(&i) = b.get(pos) {
-                            out.push((i, Delivery::Accepted));
-                        }
-                    }
-                    for (pos, errors) in rejected {
-                        if let Some(&i) = b.get(pos) {
-                            out.push((i, Delivery::Rejected(amazon_errors(&errors))));
-                        }
-                    }
-                    let missing: Vec<usize> = missing
-                        .into_iter()
-                        .filter_map(|pos| b.get(pos).copied())
-                        .collect();
-                    if !missing.is_empty() {
-                        if resent {
-                            out.extend(missing.into_iter().map(|i| {
-                                (
-                                    i,
-                                    Delivery::Park(
-                                        "Amazon's answer did not mention this event twice".into(),
-                                    ),
-                                )
-                            }));
-                        } else {
-                            queue.push((missing, true));
-                        }
-                    }
-                }
-                Ok(Err(AmazonError::PayloadTooLarge { .. })) if b.len() > 1 => {
-                    let mut b = b;
-                    let second = b.split_off(b.len() / 2);
-                    queue.push((second, resent));
-                    queue.push((b, resent));
-                }
-                Ok(Err(AmazonError::PayloadTooLarge { message, .. })) => {
-                    out.push((
-                        b[0],
-                        Delivery::Rejected(vec![err(
-                            "",
-                            Reason::Amazon,
-                            format!("Amazon: the event is too large ({message})"),
-                        )]),
-                    ));
-                }
-                Ok(Err(AmazonError::Rejected {
-                    status: 400 | 422, ..
-                })) if b.len() > 1 => {
-                    // One bad event fails the whole request: bisect to find it.
-                    let mut b = b;
-                    let second = b.split_off(b.len() / 2);
-                    queue.push((second, resent));
-                    queue.push((b, resent));
-                }
-                Ok(Err(e @ AmazonError::Rejected { .. })) => {
-                    let msg = e.user_message();
-                    out.extend(b.into_iter().map(|i| {
-                        (
-                            i,
-                            Delivery::Rejected(vec![err("", Reason::Amazon, msg.clone())]),
-                        )
-                    }));
-                }
-                Ok(Err(AmazonError::ReauthorizationRequired)) => {
-                    stats.reauthorization_required = true;
-                    let msg = AmazonError::ReauthorizationRequired.user_message();
-                    out.extend(b.into_iter().map(|i| (i, Delivery::Park(msg.clone()))));
-                }
+                Err(_) => park_all(
+                    &mut out,
+                    b,
+                    "Amazon did not answer before the deadline".into(),
+                ),
+                Ok(Ok(outcome)) => apply_outcome(outcome, b, resent, &mut out, &mut queue),
                 Ok(Err(e)) => {
-                    tracing::warn!(account_id = %account.account_id, error = %e, events = b.len(), "Amazon batch failed; parking");
-                    let msg = e.user_message();
-                    out.extend(b.into_iter().map(|i| (i, Delivery::Park(msg.clone()))));
+                    apply_failure(account, e, b, resent, &mut out, &mut queue, &mut stats)
                 }
             }
         }
         (out, stats)
+    }
+}
+
+/// Every event of `b` to be parked with `reason`.
+fn park_all(out: &mut Vec<(usize, Delivery)>, b: Vec<usize>, reason: String) {
+    out.extend(b.into_iter().map(|i| (i, Delivery::Park(reason.clone()))));
+}
+
+/// `b` in two halves, back on the queue (the first half is sent first).
+fn split(queue: &mut Vec<(Vec<usize>, bool)>, mut b: Vec<usize>, resent: bool) {
+    let second = b.split_off(b.len() / 2);
+    queue.push((second, resent));
+    queue.push((b, resent));
+}
+
+/// Amazon's 207 for the batch `b`: accepted and rejected events settle; missing ones are resent
+/// once, then parked.
+fn apply_outcome(
+    outcome: EventsOutcome,
+    b: Vec<usize>,
+    resent: bool,
+    out: &mut Vec<(usize, Delivery)>,
+    queue: &mut Vec<(Vec<usize>, bool)>,
+) {
+    let EventsOutcome {
+        accepted,
+        rejected,
+        missing,
+    } = outcome;
+    for pos in accepted {
+        if let Some(&i) = b.get(pos) {
+            out.push((i, Delivery::Accepted));
+        }
+    }
+    for (pos, errors) in rejected {
+        if let Some(&i) = b.get(pos) {
+            out.push((i, Delivery::Rejected(amazon_errors(&errors))));
+        }
+    }
+    let missing: Vec<usize> = missing
+        .into_iter()
+        .filter_map(|pos| b.get(pos).copied())
+        .collect();
+    if !missing.is_empty() {
+        if resent {
+            park_all(
+                out,
+                missing,
+                "Amazon's answer did not mention this event twice".into(),
+            );
+        } else {
+            queue.push((missing, true));
+        }
+    }
+}
+
+/// Amazon failed the whole batch `b`: 413 splits (one event: rejected), a 400/422 bisects to find
+/// the bad event, another refusal rejects, a revoked login or anything else parks.
+fn apply_failure(
+    account: &IntegratedAccount,
+    e: AmazonError,
+    b: Vec<usize>,
+    resent: bool,
+    out: &mut Vec<(usize, Delivery)>,
+    queue: &mut Vec<(Vec<usize>, bool)>,
+    stats: &mut SendStats,
+) {
+    match e {
+        AmazonError::PayloadTooLarge { .. } if b.len() > 1 => split(queue, b, resent),
+        AmazonError::PayloadTooLarge { message, .. } => {
+            out.push((
+                b[0],
+                Delivery::Rejected(vec![err(
+                    "",
+                    Reason::Amazon,
+                    format!("Amazon: the event is too large ({message})"),
+                )]),
+            ));
+        }
+        // One bad event fails the whole request: bisect to find it.
+        AmazonError::Rejected {
+            status: 400 | 422, ..
+        } if b.len() > 1 => split(queue, b, resent),
+        e @ AmazonError::Rejected { .. } => {
+            let msg = e.user_message();
+            out.extend(b.into_iter().map(|i| {
+                (
+                    i,
+                    Delivery::Rejected(vec![err("", Reason::Amazon, msg.clone())]),
+                )
+            }));
+        }
+        AmazonError::ReauthorizationRequired => {
+            stats.reauthorization_required = true;
+            park_all(out, b, AmazonError::ReauthorizationRequired.user_message());
+        }
+        e => {
+            tracing::warn!(account_id = %account.account_id, error = %e, events = b.len(), "Amazon batch failed; parking");
+            park_all(out, b, e.user_message());
+        }
     }
 }
