@@ -94,6 +94,37 @@ impl Linking {
         code: &str,
         bound: &Binding,
     ) -> Result<(String, String), Failure> {
+        self.require_pending(cid, region).await?;
+        let login = self.exchange_code(cid, region, code, bound).await?;
+        let advertisers = match self.list_linkable(&login).await {
+            Ok(a) => a,
+            Err(f) => {
+                self.fail_connection(cid, Some(&login), "listing_failed")
+                    .await;
+                return Err(f);
+            }
+        };
+        if advertisers.is_empty() {
+            tracing::info!(connection_id = cid, "login has no advertiser accounts");
+            self.fail_connection(cid, Some(&login), "no_advertisers")
+                .await;
+            return Err(Failure::new(
+                Kind::Unprocessable,
+                "No advertiser accounts found",
+                format!(
+                    "The Amazon login has no DSP advertiser accounts in region {region} (adsync needs an agency \
+                     profile in one of {} with at least one advertiser). Nothing was linked and the login was not kept.",
+                    region.marketplaces().join(", ")
+                ),
+                "Sign in with an Amazon login that has access to a DSP advertiser in this region, or pick the \
+                 region where the advertiser lives, then start again with POST /connections.",
+            ));
+        }
+        self.record_consent(cid, &login, &advertisers).await
+    }
+
+    /// The connection must still wait for this consent (pending, in the state's region).
+    async fn require_pending(&self, cid: &str, region: Region) -> Result<(), Failure> {
         let conn = match self.accounts.get_connection(cid).await {
             Ok(Some(c)) => c,
             Ok(None) => {
@@ -112,6 +143,17 @@ impl Linking {
             );
             return Err(consume_failure("state", &ConsumeError::Used));
         }
+        Ok(())
+    }
+
+    /// Exchanges the code (with the bound redirect URI and verifier) and stores the login's token.
+    async fn exchange_code(
+        &self,
+        cid: &str,
+        region: Region,
+        code: &str,
+        bound: &Binding,
+    ) -> Result<LoginRef, Failure> {
         let exchanged = self
             .amazon
             .exchange_code_pkce(
@@ -137,38 +179,25 @@ impl Linking {
             return Err(store_failure("store the Amazon login's token"));
         }
         drop(grant);
-        let advertisers = match self.list_linkable(&login).await {
-            Ok(a) => a,
-            Err(f) => {
-                self.fail_connection(cid, Some(&login), "listing_failed")
-                    .await;
-                return Err(f);
-            }
-        };
-        if advertisers.is_empty() {
-            tracing::info!(connection_id = cid, "login has no advertiser accounts");
-            self.fail_connection(cid, Some(&login), "no_advertisers")
-                .await;
-            return Err(Failure::new(
-                Kind::Unprocessable,
-                "No advertiser accounts found",
-                format!(
-                    "The Amazon login has no DSP advertiser accounts in region {region} (adsync needs an agency \
-                     profile in one of {} with at least one advertiser). Nothing was linked and the login was not kept.",
-                    region.marketplaces().join(", ")
-                ),
-                "Sign in with an Amazon login that has access to a DSP advertiser in this region, or pick the \
-                 region where the advertiser lives, then start again with POST /connections.",
-            ));
-        }
+        Ok(login)
+    }
+
+    /// Records the advertiser list on the connection, a view of it and the browser's binding;
+    /// returns the view id and the cookie's value.
+    async fn record_consent(
+        &self,
+        cid: &str,
+        login: &LoginRef,
+        advertisers: &[ListedAdvertiser],
+    ) -> Result<(String, String), Failure> {
         let expires = now_secs() + PICK_TTL.as_secs() as i64;
         if let Err(e) = self
             .accounts
-            .mark_consented(cid, &login.secret_name, &advertisers, expires)
+            .mark_consented(cid, &login.secret_name, advertisers, expires)
             .await
         {
             tracing::warn!(connection_id = cid, error = %e, "cannot record consent");
-            self.fail_connection(cid, Some(&login), "consent_not_recorded")
+            self.fail_connection(cid, Some(login), "consent_not_recorded")
                 .await;
             return Err(match e {
                 crate::store::StoreError::Conflict(_) => {
@@ -178,7 +207,7 @@ impl Linking {
             });
         }
         let (Ok(view), Ok(cookie)) = (random_token(), random_token()) else {
-            self.fail_connection(cid, Some(&login), "random_unavailable")
+            self.fail_connection(cid, Some(login), "random_unavailable")
                 .await;
             return Err(random_failure());
         };
@@ -188,7 +217,7 @@ impl Linking {
         };
         if let Err(e) = recorded {
             tracing::error!(connection_id = cid, error = %e, "cannot store the view");
-            self.fail_connection(cid, Some(&login), "view_not_stored")
+            self.fail_connection(cid, Some(login), "view_not_stored")
                 .await;
             return Err(store_failure("record the advertiser list"));
         }

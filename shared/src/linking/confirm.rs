@@ -4,56 +4,9 @@ use super::*;
 
 impl Linking {
     pub(super) async fn post_confirm(&self, req: &HttpRequest) -> HttpResponse {
-        if req.content_type().as_deref() != Some("application/x-www-form-urlencoded") {
-            return Failure::new(
-                Kind::UnsupportedMediaType,
-                "Unsupported form",
-                "The confirmation must be posted as a form (application/x-www-form-urlencoded).",
-                "Press Confirm on the account list page.",
-            )
-            .page(None);
-        }
-        if req.body.len() > 4096 {
-            return Failure::new(
-                Kind::PayloadTooLarge,
-                "Form too large",
-                "The confirmation form is too large.",
-                "Press Confirm on the account list page.",
-            )
-            .page(None);
-        }
-        let mut csrf = None;
-        let mut advertiser = None;
-        for (k, v) in url::form_urlencoded::parse(&req.body) {
-            match k.as_ref() {
-                "csrf" if csrf.is_none() => csrf = Some(v.into_owned()),
-                "advertiserId" if advertiser.is_none() => advertiser = Some(v.into_owned()),
-                _ => {}
-            }
-        }
-        let missing = |field: &str| {
-            Failure::new(
-                Kind::BadRequest,
-                "The confirmation is incomplete",
-                format!("The form field {field} is missing."),
-                "Press Confirm on the account list page.",
-            )
-            .page(None)
-        };
-        let Some(csrf) = csrf.filter(|c| !c.is_empty()) else {
-            return missing("csrf");
-        };
-        let Some(advertiser) = advertiser.filter(|a| !a.is_empty()) else {
-            return missing("advertiserId");
-        };
-        let Some(advertiser_id) = advertiser.trim().parse::<i64>().ok().filter(|a| *a > 0) else {
-            return Failure::new(
-                Kind::BadRequest,
-                "The confirmation is not valid",
-                "The form field advertiserId is not an advertiser id (a positive whole number).",
-                "Press Confirm on the account list page.",
-            )
-            .page(None);
+        let (csrf, advertiser_id) = match read_form(req) {
+            Ok(f) => f,
+            Err(f) => return f.page(None),
         };
         let outcome = self
             .accounts
@@ -225,4 +178,56 @@ impl Linking {
             }
         }
     }
+}
+
+/// The confirmation form: its CSRF token and the advertiser id (first value of each field).
+fn read_form(req: &HttpRequest) -> Result<(String, i64), Failure> {
+    if req.content_type().as_deref() != Some("application/x-www-form-urlencoded") {
+        return Err(Failure::new(
+            Kind::UnsupportedMediaType,
+            "Unsupported form",
+            "The confirmation must be posted as a form (application/x-www-form-urlencoded).",
+            "Press Confirm on the account list page.",
+        ));
+    }
+    if req.body.len() > 4096 {
+        return Err(Failure::new(
+            Kind::PayloadTooLarge,
+            "Form too large",
+            "The confirmation form is too large.",
+            "Press Confirm on the account list page.",
+        ));
+    }
+    let mut csrf = None;
+    let mut advertiser = None;
+    for (k, v) in url::form_urlencoded::parse(&req.body) {
+        match k.as_ref() {
+            "csrf" if csrf.is_none() => csrf = Some(v.into_owned()),
+            "advertiserId" if advertiser.is_none() => advertiser = Some(v.into_owned()),
+            _ => {}
+        }
+    }
+    let missing = |field: &str| {
+        Failure::new(
+            Kind::BadRequest,
+            "The confirmation is incomplete",
+            format!("The form field {field} is missing."),
+            "Press Confirm on the account list page.",
+        )
+    };
+    let Some(csrf) = csrf.filter(|c| !c.is_empty()) else {
+        return Err(missing("csrf"));
+    };
+    let Some(advertiser) = advertiser.filter(|a| !a.is_empty()) else {
+        return Err(missing("advertiserId"));
+    };
+    let Some(advertiser_id) = advertiser.trim().parse::<i64>().ok().filter(|a| *a > 0) else {
+        return Err(Failure::new(
+            Kind::BadRequest,
+            "The confirmation is not valid",
+            "The form field advertiserId is not an advertiser id (a positive whole number).",
+            "Press Confirm on the account list page.",
+        ));
+    };
+    Ok((csrf, advertiser_id))
 }
