@@ -1,4 +1,9 @@
-//! Dedupe claims: taken, waited on, settled after delivery.
+//! Dedupe claims (`store::dedupe`), taken with the fingerprint of the event's content.
+//! Remembered with the same fingerprint: completed → `duplicate`, parked → `parked`; with another
+//! fingerprint: a correction, claimed and sent like a new event. Held by a live request → wait
+//! for it (poll with backoff, bounded by the deadline): it completes → `duplicate`, it releases →
+//! we claim and send, time runs out → `parked`. After delivery: accepted → claim completed,
+//! rejected by Amazon → claim released (a corrected resend may go through).
 
 use super::*;
 

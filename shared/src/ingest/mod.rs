@@ -1,45 +1,24 @@
-//! Conversion ingest: the use case behind `POST /accounts/{accountId}/conversions` and the
-//! scheduled `{"task":"redrive"}` of parked conversions.
+//! Conversion ingest: `POST /accounts/{accountId}/conversions` and the scheduled
+//! `{"task":"redrive"}` of parked conversions. Ports in ([`IngestCtx`]), results out
+//! ([`IngestReport`], [`RedriveSummary`]).
 //!
-//! Ports in ([`IngestCtx`]: Amazon client, account store, dedupe store, parked queue), results
-//! out ([`IngestReport`], [`RedriveSummary`]). A request goes through these steps:
+//! A request, by file: `request` (envelope, account, `domain::conversion` parses and validates:
+//! a bad event is `rejected` with its field errors and never sinks the batch) → `pipeline`
+//! (in-request copies of a `clientDedupeId`: latest content wins, as at Amazon) → `claim` (the
+//! dedupe store) → `send` (Amazon, batched) → `park` (what could not be delivered) → `report`.
 //!
-//! 1. Parse and validate every event (`domain::conversion`); a bad event is `rejected` with its
-//!    field errors and never sinks the batch.
-//! 2. Deduplicate, latest wins as at Amazon: copies of a `clientDedupeId` inside the request
-//!    settle without a claim (same content → `duplicate`; other content later in the request
-//!    replaces the earlier copy); every other id is claimed in the dedupe store
-//!    (`store::dedupe`) with the fingerprint of its content. Remembered with the same
-//!    fingerprint: completed → `duplicate`, parked → `parked`. Remembered with another
-//!    fingerprint: a correction, claimed and sent like a new event. Held by a live request →
-//!    wait for it (poll with backoff, bounded by the deadline): it completes → `duplicate` (or a
-//!    correction, if its content differs), it releases → we claim and send, time runs out →
-//!    `parked` (the redrive settles it). Events without an id get a generated `eventId`
-//!    (`adsync-<32 hex>`) and are not deduplicated.
-//! 3. Send to Amazon in batches of ≤ 500 (and ≤ 1 MB) with bounded concurrency; the 207 answer is
-//!    mapped back to each input index. `AmazonClient` already refreshed on 401 and retried
-//!    429/5xx/timeouts; 413 → split in halves; a whole-batch 400 → bisect to find the bad events;
-//!    an index missing from the answer → resent once, then parked; a retryable error → parked;
-//!    `ReauthorizationRequired` → the account is marked and the events parked.
-//! 4. Accepted → claim completed; rejected by Amazon → claim released (a corrected resend may go
-//!    through); parked → one SQS message per ≤ 500 events (normalised, hashed outbound JSON only:
-//!    no raw personal data), then the claim is kept as `PARKED` (events without an id get a park
-//!    id), so a webhook retry is answered `parked`, never sent twice.
-//!
-//! The request plans against its budget (`crate::budget`: the invocation's deadline is the
-//! request's arrival + `ADSYNC_HTTP_BUDGET_MS`, and Amazon calls end before its reserve), so what
-//! Amazon does not answer in time is parked and the answer still comes within the budget.
-//!
-//! The redrive (`ingest/redrive.rs`) takes each parked event's claim (`PARKED` →
-//! `IN_PROGRESS`, only while the stored fingerprint is the parked copy's), sends, completes, and re-enqueues what still fails with a growing delay
-//! (`store::parked_retry`). A second redrive of the same message finds the events `COMPLETED`
-//! and only acknowledges it.
-//! A copy a correction replaced meanwhile is acknowledged without being sent (`superseded`), so
-//! old content never follows new content to Amazon.
-//!
-//! Delivery to Amazon is at least once at the network boundary (a request that timed out may
-//! still have arrived); every event carries an `eventId` (the `clientDedupeId`, or the generated
-//! one, kept in the parked copy) so Amazon dedupes that case.
+//! Invariants:
+//! - Nothing accepted is lost: an event is answered `accepted`, `duplicate`, `rejected` (the
+//!   caller may resend) or `parked` (durably queued, hashed outbound JSON only, no raw personal
+//!   data; the redrive delivers it once).
+//! - Nothing is sent twice: a `clientDedupeId` is claimed with its content's fingerprint before it
+//!   is sent; completed or parked claims answer a retry without sending; other content under the
+//!   same id is a correction, and old content never follows new content to Amazon.
+//! - The answer comes within the request's budget (`crate::budget`): what Amazon does not answer
+//!   in time is parked.
+//! - Delivery is at least once at the network boundary; every event carries an `eventId` (the
+//!   `clientDedupeId`, or a generated `adsync-<32 hex>` kept in the parked copy) so Amazon
+//!   dedupes that case.
 
 mod claim;
 mod park;

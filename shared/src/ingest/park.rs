@@ -1,4 +1,7 @@
-//! Parking: what could not be delivered goes to the parked queue, its claim kept as `PARKED`.
+//! Parking: one SQS message per ≤ 500 events (normalised, hashed outbound JSON only: no raw
+//! personal data); then the claim is kept as `PARKED` (events without an id get a park id), so a
+//! webhook retry is answered `parked`, never sent twice. If the message cannot be written the
+//! claims are released and the events answered "send it again".
 
 use super::*;
 

@@ -2,7 +2,9 @@
 //!
 //! Each received message is settled as a whole, and then deleted: its events are taken from the
 //! dedupe store (`PARKED` → `IN_PROGRESS`; `COMPLETED` → only acknowledged, so a message redriven
-//! twice is delivered once) and sent. What became of each event:
+//! twice is delivered once; taken only while the stored fingerprint is the parked copy's, so a
+//! copy a correction replaced meanwhile is acknowledged unsent, `superseded`) and sent. What
+//! became of each event:
 //!
 //! - accepted → claim completed;
 //! - refused by Amazon for good (4xx on the event itself) → claim released and the event put on

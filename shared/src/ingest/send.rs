@@ -1,4 +1,8 @@
-//! Delivery to Amazon: batches, bounded concurrency, 413 splits, 400 bisection, one resend of missing indexes.
+//! Delivery to Amazon: batches of ≤ 500 events (and ≤ 1 MB) with bounded concurrency, the 207
+//! answer mapped back to each input index. `AmazonClient` already refreshed on 401 and retried
+//! 429/5xx/timeouts; here 413 → split in halves; a whole-batch 400 → bisect to find the bad
+//! events; an index missing from the answer → resent once, then parked; a retryable error →
+//! parked; `ReauthorizationRequired` → the account is marked and the events parked.
 
 use super::*;
 

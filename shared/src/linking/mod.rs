@@ -1,20 +1,20 @@
 //! Account linking: how an admin links an Amazon Ads login to adsync and picks the DSP advertiser
 //! account to use (Audience Manager's "Integrated Accounts → Add Account → Amazon Data Provider").
 //!
-//! Routes (matched on the end of the path, so the same handler works behind API Gateway and under
-//! `cargo lambda watch`'s `/lambda-url/oauth-callback/…` prefix):
+//! Routes (`routes::ROUTES`, one file per job; the `/lambda-url/oauth-callback` prefix of
+//! `cargo lambda watch` is ignored):
 //!
 //! | route | auth | answer |
 //! |---|---|---|
-//! | `POST /connections` `{"region"}` | API key | 201 `{"connectionId","authorizeUrl","expiresAt"}` |
-//! | `GET /oauth/callback?code&state` | the state | 303 to `callback?view=…` (no code or state left in the URL) |
-//! | `GET /oauth/callback?view=…` | the view id | the advertiser list, one Confirm form each |
-//! | `POST /oauth/confirm` (form) | the CSRF token | the success page naming the account id |
-//! | `GET /accounts` | API key | `{"accounts":[…]}` |
+//! | `POST /connections` `{"region"}` (`connections`) | API key | 201 `{"connectionId","authorizeUrl","expiresAt"}` |
+//! | `GET /oauth/callback?code&state` (`callback`) | the state | 303 to `callback?view=…` (no code or state left in the URL) |
+//! | `GET /oauth/callback?view=…` (`pages`) | the view id | the advertiser list, one Confirm form each |
+//! | `POST /oauth/confirm` (form, `confirm`) | the CSRF token | the success page naming the account id |
+//! | `GET /accounts` (`accounts`) | API key | `{"accounts":[…]}` |
 //! | `DELETE /accounts/{id}` | API key | unlinks; deletes the token secret when no other account uses it |
 //!
 //! Every failure of the browser flow answers an HTML page saying what happened and what to do,
-//! with its own status code (docs/linking.md lists them). Anything that fails after the code
+//! with its own status code (`failure`; docs/linking.md lists them). Anything that fails after the code
 //! exchange deletes the token secret and marks the connection failed, so nothing half-made stays.
 //! Codes, states, tokens and the client secret are never logged: log lines carry connection ids,
 //! account ids and outcomes only.
