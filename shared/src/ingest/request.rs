@@ -42,7 +42,7 @@ impl IngestCtx {
     ) -> Result<IntegratedAccount, HttpResponse> {
         self.check_envelope(req)?;
         let found = self.find_account(account_id).await?;
-        require_active(account_id, found).map_err(HttpResponse::from)
+        require_active(account_id, found)
     }
 
     /// Content type, size and emptiness of the body.
@@ -85,7 +85,7 @@ impl IngestCtx {
 
     /// The account of a numeric id (`None` for any other id: not found).
     async fn find_account(&self, account_id: &str) -> ApiResult<Option<IntegratedAccount>> {
-        if !(account_id.bytes().all(|b| b.is_ascii_digit()) && !account_id.is_empty()) {
+        if account_id.is_empty() || !account_id.bytes().all(|b| b.is_ascii_digit()) {
             return Ok(None);
         }
         self.accounts.get_account(account_id).await.map_err(|e| {

@@ -92,7 +92,6 @@ impl Linking {
 fn not_linked(account_id: &str) -> HttpResponse {
     crate::store::accounts::require_active(account_id, None)
         .err()
-        .map(HttpResponse::from)
         .unwrap_or_else(HttpResponse::not_found)
 }
 

@@ -73,12 +73,11 @@ impl Linking {
     }
 
     pub(super) async fn post_connections(&self, req: &HttpRequest) -> HttpResponse {
-        // `from`: the body parser's refusal is an answer already (or an `ApiError`).
-        let body: CreateConnectionBody =
-            match crate::http::parse_json_body(req, 4096).map_err(HttpResponse::from) {
-                Ok(b) => b,
-                Err(r) => return r,
-            };
+        // The body parser's refusal is an answer already.
+        let body: CreateConnectionBody = match crate::http::parse_json_body(req, 4096) {
+            Ok(b) => b,
+            Err(r) => return r,
+        };
         respond(self.connect(req, body).await)
     }
 
