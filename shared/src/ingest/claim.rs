@@ -5,7 +5,15 @@
 //! we claim and send, time runs out → `parked`. After delivery: accepted → claim completed,
 //! rejected by Amazon → claim released (a corrected resend may go through).
 
-use super::*;
+use super::pipeline::Work;
+use super::report::done;
+use super::send::Delivery;
+use super::{EventResult, IngestCtx, Status};
+use crate::runtime::Invocation;
+use crate::store::StoreError;
+use crate::store::dedupe::ClaimOutcome;
+use futures::StreamExt;
+use std::time::{Duration, Instant};
 
 /// Why an event was parked without a claim: the request's time budget.
 pub(super) const CLAIMS_OUT_OF_TIME: &str =

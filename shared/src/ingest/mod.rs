@@ -33,31 +33,16 @@ pub use park::{ParkedBatch, ParkedEvent};
 pub use redrive::RedriveSummary;
 pub use report::{EventResult, IngestReport, Status, Totals};
 
-use claim::*;
-use pipeline::*;
-use report::*;
-use send::*;
-
-use crate::amazon::{AmazonClient, AmazonError, EventError, EventsOutcome};
+use crate::amazon::AmazonClient;
 use crate::aws::AwsClients;
 use crate::config::{Tables, dedupe_window, required};
-use crate::domain::conversion::{self, Arena, FieldError, Prepared, Processor, Reason, batch_body};
 use crate::http::auth::ApiKeyAuth;
-use crate::http::{HttpRequest, HttpResponse};
-use crate::runtime::{Handler, Invocation, now_ms};
-use crate::store::StoreError;
-use crate::store::accounts::{AccountStore, IntegratedAccount, require_active};
-use crate::store::dedupe::{Claim, ClaimOutcome, DedupeKey, DedupeStore, TakeOutcome};
+use crate::store::accounts::AccountStore;
+use crate::store::dedupe::DedupeStore;
 use crate::store::parked::ParkedQueue;
-use crate::store::parked_counts::{Counter, ParkedCounts};
-use crate::store::parked_retry::{ParkedRetry, RetryState};
+use crate::store::parked_retry::ParkedRetry;
 use crate::store::secrets::SecretsStore;
-use crate::telemetry::Metrics;
-use futures::StreamExt;
-use serde::{Deserialize, Serialize};
-use serde_json::value::RawValue;
-use std::collections::{BTreeMap, HashMap};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 /// Tunables (defaults suit Lambda with a 60 s timeout behind API Gateway).
 #[derive(Clone, Debug)]

@@ -3,7 +3,19 @@
 //! webhook retry is answered `parked`, never sent twice. If the message cannot be written the
 //! claims are released and the events answered "send it again".
 
-use super::*;
+use super::pipeline::{Work, fingerprint};
+use super::report::{err, rejected_unavailable};
+use super::{EventResult, IngestCtx, Status};
+use crate::domain::conversion::Reason;
+use crate::runtime::{Invocation, now_ms};
+use crate::store::StoreError;
+use crate::store::accounts::IntegratedAccount;
+use crate::store::dedupe::{Claim, DedupeKey, TakeOutcome};
+use crate::store::parked_counts::{Counter, ParkedCounts};
+use crate::store::parked_retry::RetryState;
+use futures::StreamExt;
+use serde::{Deserialize, Serialize};
+use serde_json::value::RawValue;
 
 /// One SQS message of parked conversions (all for one account).
 #[derive(Debug, Serialize, Deserialize)]

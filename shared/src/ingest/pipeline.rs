@@ -1,6 +1,17 @@
 //! One request's events: in-request dedupe, claims, delivery, waiting on other holders, parking.
 
-use super::*;
+use super::claim::CLAIMS_OUT_OF_TIME;
+use super::report::{already_parked, done, err, totals};
+use super::send::SendStats;
+use super::{EventResult, IngestCtx, IngestReport, Status};
+use crate::domain::conversion;
+use crate::domain::conversion::{Arena, Prepared, Reason};
+use crate::runtime::Invocation;
+use crate::store::StoreError;
+use crate::store::accounts::IntegratedAccount;
+use crate::store::dedupe::{Claim, ClaimOutcome, DedupeKey};
+use std::collections::HashMap;
+use std::time::Instant;
 
 /// One event on its way out.
 #[derive(Debug)]

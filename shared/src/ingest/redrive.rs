@@ -18,7 +18,10 @@
 //! up the copies it re-enqueued itself (`retry.lastRun`), so a zero delay (tests) still means one
 //! attempt per run.
 
-use super::{Delivery, IngestCtx, ParkedBatch, ParkedEvent, SendStats, mean};
+use super::IngestCtx;
+use super::park::{ParkedBatch, ParkedEvent};
+use super::report::mean;
+use super::send::{Delivery, SendStats};
 use crate::runtime::{Invocation, now_ms};
 use crate::store::StoreError;
 use crate::store::accounts::{AccountStatus, IntegratedAccount};

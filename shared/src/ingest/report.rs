@@ -1,6 +1,11 @@
 //! The answer to a request: one result per event, the totals, the status code and the metrics.
 
-use super::*;
+use super::IngestCtx;
+use super::send::SendStats;
+use crate::domain::conversion::{FieldError, Reason};
+use crate::telemetry::Metrics;
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
 
 /// The outcome of one input event.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]

@@ -1,7 +1,12 @@
 //! `POST /accounts/{accountId}/conversions`: the request checked and parsed into prepared events.
 
-use super::*;
+use super::IngestCtx;
+use crate::domain::conversion;
+use crate::domain::conversion::{Arena, Processor};
 use crate::http::{ApiError, ApiResult, Kind};
+use crate::http::{HttpRequest, HttpResponse};
+use crate::runtime::{Invocation, now_ms};
+use crate::store::accounts::{IntegratedAccount, require_active};
 
 impl IngestCtx {
     /// `POST /accounts/{accountId}/conversions` after authentication.

@@ -1,7 +1,9 @@
 //! The conversion-ingest function's handler: authorization, routes and the scheduled tasks.
 
-use super::*;
+use super::ConversionHandler;
 use crate::http::router::{Matched, RouteLine, route_request};
+use crate::http::{HttpRequest, HttpResponse};
+use crate::runtime::{Handler, Invocation};
 
 /// The routes of conversion-ingest.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

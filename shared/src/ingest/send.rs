@@ -4,7 +4,15 @@
 //! events; an index missing from the answer → resent once, then parked; a retryable error →
 //! parked; `ReauthorizationRequired` → the account is marked and the events parked.
 
-use super::*;
+use super::IngestCtx;
+use super::pipeline::Work;
+use super::report::err;
+use crate::amazon::{AmazonError, EventError, EventsOutcome};
+use crate::domain::conversion::{Arena, FieldError, Prepared, Reason, batch_body};
+use crate::runtime::Invocation;
+use crate::store::accounts::IntegratedAccount;
+use futures::StreamExt;
+use std::time::Instant;
 
 /// What became of one event sent to Amazon.
 #[derive(Clone, Debug, PartialEq)]

@@ -1,5 +1,9 @@
+use super::report::{done, totals};
 use super::routes::{ROUTES, Route};
-use super::*;
+use super::send::amazon_errors;
+use super::{EventResult, IngestReport, Status};
+use crate::amazon::EventError;
+use crate::domain::conversion::Reason;
 
 #[test]
 fn amazon_error_locations_are_made_relative_to_the_event() {

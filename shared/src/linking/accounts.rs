@@ -1,7 +1,10 @@
 //! `GET /accounts` and `DELETE /accounts/{id}`.
 
-use super::*;
+use super::Linking;
+use crate::http::auth::Caller;
 use crate::http::error::{ApiError, ApiResult, respond};
+use crate::http::{HttpResponse, Kind};
+use crate::store::accounts::{AccountStatus, IntegratedAccount};
 
 impl Linking {
     /// The accounts the caller's key may use (all for a key without an `accounts` restriction).

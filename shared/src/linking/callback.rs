@@ -1,6 +1,14 @@
 //! `GET /oauth/callback?code&state`: the consent's return, the code exchange and the failure of a connection.
 
-use super::*;
+use super::binding::Binding;
+use super::failure::{
+    Failure, START_AGAIN, consume_failure, exchange_failure, kind_of, provider_error,
+    random_failure, sanitize_error_code, store_failure,
+};
+use super::{Linking, PICK_TTL, binding, now_secs, random_token};
+use crate::amazon::{LoginRef, Region};
+use crate::http::{HttpRequest, HttpResponse, Kind, html};
+use crate::store::accounts::{ConnectionStatus, ConsumeError, ListedAdvertiser};
 
 impl Linking {
     pub(super) async fn get_callback(&self, req: &HttpRequest) -> HttpResponse {

@@ -1,6 +1,11 @@
 //! `POST /oauth/confirm`: the chosen advertiser becomes an integrated account.
 
-use super::*;
+use super::Linking;
+use super::failure::{Failure, START_AGAIN, consume_failure, kind_of, store_failure};
+use crate::amazon::LoginRef;
+use crate::http::html::{STYLE, SuccessPage};
+use crate::http::{HttpRequest, HttpResponse, Kind, html};
+use crate::store::accounts::{AccountStatus, CsrfOutcome, IntegratedAccount};
 
 impl Linking {
     pub(super) async fn post_confirm(&self, req: &HttpRequest) -> HttpResponse {

@@ -1,7 +1,10 @@
 //! `POST /connections`: a pending connection and its consent link.
 
-use super::*;
+use super::{Linking, NewConnection, STATE_TTL, binding, now_secs, random_token, rfc3339};
+use crate::amazon::Region;
 use crate::http::error::{ApiError, ApiResult, respond};
+use crate::http::{HttpRequest, HttpResponse, Kind};
+use serde::Deserialize;
 
 #[derive(Deserialize)]
 struct CreateConnectionBody {

@@ -1,6 +1,9 @@
 //! The failure pages of the browser flow: what each failure says and its status.
 
-use super::*;
+use crate::amazon::{AmazonError, LwaError};
+use crate::http::html::Tone;
+use crate::http::{HttpResponse, Kind, html};
+use crate::store::accounts::ConsumeError;
 
 pub(super) fn random_failure() -> Failure {
     Failure::new(

@@ -1,6 +1,10 @@
 //! The linkable advertisers of a login: its agency profiles and their DSP advertisers.
 
-use super::*;
+use super::failure::{Failure, listing_failure};
+use super::{Linking, MAX_ADVERTISERS};
+use crate::amazon::LoginRef;
+use crate::http::Kind;
+use crate::store::accounts::ListedAdvertiser;
 
 impl Linking {
     /// Agency profiles of the region's marketplaces, and the DSP advertisers of each: the

@@ -30,19 +30,10 @@ mod listing;
 mod pages;
 mod routes;
 
-use failure::*;
-
-use crate::amazon::{AmazonClient, AmazonError, LoginRef, LwaError, Region};
-use crate::http::auth::{ApiKeyAuth, Caller};
-use crate::http::html::{self, AccountsPage, AdvertiserRow, STYLE, SuccessPage, Tone};
-use crate::http::{HttpRequest, HttpResponse, Kind};
-use crate::runtime::{Handler, Invocation};
-use crate::store::accounts::{
-    AccountStatus, AccountStore, Connection, ConnectionStatus, ConsumeError, CsrfOutcome,
-    IntegratedAccount, ListedAdvertiser,
-};
-use binding::{Binding, BindingStore};
-use serde::Deserialize;
+use crate::amazon::{AmazonClient, LoginRef, Region};
+use crate::http::auth::ApiKeyAuth;
+use crate::store::accounts::AccountStore;
+use binding::BindingStore;
 use std::time::Duration;
 
 /// How long a consent link (its OAuth state) is valid.

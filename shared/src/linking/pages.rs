@@ -1,6 +1,12 @@
 //! `GET /oauth/callback?view=…`: the advertiser list, in the browser that signed in.
 
-use super::*;
+use super::failure::{
+    Failure, START_AGAIN, browser_failure, consume_failure, random_failure, store_failure,
+};
+use super::{Linking, binding, now_secs, random_token, rfc3339};
+use crate::http::html::{AccountsPage, AdvertiserRow, STYLE};
+use crate::http::{HttpRequest, HttpResponse, Kind, html};
+use crate::store::accounts::{Connection, ConnectionStatus, ConsumeError};
 
 impl Linking {
     /// Whether the request carries the browser cookie of the connection.

@@ -1,7 +1,10 @@
 //! The oauth-callback function's handler: authorization, routes and the scheduled cleanup.
 
-use super::*;
+use super::{Linking, cleanup};
+use crate::http::auth::Caller;
 use crate::http::router::{Matched, RouteLine, route_request};
+use crate::http::{HttpRequest, HttpResponse};
+use crate::runtime::{Handler, Invocation};
 
 #[async_trait::async_trait]
 impl Handler for Linking {

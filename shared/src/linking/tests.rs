@@ -1,4 +1,7 @@
-use super::*;
+use super::failure::{consume_failure, exchange_failure, provider_error, sanitize_error_code};
+use super::random_token;
+use crate::amazon::{AmazonError, LwaError};
+use crate::store::accounts::ConsumeError;
 
 #[test]
 fn random_tokens_are_long_and_distinct() {
