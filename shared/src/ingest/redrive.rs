@@ -2,7 +2,9 @@
 //!
 //! Each received message is settled as a whole, and then deleted: its events are taken from the
 //! dedupe store (`PARKED` → `IN_PROGRESS`; `COMPLETED` → only acknowledged, so a message redriven
-//! twice is delivered once) and sent. What became of each event:
+//! twice is delivered once; taken only while the stored fingerprint is the parked copy's, so a
+//! copy a correction replaced meanwhile is acknowledged unsent, `superseded`) and sent. What
+//! became of each event:
 //!
 //! - accepted → claim completed;
 //! - refused by Amazon for good (4xx on the event itself) → claim released and the event put on
@@ -16,7 +18,10 @@
 //! up the copies it re-enqueued itself (`retry.lastRun`), so a zero delay (tests) still means one
 //! attempt per run.
 
-use super::{Delivery, IngestCtx, ParkedBatch, ParkedEvent, RedriveSummary, SendStats, mean};
+use super::IngestCtx;
+use super::park::{ParkedBatch, ParkedEvent};
+use super::report::mean;
+use super::send::{Delivery, SendStats};
 use crate::runtime::{Invocation, now_ms};
 use crate::store::StoreError;
 use crate::store::accounts::{AccountStatus, IntegratedAccount};
@@ -26,8 +31,31 @@ use crate::store::parked_counts::{Counter, ParkedCounts};
 use crate::store::parked_retry::{Next, RetryState};
 use crate::telemetry::Metrics;
 use futures::StreamExt;
+use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
 use std::time::Duration;
+
+/// What a redrive run did.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct RedriveSummary {
+    pub messages: usize,
+    pub acked: usize,
+    pub delivered: usize,
+    /// Already delivered by an earlier redrive or a retry: acknowledged only.
+    pub already_delivered: usize,
+    /// Replaced by a later correction (same id, other content): acknowledged, never sent.
+    #[serde(default)]
+    pub superseded: usize,
+    pub rejected: usize,
+    pub still_parked: usize,
+    /// Events sent back to the queue with a delay (`store::parked_retry`).
+    #[serde(default)]
+    pub requeued: usize,
+    /// Events put on the dead-letter queue (refused by Amazon for good, or too old).
+    #[serde(default)]
+    pub dead_lettered: usize,
+}
 
 /// What one message's events came to.
 #[derive(Default)]
@@ -169,26 +197,12 @@ impl IngestCtx {
         let mut later_n = 0usize;
         if !out.later.is_empty() {
             let reason = out.later_reason.unwrap_or_default();
-            match self.settings.retry.after_failure(&batch.retry, now, run_id) {
-                Next::Later { delay, state } => {
-                    let copy = copy_of(batch, out.later, state);
-                    later_n = copy.events.len();
-                    match self.parked.park_delayed(&copy, delay).await {
-                        Ok(()) => summary.requeued += later_n,
-                        Err(e) => {
-                            tracing::error!(error = %e, "could not re-enqueue parked conversions");
-                            written = false;
-                        }
-                    }
-                    summary.still_parked += later_n;
-                }
-                Next::DeadLetter(why) => {
-                    let why = format!("{why}; last error: {reason}");
-                    let copy = copy_of(batch, out.later, batch.retry.dead_lettered(now, &why));
-                    written &= self.to_dead_letter(&copy, summary).await;
-                    dead += copy.events.len();
-                }
-            }
+            let (ok, requeued, dead_lettered) = self
+                .retry_later(batch, out.later, &reason, now, run_id, summary)
+                .await;
+            written &= ok;
+            later_n = requeued;
+            dead += dead_lettered;
         }
         if written {
             self.ack(msg).await;
@@ -207,6 +221,41 @@ impl IngestCtx {
                     ],
                 )
                 .await;
+        }
+    }
+
+    /// Events to try again later: back on the queue with a growing delay, or on the dead-letter
+    /// queue once the retry policy gives up. Returns (written, requeued, dead-lettered).
+    async fn retry_later(
+        &self,
+        batch: &ParkedBatch,
+        later: Vec<usize>,
+        reason: &str,
+        now: u64,
+        run_id: &str,
+        summary: &mut RedriveSummary,
+    ) -> (bool, usize, usize) {
+        match self.settings.retry.after_failure(&batch.retry, now, run_id) {
+            Next::Later { delay, state } => {
+                let copy = copy_of(batch, later, state);
+                let later_n = copy.events.len();
+                let mut written = true;
+                match self.parked.park_delayed(&copy, delay).await {
+                    Ok(()) => summary.requeued += later_n,
+                    Err(e) => {
+                        tracing::error!(error = %e, "could not re-enqueue parked conversions");
+                        written = false;
+                    }
+                }
+                summary.still_parked += later_n;
+                (written, later_n, 0)
+            }
+            Next::DeadLetter(why) => {
+                let why = format!("{why}; last error: {reason}");
+                let copy = copy_of(batch, later, batch.retry.dead_lettered(now, &why));
+                let written = self.to_dead_letter(&copy, summary).await;
+                (written, 0, copy.events.len())
+            }
         }
     }
 
