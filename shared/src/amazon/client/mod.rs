@@ -1,0 +1,168 @@
+//! [`AmazonClient`]: the one request path every Ads API call goes through.
+//!
+//! Each call: take the login's access token (see `tokens.rs`), wait for the client-side rate
+//! limit when the endpoint has one, send with the contract's headers and a per-request timeout,
+//! and map the answer to a typed [`AmazonError`] carrying Amazon's message and request id.
+//! 429, 5xx, timeouts and connection errors are retried with exponential backoff and full jitter
+//! (`backon`), honouring `Retry-After`; other 4xx are never retried. A 401 refreshes the token
+//! once and resends. Nothing here logs or returns a token, code or client secret.
+
+mod login;
+mod mapping;
+mod request;
+mod retry;
+#[cfg(test)]
+mod tests;
+
+pub(crate) use mapping::{map_status, transport_error, truncate};
+pub(crate) use request::{AccountCtx, ApiRequest, HeaderStyle};
+pub use retry::{RETRY_AFTER_CAP, RetryPolicy};
+
+use super::error::AmazonError;
+use super::lwa::LwaCredentials;
+use super::region::{Endpoints, Region};
+use super::tokens::LoginRef;
+use crate::aws::AwsClients;
+use crate::store::secrets::SecretsStore;
+use std::sync::Arc;
+use std::time::Duration;
+
+pub use super::accounts::{Advertiser, Profile};
+pub use super::audiences::{
+    Audience, AudienceFee, AudienceSize, AudienceUpdate, NewAudience, PatchAck,
+};
+pub use super::events::{EventError, EventsOutcome};
+
+/// The consent scopes when `LWA_SCOPES` is not set.
+pub const DEFAULT_SCOPES: &str = "advertising::audiences advertising::campaign_management";
+
+/// The DSP account a call acts for: the agency profile (sent as `Amazon-Advertising-API-Scope`)
+/// and the advertiser.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct AccountScope {
+    pub profile_id: i64,
+    pub advertiser_id: i64,
+}
+
+/// The Amazon client. Cheap to clone (an `Arc` inside); build it once per process.
+#[derive(Clone)]
+pub struct AmazonClient {
+    pub(crate) inner: Arc<Inner>,
+    pub(crate) policy: RetryPolicy,
+    /// Namespace of the process-wide access-token cache (empty: shared by every client of the
+    /// process); [`AmazonClient::with_private_token_cache`] gives a client its own, as another
+    /// process would have.
+    pub(crate) cache_ns: Arc<str>,
+}
+
+pub(crate) struct Inner {
+    pub(crate) http: reqwest::Client,
+    pub(crate) endpoints: Endpoints,
+    pub(crate) creds: LwaCredentials,
+    pub(crate) secrets: SecretsStore,
+    pub(crate) scopes: String,
+}
+
+impl std::fmt::Debug for AmazonClient {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AmazonClient")
+            .field("client_id", &self.inner.creds.client_id)
+            .field("endpoints", &self.inner.endpoints)
+            .field("policy", &self.policy)
+            .finish_non_exhaustive()
+    }
+}
+
+/// The HTTP client adsync uses for Amazon: rustls, no redirects (an API answer is never a
+/// redirect, and following one could carry the bearer token elsewhere), bounded connect time.
+pub fn http_client() -> reqwest::Client {
+    reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .connect_timeout(Duration::from_secs(10))
+        .pool_idle_timeout(Duration::from_secs(60))
+        .user_agent(concat!("adsync/", env!("CARGO_PKG_VERSION")))
+        .build()
+        .unwrap_or_else(|_| reqwest::Client::new())
+}
+
+impl AmazonClient {
+    /// Builds the client from the environment: the LwA credentials from the
+    /// `LWA_CREDENTIALS_SECRET` secret, the endpoint overrides, `LWA_SCOPES`.
+    pub async fn from_env(aws: &AwsClients) -> Result<Self, AmazonError> {
+        let name = crate::config::required("LWA_CREDENTIALS_SECRET")
+            .map_err(|e| AmazonError::Store(e.to_string()))?;
+        let secrets = SecretsStore::new(aws.secrets.clone());
+        let creds: LwaCredentials = secrets
+            .get_json(&name)
+            .await?
+            .ok_or_else(|| AmazonError::Store(format!("secret {name} does not exist")))?;
+        let scopes = crate::config::optional("LWA_SCOPES").unwrap_or_else(|| DEFAULT_SCOPES.into());
+        Ok(Self::new(
+            http_client(),
+            Endpoints::from_env(),
+            creds,
+            secrets,
+            scopes,
+        ))
+    }
+
+    pub fn new(
+        http: reqwest::Client,
+        endpoints: Endpoints,
+        creds: LwaCredentials,
+        secrets: SecretsStore,
+        scopes: String,
+    ) -> Self {
+        // One space between scopes, whatever the configuration looked like.
+        let scopes = scopes.split_whitespace().collect::<Vec<_>>().join(" ");
+        Self {
+            inner: Arc::new(Inner {
+                http,
+                endpoints,
+                creds,
+                secrets,
+                scopes,
+            }),
+            policy: RetryPolicy::default(),
+            cache_ns: Arc::from(""),
+        }
+    }
+
+    /// This client with a token cache of its own (tests play two processes with it).
+    pub fn with_private_token_cache(mut self) -> Self {
+        self.cache_ns = Arc::from(uuid::Uuid::new_v4().simple().to_string());
+        self
+    }
+
+    pub fn with_retry_policy(mut self, p: RetryPolicy) -> Self {
+        self.policy = p;
+        self
+    }
+
+    pub fn retry_policy(&self) -> &RetryPolicy {
+        &self.policy
+    }
+
+    pub fn client_id(&self) -> &str {
+        &self.inner.creds.client_id
+    }
+
+    pub fn endpoints(&self) -> &Endpoints {
+        &self.inner.endpoints
+    }
+
+    pub fn scopes(&self) -> &str {
+        &self.inner.scopes
+    }
+
+    /// The consent-page URL for `region` (send the user's browser there).
+    pub fn authorize_url(&self, region: Region, redirect_uri: &str, state: &str) -> String {
+        super::lwa::authorize_url(
+            self.inner.endpoints.consent_url(region),
+            &self.inner.creds.client_id,
+            &self.inner.scopes,
+            redirect_uri,
+            state,
+        )
+    }
+}
