@@ -1,5 +1,10 @@
 //! The code lists events are checked against (conversion types, event sources, ISO 3166
-//! countries, ISO 4217 currencies, the countries that need consent) and [`Country`].
+//! countries, ISO 4217 currencies, the countries that need consent) and [`Country`], with the
+//! `countryCode` check.
+
+use super::errors::{A_STRING, Errors, short};
+use crate::domain::conversion::Reason;
+use crate::domain::conversion::input::InEvent;
 
 pub const CONVERSION_TYPES: [&str; 12] = [
     "ADD_TO_SHOPPING_CART",
@@ -149,5 +154,31 @@ impl Country {
             return None;
         }
         iso([region.as_bytes()[0], region.as_bytes()[1]])
+    }
+}
+
+/// Checks `countryCode`: required, an ISO 3166 code or a locale.
+pub(super) fn country(ev: &InEvent<'_>, errs: &mut Errors) -> Option<Country> {
+    match errs.got("countryCode", ev.country_code.as_ref(), A_STRING) {
+        Err(()) => None,
+        Ok(None) => {
+            errs.push(
+                "countryCode",
+                Reason::Missing,
+                "countryCode is required (ISO 3166 alpha-2, e.g. US, or a locale like en-US)",
+            );
+            None
+        }
+        Ok(Some(c)) => Country::parse(c.as_str()).or_else(|| {
+            errs.push(
+                "countryCode",
+                Reason::Invalid,
+                format!(
+                    "countryCode {:?} is not an ISO 3166 alpha-2 code or a locale like en-US",
+                    short(c.as_str())
+                ),
+            );
+            None
+        }),
     }
 }

@@ -1,8 +1,10 @@
-//! `consent`: the geo, Amazon-consent, TCF and GPP signals as sent on the wire.
+//! `consent`: the geo, Amazon-consent, TCF and GPP signals as sent on the wire, the rule that
+//! EU/EEA/UK events carry one, and `dataProcessingOptions` (limited data use).
 
-use super::errors::{A_STRING, Errors};
+use super::codes::Country;
+use super::errors::{A_STRING, Errors, short};
 use crate::domain::conversion::Reason;
-use crate::domain::conversion::input::{ConsentIn, Flag};
+use crate::domain::conversion::input::{ConsentIn, Flag, InEvent};
 
 /// Consent as sent on the wire.
 #[derive(Debug, Default, Clone, Copy, PartialEq)]
@@ -15,7 +17,7 @@ pub struct ConsentOut<'b> {
 }
 
 impl ConsentOut<'_> {
-    pub(super) fn is_empty(&self) -> bool {
+    fn is_empty(&self) -> bool {
         self.ip_address.is_none()
             && self.amzn_user_data.is_none()
             && self.amzn_ad_storage.is_none()
@@ -32,7 +34,7 @@ impl ConsentOut<'_> {
     }
 }
 
-pub(super) fn consent<'b>(c: &'b ConsentIn<'_>, errs: &mut Errors) -> ConsentOut<'b> {
+fn consent<'b>(c: &'b ConsentIn<'_>, errs: &mut Errors) -> ConsentOut<'b> {
     let mut out = ConsentOut::default();
     let geo = errs
         .got("consent.geo", c.geo.as_ref(), "an object")
@@ -127,4 +129,60 @@ fn flag(f: &Flag<'_>, field: &str, errs: &mut Errors) -> Option<&'static str> {
             None
         }
     }
+}
+
+/// Checks `dataProcessingOptions`: `true` for limited data use.
+pub(super) fn limited_data_use(ev: &InEvent<'_>, errs: &mut Errors) -> bool {
+    match errs.got(
+        "dataProcessingOptions",
+        ev.data_processing_options.as_ref(),
+        "[\"LIMITED_DATA_USE\"]",
+    ) {
+        Ok(Some(o)) => {
+            if let Some(w) = o.wrong {
+                errs.push(
+                    "dataProcessingOptions",
+                    Reason::Malformed,
+                    format!("dataProcessingOptions: wrong type ({w}), expected a string"),
+                );
+            } else if let Some(u) = &o.unknown {
+                errs.push(
+                    "dataProcessingOptions",
+                    Reason::Invalid,
+                    format!(
+                        "unknown data processing option {:?}; the only option is LIMITED_DATA_USE",
+                        short(u.as_str())
+                    ),
+                );
+            }
+            o.limited_data_use
+        }
+        _ => false,
+    }
+}
+
+/// Checks `consent` (`None` when absent or empty), then requires a signal for EU/EEA/UK events.
+pub(super) fn event_consent<'b>(
+    ev: &'b InEvent<'_>,
+    country: Option<Country>,
+    errs: &mut Errors,
+) -> Option<ConsentOut<'b>> {
+    let consent = match errs.got("consent", ev.consent.as_ref(), "an object") {
+        Ok(Some(c)) => Some(consent(c, errs)).filter(|c| !c.is_empty()),
+        _ => None,
+    };
+    if let Some(country) = country
+        && country.needs_consent()
+        && !consent.is_some_and(|c| c.has_signal())
+    {
+        errs.push(
+            "consent",
+            Reason::ConsentRequired,
+            format!(
+                "events for {} (EU/EEA/UK) need a consent signal: consent.geo.ipAddress, consent.amazonConsent, consent.tcf or consent.gpp",
+                country.as_str()
+            ),
+        );
+    }
+    consent
 }

@@ -4,7 +4,7 @@
 use super::errors::{A_STRING, Errors, short};
 use super::{MAX_MATCH_KEYS, Scratch};
 use crate::domain::conversion::Reason;
-use crate::domain::conversion::input::{Got, MatchKeysIn, ValuesIn};
+use crate::domain::conversion::input::{Got, ListKey, MatchKeysIn, ValuesIn};
 use crate::domain::conversion::matchkey::KeyType;
 use crate::domain::conversion::outbound::write_match_key;
 
@@ -30,64 +30,10 @@ pub(super) fn match_keys(keys: Option<&MatchKeysIn<'_>>, scratch: &mut Scratch, 
     match keys {
         MatchKeysIn::List(list) => {
             for (i, key) in list.iter().enumerate() {
-                let (kind, values) = match key {
-                    Got::Ok((k, v)) => (k, v),
-                    Got::Wrong(found) => {
-                        errs.push(
-                            format!("matchKeys[{i}]"),
-                            Reason::Malformed,
-                            format!("matchKeys[{i}]: wrong type ({found}), expected an object {{\"type\",\"values\"}}"),
-                        );
-                        continue;
-                    }
-                };
-                let kind =
-                    match errs.got(format_args!("matchKeys[{i}].type"), kind.as_ref(), A_STRING) {
-                        Err(()) => continue,
-                        Ok(None) => {
-                            errs.push(
-                                format!("matchKeys[{i}].type"),
-                                Reason::Missing,
-                                "type is required",
-                            );
-                            continue;
-                        }
-                        Ok(Some(k)) => match KeyType::parse(k.as_str().trim()) {
-                            Some(k) => k,
-                            None => {
-                                errs.push(
-                                    format!("matchKeys[{i}].type"),
-                                    Reason::Invalid,
-                                    unknown_type(k.as_str()),
-                                );
-                                continue;
-                            }
-                        },
-                    };
-                let values = match errs.got(
-                    format_args!("matchKeys[{i}].values"),
-                    values.as_ref(),
-                    "a list holding one string",
-                ) {
-                    Err(()) => continue,
-                    Ok(None) => {
-                        errs.push(
-                            format!("matchKeys[{i}].values"),
-                            Reason::Missing,
-                            "values is required",
-                        );
-                        continue;
-                    }
-                    Ok(Some(v)) => v,
-                };
-                acc.add(
-                    kind,
-                    values,
-                    format_args!("matchKeys[{i}]"),
-                    true,
-                    scratch,
-                    errs,
-                );
+                if let Some((kind, values)) = list_key(i, key, errs) {
+                    let at = format_args!("matchKeys[{i}]");
+                    acc.add(kind, values, at, true, scratch, errs);
+                }
             }
         }
         MatchKeysIn::Flat(map) => {
@@ -122,6 +68,65 @@ pub(super) fn match_keys(keys: Option<&MatchKeysIn<'_>>, scratch: &mut Scratch, 
             "no usable match key: every key was empty or normalised to nothing",
         );
     }
+}
+
+/// The type and values of `matchKeys[i]` in Amazon's list form; `None` (reported) when the entry
+/// is not an object, or its type or values are missing, of the wrong JSON type or unknown.
+fn list_key<'k, 'a>(
+    i: usize,
+    key: &'k Got<ListKey<'a>>,
+    errs: &mut Errors,
+) -> Option<(KeyType, &'k ValuesIn<'a>)> {
+    let (kind, values) = match key {
+        Got::Ok((k, v)) => (k, v),
+        Got::Wrong(found) => {
+            errs.push(
+                format!("matchKeys[{i}]"),
+                Reason::Malformed,
+                format!("matchKeys[{i}]: wrong type ({found}), expected an object {{\"type\",\"values\"}}"),
+            );
+            return None;
+        }
+    };
+    let kind = match errs.got(format_args!("matchKeys[{i}].type"), kind.as_ref(), A_STRING) {
+        Err(()) => return None,
+        Ok(None) => {
+            errs.push(
+                format!("matchKeys[{i}].type"),
+                Reason::Missing,
+                "type is required",
+            );
+            return None;
+        }
+        Ok(Some(k)) => match KeyType::parse(k.as_str().trim()) {
+            Some(k) => k,
+            None => {
+                errs.push(
+                    format!("matchKeys[{i}].type"),
+                    Reason::Invalid,
+                    unknown_type(k.as_str()),
+                );
+                return None;
+            }
+        },
+    };
+    let values = match errs.got(
+        format_args!("matchKeys[{i}].values"),
+        values.as_ref(),
+        "a list holding one string",
+    ) {
+        Err(()) => return None,
+        Ok(None) => {
+            errs.push(
+                format!("matchKeys[{i}].values"),
+                Reason::Missing,
+                "values is required",
+            );
+            return None;
+        }
+        Ok(Some(v)) => v,
+    };
+    Some((kind, values))
 }
 
 /// Match keys gathered so far.

@@ -1,7 +1,55 @@
 //! Event timestamps: ISO 8601 / RFC 3339 with an offset → epoch milliseconds, and back to the
 //! Events API's `YYYY-MM-DDTHH:MM:SS.mmmZ`, without allocating on the common path.
 
+use super::errors::{A_STRING, Errors, short};
+use super::{MAX_AGE_MS, MAX_AHEAD_MS};
+use crate::domain::conversion::Reason;
+use crate::domain::conversion::input::InEvent;
 use chrono::{DateTime, FixedOffset};
+
+/// Checks `timestamp` against the time of receipt: the Events API's `eventTime` and its epoch
+/// milliseconds (zeros when it was rejected).
+pub(super) fn timestamp(ev: &InEvent<'_>, now_ms: i64, errs: &mut Errors) -> ([u8; 24], i64) {
+    let mut event_time = [0u8; 24];
+    let mut event_time_ms = 0;
+    match errs.got("timestamp", ev.timestamp.as_ref(), A_STRING) {
+        Err(()) => {}
+        Ok(None) => errs.push(
+            "timestamp",
+            Reason::Missing,
+            "timestamp is required (ISO 8601 with an offset)",
+        ),
+        Ok(Some(t)) => match parse_time_ms(t.as_str()) {
+            None => errs.push(
+                "timestamp",
+                Reason::Invalid,
+                format!(
+                    "timestamp {:?} is not an ISO 8601 date-time with an offset, e.g. 2026-08-20T14:15:22Z",
+                    short(t.as_str())
+                ),
+            ),
+            Some(ms) => {
+                event_time_ms = ms;
+                if now_ms - ms > MAX_AGE_MS {
+                    errs.push(
+                        "timestamp",
+                        Reason::TooOld,
+                        "the event is older than 21 days; Amazon does not accept it",
+                    );
+                } else if ms - now_ms > MAX_AHEAD_MS {
+                    errs.push(
+                        "timestamp",
+                        Reason::InFuture,
+                        "the event is more than 5 minutes in the future",
+                    );
+                } else {
+                    event_time = format_time_ms(ms);
+                }
+            }
+        },
+    }
+    (event_time, event_time_ms)
+}
 
 /// Days since 1970-01-01 of a proleptic Gregorian date (Howard Hinnant's algorithm).
 fn days_from_civil(y: i64, m: i64, d: i64) -> i64 {
