@@ -22,8 +22,7 @@ use super::error::AmazonError;
 use super::lwa::LwaCredentials;
 use super::region::{Endpoints, Region};
 use super::tokens::LoginRef;
-use crate::aws::AwsClients;
-use crate::store::secrets::SecretsStore;
+use super::vault::TokenVault;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -36,13 +35,7 @@ pub use super::events::{EventError, EventsOutcome};
 /// The consent scopes when `LWA_SCOPES` is not set.
 pub const DEFAULT_SCOPES: &str = "advertising::audiences advertising::campaign_management";
 
-/// The DSP account a call acts for: the agency profile (sent as `Amazon-Advertising-API-Scope`)
-/// and the advertiser.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub struct AccountScope {
-    pub profile_id: i64,
-    pub advertiser_id: i64,
-}
+pub use crate::domain::account::AccountScope;
 
 /// The Amazon client. Cheap to clone (an `Arc` inside); build it once per process.
 #[derive(Clone)]
@@ -59,7 +52,7 @@ pub(crate) struct Inner {
     pub(crate) http: reqwest::Client,
     pub(crate) endpoints: Endpoints,
     pub(crate) creds: LwaCredentials,
-    pub(crate) secrets: SecretsStore,
+    pub(crate) vault: Arc<dyn TokenVault>,
     pub(crate) scopes: String,
 }
 
@@ -86,31 +79,13 @@ pub fn http_client() -> reqwest::Client {
 }
 
 impl AmazonClient {
-    /// Builds the client from the environment: the LwA credentials from the
-    /// `LWA_CREDENTIALS_SECRET` secret, the endpoint overrides, `LWA_SCOPES`.
-    pub async fn from_env(aws: &AwsClients) -> Result<Self, AmazonError> {
-        let name = crate::config::required("LWA_CREDENTIALS_SECRET")
-            .map_err(|e| AmazonError::Store(e.to_string()))?;
-        let secrets = SecretsStore::new(aws.secrets.clone());
-        let creds: LwaCredentials = secrets
-            .get_json(&name)
-            .await?
-            .ok_or_else(|| AmazonError::Store(format!("secret {name} does not exist")))?;
-        let scopes = crate::config::optional("LWA_SCOPES").unwrap_or_else(|| DEFAULT_SCOPES.into());
-        Ok(Self::new(
-            http_client(),
-            Endpoints::from_env(),
-            creds,
-            secrets,
-            scopes,
-        ))
-    }
-
+    /// Builds the client (`AmazonClient::from_env` builds it from the environment, with
+    /// Secrets Manager as the token vault). `vault` keeps each linked login's token secret.
     pub fn new(
         http: reqwest::Client,
         endpoints: Endpoints,
         creds: LwaCredentials,
-        secrets: SecretsStore,
+        vault: impl TokenVault,
         scopes: String,
     ) -> Self {
         // One space between scopes, whatever the configuration looked like.
@@ -120,7 +95,7 @@ impl AmazonClient {
                 http,
                 endpoints,
                 creds,
-                secrets,
+                vault: Arc::new(vault),
                 scopes,
             }),
             policy: RetryPolicy::default(),

@@ -260,12 +260,40 @@ fn long_messages_are_truncated_on_a_char_boundary() {
     assert!(t.len() <= 504 && t.ends_with('…'));
 }
 
+/// A vault that holds nothing (the client's construction never touches it).
+struct NoVault;
+
+#[async_trait::async_trait]
+impl crate::amazon::vault::TokenVault for NoVault {
+    async fn read(
+        &self,
+        _: &str,
+    ) -> Result<Option<(crate::amazon::tokens::TokenSecret, String)>, crate::amazon::VaultError>
+    {
+        Ok(None)
+    }
+    async fn write(
+        &self,
+        _: &str,
+        _: &crate::amazon::tokens::TokenSecret,
+    ) -> Result<(), crate::amazon::VaultError> {
+        Ok(())
+    }
+    async fn write_if_current(
+        &self,
+        _: &str,
+        _: &crate::amazon::tokens::TokenSecret,
+        _: &str,
+    ) -> Result<bool, crate::amazon::VaultError> {
+        Ok(false)
+    }
+    async fn delete(&self, _: &str) -> Result<(), crate::amazon::VaultError> {
+        Ok(())
+    }
+}
+
 #[test]
 fn scopes_are_normalised_and_debug_hides_the_secret() {
-    let aws_conf = aws_sdk_secretsmanager::Config::builder()
-        .behavior_version(aws_sdk_secretsmanager::config::BehaviorVersion::latest())
-        .region(aws_sdk_secretsmanager::config::Region::new("us-east-1"))
-        .build();
     let c = AmazonClient::new(
         reqwest::Client::new(),
         Endpoints::amazon(),
@@ -273,7 +301,7 @@ fn scopes_are_normalised_and_debug_hides_the_secret() {
             client_id: "amzn1.application-oa2-client.x".into(),
             client_secret: "very-secret-value".into(),
         },
-        SecretsStore::new(aws_sdk_secretsmanager::Client::from_conf(aws_conf)),
+        NoVault,
         "  advertising::audiences \n advertising::campaign_management ".into(),
     );
     assert_eq!(c.scopes(), DEFAULT_SCOPES);
