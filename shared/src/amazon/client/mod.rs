@@ -2,10 +2,15 @@
 //!
 //! Each call: take the login's access token (see `tokens.rs`), wait for the client-side rate
 //! limit when the endpoint has one, send with the contract's headers and a per-request timeout,
-//! and map the answer to a typed [`AmazonError`] carrying Amazon's message and request id.
-//! 429, 5xx, timeouts and connection errors are retried with exponential backoff and full jitter
-//! (`backon`), honouring `Retry-After`; other 4xx are never retried. A 401 refreshes the token
-//! once and resends. Nothing here logs or returns a token, code or client secret.
+//! and map the answer to a typed [`AmazonError`](crate::amazon::AmazonError) carrying Amazon's
+//! message and request id. 429, 5xx, timeouts and connection errors are retried with exponential
+//! backoff and full jitter (`backon`), honouring `Retry-After`; other 4xx are never retried. A
+//! 401 refreshes the token once and resends. Nothing here logs or returns a token, code or client
+//! secret.
+//!
+//! Split by job: `request` (one call: headers, token, rate limit), `retry` (policy, backoff,
+//! attempt timeout), `login` (code exchange and refresh at the token endpoint), `mapping`
+//! (answers to typed errors). Tokens are kept through the [`TokenVault`] the client is built with.
 
 mod login;
 mod mapping;
@@ -18,10 +23,8 @@ pub(crate) use mapping::{map_status, transport_error, truncate};
 pub(crate) use request::{AccountCtx, ApiRequest, HeaderStyle};
 pub use retry::{RETRY_AFTER_CAP, RetryPolicy};
 
-use super::error::AmazonError;
 use super::lwa::LwaCredentials;
 use super::region::{Endpoints, Region};
-use super::tokens::LoginRef;
 use super::vault::TokenVault;
 use std::sync::Arc;
 use std::time::Duration;

@@ -3,6 +3,8 @@
 use super::mapping::{map_error, parse_retry_after};
 use super::retry::retry_delay;
 use super::*;
+use crate::amazon::error::AmazonError;
+use crate::amazon::tokens::LoginRef;
 use reqwest::header::HeaderMap;
 use reqwest::header::HeaderValue;
 use std::time::Duration;

@@ -1,5 +1,11 @@
 //! Validation and normalisation of one parsed event into a [`ValidEvent`], collecting every
 //! problem with its field path (`timestamp`, `matchKeys[1].values[0]`, `consent.amazonConsent`).
+//!
+//! [`validate`] checks the fields in a fixed order, one module per group, so an event's errors
+//! always come in the same order: `describe` (name, type, source, ingestion method, data set,
+//! `clientDedupeId`), `time` (timestamp), `codes` (country, and the code lists), `match_keys`,
+//! `amounts` (value, currency, units), `consent` (data processing options, consent and the
+//! EU/EEA/UK rule), `custom_data`. Errors never echo a match-key value (personal data).
 
 mod amounts;
 mod codes;
