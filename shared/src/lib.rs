@@ -3,6 +3,7 @@
 //! The library behind the three Lambda functions. See `docs/design.md` for the module map.
 
 pub mod amazon;
+mod amazon_vault;
 pub mod aws;
 pub mod budget;
 pub mod clock;

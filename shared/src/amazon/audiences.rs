@@ -12,12 +12,7 @@ use super::tokens::LoginRef;
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub struct AudienceFee {
-    pub cpm_cents: u32,
-    pub currency: String,
-}
+pub use crate::domain::audience_fee::AudienceFee;
 
 /// A new audience (`POST /v2/dp/audiencemetadata/`).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]

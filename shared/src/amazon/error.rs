@@ -147,12 +147,6 @@ impl From<LwaError> for AmazonError {
     }
 }
 
-impl From<crate::store::StoreError> for AmazonError {
-    fn from(e: crate::store::StoreError) -> Self {
-        AmazonError::Store(e.to_string())
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -14,6 +14,7 @@ pub mod ratelimit;
 pub mod region;
 pub mod secret;
 pub mod tokens;
+pub mod vault;
 
 pub use accounts::{Advertiser, Profile};
 pub use audiences::{Audience, AudienceFee, AudienceSize, AudienceUpdate, NewAudience, PatchAck};
@@ -24,3 +25,4 @@ pub use lwa::{LwaCredentials, LwaError, TokenGrant};
 pub use region::{Endpoints, Region};
 pub use secret::SecretString;
 pub use tokens::LoginRef;
+pub use vault::{TokenVault, VaultError};

@@ -9,7 +9,7 @@
 //!
 //! Across processes (several Lambda instances), two guards keep one working token:
 //! - the write-back is conditional on the secret version that was read
-//!   ([`SecretsStore::put_json_if_current`](crate::store::secrets::SecretsStore::put_json_if_current)),
+//!   ([`TokenVault::write_if_current`](super::vault::TokenVault::write_if_current)),
 //!   so a stale writer never overwrites a newer (possibly rotated) refresh token;
 //! - `invalid_grant` on a refresh re-reads the secret (briefly waiting for the other process's
 //!   write-back): when another process rotated the refresh token meanwhile, its access token is
@@ -25,13 +25,7 @@ use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, OnceLock};
 
-/// A linked login: the region it was linked in and the name of the secret holding its refresh
-/// token (and cached access token).
-#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
-pub struct LoginRef {
-    pub region: Region,
-    pub secret_name: String,
-}
+pub use crate::domain::account::LoginRef;
 
 /// Refresh when less than this many seconds remain (the contract's five minutes).
 pub const REFRESH_MARGIN_SECS: i64 = 300;
@@ -117,10 +111,7 @@ impl AmazonClient {
         };
         // Drop the old cache entry first so a failed write never leaves a stale token in use.
         *cached = None;
-        self.inner
-            .secrets
-            .put_json(&login.secret_name, &secret)
-            .await?;
+        self.inner.vault.write(&login.secret_name, &secret).await?;
         *cached = Some(CachedToken {
             token: grant.access_token.clone(),
             expires_at,
@@ -133,7 +124,7 @@ impl AmazonClient {
         let slot = slot(&self.cache_key(login));
         let mut cached = slot.lock().await;
         *cached = None;
-        self.inner.secrets.delete(&login.secret_name).await?;
+        self.inner.vault.delete(&login.secret_name).await?;
         Ok(())
     }
 
@@ -170,11 +161,7 @@ impl AmazonClient {
             return Ok(c.token.clone());
         }
 
-        let Some((mut secret, mut version)) = self
-            .inner
-            .secrets
-            .get_json_versioned::<TokenSecret>(&login.secret_name)
-            .await?
+        let Some((mut secret, mut version)) = self.inner.vault.read(&login.secret_name).await?
         else {
             // The login was deleted (or never saved): only relinking helps.
             tracing::warn!(secret = %login.secret_name, "token secret not found");
@@ -257,8 +244,8 @@ impl AmazonClient {
         };
         match self
             .inner
-            .secrets
-            .put_json_if_current(&login.secret_name, &updated, version)
+            .vault
+            .write_if_current(&login.secret_name, &updated, version)
             .await
         {
             Ok(true) => Ok(()),
@@ -286,12 +273,7 @@ impl AmazonClient {
     ) -> Result<Reread, AmazonError> {
         for wait in REREAD_WAITS_MS {
             tokio::time::sleep(std::time::Duration::from_millis(wait)).await;
-            let Some((now, v)) = self
-                .inner
-                .secrets
-                .get_json_versioned::<TokenSecret>(&login.secret_name)
-                .await?
-            else {
+            let Some((now, v)) = self.inner.vault.read(&login.secret_name).await? else {
                 return Ok(Reread::Unchanged);
             };
             if &now.refresh_token == used {

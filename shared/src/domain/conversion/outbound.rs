@@ -4,7 +4,7 @@
 //! checked ([`write_match_key`], [`write_custom_entry`] into the [`Scratch`]); the rest here.
 
 use super::matchkey::{KeyType, KeyValue};
-use super::validate::{Scratch, ValidEvent};
+use super::validate::{ConsentOut, Scratch, ValidEvent};
 use std::io::Write;
 
 /// Appends one event as compact JSON to `out`; `scratch` is the one it was validated with.
@@ -49,47 +49,52 @@ pub fn write_event(e: &ValidEvent<'_>, scratch: &Scratch, out: &mut Vec<u8>) {
         out.extend_from_slice(b",\"dataProcessingOptions\":{\"options\":\"LIMITED_DATA_USE\"}");
     }
     if let Some(c) = &e.consent {
-        out.extend_from_slice(b",\"consent\":{");
-        let mut first = true;
-        let mut sep = |out: &mut Vec<u8>| {
-            if !std::mem::replace(&mut first, false) {
-                out.push(b',');
-            }
-        };
-        if let Some(ip) = c.ip_address {
-            sep(out);
-            out.extend_from_slice(b"\"geo\":{\"ipAddress\":");
-            string(out, ip);
-            out.push(b'}');
-        }
-        if let Some(u) = c.amzn_user_data {
-            sep(out);
-            out.extend_from_slice(b"\"amazonConsent\":{\"amznUserData\":\"");
-            out.extend_from_slice(u.as_bytes());
-            out.push(b'"');
-            if let Some(a) = c.amzn_ad_storage {
-                out.extend_from_slice(b",\"amznAdStorage\":\"");
-                out.extend_from_slice(a.as_bytes());
-                out.push(b'"');
-            }
-            out.push(b'}');
-        }
-        if let Some(t) = c.tcf {
-            sep(out);
-            out.extend_from_slice(b"\"tcf\":");
-            string(out, t);
-        }
-        if let Some(g) = c.gpp {
-            sep(out);
-            out.extend_from_slice(b"\"gpp\":");
-            string(out, g);
-        }
-        out.push(b'}');
+        write_consent(out, c);
     }
     if !scratch.custom.is_empty() {
         out.extend_from_slice(b",\"customData\":[");
         out.extend_from_slice(&scratch.custom);
         out.push(b']');
+    }
+    out.push(b'}');
+}
+
+/// Appends `,"consent":{…}` with the signals that are present, in the Events API's order.
+fn write_consent(out: &mut Vec<u8>, c: &ConsentOut<'_>) {
+    out.extend_from_slice(b",\"consent\":{");
+    let mut first = true;
+    let mut sep = |out: &mut Vec<u8>| {
+        if !std::mem::replace(&mut first, false) {
+            out.push(b',');
+        }
+    };
+    if let Some(ip) = c.ip_address {
+        sep(out);
+        out.extend_from_slice(b"\"geo\":{\"ipAddress\":");
+        string(out, ip);
+        out.push(b'}');
+    }
+    if let Some(u) = c.amzn_user_data {
+        sep(out);
+        out.extend_from_slice(b"\"amazonConsent\":{\"amznUserData\":\"");
+        out.extend_from_slice(u.as_bytes());
+        out.push(b'"');
+        if let Some(a) = c.amzn_ad_storage {
+            out.extend_from_slice(b",\"amznAdStorage\":\"");
+            out.extend_from_slice(a.as_bytes());
+            out.push(b'"');
+        }
+        out.push(b'}');
+    }
+    if let Some(t) = c.tcf {
+        sep(out);
+        out.extend_from_slice(b"\"tcf\":");
+        string(out, t);
+    }
+    if let Some(g) = c.gpp {
+        sep(out);
+        out.extend_from_slice(b"\"gpp\":");
+        string(out, g);
     }
     out.push(b'}');
 }
