@@ -1,7 +1,10 @@
 //! Backfill jobs: options, queueing, and the scheduled run (slot, shards, drain).
 
-use super::*;
+use super::drain::drain_and_finish;
+use super::shard::work_shard;
+use super::targets::Lookups;
 use crate::amazon::AmazonError;
+use crate::amazon::ratelimit::Spacer;
 use crate::domain::audience::MAX_PATCHES;
 use crate::export::ExportCtx;
 use crate::runtime::{Invocation, now_ms};
@@ -15,9 +18,6 @@ use serde_json::{Value, json};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
-
-// ------------------------------------------------------------------------------------------
-// Backfill
 
 /// Knobs of a backfill run (defaults from the environment).
 #[derive(Clone, Debug)]
@@ -167,7 +167,7 @@ pub(super) struct JobRun {
     pub(super) job: BackfillJob,
     pub(super) account: IntegratedAccount,
     pub(super) stop: AtomicBool,
-    pub(super) pacer: Arc<Pacer>,
+    pub(super) pacer: Arc<Spacer>,
 }
 
 /// Scheduled `{"task":"backfill"}`: continue backfill jobs until the deadline margin. Returns a
@@ -236,7 +236,7 @@ pub(super) async fn backfill_in_slot(
     only: Option<&[(String, String)]>,
 ) -> Result<Value, String> {
     let owner = owner.to_string();
-    let pacer = Arc::new(Pacer::new(
+    let pacer = Arc::new(Spacer::per_second(
         opts.patch_rps / f64::from(opts.max_invocations.max(1)),
     ));
     let jobs = match only {

@@ -1,6 +1,6 @@
 //! Sending membership to Amazon: patches, send-then-verify, parking what fails.
 
-use super::*;
+use super::targets::{Lookups, Target, TargetRef};
 use crate::amazon::AmazonError;
 use crate::domain::audience::{Batch, Batcher, Change, PatchOp, group, split_body};
 use crate::export::ExportCtx;
@@ -12,8 +12,13 @@ use futures::StreamExt;
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 
-// ------------------------------------------------------------------------------------------
-// Sending
+/// Rounds of send-then-verify before the still-changing devices are parked.
+pub const VERIFY_ROUNDS: usize = 3;
+/// Concurrent PATCH requests of one delta delivery.
+const SEND_CONCURRENCY: usize = 4;
+/// Device keys per parked message (each ≤ ~400 bytes: ≤ 140 KB, ≤ 190 KB once sealed with the
+/// KMS key (base64), under SQS's 256 KB).
+const PARK_CHUNK: usize = 350;
 
 /// A patch job that could not be delivered now; redriven by `run_redrive`. Device keys and
 /// mapping references only: the patch is recomputed from the ledger when redriven.

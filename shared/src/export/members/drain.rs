@@ -1,6 +1,9 @@
 //! The dirty-set drain that finishes a backfill job.
 
-use super::*;
+use super::LEDGER_WRITE_CONCURRENCY;
+use super::backfill::{BackfillOptions, JobRun, RunStats};
+use super::delivery::deliver;
+use super::targets::{Lookups, Target, TargetRef};
 use crate::export::ExportCtx;
 use crate::runtime::{Invocation, now_ms};
 use crate::store::StoreError;

@@ -5,9 +5,6 @@ use crate::store::StoreError;
 use crate::store::jobs::JobState;
 use serde_json::{Value, json};
 
-// ------------------------------------------------------------------------------------------
-// Progress
-
 /// Backfill progress of one mapping, for `GET /destinations/{id}`:
 /// `{"state","devicesSent","batches","shards","shardsDone","dirtyResent","lastError",…}`;
 /// `{"state":"none"}` when no job exists.

@@ -1,6 +1,9 @@
 //! `POST /qualifications`: ledger writes, dirty marks, delivery, the answer.
 
-use super::*;
+use super::LEDGER_WRITE_CONCURRENCY;
+use super::delivery::{DeliveryReport, deliver, park_rows};
+use super::request::{FieldError, Qualification, validate_item};
+use super::targets::{Lookups, Target, TargetRef};
 use crate::export::ExportCtx;
 use crate::http::{HttpRequest, HttpResponse, parse_json_body};
 use crate::runtime::{Invocation, now_ms};
@@ -15,8 +18,10 @@ use serde_json::{Value, json};
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::time::Duration;
 
-// ------------------------------------------------------------------------------------------
-// POST /qualifications
+/// Most qualifications per request.
+pub const MAX_QUALIFICATIONS: usize = 10_000;
+/// Largest request body (Lambda's synchronous payload limit).
+pub const MAX_REQUEST_BYTES: usize = 6 * 1024 * 1024;
 
 #[derive(Serialize)]
 pub(super) struct ItemResult {

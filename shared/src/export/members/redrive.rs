@@ -8,7 +8,9 @@
 //! received message is deleted: redrives never burn SQS receives, so an outage of hours does not
 //! end in the dead-letter queue. A run never takes up the copies it re-enqueued itself.
 
-use super::{BackfillOptions, Lookups, PARKED_KIND, ParkedPatch, Target, deliver};
+use super::backfill::BackfillOptions;
+use super::delivery::{PARKED_KIND, ParkedPatch, deliver};
+use super::targets::{Lookups, Target};
 use crate::export::ExportCtx;
 use crate::runtime::{Invocation, now_ms};
 use crate::store::destinations::{MappingStatus, SegmentMapping};

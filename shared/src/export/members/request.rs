@@ -1,14 +1,13 @@
 //! `POST /qualifications`: one item's parsing and validation.
 
-use super::*;
 use crate::domain::audience::{IdType, validate_consent, validate_device_id};
 use crate::domain::segment::check_segment_id;
 use crate::store::ledger::LedgerRow;
 use serde::Serialize;
 use serde_json::Value;
 
-// ------------------------------------------------------------------------------------------
-// Qualifications: parsing and validation
+/// How far in the future a timestamp may be (clock skew); later ones would freeze a row.
+pub(super) const MAX_FUTURE_MS: i64 = 5 * 60 * 1000;
 
 /// `qualified` / `unqualified`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

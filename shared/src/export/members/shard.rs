@@ -1,6 +1,8 @@
 //! One backfill shard: lease, stream pages, send, checkpoint.
 
-use super::*;
+use super::backfill::{BackfillOptions, CHECKPOINT_ALLOWANCE, JobRun, RunStats, ShardEnd};
+use super::delivery::{record_amazon_error, send_body};
+use super::targets::TargetRef;
 use crate::amazon::AmazonError;
 use crate::domain::audience::{Batch, Batcher, MAX_BODY_BYTES, Patch, PatchOp};
 use crate::export::ExportCtx;

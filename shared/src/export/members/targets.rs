@@ -7,9 +7,6 @@ use crate::store::destinations::{MappingStatus, SegmentMapping};
 use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
 
-// ------------------------------------------------------------------------------------------
-// Targets: where a segment's membership goes
-
 /// One active mapping, resolved to its audience and account.
 #[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
