@@ -5,6 +5,7 @@ use super::shard::work_shard;
 use super::targets::Lookups;
 use crate::amazon::AmazonError;
 use crate::amazon::ratelimit::Spacer;
+use crate::config::{ConfigError, parsed_or};
 use crate::domain::audience::MAX_PATCHES;
 use crate::export::ExportCtx;
 use crate::runtime::{Invocation, now_ms};
@@ -63,27 +64,45 @@ pub fn default_lease() -> Duration {
 }
 
 impl BackfillOptions {
-    /// `BACKFILL_SAFETY_MARGIN_MS`, `BACKFILL_PARALLEL_SHARDS`, `BACKFILL_BATCH_PATCHES`,
-    /// `BACKFILL_MAX_INVOCATIONS`.
-    pub fn from_env() -> Self {
+    /// `BACKFILL_SAFETY_MARGIN_MS`, `BACKFILL_PARALLEL_SHARDS` (1–16), `BACKFILL_BATCH_PATCHES`
+    /// (1–2 000), `BACKFILL_MAX_INVOCATIONS` (1–100). Unset keeps the default; a malformed or
+    /// out-of-range value is an error naming the variable.
+    pub fn from_env() -> Result<Self, ConfigError> {
         let d = Self::default();
-        let num =
-            |k: &'static str, def: u64| crate::config::parsed_or::<u64>(k, def).unwrap_or(def);
-        Self {
-            safety_margin: Duration::from_millis(num(
-                "BACKFILL_SAFETY_MARGIN_MS",
-                d.safety_margin.as_millis() as u64,
-            )),
-            parallel_shards: num("BACKFILL_PARALLEL_SHARDS", d.parallel_shards as u64).clamp(1, 16)
+        let margin_ms = parsed_or::<u64>(
+            "BACKFILL_SAFETY_MARGIN_MS",
+            d.safety_margin.as_millis() as u64,
+        )?;
+        Ok(Self {
+            safety_margin: Duration::from_millis(margin_ms),
+            parallel_shards: in_range("BACKFILL_PARALLEL_SHARDS", d.parallel_shards as u64, 16)?
                 as usize,
-            max_patches: num("BACKFILL_BATCH_PATCHES", d.max_patches as u64)
-                .clamp(1, MAX_PATCHES as u64) as usize,
+            max_patches: in_range(
+                "BACKFILL_BATCH_PATCHES",
+                d.max_patches as u64,
+                MAX_PATCHES as u64,
+            )? as usize,
             lease: d.lease,
-            max_invocations: num("BACKFILL_MAX_INVOCATIONS", u64::from(d.max_invocations))
-                .clamp(1, 100) as u16,
+            max_invocations: in_range(
+                "BACKFILL_MAX_INVOCATIONS",
+                u64::from(d.max_invocations),
+                100,
+            )? as u16,
             patch_rps: d.patch_rps,
-        }
+        })
     }
+}
+
+/// An optional whole number between 1 and `max`, `default` when unset.
+fn in_range(name: &'static str, default: u64, max: u64) -> Result<u64, ConfigError> {
+    let v = parsed_or::<u64>(name, default)?;
+    if !(1..=max).contains(&v) {
+        return Err(ConfigError::Invalid {
+            name,
+            reason: format!("{v} is not between 1 and {max}"),
+        });
+    }
+    Ok(v)
 }
 
 /// Called once a mapping's audience exists (status Active): queue the historical backfill.
@@ -173,7 +192,8 @@ pub(super) struct JobRun {
 /// Scheduled `{"task":"backfill"}`: continue backfill jobs until the deadline margin. Returns a
 /// JSON summary.
 pub async fn run_backfill(ctx: &ExportCtx, inv: &Invocation) -> Result<Value, String> {
-    run_backfill_with(ctx, inv, &BackfillOptions::from_env()).await
+    let opts = BackfillOptions::from_env().map_err(|e| e.to_string())?;
+    run_backfill_with(ctx, inv, &opts).await
 }
 
 /// [`run_backfill`] with explicit options (tests, the benchmark).
@@ -415,4 +435,21 @@ pub(super) async fn backfill_in_slot(
         "errors": errors,
         "ms": started.elapsed().as_millis() as u64,
     }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn option_values_are_checked_not_replaced() {
+        assert_eq!(in_range("ADSYNC_TEST_UNSET_BACKFILL_KNOB", 4, 16).unwrap(), 4);
+        // SAFETY: a variable no other test reads.
+        unsafe { std::env::set_var("ADSYNC_TEST_BACKFILL_KNOB_A", "four") };
+        let e = in_range("ADSYNC_TEST_BACKFILL_KNOB_A", 4, 16).unwrap_err();
+        assert!(e.to_string().contains("ADSYNC_TEST_BACKFILL_KNOB_A"), "{e}");
+        unsafe { std::env::set_var("ADSYNC_TEST_BACKFILL_KNOB_B", "17") };
+        let e = in_range("ADSYNC_TEST_BACKFILL_KNOB_B", 4, 16).unwrap_err();
+        assert!(e.to_string().contains("not between 1 and 16"), "{e}");
+    }
 }

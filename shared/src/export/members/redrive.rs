@@ -48,6 +48,7 @@ pub async fn run_redrive_with(
     policy: &ParkedRetry,
 ) -> Result<Value, String> {
     let margin = BackfillOptions::from_env()
+        .map_err(|e| e.to_string())?
         .safety_margin
         .min(Duration::from_secs(10));
     let run_id = uuid::Uuid::new_v4().simple().to_string();
