@@ -443,7 +443,10 @@ mod tests {
 
     #[test]
     fn option_values_are_checked_not_replaced() {
-        assert_eq!(in_range("ADSYNC_TEST_UNSET_BACKFILL_KNOB", 4, 16).unwrap(), 4);
+        assert_eq!(
+            in_range("ADSYNC_TEST_UNSET_BACKFILL_KNOB", 4, 16).unwrap(),
+            4
+        );
         // SAFETY: a variable no other test reads.
         unsafe { std::env::set_var("ADSYNC_TEST_BACKFILL_KNOB_A", "four") };
         let e = in_range("ADSYNC_TEST_BACKFILL_KNOB_A", 4, 16).unwrap_err();

@@ -58,8 +58,9 @@ pub use backfill::{
 };
 pub use delivery::{DeliveryReport, ParkedPatch, VERIFY_ROUNDS};
 pub use progress::backfill_progress;
-pub use qualifications::{MAX_QUALIFICATIONS, MAX_REQUEST_BYTES, handle_qualifications};
+pub use qualifications::handle_qualifications;
 pub use redrive::{run_redrive, run_redrive_with};
+pub use request::{MAX_QUALIFICATIONS, MAX_REQUEST_BYTES};
 pub use targets::TargetRef;
 
 /// Concurrent conditional ledger writes per request (and dirty-entry deletions per drain round).
