@@ -1,45 +1,20 @@
 //! Sending membership to Amazon: patches, send-then-verify, parking what fails.
 
+use super::parking::{ParkedPatch, park_failed_rows, park_rows};
 use super::targets::{Lookups, Target, TargetRef};
 use crate::amazon::AmazonError;
 use crate::domain::audience::{Batch, Batcher, Change, PatchOp, group, split_body};
 use crate::export::ExportCtx;
-use crate::runtime::now_ms;
 use crate::store::accounts::{AccountStatus, IntegratedAccount};
 use crate::store::ledger::LedgerRow;
-use crate::store::parked_retry::RetryState;
 use futures::StreamExt;
-use serde::{Deserialize, Serialize};
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use serde::Serialize;
+use std::collections::{BTreeMap, HashMap};
 
 /// Rounds of send-then-verify before the still-changing devices are parked.
 pub const VERIFY_ROUNDS: usize = 3;
 /// Concurrent PATCH requests of one delta delivery.
 const SEND_CONCURRENCY: usize = 4;
-/// Device keys per parked message (each ≤ ~400 bytes: ≤ 140 KB, ≤ 190 KB once sealed with the
-/// KMS key (base64), under SQS's 256 KB).
-const PARK_CHUNK: usize = 350;
-
-/// A patch job that could not be delivered now; redriven by `run_redrive`. Device keys and
-/// mapping references only: the patch is recomputed from the ledger when redriven.
-#[derive(Clone, Debug, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub struct ParkedPatch {
-    /// Marks the message kind (the queue is ours alone, but be explicit).
-    pub kind: String,
-    pub account_id: String,
-    pub targets: Vec<TargetRef>,
-    /// `(segmentId, deviceKey)` pairs.
-    pub devices: Vec<(String, String)>,
-    /// Why it was parked (no personal data).
-    pub reason: String,
-    /// Redrive attempts, age and delay (`store::parked_retry`).
-    #[serde(default)]
-    pub retry: RetryState,
-}
-
-pub(super) const PARKED_KIND: &str = "segment_patch_v1";
-
 /// Counters of one delivery.
 #[derive(Debug, Default, Serialize)]
 #[serde(rename_all = "camelCase")]
@@ -119,6 +94,16 @@ pub(super) async fn record_amazon_error(
     }
 }
 
+/// Rows (by index) that failed towards an account, and why.
+pub(super) type FailedRows = BTreeMap<String, (Vec<usize>, String)>;
+
+/// One round's outcome: the rows acknowledged, and the rows failed per account.
+#[derive(Default)]
+struct Round {
+    acked: Vec<usize>,
+    failed: FailedRows,
+}
+
 /// Sends the current state of `rows` to every target of their segment, then verifies and resends
 /// rows that changed meanwhile. Rows that cannot be delivered are returned in
 /// `report.failed` (grouped per account) for the caller to park or leave on the queue.
@@ -140,227 +125,236 @@ pub(super) async fn deliver(
         if round > 1 {
             report.resent += rows.len() as u64;
         }
-        // account id → rows (by index) to send there.
-        let mut per_account: BTreeMap<String, Vec<usize>> = BTreeMap::new();
-        for (i, r) in rows.iter().enumerate() {
-            for t in targets.get(&r.segment_id).into_iter().flatten() {
-                let v = per_account.entry(t.account_id.clone()).or_default();
-                if v.last() != Some(&i) {
-                    v.push(i);
-                }
-            }
+        let mut out = Round::default();
+        for (account_id, idxs) in rows_per_account(&rows, targets) {
+            send_to_account(
+                ctx,
+                lookups,
+                targets,
+                &rows,
+                account_id,
+                idxs,
+                &mut report,
+                &mut out,
+            )
+            .await;
         }
-        let mut acked: Vec<usize> = Vec::new();
-        let mut failed_rows: BTreeMap<String, (Vec<usize>, String)> = BTreeMap::new();
-        for (account_id, idxs) in per_account {
-            let account = match lookups.account(ctx, &account_id).await {
-                Ok(Some(a)) => a,
-                Ok(None) => {
-                    report
-                        .errors
-                        .push(format!("account {account_id} is not linked"));
-                    failed_rows.insert(account_id, (idxs, "account not linked".into()));
-                    continue;
-                }
-                Err(e) => {
-                    report.errors.push(format!("account lookup failed: {e}"));
-                    failed_rows.insert(account_id, (idxs, "account lookup failed".into()));
-                    continue;
-                }
-            };
-            if account.status != AccountStatus::Active {
-                let msg = AmazonError::ReauthorizationRequired.user_message();
-                report.errors.push(format!("account {account_id}: {msg}"));
-                failed_rows.insert(
-                    account_id,
-                    (idxs, format!("account {}", account.status.as_str())),
-                );
-                continue;
-            }
-            // Changes → one patch per device and op, tagged with the rows it carries.
-            let mut changes = Vec::new();
-            let mut rows_of_device: HashMap<(&str, PatchOp), Vec<usize>> = HashMap::new();
-            for &i in &idxs {
-                let r = &rows[i];
-                let op = PatchOp::for_status(r.qualified);
-                for t in targets.get(&r.segment_id).into_iter().flatten() {
-                    if t.account_id == account_id {
-                        changes.push(Change {
-                            device: r.device.clone(),
-                            op,
-                            audience_id: t.audience_id,
-                            consent: r.consent.clone(),
-                        });
-                    }
-                }
-                rows_of_device
-                    .entry((r.device.as_str(), op))
-                    .or_default()
-                    .push(i);
-            }
-            let mut batcher: Batcher<Vec<usize>> = Batcher::default();
-            let mut batches: Vec<Batch<Vec<usize>>> = Vec::new();
-            for p in group(changes) {
-                let tag = rows_of_device
-                    .get(&(p.device.as_str(), p.op))
-                    .cloned()
-                    .unwrap_or_default();
-                match batcher.push(&p, tag) {
-                    Ok(Some(b)) => batches.push(b),
-                    Ok(None) => {}
-                    Err(e) => report.errors.push(format!("a patch was dropped: {e}")),
-                }
-            }
-            batches.extend(batcher.take());
-            let account_ref = &account;
-            let results: Vec<SentBatch> = futures::stream::iter(batches)
-                .map(|mut b| async move {
-                    let body = std::mem::take(&mut b.body);
-                    let res = send_body(ctx, account_ref, body).await;
-                    (b, res)
-                })
-                .buffer_unordered(SEND_CONCURRENCY)
-                .collect()
-                .await;
-            let account_targets: Vec<TargetRef> = targets
-                .values()
-                .flatten()
-                .filter(|t| t.account_id == account_id)
-                .map(|t| t.r.clone())
-                .collect();
-            let mut first_error: Option<AmazonError> = None;
-            for (b, res) in results {
-                match res {
-                    Ok(n) => {
-                        report.requests += n;
-                        report.patches += b.len() as u64;
-                        acked.extend(b.tags.into_iter().flatten());
-                    }
-                    Err(e) => {
-                        let entry = failed_rows
-                            .entry(account_id.clone())
-                            .or_insert_with(|| (Vec::new(), e.user_message()));
-                        if matches!(e, AmazonError::Rejected { .. }) {
-                            // Never retried blindly: recorded on the mapping; the ledger keeps
-                            // the truth for a later backfill.
-                            report.errors.push(e.user_message());
-                        } else {
-                            entry.0.extend(b.tags.into_iter().flatten());
-                        }
-                        first_error.get_or_insert(e);
-                    }
-                }
-            }
-            if let Some(e) = first_error {
-                record_amazon_error(ctx, &account, &account_targets, &e).await;
-                if !matches!(e, AmazonError::Rejected { .. }) {
-                    report.errors.push(e.user_message());
-                }
-            }
-        }
-        // Park what failed (by account, only towards that account's targets).
-        for (account_id, (idxs, reason)) in failed_rows {
-            if idxs.is_empty() {
-                continue;
-            }
-            let devices: Vec<(String, String)> = idxs
-                .iter()
-                .map(|&i| (rows[i].segment_id.clone(), rows[i].device.clone()))
-                .collect::<BTreeSet<_>>()
-                .into_iter()
-                .collect();
-            let account_targets: Vec<TargetRef> = targets
-                .values()
-                .flatten()
-                .filter(|t| t.account_id == account_id)
-                .map(|t| t.r.clone())
-                .collect();
-            push_parked(&mut report, &account_id, account_targets, devices, &reason);
-        }
-        // Verify: rows whose version moved since we read them are sent again.
-        acked.sort_unstable();
-        acked.dedup();
-        if acked.is_empty() {
-            break;
-        }
-        let keys: Vec<(String, String)> = acked
-            .iter()
-            .map(|&i| (rows[i].segment_id.clone(), rows[i].device.clone()))
-            .collect();
-        let sent: HashMap<(String, String), i64> = acked
-            .iter()
-            .map(|&i| {
-                (
-                    (rows[i].segment_id.clone(), rows[i].device.clone()),
-                    rows[i].ts_ms,
-                )
-            })
-            .collect();
-        match ctx.ledger.get_many(&keys).await {
-            Ok(now) => {
-                rows = now
-                    .into_iter()
-                    .filter(|r| {
-                        sent.get(&(r.segment_id.clone(), r.device.clone())) != Some(&r.ts_ms)
-                    })
-                    .collect();
-            }
-            Err(e) => {
-                // Could not verify: park them, the redrive recomputes from the ledger.
-                report.errors.push(format!("verify read failed: {e}"));
-                let stale: Vec<LedgerRow> = acked.iter().map(|&i| rows[i].clone()).collect();
-                park_rows(targets, stale, "verify read failed", &mut report);
-                break;
-            }
+        park_failed_rows(targets, &rows, out.failed, &mut report);
+        match verify(ctx, targets, &rows, out.acked, &mut report).await {
+            Some(changed) => rows = changed,
+            None => break,
         }
     }
     report
 }
 
-pub(super) fn push_parked(
-    report: &mut DeliveryReport,
+/// account id → rows (by index) to send there.
+fn rows_per_account(
+    rows: &[LedgerRow],
+    targets: &BTreeMap<String, Vec<Target>>,
+) -> BTreeMap<String, Vec<usize>> {
+    let mut per_account: BTreeMap<String, Vec<usize>> = BTreeMap::new();
+    for (i, r) in rows.iter().enumerate() {
+        for t in targets.get(&r.segment_id).into_iter().flatten() {
+            let v = per_account.entry(t.account_id.clone()).or_default();
+            if v.last() != Some(&i) {
+                v.push(i);
+            }
+        }
+    }
+    per_account
+}
+
+/// The mappings of one account.
+pub(super) fn targets_of_account(
+    targets: &BTreeMap<String, Vec<Target>>,
     account_id: &str,
-    targets: Vec<TargetRef>,
-    devices: Vec<(String, String)>,
-    reason: &str,
+) -> Vec<TargetRef> {
+    targets
+        .values()
+        .flatten()
+        .filter(|t| t.account_id == account_id)
+        .map(|t| t.r.clone())
+        .collect()
+}
+
+/// Sends one account's rows; records what was acknowledged and what failed in `out`.
+#[allow(clippy::too_many_arguments)]
+async fn send_to_account(
+    ctx: &ExportCtx,
+    lookups: &mut Lookups,
+    targets: &BTreeMap<String, Vec<Target>>,
+    rows: &[LedgerRow],
+    account_id: String,
+    idxs: Vec<usize>,
+    report: &mut DeliveryReport,
+    out: &mut Round,
 ) {
-    for chunk in devices.chunks(PARK_CHUNK) {
-        report.parked += chunk.len() as u64;
-        report.failed.push(ParkedPatch {
-            kind: PARKED_KIND.into(),
-            account_id: account_id.to_string(),
-            targets: targets.clone(),
-            devices: chunk.to_vec(),
-            reason: reason.to_string(),
-            retry: RetryState::parked_at(now_ms()),
-        });
+    let account = match active_account(ctx, lookups, &account_id, report).await {
+        Ok(a) => a,
+        Err(reason) => {
+            out.failed.insert(account_id, (idxs, reason));
+            return;
+        }
+    };
+    let batches = account_batches(rows, &idxs, targets, &account_id, report);
+    let account_ref = &account;
+    let results: Vec<SentBatch> = futures::stream::iter(batches)
+        .map(|mut b| async move {
+            let body = std::mem::take(&mut b.body);
+            let res = send_body(ctx, account_ref, body).await;
+            (b, res)
+        })
+        .buffer_unordered(SEND_CONCURRENCY)
+        .collect()
+        .await;
+    let account_targets = targets_of_account(targets, &account_id);
+    let mut first_error: Option<AmazonError> = None;
+    for (b, res) in results {
+        match res {
+            Ok(n) => {
+                report.requests += n;
+                report.patches += b.len() as u64;
+                out.acked.extend(b.tags.into_iter().flatten());
+            }
+            Err(e) => {
+                let entry = out
+                    .failed
+                    .entry(account_id.clone())
+                    .or_insert_with(|| (Vec::new(), e.user_message()));
+                if matches!(e, AmazonError::Rejected { .. }) {
+                    // Never retried blindly: recorded on the mapping; the ledger keeps
+                    // the truth for a later backfill.
+                    report.errors.push(e.user_message());
+                } else {
+                    entry.0.extend(b.tags.into_iter().flatten());
+                }
+                first_error.get_or_insert(e);
+            }
+        }
+    }
+    if let Some(e) = first_error {
+        record_amazon_error(ctx, &account, &account_targets, &e).await;
+        if !matches!(e, AmazonError::Rejected { .. }) {
+            report.errors.push(e.user_message());
+        }
     }
 }
 
-/// Per account: the targets and the `(segment, device)` keys to park.
-pub(super) type ParkGroup = (BTreeSet<TargetRef>, BTreeSet<(String, String)>);
-
-pub(super) fn park_rows(
-    targets: &BTreeMap<String, Vec<Target>>,
-    rows: Vec<LedgerRow>,
-    reason: &str,
+/// The account when it is linked and active; otherwise the error is reported and the reason
+/// its rows are parked returned.
+async fn active_account(
+    ctx: &ExportCtx,
+    lookups: &mut Lookups,
+    account_id: &str,
     report: &mut DeliveryReport,
-) {
-    let mut per_account: BTreeMap<String, ParkGroup> = BTreeMap::new();
-    for r in rows {
+) -> Result<IntegratedAccount, String> {
+    let account = match lookups.account(ctx, account_id).await {
+        Ok(Some(a)) => a,
+        Ok(None) => {
+            report
+                .errors
+                .push(format!("account {account_id} is not linked"));
+            return Err("account not linked".into());
+        }
+        Err(e) => {
+            report.errors.push(format!("account lookup failed: {e}"));
+            return Err("account lookup failed".into());
+        }
+    };
+    if account.status != AccountStatus::Active {
+        let msg = AmazonError::ReauthorizationRequired.user_message();
+        report.errors.push(format!("account {account_id}: {msg}"));
+        return Err(format!("account {}", account.status.as_str()));
+    }
+    Ok(account)
+}
+
+/// One account's changes → one patch per device and op, tagged with the rows it carries,
+/// packed into bodies.
+fn account_batches(
+    rows: &[LedgerRow],
+    idxs: &[usize],
+    targets: &BTreeMap<String, Vec<Target>>,
+    account_id: &str,
+    report: &mut DeliveryReport,
+) -> Vec<Batch<Vec<usize>>> {
+    let mut changes = Vec::new();
+    let mut rows_of_device: HashMap<(&str, PatchOp), Vec<usize>> = HashMap::new();
+    for &i in idxs {
+        let r = &rows[i];
+        let op = PatchOp::for_status(r.qualified);
         for t in targets.get(&r.segment_id).into_iter().flatten() {
-            let e = per_account.entry(t.account_id.clone()).or_default();
-            e.0.insert(t.r.clone());
-            e.1.insert((r.segment_id.clone(), r.device.clone()));
+            if t.account_id == account_id {
+                changes.push(Change {
+                    device: r.device.clone(),
+                    op,
+                    audience_id: t.audience_id,
+                    consent: r.consent.clone(),
+                });
+            }
+        }
+        rows_of_device
+            .entry((r.device.as_str(), op))
+            .or_default()
+            .push(i);
+    }
+    let mut batcher: Batcher<Vec<usize>> = Batcher::default();
+    let mut batches: Vec<Batch<Vec<usize>>> = Vec::new();
+    for p in group(changes) {
+        let tag = rows_of_device
+            .get(&(p.device.as_str(), p.op))
+            .cloned()
+            .unwrap_or_default();
+        match batcher.push(&p, tag) {
+            Ok(Some(b)) => batches.push(b),
+            Ok(None) => {}
+            Err(e) => report.errors.push(format!("a patch was dropped: {e}")),
         }
     }
-    for (account_id, (ts, devs)) in per_account {
-        push_parked(
-            report,
-            &account_id,
-            ts.into_iter().collect(),
-            devs.into_iter().collect(),
-            reason,
-        );
+    batches.extend(batcher.take());
+    batches
+}
+
+/// Verify: the acknowledged rows whose version moved since they were read, to send again.
+/// `None` ends the delivery: nothing was acknowledged, or the verify read failed (the rows are
+/// then parked: the redrive recomputes them from the ledger).
+async fn verify(
+    ctx: &ExportCtx,
+    targets: &BTreeMap<String, Vec<Target>>,
+    rows: &[LedgerRow],
+    mut acked: Vec<usize>,
+    report: &mut DeliveryReport,
+) -> Option<Vec<LedgerRow>> {
+    acked.sort_unstable();
+    acked.dedup();
+    if acked.is_empty() {
+        return None;
+    }
+    let keys: Vec<(String, String)> = acked
+        .iter()
+        .map(|&i| (rows[i].segment_id.clone(), rows[i].device.clone()))
+        .collect();
+    let sent: HashMap<(String, String), i64> = acked
+        .iter()
+        .map(|&i| {
+            (
+                (rows[i].segment_id.clone(), rows[i].device.clone()),
+                rows[i].ts_ms,
+            )
+        })
+        .collect();
+    match ctx.ledger.get_many(&keys).await {
+        Ok(now) => Some(
+            now.into_iter()
+                .filter(|r| sent.get(&(r.segment_id.clone(), r.device.clone())) != Some(&r.ts_ms))
+                .collect(),
+        ),
+        Err(e) => {
+            report.errors.push(format!("verify read failed: {e}"));
+            let stale: Vec<LedgerRow> = acked.iter().map(|&i| rows[i].clone()).collect();
+            park_rows(targets, stale, "verify read failed", report);
+            None
+        }
     }
 }

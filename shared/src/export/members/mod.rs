@@ -45,6 +45,7 @@
 mod backfill;
 mod delivery;
 mod drain;
+mod parking;
 mod progress;
 mod qualifications;
 mod redrive;
@@ -56,7 +57,8 @@ pub use backfill::{
     BackfillOptions, CHECKPOINT_ALLOWANCE, default_lease, restart_backfill, run_backfill,
     run_backfill_for, run_backfill_with, start_backfill,
 };
-pub use delivery::{DeliveryReport, ParkedPatch, VERIFY_ROUNDS};
+pub use delivery::{DeliveryReport, VERIFY_ROUNDS};
+pub use parking::ParkedPatch;
 pub use progress::backfill_progress;
 pub use qualifications::handle_qualifications;
 pub use redrive::{run_redrive, run_redrive_with};

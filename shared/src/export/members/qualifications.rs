@@ -1,7 +1,8 @@
 //! `POST /qualifications`: ledger writes, dirty marks, delivery, the answer.
 
 use super::LEDGER_WRITE_CONCURRENCY;
-use super::delivery::{DeliveryReport, deliver, park_rows};
+use super::delivery::{DeliveryReport, deliver};
+use super::parking::park_rows;
 use super::request::{FieldError, ItemResult, Qualification, parse_body, validate_items};
 use super::targets::{Lookups, Target, TargetRef};
 use crate::export::ExportCtx;

@@ -9,7 +9,8 @@
 //! end in the dead-letter queue. A run never takes up the copies it re-enqueued itself.
 
 use super::backfill::BackfillOptions;
-use super::delivery::{PARKED_KIND, ParkedPatch, deliver};
+use super::delivery::deliver;
+use super::parking::{PARKED_KIND, ParkedPatch};
 use super::targets::{Lookups, Target};
 use crate::export::ExportCtx;
 use crate::runtime::{Invocation, now_ms};
