@@ -259,118 +259,24 @@ pub(super) async fn backfill_in_slot(
     let pacer = Arc::new(Spacer::per_second(
         opts.patch_rps / f64::from(opts.max_invocations.max(1)),
     ));
-    let jobs = match only {
-        None => ctx.jobs.active_jobs().await.map_err(|e| e.to_string())?,
-        Some(keys) => {
-            let mut jobs = Vec::with_capacity(keys.len());
-            for (dest, seg) in keys {
-                if let Some(j) = ctx
-                    .jobs
-                    .get_job(dest, seg)
-                    .await
-                    .map_err(|e| e.to_string())?
-                {
-                    jobs.push(j);
-                }
-            }
-            jobs
-        }
-    };
+    let jobs = load_jobs(ctx, only).await?;
     let stats = Arc::new(RunStats::default());
     let mut skipped: Vec<Value> = Vec::new();
     let mut runs: Vec<Arc<JobRun>> = Vec::new();
     let mut lookups = Lookups::default();
     for job in jobs.into_iter().filter(|j| j.state == JobState::Running) {
-        // The mapping must still be active with the job's audience.
-        let mapping = ctx
-            .destinations
-            .get_mapping(&job.destination_id, &job.segment_id)
-            .await
-            .map_err(|e| e.to_string())?;
-        let live = crate::export::purge::job_is_live(&job, mapping.as_ref());
-        if !live {
-            let gone = mapping.as_ref().is_none_or(|m| {
-                m.status == MappingStatus::Removed || m.audience_id != Some(job.audience_id)
-            });
-            if gone {
-                ctx.jobs
-                    .set_job_error(
-                        &job.destination_id,
-                        &job.segment_id,
-                        job.generation,
-                        "the mapping was removed or changed audience",
-                        true,
-                    )
-                    .await
-                    .map_err(|e| e.to_string())?;
-            }
-            skipped.push(json!({"destinationId": job.destination_id, "segmentId": job.segment_id, "reason": "mapping not active"}));
-            continue;
+        match prepare_run(ctx, &mut lookups, job).await? {
+            Ok((account, job)) => runs.push(Arc::new(JobRun {
+                job,
+                account,
+                stop: AtomicBool::new(false),
+                pacer: pacer.clone(),
+            })),
+            Err(skip) => skipped.push(skip),
         }
-        let account = match lookups
-            .account(ctx, &job.account_id)
-            .await
-            .map_err(|e| e.to_string())?
-        {
-            Some(a) if a.status == AccountStatus::Active => a,
-            Some(_) => {
-                let msg = AmazonError::ReauthorizationRequired.user_message();
-                let _ = ctx
-                    .jobs
-                    .set_job_error(
-                        &job.destination_id,
-                        &job.segment_id,
-                        job.generation,
-                        &msg,
-                        false,
-                    )
-                    .await;
-                skipped.push(json!({"destinationId": job.destination_id, "segmentId": job.segment_id, "reason": "account needs reauthorization"}));
-                continue;
-            }
-            None => {
-                let msg = format!("account {} is not linked", job.account_id);
-                let _ = ctx
-                    .jobs
-                    .set_job_error(
-                        &job.destination_id,
-                        &job.segment_id,
-                        job.generation,
-                        &msg,
-                        true,
-                    )
-                    .await;
-                let _ = ctx
-                    .destinations
-                    .set_mapping_error(&job.destination_id, &job.segment_id, &msg)
-                    .await;
-                skipped.push(json!({"destinationId": job.destination_id, "segmentId": job.segment_id, "reason": "account not linked"}));
-                continue;
-            }
-        };
-        runs.push(Arc::new(JobRun {
-            job,
-            account,
-            stop: AtomicBool::new(false),
-            pacer: pacer.clone(),
-        }));
     }
 
-    // Shards to try, job by job (oldest job first), skipping ones visibly done or leased.
-    let mut tasks: Vec<(Arc<JobRun>, u16)> = Vec::new();
-    for run in &runs {
-        let shards = ctx
-            .jobs
-            .shards(&run.job.destination_id, &run.job.segment_id)
-            .await
-            .map_err(|e| e.to_string())?;
-        let now = now_ms();
-        for s in shards {
-            if !s.done && s.generation == run.job.generation && s.lease_until_ms < now {
-                tasks.push((run.clone(), s.shard));
-            }
-        }
-    }
+    let tasks = shard_tasks(ctx, &runs).await?;
     let ends: Vec<(Arc<JobRun>, u16, ShardEnd)> = futures::stream::iter(tasks)
         .map(|(run, shard)| {
             let stats = stats.clone();
@@ -399,21 +305,11 @@ pub(super) async fn backfill_in_slot(
     // Jobs whose shards are all done: drain the dirty set, then finish.
     let mut finished = 0;
     for run in &runs {
-        if run.stop.load(Ordering::Relaxed) || inv.remaining() < opts.safety_margin {
-            continue;
-        }
-        let shards = ctx
-            .jobs
-            .shards(&run.job.destination_id, &run.job.segment_id)
-            .await
-            .map_err(|e| e.to_string())?;
-        if shards.iter().any(|s| !s.done) {
-            continue;
-        }
-        match drain_and_finish(ctx, inv, opts, run, &owner, &stats).await {
-            Ok(true) => finished += 1,
-            Ok(false) => deadline_hit |= inv.remaining() < opts.safety_margin,
-            Err(e) => errors.push(e),
+        match finish_job(ctx, inv, opts, run, &owner, &stats).await? {
+            Some(Ok(true)) => finished += 1,
+            Some(Ok(false)) => deadline_hit |= inv.remaining() < opts.safety_margin,
+            Some(Err(e)) => errors.push(e),
+            None => {}
         }
     }
 
@@ -435,6 +331,152 @@ pub(super) async fn backfill_in_slot(
         "errors": errors,
         "ms": started.elapsed().as_millis() as u64,
     }))
+}
+
+/// The active jobs, or only those of `only` (read by key).
+async fn load_jobs(
+    ctx: &ExportCtx,
+    only: Option<&[(String, String)]>,
+) -> Result<Vec<BackfillJob>, String> {
+    Ok(match only {
+        None => ctx.jobs.active_jobs().await.map_err(|e| e.to_string())?,
+        Some(keys) => {
+            let mut jobs = Vec::with_capacity(keys.len());
+            for (dest, seg) in keys {
+                if let Some(j) = ctx
+                    .jobs
+                    .get_job(dest, seg)
+                    .await
+                    .map_err(|e| e.to_string())?
+                {
+                    jobs.push(j);
+                }
+            }
+            jobs
+        }
+    })
+}
+
+/// A running job's account when its mapping is still active with the job's audience and the
+/// account is active; otherwise the `skipped` entry (and the job's error recorded).
+async fn prepare_run(
+    ctx: &ExportCtx,
+    lookups: &mut Lookups,
+    job: BackfillJob,
+) -> Result<Result<(IntegratedAccount, BackfillJob), Value>, String> {
+    let skip = |job: &BackfillJob, reason: &str| json!({"destinationId": job.destination_id, "segmentId": job.segment_id, "reason": reason});
+    // The mapping must still be active with the job's audience.
+    let mapping = ctx
+        .destinations
+        .get_mapping(&job.destination_id, &job.segment_id)
+        .await
+        .map_err(|e| e.to_string())?;
+    let live = crate::export::purge::job_is_live(&job, mapping.as_ref());
+    if !live {
+        let gone = mapping.as_ref().is_none_or(|m| {
+            m.status == MappingStatus::Removed || m.audience_id != Some(job.audience_id)
+        });
+        if gone {
+            ctx.jobs
+                .set_job_error(
+                    &job.destination_id,
+                    &job.segment_id,
+                    job.generation,
+                    "the mapping was removed or changed audience",
+                    true,
+                )
+                .await
+                .map_err(|e| e.to_string())?;
+        }
+        return Ok(Err(skip(&job, "mapping not active")));
+    }
+    let account = lookups
+        .account(ctx, &job.account_id)
+        .await
+        .map_err(|e| e.to_string())?;
+    match account {
+        Some(a) if a.status == AccountStatus::Active => Ok(Ok((a, job))),
+        Some(_) => {
+            let msg = AmazonError::ReauthorizationRequired.user_message();
+            let _ = ctx
+                .jobs
+                .set_job_error(
+                    &job.destination_id,
+                    &job.segment_id,
+                    job.generation,
+                    &msg,
+                    false,
+                )
+                .await;
+            Ok(Err(skip(&job, "account needs reauthorization")))
+        }
+        None => {
+            let msg = format!("account {} is not linked", job.account_id);
+            let _ = ctx
+                .jobs
+                .set_job_error(
+                    &job.destination_id,
+                    &job.segment_id,
+                    job.generation,
+                    &msg,
+                    true,
+                )
+                .await;
+            let _ = ctx
+                .destinations
+                .set_mapping_error(&job.destination_id, &job.segment_id, &msg)
+                .await;
+            Ok(Err(skip(&job, "account not linked")))
+        }
+    }
+}
+
+/// Shards to try, job by job (oldest job first), skipping ones visibly done or leased.
+async fn shard_tasks(
+    ctx: &ExportCtx,
+    runs: &[Arc<JobRun>],
+) -> Result<Vec<(Arc<JobRun>, u16)>, String> {
+    let mut tasks: Vec<(Arc<JobRun>, u16)> = Vec::new();
+    for run in runs {
+        let shards = ctx
+            .jobs
+            .shards(&run.job.destination_id, &run.job.segment_id)
+            .await
+            .map_err(|e| e.to_string())?;
+        let now = now_ms();
+        for s in shards {
+            if !s.done && s.generation == run.job.generation && s.lease_until_ms < now {
+                tasks.push((run.clone(), s.shard));
+            }
+        }
+    }
+    Ok(tasks)
+}
+
+/// Drains and finishes a job whose shards are all done; `None` when it was not tried (stopped,
+/// deadline close, shards left).
+async fn finish_job(
+    ctx: &ExportCtx,
+    inv: &Invocation,
+    opts: &BackfillOptions,
+    run: &JobRun,
+    owner: &str,
+    stats: &RunStats,
+) -> Result<Option<Result<bool, String>>, String> {
+    if run.stop.load(Ordering::Relaxed) || inv.remaining() < opts.safety_margin {
+        return Ok(None);
+    }
+    let shards = ctx
+        .jobs
+        .shards(&run.job.destination_id, &run.job.segment_id)
+        .await
+        .map_err(|e| e.to_string())?;
+    if shards.iter().any(|s| !s.done) {
+        return Ok(None);
+    }
+    Ok(Some(
+        drain_and_finish(ctx, inv, opts, run, owner, stats).await,
+    ))
 }
 
 #[cfg(test)]
