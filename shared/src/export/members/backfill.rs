@@ -161,6 +161,7 @@ pub(super) async fn queue_backfill(
     Ok(())
 }
 
+/// How a shard's work ended in this invocation.
 #[derive(Debug)]
 pub(super) enum ShardEnd {
     Finished,
