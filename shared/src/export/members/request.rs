@@ -100,14 +100,29 @@ pub(super) fn parse_body(req: &HttpRequest) -> ApiResult<Vec<Value>> {
     Ok(qualifications)
 }
 
-/// `http::parse_json_body`'s refusal (400, 413 or 415 with the error shape) as an [`ApiError`]
-/// with the same status, code, message and field.
-fn refusal(r: HttpResponse) -> ApiError {
-    let kind = match r.status {
-        413 => Kind::PayloadTooLarge,
-        415 => Kind::UnsupportedMediaType,
-        _ => Kind::BadRequest,
-    };
+/// An error answer built as an `HttpResponse` by a helper outside this module
+/// (`http::parse_json_body`, `store::accounts::require_active`) as an [`ApiError`] with the same
+/// status, code, message and field.
+pub(in crate::export) fn refusal(r: HttpResponse) -> ApiError {
+    let kind = [
+        Kind::BadRequest,
+        Kind::Unauthorized,
+        Kind::Forbidden,
+        Kind::NotFound,
+        Kind::MethodNotAllowed,
+        Kind::Conflict,
+        Kind::Gone,
+        Kind::PayloadTooLarge,
+        Kind::UnsupportedMediaType,
+        Kind::Unprocessable,
+        Kind::TooManyRequests,
+        Kind::BadGateway,
+        Kind::Unavailable,
+        Kind::GatewayTimeout,
+    ]
+    .into_iter()
+    .find(|k| k.status() == r.status)
+    .unwrap_or(Kind::Internal);
     match serde_json::from_str::<ErrorBody>(&r.body) {
         Ok(ErrorBody { error: e }) => {
             let err = ApiError::new(kind, &e.code, e.message);
@@ -116,7 +131,7 @@ fn refusal(r: HttpResponse) -> ApiError {
                 None => err,
             }
         }
-        Err(_) => ApiError::new(kind, "invalid_json", r.body),
+        Err(_) => ApiError::new(kind, "internal", r.body),
     }
 }
 
