@@ -314,24 +314,51 @@ pub(super) async fn backfill_in_slot(
         }
     }
 
+    let outcome = RunOutcome {
+        jobs: runs.len(),
+        finished,
+        deadline_hit,
+        skipped,
+        errors,
+    };
+    Ok(summary(ctx, started, &stats, &ends, outcome))
+}
+
+/// What a run did, for its summary.
+struct RunOutcome {
+    jobs: usize,
+    finished: usize,
+    deadline_hit: bool,
+    skipped: Vec<Value>,
+    errors: Vec<String>,
+}
+
+/// The run's JSON summary, and its metrics.
+fn summary(
+    ctx: &ExportCtx,
+    started: std::time::Instant,
+    stats: &RunStats,
+    ends: &[(Arc<JobRun>, u16, ShardEnd)],
+    o: RunOutcome,
+) -> Value {
     let mut m = crate::telemetry::Metrics::new(ctx.metrics_fn);
     m.count("BackfillDevicesSent", stats.devices.load(Ordering::Relaxed))
         .count("BackfillRequests", stats.requests.load(Ordering::Relaxed))
         .millis("BackfillRunMs", started.elapsed().as_millis() as f64);
     m.emit();
-    Ok(json!({
-        "jobs": runs.len(),
+    json!({
+        "jobs": o.jobs,
         "shardsWorked": ends.iter().filter(|e| !matches!(e.2, ShardEnd::NotOurs)).count(),
         "shardsFinished": ends.iter().filter(|e| matches!(e.2, ShardEnd::Finished)).count(),
-        "jobsFinished": finished,
+        "jobsFinished": o.finished,
         "devicesSent": stats.devices.load(Ordering::Relaxed),
         "batches": stats.batches.load(Ordering::Relaxed),
         "requests": stats.requests.load(Ordering::Relaxed),
-        "stoppedForDeadline": deadline_hit,
-        "skipped": skipped,
-        "errors": errors,
+        "stoppedForDeadline": o.deadline_hit,
+        "skipped": o.skipped,
+        "errors": o.errors,
         "ms": started.elapsed().as_millis() as u64,
-    }))
+    })
 }
 
 /// The active jobs, or only those of `only` (read by key).
