@@ -27,6 +27,12 @@ impl Spacer {
         }
     }
 
+    /// Slots for `per_sec` requests a second (at most 10 s apart): an invocation's share of a
+    /// budget shared across processes (backfills split Amazon's PATCH rate between them).
+    pub fn per_second(per_sec: f64) -> Self {
+        Self::new(Duration::from_secs_f64(1.0 / per_sec.max(0.1)))
+    }
+
     /// Waits for this caller's slot. Reserving under the lock and sleeping outside it keeps
     /// concurrent callers in order without holding the lock across an await.
     pub async fn wait(&self) {
@@ -125,5 +131,11 @@ mod tests {
         assert!(!Arc::ptr_eq(&a, &c));
         assert!(!Arc::ptr_eq(&a, &d));
         assert_eq!(c.interval, Duration::from_millis(10));
+    }
+
+    #[test]
+    fn a_share_per_second_becomes_an_interval() {
+        assert_eq!(Spacer::per_second(50.0).interval, Duration::from_millis(20));
+        assert_eq!(Spacer::per_second(0.0).interval, Duration::from_secs(10));
     }
 }

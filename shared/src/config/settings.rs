@@ -12,8 +12,8 @@
 //!
 //! Still read outside `Settings` (their code has yet to take its value from here):
 //! `BackfillOptions::from_env` at each backfill run and redrive (`export::members`), whose
-//! numbers fall back silently on a malformed value; `UpkeepOptions::from_env` at each upkeep
-//! (`export::upkeep`, same fallback); `ParkedRetry::from_env` at each export redrive;
+//! numbers are checked here too; `UpkeepOptions::from_env` at each upkeep (`export::upkeep`, a
+//! malformed value fails the run naming the variable); `ParkedRetry::from_env` at each export redrive;
 //! `PARKED_IDENTITIES_QUEUE_URL` at each use (`export::identities::queue`); the sibling queue
 //! URLs of the dead-letter redrive (`crate::parked_dlq`); `ADSYNC_KMS_KEY_ID` (`store::secrets`,
 //! `store::sealed`); the SDK timeouts of the KMS client (`store::sealed`, through
@@ -151,7 +151,7 @@ impl Settings {
             parked_retry: crate::store::parked_retry::ParkedRetry::from_env()?,
             dedupe_window: super::dedupe_window()?,
             inline_work: inline_work()?,
-            backfill: crate::export::members::BackfillOptions::from_env(),
+            backfill: crate::export::members::BackfillOptions::from_env()?,
             signin_limit: crate::console::session::SignInLimit::from_env()?,
             conversion_ingest_function: optional("CONVERSION_INGEST_FUNCTION")
                 .unwrap_or_else(|| "conversion-ingest".into()),

@@ -14,13 +14,15 @@
 //! 4xx) answers the identities of that body `rejected` with Amazon's message.
 
 use super::ExportCtx;
+use super::members::refusal;
 use crate::amazon::privacy::{
     HashedFields, HashedRecord, MAX_RECORDS_BODY_BYTES, pack_records, records_body,
 };
 use crate::amazon::{AmazonClient, AmazonError, RetryPolicy};
 use crate::domain::conversion::matchkey::{KeyHasher, KeyType, KeyValue};
 use crate::http::accounts::require_active;
-use crate::http::{HttpRequest, HttpResponse, parse_json_body};
+use crate::http::error::respond;
+use crate::http::{ApiError, ApiResult, HttpRequest, HttpResponse, Kind, parse_json_body};
 use crate::runtime::Invocation;
 use crate::store::accounts::IntegratedAccount;
 use crate::store::parked::ParkedQueue;
@@ -241,44 +243,23 @@ pub async fn handle(
     req: &HttpRequest,
     _inv: &Invocation,
 ) -> HttpResponse {
-    let body: Value = match parse_json_body(req, MAX_REQUEST_BYTES) {
-        Ok(v) => v,
-        Err(r) => return r,
-    };
-    let Some(items) = body.get("identities").and_then(Value::as_array) else {
-        return HttpResponse::field_error(
-            400,
-            "invalid_request",
-            "identities",
-            "the body must be an object with an \"identities\" array",
-        );
-    };
-    if items.is_empty() || items.len() > MAX_IDENTITIES {
-        let status = if items.is_empty() { 400 } else { 413 };
-        return HttpResponse::field_error(
-            status,
-            "invalid_request",
-            "identities",
-            format!(
-                "identities must hold 1 to {MAX_IDENTITIES} entries (got {})",
-                items.len()
-            ),
-        );
-    }
+    respond(identities(ctx, account_id, req).await)
+}
+
+async fn identities(
+    ctx: &ExportCtx,
+    account_id: &str,
+    req: &HttpRequest,
+) -> ApiResult<HttpResponse> {
+    let items = parse_body(req)?;
     let account = match ctx.accounts.get_account(account_id).await {
-        Ok(found) => match require_active(account_id, found) {
-            Ok(a) => a,
-            Err(r) => return r,
-        },
+        Ok(found) => require_active(account_id, found).map_err(refusal)?,
         Err(e) => {
             tracing::error!(error = %e, "account lookup failed");
-            return HttpResponse::error(503, "store_unavailable", "try again");
+            return Err(ApiError::unavailable("store_unavailable", "try again"));
         }
     };
-    let queue = match queue(ctx) {
-        Ok(q) => q,
-        Err(e) => return HttpResponse::error(500, "misconfigured", e),
-    };
+    let queue = queue(ctx).map_err(|e| ApiError::new(Kind::Internal, "misconfigured", e))?;
     let mut hasher = KeyHasher::new();
     let mut results = Vec::with_capacity(items.len());
     // externalId → (indexes, hashed records)
@@ -311,25 +292,94 @@ pub async fn handle(
             }
         })
         .collect();
-    let amazon = request_client(ctx);
-    let started = Instant::now();
-    let (mut requests, mut parked) = (0u64, 0usize);
-    for body in pack_records(records, MAX_RECORDS_BODY_BYTES) {
-        let outcome = if started.elapsed() > SEND_BUDGET {
-            Err((AmazonError::Timeout, body))
+    let sending = Sending {
+        ctx,
+        account: &account,
+        account_id,
+        queue: &queue,
+        index_of: &index_of,
+    };
+    let (requests, parked) = sending.send_all(records, &mut results).await;
+    Ok(answer(ctx, &results, requests, parked))
+}
+
+/// The body's `identities` array: 400 without one or when empty, 413 above [`MAX_IDENTITIES`].
+fn parse_body(req: &HttpRequest) -> ApiResult<Vec<Value>> {
+    let body: Value = parse_json_body(req, MAX_REQUEST_BYTES).map_err(refusal)?;
+    let items = match body {
+        Value::Object(mut m) => match m.remove("identities") {
+            Some(Value::Array(items)) => Some(items),
+            _ => None,
+        },
+        _ => None,
+    };
+    let Some(items) = items else {
+        return Err(ApiError::invalid(
+            "identities",
+            "the body must be an object with an \"identities\" array",
+        ));
+    };
+    if items.is_empty() || items.len() > MAX_IDENTITIES {
+        let kind = if items.is_empty() {
+            Kind::BadRequest
         } else {
-            upload(&amazon, &account, body).await
+            Kind::PayloadTooLarge
         };
-        let (e, failed) = match outcome {
-            Ok(n) => {
-                requests += n;
-                continue;
+        let message = format!(
+            "identities must hold 1 to {MAX_IDENTITIES} entries (got {})",
+            items.len()
+        );
+        return Err(ApiError::new(kind, "invalid_request", message).at("identities"));
+    }
+    Ok(items)
+}
+
+/// What sending one request's records needs.
+struct Sending<'a> {
+    ctx: &'a ExportCtx,
+    account: &'a IntegratedAccount,
+    account_id: &'a str,
+    queue: &'a ParkedQueue,
+    /// externalId → the items it came from.
+    index_of: &'a BTreeMap<String, Vec<usize>>,
+}
+
+impl Sending<'_> {
+    /// Uploads the records body by body within [`SEND_BUDGET`]; returns the requests made and
+    /// the records parked, and sets the items' lines of bodies that failed.
+    async fn send_all(
+        &self,
+        records: Vec<HashedRecord>,
+        results: &mut [ItemResult],
+    ) -> (u64, usize) {
+        let amazon = request_client(self.ctx);
+        let started = Instant::now();
+        let (mut requests, mut parked) = (0u64, 0usize);
+        for body in pack_records(records, MAX_RECORDS_BODY_BYTES) {
+            let outcome = if started.elapsed() > SEND_BUDGET {
+                Err((AmazonError::Timeout, body))
+            } else {
+                upload(&amazon, self.account, body).await
+            };
+            match outcome {
+                Ok(n) => requests += n,
+                Err((e, failed)) => parked += self.failed(e, failed, results).await,
             }
-            Err(x) => x,
-        };
-        let mark = |results: &mut Vec<ItemResult>, status: &'static str, msg: &str| {
+        }
+        (requests, parked)
+    }
+
+    /// Answers a body Amazon did not take: `rejected` for its refusal, else parked (or
+    /// `failed` when parking fails too). Returns the records parked.
+    async fn failed(
+        &self,
+        e: AmazonError,
+        failed: Vec<HashedRecord>,
+        results: &mut [ItemResult],
+    ) -> usize {
+        let mark = |results: &mut [ItemResult], status: &'static str, msg: &str| {
             for r in &failed {
-                for &i in index_of.get(&r.external_id).into_iter().flatten() {
+                for &i in self.index_of.get(&r.external_id).into_iter().flatten() {
                     results[i].status = status;
                     results[i].message = Some(msg.to_string());
                 }
@@ -339,34 +389,46 @@ pub async fn handle(
             e,
             AmazonError::Rejected { .. } | AmazonError::AccountNotFound { .. }
         ) {
-            mark(&mut results, "rejected", &e.user_message());
-            continue;
+            mark(results, "rejected", &e.user_message());
+            return 0;
         }
         if matches!(e, AmazonError::ReauthorizationRequired)
-            && let Err(se) = ctx
+            && let Err(se) = self
+                .ctx
                 .accounts
-                .mark_reauthorization_required(&account.token_secret)
+                .mark_reauthorization_required(&self.account.token_secret)
                 .await
         {
             tracing::error!(error = %se, "could not mark the accounts for reauthorization");
         }
         let n = failed.len();
-        let lost = park(&queue, account_id, failed.clone(), &e.user_message()).await;
+        let lost = park(
+            self.queue,
+            self.account_id,
+            failed.clone(),
+            &e.user_message(),
+        )
+        .await;
         if lost == 0 {
-            parked += n;
             mark(
-                &mut results,
+                results,
                 "parked",
                 "Amazon could not take it now; parked and redriven later",
             );
+            n
         } else {
             mark(
-                &mut results,
+                results,
                 "failed",
                 "could not be delivered or parked; send it again",
             );
+            0
         }
     }
+}
+
+/// The 200 (or 207 unless every item was accepted) answer, and its metrics.
+fn answer(ctx: &ExportCtx, results: &[ItemResult], requests: u64, parked: usize) -> HttpResponse {
     let count = |s: &str| results.iter().filter(|r| r.status == s).count();
     let accepted = count("accepted");
     let mut m = crate::telemetry::Metrics::new(ctx.metrics_fn);

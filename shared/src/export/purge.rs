@@ -112,39 +112,7 @@ pub async fn plan_purges(
         let job = ctx.jobs.get_job(dst, seg).await?;
         match p.state {
             PurgeState::Waiting => {
-                if now_ms < p.requested_ms + settle.as_millis() as i64 {
-                    continue;
-                }
-                let mapping = ctx.destinations.get_mapping(dst, seg).await?;
-                if mapping.is_none_or(|m| m.status != MappingStatus::Removed) {
-                    // Mapped again meanwhile: its backfill owns the audience now.
-                    ctx.destinations.delete_purge(dst, seg).await?;
-                    continue;
-                }
-                if let Some(j) = &job
-                    && held(ctx, j).await?
-                {
-                    continue;
-                }
-                let generation = job.as_ref().map_or(1, |j| j.generation + 1);
-                let g = Generation {
-                    destination_id: dst,
-                    segment_id: seg,
-                    account_id: &p.account_id,
-                    audience_id: p.audience_id,
-                    shards: LEDGER_SHARDS,
-                    include_removals: true,
-                    purpose: JobPurpose::Purge,
-                };
-                if ctx
-                    .jobs
-                    .put_generation(&g, job.as_ref(), generation)
-                    .await?
-                {
-                    let mut running = p.clone();
-                    running.state = PurgeState::Running;
-                    running.generation = Some(generation);
-                    ctx.destinations.put_purge(&running).await?;
+                if start_purge(ctx, p, job.as_ref(), now_ms, settle).await? {
                     plan.started += 1;
                 }
             }
@@ -185,6 +153,50 @@ pub async fn plan_purges(
         }
     }
     Ok(plan)
+}
+
+/// Starts a waiting purge whose wait is over (a purge generation of the job); `true` when
+/// started. A mapping used again meanwhile drops the purge.
+async fn start_purge(
+    ctx: &ExportCtx,
+    p: &PurgeEntry,
+    job: Option<&BackfillJob>,
+    now_ms: i64,
+    settle: Duration,
+) -> Result<bool, StoreError> {
+    let (dst, seg) = (p.destination_id.as_str(), p.segment_id.as_str());
+    if now_ms < p.requested_ms + settle.as_millis() as i64 {
+        return Ok(false);
+    }
+    let mapping = ctx.destinations.get_mapping(dst, seg).await?;
+    if mapping.is_none_or(|m| m.status != MappingStatus::Removed) {
+        // Mapped again meanwhile: its backfill owns the audience now.
+        ctx.destinations.delete_purge(dst, seg).await?;
+        return Ok(false);
+    }
+    if let Some(j) = job
+        && held(ctx, j).await?
+    {
+        return Ok(false);
+    }
+    let generation = job.map_or(1, |j| j.generation + 1);
+    let g = Generation {
+        destination_id: dst,
+        segment_id: seg,
+        account_id: &p.account_id,
+        audience_id: p.audience_id,
+        shards: LEDGER_SHARDS,
+        include_removals: true,
+        purpose: JobPurpose::Purge,
+    };
+    if ctx.jobs.put_generation(&g, job, generation).await? {
+        let mut running = p.clone();
+        running.state = PurgeState::Running;
+        running.generation = Some(generation);
+        ctx.destinations.put_purge(&running).await?;
+        return Ok(true);
+    }
+    Ok(false)
 }
 
 /// True while a shard of the job's current generation is leased (a send may be in flight).

@@ -9,7 +9,7 @@
 //!    metadata share ([`super::audience_meta::run_metadata`]).
 
 use super::ExportCtx;
-use crate::config::parsed_or;
+use crate::config::{ConfigError, parsed_or};
 use serde_json::{Value, json};
 use std::time::Duration;
 
@@ -32,15 +32,16 @@ impl Default for UpkeepOptions {
 }
 
 impl UpkeepOptions {
-    pub fn from_env() -> Self {
+    /// Unset keeps the default; a malformed value is an error naming the variable.
+    pub fn from_env() -> Result<Self, ConfigError> {
         let d = Self::default();
         let secs = |k: &'static str, def: Duration| {
-            Duration::from_secs(parsed_or::<u64>(k, def.as_secs()).unwrap_or(def.as_secs()))
+            parsed_or::<u64>(k, def.as_secs()).map(Duration::from_secs)
         };
-        Self {
-            size_interval: secs("AUDIENCE_SIZE_INTERVAL_SECS", d.size_interval),
-            purge_settle: secs("PURGE_SETTLE_SECS", d.purge_settle),
-        }
+        Ok(Self {
+            size_interval: secs("AUDIENCE_SIZE_INTERVAL_SECS", d.size_interval)?,
+            purge_settle: secs("PURGE_SETTLE_SECS", d.purge_settle)?,
+        })
     }
 }
 

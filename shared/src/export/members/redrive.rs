@@ -8,7 +8,10 @@
 //! received message is deleted: redrives never burn SQS receives, so an outage of hours does not
 //! end in the dead-letter queue. A run never takes up the copies it re-enqueued itself.
 
-use super::{BackfillOptions, Lookups, PARKED_KIND, ParkedPatch, Target, deliver};
+use super::backfill::BackfillOptions;
+use super::delivery::deliver;
+use super::parking::{PARKED_KIND, ParkedPatch};
+use super::targets::{Lookups, Target};
 use crate::export::ExportCtx;
 use crate::runtime::{Invocation, now_ms};
 use crate::store::destinations::{MappingStatus, SegmentMapping};
@@ -46,6 +49,7 @@ pub async fn run_redrive_with(
     policy: &ParkedRetry,
 ) -> Result<Value, String> {
     let margin = BackfillOptions::from_env()
+        .map_err(|e| e.to_string())?
         .safety_margin
         .min(Duration::from_secs(10));
     let run_id = uuid::Uuid::new_v4().simple().to_string();
@@ -129,6 +133,39 @@ async fn redrive_one(
         }
     };
     let total = item.devices.len() as i64;
+    let (later, dead) = requeue(ctx, item, failed, policy, now, run_id, run).await?;
+    ctx.parked
+        .ack(&p.receipt_handle)
+        .await
+        .map_err(|e| e.to_string())?;
+    if later == 0 && dead == 0 {
+        run.acked += 1;
+    } else {
+        run.kept += 1;
+    }
+    ParkedCounts::new(&ctx.accounts)
+        .add_logged(
+            &item.account_id,
+            &[
+                (Counter::Patches, later - total),
+                (Counter::PatchesDeadLettered, dead),
+            ],
+        )
+        .await;
+    Ok(())
+}
+
+/// Sends what still failed back to the queue with its next delay, or to the dead-letter queue
+/// once too old; returns the devices requeued and dead-lettered.
+async fn requeue(
+    ctx: &ExportCtx,
+    item: &ParkedPatch,
+    failed: Vec<ParkedPatch>,
+    policy: &ParkedRetry,
+    now: u64,
+    run_id: &str,
+    run: &mut Run,
+) -> Result<(i64, i64), String> {
     let (mut later, mut dead) = (0i64, 0i64);
     for mut f in failed {
         let n = f.devices.len() as i64;
@@ -154,25 +191,7 @@ async fn redrive_one(
             }
         }
     }
-    ctx.parked
-        .ack(&p.receipt_handle)
-        .await
-        .map_err(|e| e.to_string())?;
-    if later == 0 && dead == 0 {
-        run.acked += 1;
-    } else {
-        run.kept += 1;
-    }
-    ParkedCounts::new(&ctx.accounts)
-        .add_logged(
-            &item.account_id,
-            &[
-                (Counter::Patches, later - total),
-                (Counter::PatchesDeadLettered, dead),
-            ],
-        )
-        .await;
-    Ok(())
+    Ok((later, dead))
 }
 
 type Targets = BTreeMap<String, Vec<Target>>;

@@ -1,0 +1,315 @@
+//! `POST /qualifications`: ledger writes, dirty marks, delivery, the answer.
+
+use super::LEDGER_WRITE_CONCURRENCY;
+use super::delivery::{DeliveryReport, deliver};
+use super::parking::park_rows;
+use super::request::{FieldError, ItemResult, Qualification, parse_body, validate_items};
+use super::targets::{Lookups, Target, TargetRef};
+use crate::export::ExportCtx;
+use crate::http::error::respond;
+use crate::http::{ApiResult, HttpRequest, HttpResponse};
+use crate::runtime::{Invocation, now_ms};
+use crate::store::StoreError;
+use crate::store::destinations::MappingStatus;
+use crate::store::jobs::JobState;
+use crate::store::ledger::{LedgerRow, Upsert};
+use crate::store::parked_counts::{Counter, ParkedCounts};
+use futures::StreamExt;
+use serde_json::json;
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::time::Duration;
+
+const OUT_OF_TIME: &str = "not stored: the request's time budget ran out";
+
+/// Where the applied rows go: targets per segment, the mappings whose backfill needs dirty marks,
+/// and the lookup errors for the answer.
+#[derive(Default)]
+struct Routing {
+    targets: BTreeMap<String, Vec<Target>>,
+    dirty_jobs: Vec<TargetRef>,
+    errors: Vec<String>,
+}
+
+/// `POST /qualifications` (the router checks the API key first). It answers within the request
+/// budget: ledger writes stop 10 s before it (a third of the time left, if shorter), and device
+/// updates Amazon cannot take before the budget's Amazon deadline are parked
+/// (`delivery.parked`) and redriven.
+pub async fn handle_qualifications(
+    ctx: &ExportCtx,
+    req: &HttpRequest,
+    inv: &Invocation,
+) -> HttpResponse {
+    respond(qualifications(ctx, req, inv).await)
+}
+
+async fn qualifications(
+    ctx: &ExportCtx,
+    req: &HttpRequest,
+    inv: &Invocation,
+) -> ApiResult<HttpResponse> {
+    let items = parse_body(req)?;
+    let now = chrono::Utc::now().timestamp_millis();
+    let (mut results, valid) = validate_items(&items, now);
+    // 1. The ledger: conditional writes, an older update never wins.
+    let rows = write_ledger(ctx, inv, &valid, &mut results).await;
+    // 2. Targets per segment, and the dirty sets of unfinished backfills (before any send).
+    let mut lookups = Lookups::default();
+    let routing = resolve_targets(ctx, &mut lookups, &rows).await;
+    let parked_rows = mark_dirty(ctx, &routing.dirty_jobs, &rows).await;
+    // 3. Send, verify, park what fails.
+    let targets = &routing.targets;
+    let mut report = send(ctx, &mut lookups, targets, rows).await;
+    if !parked_rows.is_empty() {
+        park_rows(targets, parked_rows, "dirty mark failed", &mut report);
+    }
+    let park_errors = park_failed(ctx, &mut report).await;
+    report.errors.extend(routing.errors);
+    if park_errors > 0 {
+        report.errors.push(format!(
+            "{park_errors} device updates could not be parked; they stay in the ledger"
+        ));
+    }
+    Ok(answer(ctx, &results, items.len(), &report))
+}
+
+/// Writes the valid items (conditional writes: an older update never wins) and records each
+/// outcome in its line; returns the newest applied row per (segment, device).
+async fn write_ledger(
+    ctx: &ExportCtx,
+    inv: &Invocation,
+    valid: &[(usize, Qualification)],
+    results: &mut [ItemResult],
+) -> Vec<LedgerRow> {
+    // Owned inputs: closures over borrowed tuples trip the Send check of the handler's future.
+    let writes: Vec<(usize, LedgerRow)> = valid.iter().map(|(i, q)| (*i, q.row.clone())).collect();
+    // The request budget: no ledger write starts in the last 10 s (a third of a shorter
+    // invocation): sending and parking need them. Items not stored are answered `failed`.
+    let keep = Duration::from_secs(10).min(inv.remaining() / 3);
+    let stop_writes_at = inv.deadline_ms.saturating_sub(keep.as_millis() as u64);
+    let outcomes: Vec<(usize, Result<Upsert, StoreError>)> = futures::stream::iter(writes)
+        .map(|(i, row)| async move {
+            if now_ms() >= stop_writes_at {
+                return (i, Err(StoreError::Conflict(OUT_OF_TIME.into())));
+            }
+            (
+                i,
+                crate::export::privacy::upsert_unless_erased(ctx, &row).await,
+            )
+        })
+        .buffer_unordered(LEDGER_WRITE_CONCURRENCY)
+        .collect()
+        .await;
+    let by_index: HashMap<usize, &Qualification> = valid.iter().map(|(i, q)| (*i, q)).collect();
+    // The newest applied version per (segment, device) in this request.
+    let mut applied: HashMap<(String, String), LedgerRow> = HashMap::new();
+    for (i, res) in outcomes {
+        if record_write(&mut results[i], res) {
+            let row = &by_index[&i].row;
+            let k = (row.segment_id.clone(), row.device.clone());
+            if applied.get(&k).is_none_or(|old| old.ts_ms < row.ts_ms) {
+                applied.insert(k, row.clone());
+            }
+        }
+    }
+    applied.into_values().collect()
+}
+
+/// Sets an item's line from its ledger write; `true` when it was applied.
+fn record_write(r: &mut ItemResult, res: Result<Upsert, StoreError>) -> bool {
+    match res {
+        Ok(Upsert::Applied) => {
+            r.status = "applied";
+            return true;
+        }
+        Ok(Upsert::Stale) => {
+            r.status = "stale";
+            r.message = Some(
+                "not applied: the ledger already holds an update for this segment and device at the same or a later timestamp",
+            );
+        }
+        Err(StoreError::Conflict(m)) if m == OUT_OF_TIME => {
+            r.status = "failed";
+            r.errors.push(FieldError {
+                field: "qualification",
+                message: format!("{OUT_OF_TIME}; send it again"),
+            });
+        }
+        Err(e) => {
+            tracing::error!(error = %e, "ledger write failed");
+            r.status = "failed";
+            r.errors.push(FieldError {
+                field: "qualification",
+                message: "could not be stored; send it again".into(),
+            });
+        }
+    }
+    false
+}
+
+/// The active targets of the rows' segments, and which of them have a backfill whose scan
+/// may still send a stale state after ours.
+async fn resolve_targets(ctx: &ExportCtx, lookups: &mut Lookups, rows: &[LedgerRow]) -> Routing {
+    let mut routing = Routing::default();
+    let segments: BTreeSet<String> = rows.iter().map(|r| r.segment_id.clone()).collect();
+    for seg in &segments {
+        let mappings = match ctx.destinations.mappings_for_segment(seg).await {
+            Ok(m) => m,
+            Err(e) => {
+                routing.errors.push(format!("mapping lookup failed: {e}"));
+                Vec::new()
+            }
+        };
+        for m in mappings {
+            if matches!(m.status, MappingStatus::Removed | MappingStatus::Failed) {
+                continue;
+            }
+            match lookups.target(ctx, &m).await {
+                Ok(Some(t)) => {
+                    if needs_dirty_mark(ctx, &t.r).await {
+                        routing.dirty_jobs.push(t.r.clone());
+                    }
+                    routing.targets.entry(seg.clone()).or_default().push(t);
+                }
+                Ok(None) => {}
+                Err(e) => routing.errors.push(format!("mapping lookup failed: {e}")),
+            }
+        }
+    }
+    routing
+}
+
+/// Until the job's drain begins, its scan may still send a stale state after ours: leave a mark
+/// for the drain. An unknown job state marks anyway (a harmless extra resend).
+async fn needs_dirty_mark(ctx: &ExportCtx, t: &TargetRef) -> bool {
+    match ctx.jobs.get_job(&t.destination_id, &t.segment_id).await {
+        Ok(Some(j)) => j.state != JobState::Done && !j.draining,
+        Ok(None) => false,
+        Err(e) => {
+            tracing::warn!(error = %e, "job lookup failed");
+            true
+        }
+    }
+}
+
+/// Marks the rows dirty in the jobs that need it; returns the rows whose mark failed.
+async fn mark_dirty(
+    ctx: &ExportCtx,
+    dirty_jobs: &[TargetRef],
+    rows: &[LedgerRow],
+) -> Vec<LedgerRow> {
+    if dirty_jobs.is_empty() {
+        return Vec::new();
+    }
+    let marks: Vec<(String, String, usize)> = dirty_jobs
+        .iter()
+        .flat_map(|t| {
+            rows.iter()
+                .enumerate()
+                .filter(move |(_, r)| r.segment_id == t.segment_id)
+                .map(move |(i, _)| (t.destination_id.clone(), t.segment_id.clone(), i))
+        })
+        .collect();
+    let failed: Vec<usize> = futures::stream::iter(marks)
+        .map(|(dest, seg, i)| async move {
+            match ctx.jobs.mark_dirty(&dest, &seg, &rows[i].device).await {
+                Ok(()) => None,
+                Err(e) => {
+                    tracing::error!(error = %e, "could not mark a device dirty");
+                    Some(i)
+                }
+            }
+        })
+        .buffer_unordered(LEDGER_WRITE_CONCURRENCY)
+        .filter_map(|x| async move { x })
+        .collect()
+        .await;
+    // Without its dirty mark, a send could race the backfill's scan: park the device instead
+    // (the redrive sends the ledger's state later, after the scan).
+    let failed: BTreeSet<usize> = failed.into_iter().collect();
+    failed.into_iter().map(|i| rows[i].clone()).collect()
+}
+
+/// Sends the rows that have targets (send, verify, park what fails). Amazon calls end `reserve`
+/// before the budget (`crate::budget`); with under a second left nothing is sent: the rows are
+/// parked for the redrive at once.
+async fn send(
+    ctx: &ExportCtx,
+    lookups: &mut Lookups,
+    targets: &BTreeMap<String, Vec<Target>>,
+    rows: Vec<LedgerRow>,
+) -> DeliveryReport {
+    let to_send: Vec<LedgerRow> = rows
+        .into_iter()
+        .filter(|r| targets.contains_key(&r.segment_id))
+        .collect();
+    if crate::budget::amazon_time_left().is_some_and(|l| l < Duration::from_secs(1)) {
+        let mut r = DeliveryReport::default();
+        park_rows(
+            targets,
+            to_send,
+            "the request's time budget ran out before sending",
+            &mut r,
+        );
+        r
+    } else {
+        deliver(ctx, lookups, targets, to_send).await
+    }
+}
+
+/// Parks what could not be delivered; returns the device updates that could not be parked.
+async fn park_failed(ctx: &ExportCtx, report: &mut DeliveryReport) -> u64 {
+    let mut park_errors = 0u64;
+    for p in std::mem::take(&mut report.failed) {
+        match ctx.parked.park(&p).await {
+            Ok(()) => {
+                ParkedCounts::new(&ctx.accounts)
+                    .add_logged(&p.account_id, &[(Counter::Patches, p.devices.len() as i64)])
+                    .await
+            }
+            Err(e) => {
+                // The ledger still holds the truth; a restarted backfill resends it.
+                tracing::error!(error = %e, "could not park a patch");
+                park_errors += p.devices.len() as u64;
+            }
+        }
+    }
+    park_errors
+}
+
+/// The 200 (or 207 when an item was rejected or failed) answer, and its metrics.
+fn answer(
+    ctx: &ExportCtx,
+    results: &[ItemResult],
+    received: usize,
+    report: &DeliveryReport,
+) -> HttpResponse {
+    let count = |s: &str| results.iter().filter(|r| r.status == s).count();
+    let (applied_n, stale_n, rejected_n, failed_n) = (
+        count("applied"),
+        count("stale"),
+        count("rejected"),
+        count("failed"),
+    );
+    let mut m = crate::telemetry::Metrics::new(ctx.metrics_fn);
+    m.count("QualificationsApplied", applied_n as u64)
+        .count("QualificationsStale", stale_n as u64)
+        .count("QualificationsRejected", (rejected_n + failed_n) as u64)
+        .count("AudiencePatchesSent", report.patches)
+        .count("AudiencePatchesParked", report.parked);
+    m.emit();
+    let status = if rejected_n + failed_n == 0 { 200 } else { 207 };
+    HttpResponse::json(
+        status,
+        &json!({
+            "results": results,
+            "totals": {
+                "received": received,
+                "applied": applied_n,
+                "stale": stale_n,
+                "rejected": rejected_n,
+                "failed": failed_n,
+            },
+            "delivery": report,
+        }),
+    )
+}

@@ -1,0 +1,93 @@
+//! Targets: the active mappings a segment's membership goes to.
+
+use crate::export::ExportCtx;
+use crate::store::StoreError;
+use crate::store::accounts::IntegratedAccount;
+use crate::store::destinations::{MappingStatus, SegmentMapping};
+use serde::{Deserialize, Serialize};
+use std::collections::HashMap;
+
+/// One active mapping, resolved to its audience and account.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct TargetRef {
+    pub destination_id: String,
+    pub segment_id: String,
+}
+
+#[derive(Clone, Debug)]
+pub(super) struct Target {
+    pub(super) r: TargetRef,
+    pub(super) audience_id: i64,
+    pub(super) account_id: String,
+}
+
+/// Per-call caches of destinations' accounts.
+#[derive(Default)]
+pub(super) struct Lookups {
+    pub(super) account_of_destination: HashMap<String, Option<String>>,
+    pub(super) accounts: HashMap<String, Option<IntegratedAccount>>,
+}
+
+impl Lookups {
+    pub(super) async fn account_id(
+        &mut self,
+        ctx: &ExportCtx,
+        destination_id: &str,
+    ) -> Result<Option<String>, StoreError> {
+        if let Some(a) = self.account_of_destination.get(destination_id) {
+            return Ok(a.clone());
+        }
+        let a = ctx
+            .destinations
+            .get_destination(destination_id)
+            .await?
+            .map(|d| d.account_id);
+        self.account_of_destination
+            .insert(destination_id.to_string(), a.clone());
+        Ok(a)
+    }
+
+    pub(super) async fn account(
+        &mut self,
+        ctx: &ExportCtx,
+        account_id: &str,
+    ) -> Result<Option<IntegratedAccount>, StoreError> {
+        if let Some(a) = self.accounts.get(account_id) {
+            return Ok(a.clone());
+        }
+        let a = ctx.accounts.get_account(account_id).await?;
+        self.accounts.insert(account_id.to_string(), a.clone());
+        Ok(a)
+    }
+
+    /// Resolves a mapping (re-read consistently: the segment index may lag) to a target when it
+    /// is active.
+    pub(super) async fn target(
+        &mut self,
+        ctx: &ExportCtx,
+        m: &SegmentMapping,
+    ) -> Result<Option<Target>, StoreError> {
+        let Some(m) = ctx
+            .destinations
+            .get_mapping(&m.destination_id, &m.segment_id)
+            .await?
+        else {
+            return Ok(None);
+        };
+        let (MappingStatus::Active, Some(audience_id)) = (m.status, m.audience_id) else {
+            return Ok(None);
+        };
+        let Some(account_id) = self.account_id(ctx, &m.destination_id).await? else {
+            return Ok(None);
+        };
+        Ok(Some(Target {
+            r: TargetRef {
+                destination_id: m.destination_id,
+                segment_id: m.segment_id,
+            },
+            audience_id,
+            account_id,
+        }))
+    }
+}
