@@ -5,8 +5,9 @@ Scans shared/src/**/*.rs and functions/*/src/**/*.rs and reports:
   (a) files over 600 lines;
   (b) functions over 80 lines, counted from the `fn` line to its closing brace, test code aside
       (items under #[cfg(test)] / #[test], files named tests.rs or under a tests/ directory);
-  (c) references that run against the layers, domain <- (amazon, store) <- (http, runtime,
-      budget, config, aws, telemetry, ...) <- (linking, ingest, export, console) <- functions:
+  (c) references that run against the layers, foundation (domain, clock, config, budget, …) <-
+      adapters (amazon, store, aws) <- api and wiring (http, runtime, settings, …) <- use cases
+      (linking, ingest, export, console, parked_dlq) <- functions (see LAYERS below):
       every `use crate::X` / `crate::X::` (and `super::` reaching another top-level module) from
       a module of a lower layer to one of a higher layer, with file, line and the reference;
       and cycles between top-level modules of shared/src (any layers).
@@ -27,18 +28,25 @@ MAX_FN_LINES = 80
 
 # Top-level modules of shared/src and their layer (higher may use lower, never the reverse).
 LAYERS = {
+    # foundation: pure domain and leaf utilities that import nothing above them
     "domain": 0,
-    "random": 0,  # a leaf utility (OS randomness), imports nothing
+    "random": 0,  # OS randomness
+    "clock": 0,  # the one wall clock
+    "config": 0,  # environment readers and ConfigError
+    "telemetry": 0,  # logs and metrics
+    "budget": 0,  # the request's time budget, read by the Amazon client
+    # adapters: Amazon, the stores, the AWS clients they are built from
     "amazon": 1,
     "store": 1,
+    "aws": 1,
+    # api and wiring: the runtime, HTTP, settings, adapters wired together
     "http": 2,
     "api": 2,
     "runtime": 2,
-    "budget": 2,
-    "config": 2,
-    "aws": 2,
-    "telemetry": 2,
+    "settings": 2,
+    "amazon_vault": 2,
     "local_serving": 2,
+    # use cases
     "linking": 3,
     "ingest": 3,
     "export": 3,
@@ -46,7 +54,7 @@ LAYERS = {
     "parked_dlq": 3,  # the dead-letter mover the ingest and export use cases share
 }
 DEFAULT_LAYER = 2
-LAYER_NAMES = ["domain", "amazon/store", "infrastructure", "use cases", "functions"]
+LAYER_NAMES = ["foundation", "adapters", "api and wiring", "use cases", "functions"]
 
 
 def strip_code(text):

@@ -2,6 +2,7 @@
 # Runs every check adsync has, the way CI does (.ci/run calls exactly this):
 #   install.sh → its own local stack `test` on ports that do not collide with a dev stack
 #   (DynamoDB Local 18000, moto 15000, sandbox 19400) → cargo fmt --check, clippy -D warnings,
+#   the structure check (infra/scripts/structure.py: file and function sizes, layers),
 #   cargo test --workspace with the stack's environment (unit, DynamoDB Local / moto / sandbox
 #   integration and browser tests), a short soak of the functions served by `cargo lambda watch`
 #   (infra/scripts/soak.sh), cfn-lint, the IAM wildcard check (infra/scripts/check_iam.py),
@@ -64,6 +65,8 @@ check() {
 
 check fmt cargo fmt --all -- --check
 check clippy cargo clippy --workspace --all-targets -- -D warnings
+# Files ≤ 600 lines, non-test functions ≤ 80, imports one way down the layers (docs/design.md).
+check structure "$VENV/bin/python" infra/scripts/structure.py
 check test cargo test --workspace --no-fail-fast
 # The local serving path: ~20 requests of mixed sizes through `cargo lambda watch` (the full 200
 # is a documented command: infra/scripts/soak.sh --requests 200).

@@ -53,14 +53,14 @@ impl AmazonClient {
     /// `LWA_CREDENTIALS_SECRET` secret, the endpoint overrides, `LWA_SCOPES`.
     pub async fn from_env(aws: &AwsClients) -> Result<Self, AmazonError> {
         let settings =
-            crate::config::Settings::from_env().map_err(|e| AmazonError::Store(e.to_string()))?;
+            crate::settings::Settings::from_env().map_err(|e| AmazonError::Store(e.to_string()))?;
         Self::from_settings(aws, &settings).await
     }
 
     /// [`AmazonClient::from_env`] with the settings read at cold start.
     pub async fn from_settings(
         aws: &AwsClients,
-        settings: &crate::config::Settings,
+        settings: &crate::settings::Settings,
     ) -> Result<Self, AmazonError> {
         let name = settings
             .lwa_credentials_secret

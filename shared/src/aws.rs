@@ -9,7 +9,7 @@ pub struct AwsClients {
 }
 
 /// Where the AWS clients go and how long they may take: read once at cold start
-/// ([`crate::config::Settings`]).
+/// ([`crate::settings::Settings`]).
 ///
 /// `ADSYNC_AWS_ENDPOINT_URL` / `ADSYNC_AWS_ENDPOINT_URL_DYNAMODB`, when non-empty, point every
 /// client (or DynamoDB alone) elsewhere. They exist for `sam local --env-vars`, which passes only
@@ -55,7 +55,7 @@ impl AwsClients {
     }
 
     /// For tests and tools: [`AwsClients::from_settings`] with the environment's settings. The
-    /// functions read them through [`crate::config::Settings`], which refuses a malformed value;
+    /// functions read them through [`crate::settings::Settings`], which refuses a malformed value;
     /// here one is logged and the defaults are used.
     pub async fn from_env() -> Self {
         let settings = AwsSettings::from_env().unwrap_or_else(|e| {
@@ -114,7 +114,7 @@ impl SdkTimeouts {
         })
     }
 
-    /// [`SdkTimeouts::read`] for the clients built outside [`crate::config::Settings`]
+    /// [`SdkTimeouts::read`] for the clients built outside [`crate::settings::Settings`]
     /// (`store::sealed`, `console::invoke`); the functions refuse a malformed value at cold start
     /// (through `Settings`), so the defaults here only serve tests and tools.
     pub fn from_env() -> Self {

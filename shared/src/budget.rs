@@ -118,9 +118,8 @@ pub fn share_of_window(share: f64) -> Option<Instant> {
 /// The epoch-ms time by which an Amazon call of this request must start to have `needed` before
 /// the request's Amazon deadline; `None` outside a request.
 pub fn latest_start_ms(needed: Duration) -> Option<i64> {
-    amazon_time_left().map(|left| {
-        crate::runtime::now_ms() as i64 + left.saturating_sub(needed).as_millis() as i64
-    })
+    amazon_time_left()
+        .map(|left| crate::clock::now_ms() as i64 + left.saturating_sub(needed).as_millis() as i64)
 }
 
 #[cfg(test)]

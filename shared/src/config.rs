@@ -1,15 +1,9 @@
-//! Configuration, read from the environment at start-up.
+//! Reading the environment: the readers ([`required`], [`optional`], [`parsed_or`]) and
+//! [`ConfigError`], which names the variable at fault, plus the refusal of plain-http endpoint
+//! overrides in AWS ([`refuse_insecure_endpoints`]).
 //!
-//! Each function's `main` reads [`Settings`] once at cold start ([`crate::runtime::start`]) and
-//! builds its handler from it; a malformed variable fails start-up with an error naming it, and a
-//! required one that is unset fails the constructor that needs it, naming it too. This module also
-//! holds the readers ([`required`], [`optional`], [`parsed_or`]) that `Settings` and the few
-//! readers still outside it use (listed in [`settings`]), and the refusal of
-//! plain-http endpoint overrides in AWS ([`refuse_insecure_endpoints`]).
-
-pub mod settings;
-
-pub use settings::{LocalSettings, Settings, Var};
+//! This is the bottom layer: anything may use it. What a function reads, it reads once at cold
+//! start through [`crate::settings::Settings`].
 
 use std::time::Duration;
 

@@ -18,5 +18,6 @@ pub mod local_serving;
 pub mod parked_dlq;
 pub mod random;
 pub mod runtime;
+pub mod settings;
 pub mod store;
 pub mod telemetry;

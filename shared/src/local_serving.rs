@@ -30,7 +30,7 @@ pub struct SettleLayer {
 }
 
 impl SettleLayer {
-    /// `pause`: `ADSYNC_LOCAL_RESPONSE_SETTLE_MS` (default 100 ms, `crate::config::LocalSettings`).
+    /// `pause`: `ADSYNC_LOCAL_RESPONSE_SETTLE_MS` (default 100 ms, `crate::settings::LocalSettings`).
     pub fn new(pause: Duration) -> Self {
         Self { pause }
     }
@@ -73,7 +73,7 @@ where
     }
 
     fn call(&mut self, inv: LambdaInvocation) -> Self::Future {
-        let pause = if emulated(inv.context.deadline, crate::runtime::now_ms()) {
+        let pause = if emulated(inv.context.deadline, crate::clock::now_ms()) {
             self.pause
         } else {
             Duration::ZERO

@@ -16,7 +16,7 @@
 
 use crate::runtime::{Invocation, now_ms};
 use crate::store::accounts::{AccountStatus, AccountStore};
-use crate::store::parked::ParkedQueue;
+use crate::store::parked::{Parked, ParkedQueue};
 use crate::store::parked_counts::{Counter, ParkedCounts};
 use serde::Serialize;
 use serde_json::{Value, json};
@@ -152,67 +152,8 @@ impl DeadLetterMover {
                     continue;
                 }
                 fresh += 1;
-                summary.messages += 1;
-                let (kind, units) = match kind_of(&m.item) {
-                    Some(k) => k,
-                    None => {
-                        summary.unknown += 1;
-                        continue;
-                    }
-                };
-                let account_id = m.item["accountId"].as_str().unwrap_or("").to_string();
-                if !self
-                    .in_scope(scope, &account_id, &m.item, &mut relinked)
-                    .await
-                {
-                    summary.kept += 1;
-                    continue;
-                }
-                let target = match kind {
-                    Kind::Conversions => self.conversions.as_ref(),
-                    Kind::Patches => self.patches.as_ref(),
-                    Kind::Identities => self.identities.as_ref(),
-                };
-                let Some(target) = target else {
-                    summary.kept += 1;
-                    continue;
-                };
-                let mut item = m.item.clone();
-                item["retry"] = json!({"firstParkedAtMs": now_ms()});
-                let moved = match target.park(&item).await {
-                    Ok(()) => self
-                        .dlq
-                        .ack(&m.receipt_handle)
-                        .await
-                        .map_err(|e| e.to_string()),
-                    Err(e) => Err(e.to_string()),
-                };
-                if let Err(e) = moved {
-                    tracing::error!(error = %e, message_id = %m.message_id, "could not move a dead-lettered message back");
-                    summary.kept += 1;
-                    continue;
-                }
-                summary.moved += 1;
-                let n = units as i64;
-                let deltas = match kind {
-                    Kind::Conversions => {
-                        summary.moved_conversions += units;
-                        [
-                            (Counter::Conversions, n),
-                            (Counter::ConversionsDeadLettered, -n),
-                        ]
-                    }
-                    Kind::Patches => {
-                        summary.moved_patches += units;
-                        [(Counter::Patches, n), (Counter::PatchesDeadLettered, -n)]
-                    }
-                    Kind::Identities => {
-                        // Identity records have no parked counters.
-                        summary.moved_identities += units;
-                        continue;
-                    }
-                };
-                counts.add_logged(&account_id, &deltas).await;
+                self.move_one(&m, scope, &mut relinked, &counts, &mut summary)
+                    .await;
             }
             if fresh == 0 {
                 break;
@@ -220,6 +161,75 @@ impl DeadLetterMover {
         }
         tracing::info!(?summary, ?scope, "dead-lettered parked work moved back");
         Ok(summary)
+    }
+
+    /// One dead-lettered message: back to its parked queue when in `scope`, counted in `summary`.
+    async fn move_one(
+        &self,
+        m: &Parked<Value>,
+        scope: &Scope,
+        relinked: &mut HashMap<String, Option<u64>>,
+        counts: &ParkedCounts,
+        summary: &mut DlqSummary,
+    ) {
+        summary.messages += 1;
+        let (kind, units) = match kind_of(&m.item) {
+            Some(k) => k,
+            None => {
+                summary.unknown += 1;
+                return;
+            }
+        };
+        let account_id = m.item["accountId"].as_str().unwrap_or("").to_string();
+        if !self.in_scope(scope, &account_id, &m.item, relinked).await {
+            summary.kept += 1;
+            return;
+        }
+        let target = match kind {
+            Kind::Conversions => self.conversions.as_ref(),
+            Kind::Patches => self.patches.as_ref(),
+            Kind::Identities => self.identities.as_ref(),
+        };
+        let Some(target) = target else {
+            summary.kept += 1;
+            return;
+        };
+        let mut item = m.item.clone();
+        item["retry"] = json!({"firstParkedAtMs": now_ms()});
+        let moved = match target.park(&item).await {
+            Ok(()) => self
+                .dlq
+                .ack(&m.receipt_handle)
+                .await
+                .map_err(|e| e.to_string()),
+            Err(e) => Err(e.to_string()),
+        };
+        if let Err(e) = moved {
+            tracing::error!(error = %e, message_id = %m.message_id, "could not move a dead-lettered message back");
+            summary.kept += 1;
+            return;
+        }
+        summary.moved += 1;
+        let n = units as i64;
+        let deltas = match kind {
+            Kind::Conversions => {
+                summary.moved_conversions += units;
+                [
+                    (Counter::Conversions, n),
+                    (Counter::ConversionsDeadLettered, -n),
+                ]
+            }
+            Kind::Patches => {
+                summary.moved_patches += units;
+                [(Counter::Patches, n), (Counter::PatchesDeadLettered, -n)]
+            }
+            Kind::Identities => {
+                // Identity records have no parked counters.
+                summary.moved_identities += units;
+                return;
+            }
+        };
+        counts.add_logged(&account_id, &deltas).await;
     }
 
     async fn in_scope(

@@ -10,8 +10,8 @@
 
 use crate::aws::AwsClients;
 use crate::budget::HttpBudget;
-use crate::config::Settings;
 use crate::http::{HttpRequest, HttpResponse};
+use crate::settings::Settings;
 pub use lambda_runtime::Error;
 use lambda_runtime::{LambdaEvent, service_fn};
 use serde_json::Value;
@@ -226,7 +226,7 @@ pub fn effective_deadline(deadline_ms: u64, now_ms: u64) -> u64 {
         return deadline_ms;
     }
     let secs =
-        *LOCAL_TIMEOUT_SECS.get_or_init(|| crate::config::LocalSettings::default().timeout_secs);
+        *LOCAL_TIMEOUT_SECS.get_or_init(|| crate::settings::LocalSettings::default().timeout_secs);
     now_ms + secs * 1000
 }
 

@@ -27,7 +27,7 @@ impl TaskInvoker {
     /// From the settings: the shared AWS configuration (with the SDK timeouts; the Lambda API's
     /// endpoint is the SDK's own, `AWS_ENDPOINT_URL_LAMBDA` locally) and
     /// `CONVERSION_INGEST_FUNCTION` (default `conversion-ingest`, the local binary's name).
-    pub async fn from_settings(settings: &crate::config::Settings) -> Self {
+    pub async fn from_settings(settings: &crate::settings::Settings) -> Self {
         let conf = aws_config::defaults(aws_config::BehaviorVersion::latest())
             .timeout_config(settings.aws.timeouts.config())
             .load()

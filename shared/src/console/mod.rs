@@ -20,12 +20,12 @@ mod views;
 mod views_accounts;
 mod views_privacy;
 
-use crate::config::Settings;
 use crate::export::ExportCtx;
 use crate::http::auth::ApiKeyAuth;
 use crate::http::{HttpRequest, HttpResponse};
 use crate::linking::Linking;
 use crate::runtime::{Handler, Invocation, StartError};
+use crate::settings::Settings;
 use crate::store::conversion_counts::ConversionCounts;
 use crate::store::secrets::SecretsStore;
 use invoke::TaskInvoker;

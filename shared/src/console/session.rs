@@ -230,43 +230,7 @@ impl SessionStore {
     }
 }
 
-/// How many wrong keys one source IP may present per window (`CONSOLE_SIGNIN_LIMIT`, default
-/// 5; `CONSOLE_SIGNIN_WINDOW_SECS`, default 900).
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct SignInLimit {
-    pub max_failures: u64,
-    pub window_secs: i64,
-}
-
-impl Default for SignInLimit {
-    fn default() -> Self {
-        Self {
-            max_failures: 5,
-            window_secs: 900,
-        }
-    }
-}
-
-impl SignInLimit {
-    pub fn from_env() -> Result<Self, crate::config::ConfigError> {
-        let d = Self::default();
-        let window_secs = crate::config::parsed_or("CONSOLE_SIGNIN_WINDOW_SECS", d.window_secs)?;
-        if window_secs <= 0 {
-            return Err(crate::config::ConfigError::Invalid {
-                name: "CONSOLE_SIGNIN_WINDOW_SECS",
-                reason: "must be a positive number of seconds".into(),
-            });
-        }
-        Ok(Self {
-            max_failures: crate::config::parsed_or("CONSOLE_SIGNIN_LIMIT", d.max_failures)?,
-            window_secs,
-        })
-    }
-
-    pub fn window_start(&self, now: i64) -> i64 {
-        now - now.rem_euclid(self.window_secs)
-    }
-}
+pub use crate::settings::options::SignInLimit;
 
 #[cfg(test)]
 mod tests {

@@ -182,41 +182,55 @@ pub async fn run_metadata(
                 false => summary.settings_failed += 1,
             }
         } else {
-            let r = ctx
-                .amazon
-                .get_audience(&account.login(), account.scope(), st.audience_id)
-                .await;
-            paced_call_done(ctx).await;
-            match r {
-                Ok(a) => {
-                    let size = a.audience_size.unwrap_or(crate::amazon::AudienceSize {
-                        received_record_size: 0,
-                        matched_record_size: 0,
-                        match_rate: 0.0,
-                    });
-                    let measured = MeasuredSize {
-                        audience_size: size.received_record_size,
-                        matched_size: size.matched_record_size,
-                        match_rate: size.match_rate,
-                        measured_at: now_rfc3339(),
-                    };
-                    let next = now_ms + size_interval.as_millis() as i64;
-                    ctx.destinations
-                        .set_audience_size(&st.destination_id, &st.segment_id, &measured, next)
-                        .await?;
-                    summary.sizes_read += 1;
-                }
-                Err(e) => {
-                    tracing::warn!(audience_id = st.audience_id, error = %e, "audience size read failed");
-                    ctx.destinations
-                        .delay_size(&st.destination_id, &st.segment_id, now_ms + SIZE_RETRY_MS)
-                        .await?;
-                    summary.size_failures += 1;
-                }
-            }
+            read_size(ctx, account, st, now_ms, size_interval, &mut summary).await?;
         }
     }
     Ok(summary)
+}
+
+/// One size read (`GET /v2/dp/audiencemetadata/{id}`), stored with its next due time; a failed
+/// read is retried after [`SIZE_RETRY_MS`].
+async fn read_size(
+    ctx: &ExportCtx,
+    account: &IntegratedAccount,
+    st: &AudienceState,
+    now_ms: i64,
+    size_interval: Duration,
+    summary: &mut MetaSummary,
+) -> Result<(), StoreError> {
+    let r = ctx
+        .amazon
+        .get_audience(&account.login(), account.scope(), st.audience_id)
+        .await;
+    paced_call_done(ctx).await;
+    match r {
+        Ok(a) => {
+            let size = a.audience_size.unwrap_or(crate::amazon::AudienceSize {
+                received_record_size: 0,
+                matched_record_size: 0,
+                match_rate: 0.0,
+            });
+            let measured = MeasuredSize {
+                audience_size: size.received_record_size,
+                matched_size: size.matched_record_size,
+                match_rate: size.match_rate,
+                measured_at: now_rfc3339(),
+            };
+            let next = now_ms + size_interval.as_millis() as i64;
+            ctx.destinations
+                .set_audience_size(&st.destination_id, &st.segment_id, &measured, next)
+                .await?;
+            summary.sizes_read += 1;
+        }
+        Err(e) => {
+            tracing::warn!(audience_id = st.audience_id, error = %e, "audience size read failed");
+            ctx.destinations
+                .delay_size(&st.destination_id, &st.segment_id, now_ms + SIZE_RETRY_MS)
+                .await?;
+            summary.size_failures += 1;
+        }
+    }
+    Ok(())
 }
 
 /// The description an audience of destination `dst` for segment `seg` gets at creation and in

@@ -41,10 +41,11 @@ pub mod upkeep;
 
 use crate::amazon::{AmazonClient, RetryPolicy};
 use crate::aws::AwsClients;
-use crate::config::{ConfigError, Settings};
+use crate::config::ConfigError;
 use crate::http::auth::ApiKeyAuth;
 use crate::http::{HttpRequest, HttpResponse};
 use crate::runtime::{Handler, Invocation};
+use crate::settings::Settings;
 use crate::store::accounts::AccountStore;
 use crate::store::destinations::DestinationStore;
 use crate::store::jobs::JobStore;
@@ -59,14 +60,7 @@ use std::time::Duration;
 /// A creating request splits its slice the same way.
 pub const AUDIENCE_CREATION_SHARE: f64 = 0.5;
 
-/// The default slice a creating request spends on its destination's work (`ADSYNC_INLINE_WORK_MS`).
-pub const DEFAULT_INLINE_WORK_MS: u64 = 5_000;
-/// The largest slice accepted: with the one Amazon call that may still be running when the slice
-/// ends (≤ [`INLINE_REQUEST_TIMEOUT`] per attempt; four in the worst case: token refresh, call,
-/// refresh after a 401, resend), the slice's Amazon work ends within 6 + 4 × 3 = 18 s, inside
-/// the request budget's Amazon deadline (`crate::budget`: 25 s − 5 s reserve = 20 s), which
-/// also cuts any call still running then.
-pub const MAX_INLINE_WORK_MS: u64 = 6_000;
+pub use crate::settings::options::{DEFAULT_INLINE_WORK_MS, MAX_INLINE_WORK_MS};
 /// Per-attempt timeout of the Amazon calls made inside a request's slice.
 pub const INLINE_REQUEST_TIMEOUT: Duration = Duration::from_secs(3);
 

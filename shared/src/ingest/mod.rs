@@ -35,8 +35,8 @@ pub use report::{EventResult, IngestReport, Status, Totals};
 
 use crate::amazon::AmazonClient;
 use crate::aws::AwsClients;
-use crate::config::Settings;
 use crate::http::auth::ApiKeyAuth;
+use crate::settings::Settings;
 use crate::store::accounts::AccountStore;
 use crate::store::dedupe::DedupeStore;
 use crate::store::parked::ParkedQueue;

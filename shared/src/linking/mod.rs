@@ -43,35 +43,7 @@ pub const PICK_TTL: Duration = Duration::from_secs(1800);
 /// Most advertisers one login may offer (keeps the connection item far below DynamoDB's 400 KB).
 pub const MAX_ADVERTISERS: usize = 1000;
 
-/// Settings of the linking flow.
-#[derive(Clone, Debug)]
-pub struct LinkingConfig {
-    /// The public URL of `GET /oauth/callback` (registered with the LwA client). Empty: derive
-    /// it from the request's host (`https://<host>/oauth/callback`), which is the API's own URL
-    /// behind API Gateway — the SAM template cannot pass that URL in without a circular reference.
-    pub redirect_uri: String,
-    /// Prefix of per-login token secrets; the secret is `<prefix><connectionId>`.
-    pub token_secret_prefix: String,
-}
-
-impl LinkingConfig {
-    /// `OAUTH_REDIRECT_URI` (optional, see [`LinkingConfig::redirect_uri`]) and
-    /// `TOKEN_SECRET_PREFIX` (default `adsync/tokens/`).
-    pub fn from_env() -> Result<Self, crate::config::ConfigError> {
-        let redirect_uri = crate::config::optional("OAUTH_REDIRECT_URI").unwrap_or_default();
-        if !redirect_uri.is_empty() && url::Url::parse(&redirect_uri).is_err() {
-            return Err(crate::config::ConfigError::Invalid {
-                name: "OAUTH_REDIRECT_URI",
-                reason: "must be an absolute URL".into(),
-            });
-        }
-        Ok(Self {
-            redirect_uri,
-            token_secret_prefix: crate::config::optional("TOKEN_SECRET_PREFIX")
-                .unwrap_or_else(|| "adsync/tokens/".into()),
-        })
-    }
-}
+pub use crate::settings::options::LinkingConfig;
 
 /// The account-linking use case and the oauth-callback function's handler. Build once per
 /// process; cheap to share.
@@ -138,7 +110,7 @@ impl Linking {
 
     /// Builds everything from the environment, once per process.
     pub async fn from_env() -> Result<Self, String> {
-        let settings = crate::config::Settings::from_env().map_err(|e| e.to_string())?;
+        let settings = crate::settings::Settings::from_env().map_err(|e| e.to_string())?;
         let aws = crate::aws::AwsClients::from_settings(&settings.aws).await;
         Self::from_settings(&aws, &settings)
             .await
@@ -148,7 +120,7 @@ impl Linking {
     /// [`Linking::from_env`] with the clients and settings built at cold start.
     pub async fn from_settings(
         aws: &crate::aws::AwsClients,
-        settings: &crate::config::Settings,
+        settings: &crate::settings::Settings,
     ) -> Result<Self, crate::runtime::StartError> {
         let tables = settings.accounts_table.get()?;
         let keys = settings.api_keys_secret.get()?;

@@ -5,8 +5,6 @@ use super::shard::work_shard;
 use super::targets::Lookups;
 use crate::amazon::AmazonError;
 use crate::amazon::ratelimit::Spacer;
-use crate::config::{ConfigError, parsed_or};
-use crate::domain::audience::MAX_PATCHES;
 use crate::export::ExportCtx;
 use crate::runtime::{Invocation, now_ms};
 use crate::store::StoreError;
@@ -18,92 +16,8 @@ use futures::StreamExt;
 use serde_json::{Value, json};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::time::Duration;
 
-/// Knobs of a backfill run (defaults from the environment).
-#[derive(Clone, Debug)]
-pub struct BackfillOptions {
-    /// Stop starting work when less than this is left before the deadline.
-    pub safety_margin: Duration,
-    /// Shards worked at once by one invocation.
-    pub parallel_shards: usize,
-    /// Patches per body (≤ 2 000; tests lower it to get more checkpoints).
-    pub max_patches: usize,
-    /// Shard lease length; renewed at every checkpoint. A body's send is cut at the lease's
-    /// end minus [`CHECKPOINT_ALLOWANCE`], so no send outlives the lease.
-    pub lease: Duration,
-    /// Invocations allowed to run backfills at once, across all processes (slot leases).
-    pub max_invocations: u16,
-    /// Amazon's PATCH budget for the client, shared by those invocations: each paces its
-    /// backfill requests to `patch_rps / max_invocations`.
-    pub patch_rps: f64,
-}
-
-impl Default for BackfillOptions {
-    fn default() -> Self {
-        Self {
-            safety_margin: Duration::from_secs(20),
-            parallel_shards: 4,
-            max_patches: MAX_PATCHES,
-            lease: default_lease(),
-            max_invocations: 2,
-            patch_rps: 100.0,
-        }
-    }
-}
-
-/// Time kept for the checkpoint write after a body's send: one DynamoDB operation with its
-/// retries (`aws::SdkTimeouts`), and slack.
-pub const CHECKPOINT_ALLOWANCE: Duration = Duration::from_secs(15);
-
-/// The shard lease: longer than the worst-case send of one body under the default retry policy
-/// (every attempt timing out, the longest waits between them: 210 s) plus the checkpoint write,
-/// so a live invocation never loses its shard mid-send (225 s).
-pub fn default_lease() -> Duration {
-    crate::amazon::RetryPolicy::default().worst_case() + CHECKPOINT_ALLOWANCE
-}
-
-impl BackfillOptions {
-    /// `BACKFILL_SAFETY_MARGIN_MS`, `BACKFILL_PARALLEL_SHARDS` (1–16), `BACKFILL_BATCH_PATCHES`
-    /// (1–2 000), `BACKFILL_MAX_INVOCATIONS` (1–100). Unset keeps the default; a malformed or
-    /// out-of-range value is an error naming the variable.
-    pub fn from_env() -> Result<Self, ConfigError> {
-        let d = Self::default();
-        let margin_ms = parsed_or::<u64>(
-            "BACKFILL_SAFETY_MARGIN_MS",
-            d.safety_margin.as_millis() as u64,
-        )?;
-        Ok(Self {
-            safety_margin: Duration::from_millis(margin_ms),
-            parallel_shards: in_range("BACKFILL_PARALLEL_SHARDS", d.parallel_shards as u64, 16)?
-                as usize,
-            max_patches: in_range(
-                "BACKFILL_BATCH_PATCHES",
-                d.max_patches as u64,
-                MAX_PATCHES as u64,
-            )? as usize,
-            lease: d.lease,
-            max_invocations: in_range(
-                "BACKFILL_MAX_INVOCATIONS",
-                u64::from(d.max_invocations),
-                100,
-            )? as u16,
-            patch_rps: d.patch_rps,
-        })
-    }
-}
-
-/// An optional whole number between 1 and `max`, `default` when unset.
-fn in_range(name: &'static str, default: u64, max: u64) -> Result<u64, ConfigError> {
-    let v = parsed_or::<u64>(name, default)?;
-    if !(1..=max).contains(&v) {
-        return Err(ConfigError::Invalid {
-            name,
-            reason: format!("{v} is not between 1 and {max}"),
-        });
-    }
-    Ok(v)
-}
+pub use crate::settings::options::{BackfillOptions, CHECKPOINT_ALLOWANCE, default_lease};
 
 /// Called once a mapping's audience exists (status Active): queue the historical backfill.
 /// Idempotent: a running job for the same audience is left alone, a failed one is re-armed
@@ -505,24 +419,4 @@ async fn finish_job(
     Ok(Some(
         drain_and_finish(ctx, inv, opts, run, owner, stats).await,
     ))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn option_values_are_checked_not_replaced() {
-        assert_eq!(
-            in_range("ADSYNC_TEST_UNSET_BACKFILL_KNOB", 4, 16).unwrap(),
-            4
-        );
-        // SAFETY: a variable no other test reads.
-        unsafe { std::env::set_var("ADSYNC_TEST_BACKFILL_KNOB_A", "four") };
-        let e = in_range("ADSYNC_TEST_BACKFILL_KNOB_A", 4, 16).unwrap_err();
-        assert!(e.to_string().contains("ADSYNC_TEST_BACKFILL_KNOB_A"), "{e}");
-        unsafe { std::env::set_var("ADSYNC_TEST_BACKFILL_KNOB_B", "17") };
-        let e = in_range("ADSYNC_TEST_BACKFILL_KNOB_B", 4, 16).unwrap_err();
-        assert!(e.to_string().contains("not between 1 and 16"), "{e}");
-    }
 }

@@ -1,7 +1,7 @@
 //! Keys and item encoding and decoding of the account store (layouts in the module doc).
 
 use super::{AccountStatus, Connection, ConnectionStatus, IntegratedAccount, digest};
-use crate::amazon::Region;
+use crate::domain::account::Region;
 use crate::store::StoreError;
 use crate::store::dynamo::{key, n, now_rfc3339, s};
 use crate::store::item::{Item, ItemExt};

@@ -2,8 +2,8 @@
 
 use super::codec::{connection_from_item, connection_key, single_use_key};
 use super::{AccountStore, Connection, ConnectionStatus, ListedAdvertiser};
-use crate::amazon::Region;
 use crate::clock::now_secs;
+use crate::domain::account::Region;
 use crate::store::StoreError;
 use crate::store::dynamo::{aws_error, build_error, conditional, fenced, n, now_rfc3339, s};
 use aws_sdk_dynamodb::types::{Put, TransactWriteItem};

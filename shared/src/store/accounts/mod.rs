@@ -22,7 +22,7 @@
 //! The account item is separate from its directory entry so the hot `get_account` reads (every
 //! conversion batch, every export) spread over partitions, while listing stays one query.
 
-use crate::amazon::{AccountScope, LoginRef, Region};
+use crate::domain::account::{AccountScope, LoginRef, Region};
 use aws_sdk_dynamodb::Client;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};

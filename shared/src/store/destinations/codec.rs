@@ -1,7 +1,7 @@
 //! Keys, item encoding and decoding of the destination store (layouts in the module doc).
 
 use super::{DESTINATIONS_GSI_PK, Destination, MappingStatus, PENDING_PK, Segment, SegmentMapping};
-use crate::amazon::AudienceFee;
+use crate::domain::audience_fee::AudienceFee;
 use crate::domain::export_controls::{ExportControl, ExportLabel};
 use crate::store::StoreError;
 use crate::store::dynamo::{self, n, s, str_list};

@@ -6,7 +6,7 @@ use super::{
     DestinationStore, GSI1, Item, MappingStatus, SegmentMapping, StoreError, dst_pk, map_sk,
     mapping_from, mapping_key, now_rfc3339, s, sdk_err,
 };
-use crate::amazon::AudienceFee;
+use crate::domain::audience_fee::AudienceFee;
 use crate::store::dynamo::{conditional, is_cancelled_by_condition};
 use aws_sdk_dynamodb::types::ReturnValue;
 

@@ -31,7 +31,7 @@ use super::StoreError;
 pub use super::dynamo::now_rfc3339;
 use super::dynamo::{aws_error as sdk_err, n, s, str_list};
 use super::item::Item;
-use crate::amazon::AudienceFee;
+use crate::domain::audience_fee::AudienceFee;
 use crate::domain::export_controls::{ExportControl, ExportLabel};
 use aws_sdk_dynamodb::Client;
 use serde::{Deserialize, Serialize};

@@ -21,9 +21,11 @@
 //! the queues, the SDK timeouts) are checked here at cold start, so a malformed parked-retry or
 //! timeout value stops the function before any request.
 
-use super::{ConfigError, Tables, optional, parsed_or};
+pub mod options;
+
 use crate::aws::AwsSettings;
 use crate::budget::HttpBudget;
+use crate::config::{ConfigError, Tables, optional, parsed_or};
 use std::time::Duration;
 
 /// A variable that some functions require: its value when set, and its name for the error when a
@@ -103,7 +105,7 @@ pub struct Settings {
     /// `LWA_PKCE` (default on).
     pub pkce: bool,
     /// `OAUTH_REDIRECT_URI`, `TOKEN_SECRET_PREFIX`.
-    pub linking: crate::linking::LinkingConfig,
+    pub linking: options::LinkingConfig,
     pub parked_conversions_queue: Var,
     pub parked_patches_queue: Var,
     pub parked_identities_queue: Var,
@@ -116,10 +118,10 @@ pub struct Settings {
     /// `ADSYNC_INLINE_WORK_MS` (default 5 000, 0 = off, at most 6 000): the creating requests'
     /// slice of work before they answer (`crate::export::InlineWork`).
     pub inline_work: Duration,
-    /// `BACKFILL_*` (`crate::export::members::BackfillOptions`).
-    pub backfill: crate::export::members::BackfillOptions,
+    /// `BACKFILL_*` (`options::BackfillOptions`).
+    pub backfill: options::BackfillOptions,
     /// `CONSOLE_SIGNIN_LIMIT`, `CONSOLE_SIGNIN_WINDOW_SECS`.
-    pub signin_limit: crate::console::session::SignInLimit,
+    pub signin_limit: options::SignInLimit,
     /// `CONVERSION_INGEST_FUNCTION` (default `conversion-ingest`): the console's "Redrive now".
     pub conversion_ingest_function: String,
 }
@@ -128,7 +130,7 @@ impl Settings {
     /// Reads the environment once. In AWS (`ADSYNC_RUNNING_IN_AWS`), a plain `http://` endpoint
     /// override is refused first ([`super::refuse_insecure_endpoints`]).
     pub fn from_env() -> Result<Self, ConfigError> {
-        super::refuse_insecure_endpoints()?;
+        crate::config::refuse_insecure_endpoints()?;
         Ok(Self {
             aws: AwsSettings::from_env()?,
             http_budget: HttpBudget::from_env()?,
@@ -143,16 +145,16 @@ impl Settings {
                 .unwrap_or_else(|| crate::amazon::client::DEFAULT_SCOPES.into()),
             amazon_endpoints: crate::amazon::region::Endpoints::from_env(),
             pkce: crate::amazon::pkce::enabled_from_env()?,
-            linking: crate::linking::LinkingConfig::from_env()?,
+            linking: options::LinkingConfig::from_env()?,
             parked_conversions_queue: Var::read("PARKED_CONVERSIONS_QUEUE_URL"),
             parked_patches_queue: Var::read("PARKED_PATCHES_QUEUE_URL"),
             parked_identities_queue: Var::read("PARKED_IDENTITIES_QUEUE_URL"),
             parked_dlq: optional("PARKED_DLQ_URL"),
             parked_retry: crate::store::parked_retry::ParkedRetry::from_env()?,
-            dedupe_window: super::dedupe_window()?,
+            dedupe_window: crate::config::dedupe_window()?,
             inline_work: inline_work()?,
-            backfill: crate::export::members::BackfillOptions::from_env()?,
-            signin_limit: crate::console::session::SignInLimit::from_env()?,
+            backfill: options::BackfillOptions::from_env()?,
+            signin_limit: options::SignInLimit::from_env()?,
             conversion_ingest_function: optional("CONVERSION_INGEST_FUNCTION")
                 .unwrap_or_else(|| "conversion-ingest".into()),
         })
@@ -171,7 +173,7 @@ impl Settings {
 
 /// `ADSYNC_INLINE_WORK_MS`, see [`Settings::inline_work`].
 fn inline_work() -> Result<Duration, ConfigError> {
-    use crate::export::{DEFAULT_INLINE_WORK_MS, MAX_INLINE_WORK_MS};
+    use options::{DEFAULT_INLINE_WORK_MS, MAX_INLINE_WORK_MS};
     const VAR: &str = "ADSYNC_INLINE_WORK_MS";
     let ms = parsed_or::<u64>(VAR, DEFAULT_INLINE_WORK_MS)?;
     if ms > MAX_INLINE_WORK_MS {
