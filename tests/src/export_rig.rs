@@ -118,6 +118,7 @@ pub async fn rig(advertisers: usize) -> Rig {
         parked: ParkedQueue::new(aws.sqs.clone(), queue.queue_url().unwrap().to_string()),
         metrics_fn: "segment-export-test",
         inline: InlineWork::off(),
+        options: adsync::export::ExportOptions::from_env().expect("export options"),
     };
     Rig {
         ctx,

@@ -124,6 +124,7 @@ impl PrivacyRig {
             parked: ParkedQueue::new(aws.sqs.clone(), queue.queue_url().unwrap().to_string()),
             metrics_fn: "segment-export-test",
             inline: InlineWork::off(),
+            options: adsync::export::ExportOptions::from_env().expect("export options"),
         };
         Self {
             ctx,

@@ -138,6 +138,7 @@ async fn rig_with_policy(policy: RetryPolicy) -> Rig {
         metrics_fn: "segment-export-test",
         // The tests drive audience creation and backfills themselves, with their own options.
         inline: InlineWork::off(),
+        options: adsync::export::ExportOptions::from_env().expect("export options"),
     };
     Rig {
         ctx,

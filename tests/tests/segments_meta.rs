@@ -69,6 +69,7 @@ async fn setup_full(advertiser_id: Option<i64>, inline: InlineWork) -> Env {
         parked: ParkedQueue::new(aws.sqs.clone(), env("PARKED_PATCHES_QUEUE_URL")),
         metrics_fn: "segment-export-test",
         inline,
+        options: adsync::export::ExportOptions::from_env().expect("export options"),
     };
     let api_key = format!("key-{}", uuid::Uuid::new_v4().simple());
     let keys_secret = secret_name("api-keys");

@@ -28,8 +28,7 @@ use serde_json::{Map, Value, json};
 use std::collections::HashMap;
 use std::time::Duration;
 
-/// Default time between two size reads of one audience.
-pub const DEFAULT_SIZE_INTERVAL: Duration = Duration::from_secs(6 * 3600);
+pub use crate::settings::options::DEFAULT_SIZE_INTERVAL;
 /// After a failed size read.
 const SIZE_RETRY_MS: i64 = 5 * 60 * 1000;
 

@@ -173,7 +173,11 @@ fn hash_identity(
 /// The parking queue of identity records (`PARKED_IDENTITIES_QUEUE_URL`), on the SQS client of
 /// the context's parked queue.
 pub fn queue(ctx: &ExportCtx) -> Result<ParkedQueue, String> {
-    let url = crate::config::required(QUEUE_VAR).map_err(|e| e.to_string())?;
+    let url = ctx
+        .options
+        .identities_queue
+        .clone()
+        .ok_or_else(|| crate::config::ConfigError::Missing(QUEUE_VAR).to_string())?;
     let dlq = ctx.parked.dead_letter().map(|d| d.queue_url().to_string());
     Ok(ctx.parked.sibling(url).with_dead_letter(dlq))
 }

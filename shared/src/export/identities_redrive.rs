@@ -32,7 +32,7 @@ struct Run {
 
 /// `{"task":"redrive"}` of parked identities, with the policy from the environment.
 pub async fn run_redrive(ctx: &ExportCtx, inv: &Invocation) -> Result<Value, String> {
-    let policy = ParkedRetry::from_env().map_err(|e| e.to_string())?;
+    let policy = ctx.options.parked_retry;
     run_redrive_with(ctx, inv, &queue(ctx)?, &policy).await
 }
 

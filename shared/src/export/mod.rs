@@ -138,6 +138,32 @@ pub struct ExportCtx {
     pub metrics_fn: &'static str,
     /// The creating requests' slice of work before they answer.
     pub inline: InlineWork,
+    /// The scheduled work's options, read once with the settings.
+    pub options: ExportOptions,
+}
+
+/// The options of segment-export's scheduled work (`crate::settings`), read once at cold start.
+#[derive(Clone, Debug)]
+pub struct ExportOptions {
+    pub upkeep: upkeep::UpkeepOptions,
+    pub parked_retry: crate::store::parked_retry::ParkedRetry,
+    /// `PARKED_IDENTITIES_QUEUE_URL`: where identity records Amazon could not take yet wait.
+    pub identities_queue: Option<String>,
+}
+
+impl ExportOptions {
+    pub fn from_settings(config: &Settings) -> Self {
+        Self {
+            upkeep: config.upkeep.clone(),
+            parked_retry: config.parked_retry,
+            identities_queue: config.parked_identities_queue.value.clone(),
+        }
+    }
+
+    /// From the environment (tests and tools that build an [`ExportCtx`] by hand).
+    pub fn from_env() -> Result<Self, ConfigError> {
+        Ok(Self::from_settings(&Settings::from_env()?))
+    }
 }
 
 pub use crate::runtime::StartError;
@@ -167,6 +193,7 @@ impl ExportCtx {
                 .with_dead_letter(config.parked_dlq.clone()),
             metrics_fn: "segment-export",
             inline: InlineWork::from_settings(config),
+            options: ExportOptions::from_settings(config),
         })
     }
 }

@@ -17,8 +17,7 @@ use crate::store::ledger::LEDGER_SHARDS;
 use serde_json::{Value, json};
 use std::time::Duration;
 
-/// Default wait between a purge request and its first remove patch.
-pub const DEFAULT_PURGE_SETTLE: Duration = Duration::from_secs(30);
+pub use crate::settings::options::DEFAULT_PURGE_SETTLE;
 
 /// Whether a job may run for this mapping: a purge needs its mapping removed, every other pass
 /// needs it active; both with the job's audience.

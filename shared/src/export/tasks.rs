@@ -47,7 +47,7 @@ pub async fn run_task_with(
             let upkeep = upkeep::run_upkeep(
                 ctx,
                 started + budget.as_millis() as i64,
-                &upkeep::UpkeepOptions::from_env().map_err(|e| e.to_string())?,
+                &ctx.options.upkeep,
                 crate::runtime::now_ms() as i64,
             )
             .await;

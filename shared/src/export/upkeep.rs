@@ -9,41 +9,9 @@
 //!    metadata share ([`super::audience_meta::run_metadata`]).
 
 use super::ExportCtx;
-use crate::config::{ConfigError, parsed_or};
 use serde_json::{Value, json};
-use std::time::Duration;
 
-/// Knobs of the upkeep (`AUDIENCE_SIZE_INTERVAL_SECS`, `PURGE_SETTLE_SECS`).
-#[derive(Clone, Debug)]
-pub struct UpkeepOptions {
-    /// Time between two size reads of one audience.
-    pub size_interval: Duration,
-    /// Wait between a purge request and its first remove patch.
-    pub purge_settle: Duration,
-}
-
-impl Default for UpkeepOptions {
-    fn default() -> Self {
-        Self {
-            size_interval: super::audience_meta::DEFAULT_SIZE_INTERVAL,
-            purge_settle: super::purge::DEFAULT_PURGE_SETTLE,
-        }
-    }
-}
-
-impl UpkeepOptions {
-    /// Unset keeps the default; a malformed value is an error naming the variable.
-    pub fn from_env() -> Result<Self, ConfigError> {
-        let d = Self::default();
-        let secs = |k: &'static str, def: Duration| {
-            parsed_or::<u64>(k, def.as_secs()).map(Duration::from_secs)
-        };
-        Ok(Self {
-            size_interval: secs("AUDIENCE_SIZE_INTERVAL_SECS", d.size_interval)?,
-            purge_settle: secs("PURGE_SETTLE_SECS", d.purge_settle)?,
-        })
-    }
-}
+pub use crate::settings::options::UpkeepOptions;
 
 /// Runs the upkeep; `metadata_deadline_ms` bounds the metadata calls (epoch ms), `now_ms` is
 /// the clock refreshes and purges are planned by (tests pass a later one). Failures are

@@ -6,20 +6,15 @@
 //! secret, a queue) is kept as a [`Var`] and checked by the constructor that needs it, so each
 //! function still starts without the variables it does not use.
 //!
-//! This is the composition layer: it names the option types of the use cases it builds
-//! (`BackfillOptions`, `LinkingConfig`, `SignInLimit`); the use cases import only
-//! [`Settings`] from here, in their constructors.
+//! The option types of the use cases (`BackfillOptions`, `UpkeepOptions`, `LinkingConfig`,
+//! `SignInLimit`, the inline-work bounds) live in [`options`], below the use cases, so this
+//! module never imports a use case; the use cases import [`Settings`] in their constructors.
 //!
-//! Still read outside `Settings` (their code has yet to take its value from here):
-//! `BackfillOptions::from_env` at each backfill run and redrive (`export::members`), whose
-//! numbers are checked here too; `UpkeepOptions::from_env` at each upkeep (`export::upkeep`, a
-//! malformed value fails the run naming the variable); `ParkedRetry::from_env` at each export redrive;
-//! `PARKED_IDENTITIES_QUEUE_URL` at each use (`export::identities::queue`); the sibling queue
-//! URLs of the dead-letter redrive (`crate::parked_dlq`); `ADSYNC_KMS_KEY_ID` (`store::secrets`,
-//! `store::sealed`); the SDK timeouts of the KMS client (`store::sealed`, through
-//! `SdkTimeouts::from_env`). Those of them that `Settings` also holds (backfill, parked retry,
-//! the queues, the SDK timeouts) are checked here at cold start, so a malformed parked-retry or
-//! timeout value stops the function before any request.
+//! Two readers remain outside it, both reading the process environment (which does not change
+//! in a Lambda) when their work runs: the sibling queue URLs of `{"task":"redrive-dlq"}`
+//! (`crate::parked_dlq`) and `ADSYNC_KMS_KEY_ID` with the KMS client's SDK timeouts
+//! (`store::secrets`, `store::sealed`). `Settings` reads and checks the same variables at cold
+//! start, so a malformed value still stops the function before any request.
 
 pub mod options;
 
@@ -120,6 +115,8 @@ pub struct Settings {
     pub inline_work: Duration,
     /// `BACKFILL_*` (`options::BackfillOptions`).
     pub backfill: options::BackfillOptions,
+    /// `AUDIENCE_SIZE_INTERVAL_SECS`, `PURGE_SETTLE_SECS` (`options::UpkeepOptions`).
+    pub upkeep: options::UpkeepOptions,
     /// `CONSOLE_SIGNIN_LIMIT`, `CONSOLE_SIGNIN_WINDOW_SECS`.
     pub signin_limit: options::SignInLimit,
     /// `CONVERSION_INGEST_FUNCTION` (default `conversion-ingest`): the console's "Redrive now".
@@ -154,6 +151,7 @@ impl Settings {
             dedupe_window: crate::config::dedupe_window()?,
             inline_work: inline_work()?,
             backfill: options::BackfillOptions::from_env()?,
+            upkeep: options::UpkeepOptions::from_env()?,
             signin_limit: options::SignInLimit::from_env()?,
             conversion_ingest_function: optional("CONVERSION_INGEST_FUNCTION")
                 .unwrap_or_else(|| "conversion-ingest".into()),

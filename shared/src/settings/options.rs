@@ -168,6 +168,44 @@ pub const DEFAULT_INLINE_WORK_MS: u64 = 5_000;
 /// also cuts any call still running then.
 pub const MAX_INLINE_WORK_MS: u64 = 6_000;
 
+/// Default time between two size reads of one audience.
+pub const DEFAULT_SIZE_INTERVAL: Duration = Duration::from_secs(6 * 3600);
+
+/// Default wait between a purge request and its first remove patch.
+pub const DEFAULT_PURGE_SETTLE: Duration = Duration::from_secs(30);
+
+/// Knobs of the upkeep (`AUDIENCE_SIZE_INTERVAL_SECS`, `PURGE_SETTLE_SECS`).
+#[derive(Clone, Debug)]
+pub struct UpkeepOptions {
+    /// Time between two size reads of one audience.
+    pub size_interval: Duration,
+    /// Wait between a purge request and its first remove patch.
+    pub purge_settle: Duration,
+}
+
+impl Default for UpkeepOptions {
+    fn default() -> Self {
+        Self {
+            size_interval: DEFAULT_SIZE_INTERVAL,
+            purge_settle: DEFAULT_PURGE_SETTLE,
+        }
+    }
+}
+
+impl UpkeepOptions {
+    /// Unset keeps the default; a malformed value is an error naming the variable.
+    pub fn from_env() -> Result<Self, ConfigError> {
+        let d = Self::default();
+        let secs = |k: &'static str, def: Duration| {
+            parsed_or::<u64>(k, def.as_secs()).map(Duration::from_secs)
+        };
+        Ok(Self {
+            size_interval: secs("AUDIENCE_SIZE_INTERVAL_SECS", d.size_interval)?,
+            purge_settle: secs("PURGE_SETTLE_SECS", d.purge_settle)?,
+        })
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

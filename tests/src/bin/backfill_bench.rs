@@ -170,6 +170,7 @@ async fn bench(
         metrics_fn: "backfill-bench",
         // The benchmark times `run_backfill` alone: the creating request only queues.
         inline: adsync::export::InlineWork::off(),
+        options: adsync::export::ExportOptions::from_env().expect("export options"),
     };
     let seg = format!("bench-{}", &uuid::Uuid::new_v4().simple().to_string()[..10]);
 

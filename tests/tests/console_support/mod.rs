@@ -86,6 +86,7 @@ pub async fn world(stack: &Stack) -> World {
         metrics_fn: "console-test",
         // Creation only queues, so the page can watch the scheduled backfill run.
         inline: InlineWork::off(),
+        options: adsync::export::ExportOptions::from_env().expect("export options"),
     };
     let key = format!("console-key-{}", uuid::Uuid::new_v4().simple());
     let keys_secret = format!("adsync-test/console-keys-{}", uuid::Uuid::new_v4().simple());

@@ -107,8 +107,7 @@ pub(super) struct JobRun {
 /// Scheduled `{"task":"backfill"}`: continue backfill jobs until the deadline margin. Returns a
 /// JSON summary.
 pub async fn run_backfill(ctx: &ExportCtx, inv: &Invocation) -> Result<Value, String> {
-    let opts = BackfillOptions::from_env().map_err(|e| e.to_string())?;
-    run_backfill_with(ctx, inv, &opts).await
+    run_backfill_with(ctx, inv, &ctx.inline.backfill).await
 }
 
 /// [`run_backfill`] with explicit options (tests, the benchmark).

@@ -8,7 +8,6 @@
 //! received message is deleted: redrives never burn SQS receives, so an outage of hours does not
 //! end in the dead-letter queue. A run never takes up the copies it re-enqueued itself.
 
-use super::backfill::BackfillOptions;
 use super::delivery::deliver;
 use super::parking::{PARKED_KIND, ParkedPatch};
 use super::targets::{Lookups, Target};
@@ -38,7 +37,7 @@ struct Run {
 
 /// `{"task":"redrive"}` with the policy from the environment (`PARKED_RETRY_*`).
 pub async fn run_redrive(ctx: &ExportCtx, inv: &Invocation) -> Result<Value, String> {
-    let policy = ParkedRetry::from_env().map_err(|e| e.to_string())?;
+    let policy = ctx.options.parked_retry;
     run_redrive_with(ctx, inv, &policy).await
 }
 
@@ -48,8 +47,9 @@ pub async fn run_redrive_with(
     inv: &Invocation,
     policy: &ParkedRetry,
 ) -> Result<Value, String> {
-    let margin = BackfillOptions::from_env()
-        .map_err(|e| e.to_string())?
+    let margin = ctx
+        .inline
+        .backfill
         .safety_margin
         .min(Duration::from_secs(10));
     let run_id = uuid::Uuid::new_v4().simple().to_string();
