@@ -13,8 +13,9 @@
 //! Two readers remain outside it, both reading the process environment (which does not change
 //! in a Lambda) when their work runs: the sibling queue URLs of `{"task":"redrive-dlq"}`
 //! (`crate::parked_dlq`) and `ADSYNC_KMS_KEY_ID` with the KMS client's SDK timeouts
-//! (`store::secrets`, `store::sealed`). `Settings` reads and checks the same variables at cold
-//! start, so a malformed value still stops the function before any request.
+//! (`store::secrets`, `store::sealed`). `Settings` checks the queue URLs and the SDK timeouts
+//! at cold start, so a malformed one still stops the function before any request; the KMS key
+//! id is an opaque name, checked by KMS when it is used.
 
 pub mod options;
 
