@@ -355,7 +355,7 @@ mod tests {
         async fn http(&self, req: HttpRequest, _inv: Invocation) -> HttpResponse {
             match crate::http::parse_json_body::<Value>(&req, 1 << 20) {
                 Ok(v) => HttpResponse::json(200, &v),
-                Err(r) => r,
+                Err(e) => e.into(),
             }
         }
     }

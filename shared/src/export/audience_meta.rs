@@ -19,7 +19,6 @@
 use super::ExportCtx;
 use super::destinations::{audience_description, invalid, pace_by, paced_call_done};
 use crate::amazon::{AmazonError, AudienceUpdate};
-use crate::http::HttpResponse;
 use crate::store::StoreError;
 use crate::store::accounts::{AccountStatus, IntegratedAccount};
 use crate::store::destinations::audiences::{AudienceState, MeasuredSize};
@@ -58,7 +57,7 @@ pub struct SettingsChange {
 pub fn parse_settings(
     obj: &Map<String, Value>,
     d: &Destination,
-) -> Result<Option<SettingsChange>, HttpResponse> {
+) -> crate::http::ApiResult<Option<SettingsChange>> {
     let description = match obj.get("description") {
         // Its length is checked with the rest of the PATCH body.
         Some(Value::String(s)) => Some(s.trim().to_string()),
@@ -391,8 +390,8 @@ mod tests {
             ),
         ] {
             let e = parse_settings(&obj(body.clone()), &d).unwrap_err();
-            assert_eq!(e.status, 400, "{body}");
-            assert_eq!(e.json_body()["error"]["field"], field, "{body}");
+            assert_eq!(e.status(), 400, "{body}");
+            assert_eq!(e.field.as_deref(), Some(field), "{body}");
         }
     }
 

@@ -3,7 +3,7 @@
 //! is worth finding in one place.
 
 use crate::amazon::AmazonError;
-use crate::http::{ApiError, ApiResult, HttpResponse, Kind};
+use crate::http::{ApiError, ApiResult, Kind};
 use crate::store::StoreError;
 use crate::store::accounts::IntegratedAccount;
 
@@ -129,60 +129,13 @@ pub fn active_account(
     crate::store::accounts::active_account(account_id, found).map_err(ApiError::from)
 }
 
-/// An error answer built outside `ApiError` (`crate::http::parse_json_body`) as an [`ApiError`]: the same status, code, message,
-/// field and headers.
-pub fn from_answer(r: impl Into<HttpResponse>) -> ApiError {
-    let r: HttpResponse = r.into();
-    let body = r.json_body();
-    let text = |k: &str| body["error"][k].as_str().map(str::to_string);
-    let mut e = ApiError::new(
-        kind_of(r.status),
-        &text("code").unwrap_or_default(),
-        text("message").unwrap_or_default(),
-    );
-    e.field = text("field");
-    e.headers = r.headers;
-    e
-}
-
-/// The [`Kind`] of an error status (500 for one no kind has).
-fn kind_of(status: u16) -> Kind {
-    use Kind::*;
-    [
-        BadRequest,
-        Unauthorized,
-        Forbidden,
-        NotFound,
-        MethodNotAllowed,
-        Conflict,
-        Gone,
-        PayloadTooLarge,
-        UnsupportedMediaType,
-        Unprocessable,
-        TooManyRequests,
-        Internal,
-        BadGateway,
-        Unavailable,
-        GatewayTimeout,
-    ]
-    .into_iter()
-    .find(|k| k.status() == status)
-    .unwrap_or(Internal)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::http::HttpResponse;
 
     #[test]
-    fn an_answer_built_elsewhere_keeps_its_bytes() {
-        for r in [
-            HttpResponse::error(415, "unsupported_media_type", "Content-Type must be JSON"),
-            HttpResponse::field_error(409, "reauthorization_required", "accountId", "relink"),
-            HttpResponse::error(400, "invalid_json", "malformed JSON: x").with_header("x-a", "b"),
-        ] {
-            assert_eq!(from_answer(r.clone()).into_response(), r);
-        }
+    fn metadata_busy_says_when_to_come_back() {
         let r: HttpResponse = metadata_busy().into();
         assert_eq!((r.status, r.headers["retry-after"].as_str()), (503, "5"));
     }

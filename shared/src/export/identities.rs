@@ -14,13 +14,11 @@
 //! 4xx) answers the identities of that body `rejected` with Amazon's message.
 
 use super::ExportCtx;
-use super::members::refusal;
 use crate::amazon::privacy::{
     HashedFields, HashedRecord, MAX_RECORDS_BODY_BYTES, pack_records, records_body,
 };
 use crate::amazon::{AmazonClient, AmazonError, RetryPolicy};
 use crate::domain::conversion::matchkey::{KeyHasher, KeyType, KeyValue};
-use crate::http::accounts::require_active;
 use crate::http::error::respond;
 use crate::http::{ApiError, ApiResult, HttpRequest, HttpResponse, Kind, parse_json_body};
 use crate::runtime::Invocation;
@@ -257,7 +255,7 @@ async fn identities(
 ) -> ApiResult<HttpResponse> {
     let items = parse_body(req)?;
     let account = match ctx.accounts.get_account(account_id).await {
-        Ok(found) => require_active(account_id, found).map_err(refusal)?,
+        Ok(found) => crate::export::errors::active_account(account_id, found)?,
         Err(e) => {
             tracing::error!(error = %e, "account lookup failed");
             return Err(ApiError::unavailable("store_unavailable", "try again"));
@@ -309,7 +307,7 @@ async fn identities(
 
 /// The body's `identities` array: 400 without one or when empty, 413 above [`MAX_IDENTITIES`].
 fn parse_body(req: &HttpRequest) -> ApiResult<Vec<Value>> {
-    let body: Value = parse_json_body(req, MAX_REQUEST_BYTES).map_err(refusal)?;
+    let body: Value = parse_json_body(req, MAX_REQUEST_BYTES)?;
     let items = match body {
         Value::Object(mut m) => match m.remove("identities") {
             Some(Value::Array(items)) => Some(items),

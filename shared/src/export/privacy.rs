@@ -4,7 +4,6 @@
 
 use super::ExportCtx;
 use super::erasure::{self, ErasureDoc, ErasureOptions, RawDevices};
-use super::errors::from_answer;
 use crate::domain::audience::{IdType, device_key, validate_device_id};
 use crate::http::error::respond;
 use crate::http::{ApiError, ApiResult, HttpRequest, HttpResponse, Kind, parse_json_body};
@@ -107,7 +106,7 @@ pub async fn create_deletion(ctx: &ExportCtx, req: &HttpRequest, inv: &Invocatio
 }
 
 async fn create(ctx: &ExportCtx, req: &HttpRequest, inv: &Invocation) -> ApiResult<HttpResponse> {
-    let body: Value = parse_json_body(req, MAX_BODY_BYTES).map_err(from_answer)?;
+    let body: Value = parse_json_body(req, MAX_BODY_BYTES)?;
     let devices = parse_devices(&body)?;
     let id = uuid::Uuid::new_v4().simple().to_string();
     let requested_at_ms = chrono::Utc::now().timestamp_millis();

@@ -327,18 +327,18 @@ impl ErrorBody {
     }
 }
 
-/// Parses a JSON body, answering 415 for a wrong content type, 413 above `max_bytes` and 400 for
-/// malformed JSON (with line and column).
+/// Parses a JSON body, refusing a wrong content type (415), a body above `max_bytes` (413) and
+/// malformed JSON (400, with line and column).
 pub fn parse_json_body<T: serde::de::DeserializeOwned>(
     req: &HttpRequest,
     max_bytes: usize,
-) -> Result<T, HttpResponse> {
+) -> ApiResult<T> {
     match req.content_type().as_deref() {
         Some("application/json") => {}
         Some(other) if other.ends_with("+json") => {}
         other => {
-            return Err(HttpResponse::error(
-                415,
+            return Err(ApiError::new(
+                Kind::UnsupportedMediaType,
                 "unsupported_media_type",
                 format!(
                     "Content-Type must be application/json (got {})",
@@ -348,8 +348,8 @@ pub fn parse_json_body<T: serde::de::DeserializeOwned>(
         }
     }
     if req.body.len() > max_bytes {
-        return Err(HttpResponse::error(
-            413,
+        return Err(ApiError::new(
+            Kind::PayloadTooLarge,
             "payload_too_large",
             format!(
                 "the body is {} bytes; the limit is {max_bytes}",
@@ -358,8 +358,8 @@ pub fn parse_json_body<T: serde::de::DeserializeOwned>(
         ));
     }
     if req.body.is_empty() {
-        return Err(HttpResponse::error(
-            400,
+        return Err(ApiError::new(
+            Kind::BadRequest,
             "invalid_json",
             "the body is empty",
         ));
@@ -367,14 +367,19 @@ pub fn parse_json_body<T: serde::de::DeserializeOwned>(
     if let Err(e) = std::str::from_utf8(&req.body) {
         return Err(not_utf8(&e));
     }
-    serde_json::from_slice(&req.body)
-        .map_err(|e| HttpResponse::error(400, "invalid_json", format!("malformed JSON: {e}")))
+    serde_json::from_slice(&req.body).map_err(|e| {
+        ApiError::new(
+            Kind::BadRequest,
+            "invalid_json",
+            format!("malformed JSON: {e}"),
+        )
+    })
 }
 
 /// 400 for a body that is not UTF-8 (JSON must be), saying where the first bad byte is.
-pub fn not_utf8(e: &std::str::Utf8Error) -> HttpResponse {
-    HttpResponse::error(
-        400,
+pub fn not_utf8(e: &std::str::Utf8Error) -> ApiError {
+    ApiError::new(
+        Kind::BadRequest,
         "invalid_json",
         format!(
             "the body is not UTF-8 (invalid byte at offset {}); JSON must be UTF-8",
@@ -441,19 +446,19 @@ mod tests {
     fn json_body_errors_say_what_is_wrong() {
         let req = HttpRequest::new("POST", "/x").with_body("{}");
         let r = parse_json_body::<serde_json::Value>(&req, 10).unwrap_err();
-        assert_eq!(r.status, 415);
+        assert_eq!(r.status(), 415);
         let req = req.with_header("content-type", "application/json; charset=utf-8");
         assert!(parse_json_body::<serde_json::Value>(&req, 10).is_ok());
         let big = req.clone().with_body(vec![b' '; 11]);
         assert_eq!(
             parse_json_body::<serde_json::Value>(&big, 10)
                 .unwrap_err()
-                .status,
+                .status(),
             413
         );
         let bad = req.with_body("{\"a\":");
         let r = parse_json_body::<serde_json::Value>(&bad, 10).unwrap_err();
-        assert_eq!(r.status, 400);
-        assert!(r.body.contains("malformed JSON"), "{}", r.body);
+        assert_eq!(r.status(), 400);
+        assert!(r.message.contains("malformed JSON"), "{}", r.message);
     }
 }

@@ -76,10 +76,9 @@ impl Linking {
     }
 
     pub(super) async fn post_connections(&self, req: &HttpRequest) -> HttpResponse {
-        // The body parser's refusal is an answer already.
         let body: CreateConnectionBody = match crate::http::parse_json_body(req, 4096) {
             Ok(b) => b,
-            Err(r) => return r,
+            Err(e) => return e.into(),
         };
         respond(self.connect(req, body).await)
     }

@@ -12,7 +12,7 @@ use super::fields::{
 };
 use crate::amazon::AudienceFee;
 use crate::domain::export_controls::{ExportControl, ExportLabel};
-use crate::export::errors::{from_answer, invalid, not_an_object};
+use crate::export::errors::{invalid, not_an_object};
 use crate::http::{ApiError, ApiResult, HttpRequest, Kind, parse_json_body};
 use crate::store::destinations::{Destination, DestinationStore};
 use serde::de::DeserializeOwned;
@@ -36,7 +36,7 @@ pub(super) fn from_object<T: DeserializeOwned>(v: Value) -> ApiResult<T> {
 
 /// The body as a JSON object (415, 413 and 400 `invalid_json` otherwise).
 pub(super) fn body_object(req: &HttpRequest) -> ApiResult<Map<String, Value>> {
-    match parse_json_body::<Value>(req, MAX_BODY_BYTES).map_err(from_answer)? {
+    match parse_json_body::<Value>(req, MAX_BODY_BYTES)? {
         Value::Object(m) => Ok(m),
         _ => Err(not_an_object()),
     }

@@ -8,7 +8,7 @@ use super::segments::reevaluate_destination;
 use super::views::{destination_json, destination_status, destination_view, mapping_view};
 use crate::amazon::Audience;
 use crate::export::ExportCtx;
-use crate::export::errors::{destination_not_found, from_answer, invalid, store_failure};
+use crate::export::errors::{destination_not_found, invalid, store_failure};
 use crate::http::error::respond;
 use crate::http::{ApiResult, HttpRequest, HttpResponse};
 use crate::runtime::Invocation;
@@ -225,7 +225,7 @@ async fn patch(ctx: &ExportCtx, id: &str, req: &HttpRequest) -> ApiResult<HttpRe
     let d = find_destination(ctx, id).await?;
     let patch = from_object::<PatchBody>(Value::Object(obj.clone()))?.check(&d)?;
     let (description, labels) = (patch.description, patch.labels);
-    let settings = crate::export::audience_meta::parse_settings(&obj, &d).map_err(from_answer)?;
+    let settings = crate::export::audience_meta::parse_settings(&obj, &d)?;
     if let Some(change) = &settings {
         crate::export::audience_meta::apply_settings(ctx, &d, change)
             .await

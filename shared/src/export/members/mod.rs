@@ -62,7 +62,6 @@ pub use parking::ParkedPatch;
 pub use progress::backfill_progress;
 pub use qualifications::handle_qualifications;
 pub use redrive::{run_redrive, run_redrive_with};
-pub(super) use request::refusal;
 pub use request::{MAX_QUALIFICATIONS, MAX_REQUEST_BYTES};
 pub use targets::TargetRef;
 

@@ -5,9 +5,7 @@
 
 use crate::domain::audience::{IdType, device_key, validate_consent, validate_device_id};
 use crate::domain::segment::check_segment_id;
-use crate::http::{
-    ApiError, ApiResult, ErrorBody, HttpRequest, HttpResponse, Kind, parse_json_body,
-};
+use crate::http::{ApiError, ApiResult, HttpRequest, Kind, parse_json_body};
 use crate::store::ledger::LedgerRow;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
@@ -70,7 +68,7 @@ pub(super) struct ItemResult {
 /// The body's items: 415/413/400 for a body that is not acceptable JSON, 400 without a
 /// non-empty `qualifications` array, 413 above [`MAX_QUALIFICATIONS`].
 pub(super) fn parse_body(req: &HttpRequest) -> ApiResult<Vec<Value>> {
-    let body: Value = parse_json_body(req, MAX_REQUEST_BYTES).map_err(refusal)?;
+    let body: Value = parse_json_body(req, MAX_REQUEST_BYTES)?;
     // Hand check: serde would also fill the struct from a JSON array, by position.
     let parsed = match body.is_object() {
         true => serde_json::from_value::<QualificationsBody>(body).ok(),
@@ -98,41 +96,6 @@ pub(super) fn parse_body(req: &HttpRequest) -> ApiResult<Vec<Value>> {
         );
     }
     Ok(qualifications)
-}
-
-/// An error answer built as an `HttpResponse` by a helper outside this module
-/// (`http::parse_json_body`, `store::accounts::require_active`) as an [`ApiError`] with the same
-/// status, code, message and field.
-pub(in crate::export) fn refusal(r: HttpResponse) -> ApiError {
-    let kind = [
-        Kind::BadRequest,
-        Kind::Unauthorized,
-        Kind::Forbidden,
-        Kind::NotFound,
-        Kind::MethodNotAllowed,
-        Kind::Conflict,
-        Kind::Gone,
-        Kind::PayloadTooLarge,
-        Kind::UnsupportedMediaType,
-        Kind::Unprocessable,
-        Kind::TooManyRequests,
-        Kind::BadGateway,
-        Kind::Unavailable,
-        Kind::GatewayTimeout,
-    ]
-    .into_iter()
-    .find(|k| k.status() == r.status)
-    .unwrap_or(Kind::Internal);
-    match serde_json::from_str::<ErrorBody>(&r.body) {
-        Ok(ErrorBody { error: e }) => {
-            let err = ApiError::new(kind, &e.code, e.message);
-            match e.field {
-                Some(f) => err.at(f),
-                None => err,
-            }
-        }
-        Err(_) => ApiError::new(kind, "internal", r.body),
-    }
 }
 
 /// Validates every item: the answer's lines (`pending` or `rejected`) and the valid items.
@@ -287,6 +250,7 @@ fn consent(v: &Value) -> Result<Option<String>, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::http::HttpResponse;
     use serde_json::json;
 
     #[test]
@@ -304,11 +268,7 @@ mod tests {
         ] {
             let r = req(ct, b);
             let want = parse_json_body::<Value>(&r, MAX_REQUEST_BYTES).unwrap_err();
-            assert_eq!(
-                parse_body(&r).unwrap_err().into_response(),
-                want,
-                "{ct} {b}"
-            );
+            assert_eq!(parse_body(&r).unwrap_err(), want, "{ct} {b}");
         }
         let shape = "the body must be an object with a \"qualifications\" array";
         for b in [
