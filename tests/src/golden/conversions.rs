@@ -445,11 +445,14 @@ pub async fn run() -> usize {
 
     // A batch mixing accepted, duplicate and rejected events (field paths per index).
     let id = format!("golden-{}", uuid::Uuid::new_v4().simple());
+    // The repeat is the same event (built once: two `valid` calls could straddle a second and
+    // differ in their timestamp, which would make the repeat a correction).
+    let first = valid(&format!("{id}-0"));
     let batch = json!({"events": [
-        valid(&format!("{id}-0")),
+        first.clone(),
         event(json!({"name": Value::Null})),
         event(json!({"matchKeys": [{"type": "EMAIL", "values": ["a@b.c"]}, {"type": 5, "values": ["x"]}]})),
-        valid(&format!("{id}-0")),
+        first,
         5,
         event(json!({"timestamp": "x", "countryCode": "ZZ"})),
         valid(&format!("{id}-1")),
