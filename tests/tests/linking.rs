@@ -69,7 +69,10 @@ async fn account_store_round_trip_and_reauthorization() {
         got.as_ref().map(|x| x.status),
         Some(AccountStatus::ReauthorizationRequired)
     );
-    assert_eq!(require_active(&b.account_id, got).unwrap_err().status, 409);
+    assert_eq!(
+        require_active(&b.account_id, got).unwrap_err().status(),
+        409
+    );
     let got = store.get_account(&other.account_id).await.unwrap();
     assert_eq!(
         require_active(&other.account_id, got)
@@ -96,7 +99,10 @@ async fn account_store_round_trip_and_reauthorization() {
         vec![b.account_id.clone()]
     );
     let got = store.get_account(&a.account_id).await.unwrap();
-    assert_eq!(require_active(&a.account_id, got).unwrap_err().status, 404);
+    assert_eq!(
+        require_active(&a.account_id, got).unwrap_err().status(),
+        404
+    );
 }
 
 /// The whole flow in every region, with the logs captured and searched for every secret value

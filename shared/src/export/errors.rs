@@ -3,7 +3,7 @@
 //! is worth finding in one place.
 
 use crate::amazon::AmazonError;
-use crate::http::{ApiError, ApiResult, Kind};
+use crate::http::{ApiError, Kind};
 use crate::store::StoreError;
 use crate::store::accounts::IntegratedAccount;
 
@@ -120,14 +120,9 @@ pub fn other_advertiser(field: &str, id: i64, account: &IntegratedAccount) -> Ap
     .at(field)
 }
 
-/// The account if it can be used (`crate::store::accounts::active_account`): else 409
-/// `reauthorization_required` or 404 `account_not_found` (`crate::http::accounts`).
-pub fn active_account(
-    account_id: &str,
-    found: Option<IntegratedAccount>,
-) -> ApiResult<IntegratedAccount> {
-    crate::store::accounts::active_account(account_id, found).map_err(ApiError::from)
-}
+/// The account if it can be used, else 409 `reauthorization_required` or 404
+/// `account_not_found` (`crate::http::accounts`).
+pub use crate::http::accounts::require_active as active_account;
 
 #[cfg(test)]
 mod tests {

@@ -1,7 +1,7 @@
 //! The answers to a request naming an account it cannot use. The accounts store says why
 //! ([`AccountUnavailable`]); the status, code and wording are chosen here.
 
-use super::{ApiError, HttpResponse};
+use super::{ApiError, ApiResult};
 use crate::store::accounts::{AccountUnavailable, IntegratedAccount, active_account};
 
 impl From<AccountUnavailable> for ApiError {
@@ -35,13 +35,19 @@ impl From<AccountUnavailable> for ApiError {
 pub fn require_active(
     account_id: &str,
     found: Option<IntegratedAccount>,
-) -> Result<IntegratedAccount, HttpResponse> {
-    active_account(account_id, found).map_err(|e| ApiError::from(e).into_response())
+) -> ApiResult<IntegratedAccount> {
+    active_account(account_id, found).map_err(ApiError::from)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::http::HttpResponse;
+
+    /// The answer of a refused account.
+    fn refused(r: ApiResult<IntegratedAccount>) -> HttpResponse {
+        r.unwrap_err().into()
+    }
     use crate::amazon::Region;
     use crate::store::accounts::AccountStatus;
 
@@ -64,7 +70,7 @@ mod tests {
     #[test]
     fn require_active_maps_status_to_the_documented_errors() {
         assert!(require_active("123", Some(account(AccountStatus::Active))).is_ok());
-        let r = require_active("123", None).unwrap_err();
+        let r = refused(require_active("123", None));
         assert_eq!(r.status, 404);
         assert_eq!(r.json_body()["error"]["code"], "account_not_found");
         assert!(
@@ -73,25 +79,29 @@ mod tests {
                 .unwrap()
                 .starts_with("Amazon Error: Account 123 was not found")
         );
-        let r = require_active("123", Some(account(AccountStatus::Removed))).unwrap_err();
+        let r = refused(require_active("123", Some(account(AccountStatus::Removed))));
         assert_eq!(r.status, 404);
-        let r = require_active("123", Some(account(AccountStatus::ReauthorizationRequired)))
-            .unwrap_err();
+        let r = refused(require_active(
+            "123",
+            Some(account(AccountStatus::ReauthorizationRequired)),
+        ));
         assert_eq!(r.status, 409);
         assert_eq!(r.json_body()["error"]["code"], "reauthorization_required");
     }
 
     #[test]
     fn the_answers_are_the_documented_ones_word_for_word() {
-        let r = require_active("123", None).unwrap_err();
+        let r = refused(require_active("123", None));
         assert_eq!(
             r.json_body(),
             serde_json::json!({"error": {"code": "account_not_found", "message":
                 "Amazon Error: Account 123 was not found. Link it first (POST /connections) or use \
                  the id of a linked account (GET /accounts)."}})
         );
-        let r =
-            require_active("9", Some(account(AccountStatus::ReauthorizationRequired))).unwrap_err();
+        let r = refused(require_active(
+            "9",
+            Some(account(AccountStatus::ReauthorizationRequired)),
+        ));
         assert_eq!(
             r.json_body(),
             serde_json::json!({"error": {"code": "reauthorization_required", "message":

@@ -333,20 +333,7 @@ pub fn parse_json_body<T: serde::de::DeserializeOwned>(
     req: &HttpRequest,
     max_bytes: usize,
 ) -> ApiResult<T> {
-    match req.content_type().as_deref() {
-        Some("application/json") => {}
-        Some(other) if other.ends_with("+json") => {}
-        other => {
-            return Err(ApiError::new(
-                Kind::UnsupportedMediaType,
-                "unsupported_media_type",
-                format!(
-                    "Content-Type must be application/json (got {})",
-                    other.unwrap_or("none")
-                ),
-            ));
-        }
-    }
+    require_json(req)?;
     if req.body.len() > max_bytes {
         return Err(ApiError::new(
             Kind::PayloadTooLarge,
@@ -374,6 +361,22 @@ pub fn parse_json_body<T: serde::de::DeserializeOwned>(
             format!("malformed JSON: {e}"),
         )
     })
+}
+
+/// 415 unless the body is declared JSON (`application/json` or a `+json` type).
+pub fn require_json(req: &HttpRequest) -> ApiResult<()> {
+    match req.content_type().as_deref() {
+        Some("application/json") => Ok(()),
+        Some(other) if other.ends_with("+json") => Ok(()),
+        other => Err(ApiError::new(
+            Kind::UnsupportedMediaType,
+            "unsupported_media_type",
+            format!(
+                "Content-Type must be application/json (got {})",
+                other.unwrap_or("none")
+            ),
+        )),
+    }
 }
 
 /// 400 for a body that is not UTF-8 (JSON must be), saying where the first bad byte is.

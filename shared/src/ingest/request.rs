@@ -39,7 +39,7 @@ impl IngestCtx {
     }
 
     /// The body's envelope checked, then the account it is for, which must be active (the
-    /// accounts store's `active_account`, answered by `crate::http::accounts`, 404/409 in its own words).
+    /// `crate::http::accounts::require_active`: 404/409 in the contract's words).
     async fn active_account(
         &self,
         req: &HttpRequest,
@@ -47,26 +47,12 @@ impl IngestCtx {
     ) -> Result<IntegratedAccount, HttpResponse> {
         self.check_envelope(req)?;
         let found = self.find_account(account_id).await?;
-        crate::store::accounts::active_account(account_id, found)
-            .map_err(|e| ApiError::from(e).into_response())
+        crate::http::accounts::require_active(account_id, found).map_err(ApiError::into_response)
     }
 
     /// Content type, size and emptiness of the body.
     fn check_envelope(&self, req: &HttpRequest) -> ApiResult<()> {
-        match req.content_type().as_deref() {
-            Some("application/json") => {}
-            Some(t) if t.ends_with("+json") => {}
-            other => {
-                return Err(ApiError::new(
-                    Kind::UnsupportedMediaType,
-                    "unsupported_media_type",
-                    format!(
-                        "Content-Type must be application/json (got {})",
-                        other.unwrap_or("none")
-                    ),
-                ));
-            }
-        }
+        crate::http::require_json(req)?;
         if req.body.len() > self.settings.max_body_bytes {
             return Err(ApiError::new(
                 Kind::PayloadTooLarge,

@@ -93,9 +93,10 @@ impl Linking {
 
 /// The accounts store's own answer for an account that is not linked (404 `account_not_found`).
 fn not_linked(account_id: &str) -> HttpResponse {
-    crate::http::accounts::require_active(account_id, None)
-        .err()
-        .unwrap_or_else(HttpResponse::not_found)
+    let unknown = crate::store::accounts::AccountUnavailable::NotFound {
+        account_id: account_id.to_string(),
+    };
+    crate::http::ApiError::from(unknown).into()
 }
 
 pub(super) fn account_json(a: &IntegratedAccount) -> serde_json::Value {

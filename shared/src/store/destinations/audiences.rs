@@ -12,7 +12,7 @@
 //! page covers a few thousand mappings) instead of walking every destination.
 
 use super::{DestinationStore, Item, StoreError, get_num, get_s, key, now_rfc3339, opt_s, sdk_err};
-use crate::store::dynamo::{is_conditional_failure, n, s};
+use crate::store::dynamo::{conditional, is_conditional_failure, n, s};
 
 const STATE_PK: &str = "AUDSTATE";
 
@@ -333,11 +333,7 @@ impl DestinationStore {
             .expression_attribute_values(":d", s(description))
             .send()
             .await;
-        match r {
-            Ok(_) => Ok(true),
-            Err(e) if is_conditional_failure(&e) => Ok(false),
-            Err(e) => Err(sdk_err("set audience description", e)),
-        }
+        Ok(conditional(r, "set audience description")?.is_some())
     }
 
     /// The description PATCHed onto the destination's audiences, if any.
