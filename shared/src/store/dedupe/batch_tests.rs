@@ -171,3 +171,20 @@ async fn a_claim_near_its_lease_end_completes_only_if_still_held() {
     assert_eq!(r.fingerprint.as_deref(), Some("new"));
     assert!(d.complete(&taker).await.unwrap());
 }
+
+#[tokio::test]
+async fn a_claim_past_its_window_is_not_completed_over_its_new_holder() {
+    // A one-second window: the item is free to any claim after it, whatever the lease says.
+    let d = store(Duration::from_secs(1)).await;
+    let k = key();
+    let old = claimed(d.claim(&k, "fp", later(), "r1").await.unwrap());
+    tokio::time::sleep(Duration::from_millis(2_100)).await;
+    let taker = claimed(d.claim(&k, "new", later(), "r2").await.unwrap());
+    let answers = d.complete_many(&[&old], 4).await;
+    assert!(!answers[0].as_ref().unwrap(), "the old claim is lost");
+    assert_eq!(
+        d.get(&k).await.unwrap().unwrap().fingerprint.as_deref(),
+        Some("new")
+    );
+    assert!(d.complete(&taker).await.unwrap());
+}

@@ -17,6 +17,11 @@ const CLAIM_IF: &str = "attribute_not_exists(pk) OR expiresAt < :now OR (#s = :i
 const CLAIM_FRESH_IF: &str =
     "attribute_not_exists(pk) OR expiresAt < :now OR (#s = :inprog AND inProgressUntil < :nowMs)";
 
+/// A completion's update and condition (`#s` status, `#t` token).
+pub(super) const COMPLETE_SET: &str =
+    "SET #s = :done, expiresAt = :exp, updatedAt = :nowMs REMOVE inProgressUntil, parkId";
+pub(super) const COMPLETE_IF: &str = "#t = :token AND #s = :inprog";
+
 /// One claim's conditional put (`#s` is `status`).
 pub(super) struct ClaimWrite {
     pub(super) item: Item,
@@ -116,12 +121,13 @@ impl DedupeStore {
         let now = now_ms();
         let token = uuid::Uuid::new_v4().simple().to_string();
         let pk = key.pk();
+        let expires_at = self.expires_at();
         let item = HashMap::from([
             ("pk".to_string(), s(&pk)),
             ("status".into(), s(ClaimStatus::InProgress.as_str())),
             ("token".into(), s(&token)),
             ("inProgressUntil".into(), n(holder_deadline_ms)),
-            ("expiresAt".into(), n(self.expires_at())),
+            ("expiresAt".into(), n(expires_at)),
             ("fingerprint".into(), s(fingerprint)),
             ("contentAt".into(), n(content_at)),
             ("requestId".into(), s(request_id)),
@@ -140,7 +146,8 @@ impl DedupeStore {
         let held = Held {
             fingerprint: fingerprint.to_string(),
             content_at,
-            until_ms: holder_deadline_ms,
+            // Past the window's end the item is free to any claim, whatever its lease.
+            until_ms: holder_deadline_ms.min(expires_at * 1000),
             request_id: request_id.to_string(),
         };
         ClaimWrite {
@@ -166,8 +173,8 @@ impl DedupeStore {
             .update_item()
             .table_name(&self.table)
             .key("pk", s(&claim.pk))
-            .update_expression("SET #s = :done, expiresAt = :exp, updatedAt = :nowMs REMOVE inProgressUntil, parkId")
-            .condition_expression("#t = :token AND #s = :inprog")
+            .update_expression(COMPLETE_SET)
+            .condition_expression(COMPLETE_IF)
             .expression_attribute_names("#s", "status")
             .expression_attribute_names("#t", "token")
             .expression_attribute_values(":done", s(ClaimStatus::Completed.as_str()))

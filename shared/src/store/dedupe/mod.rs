@@ -58,9 +58,11 @@ use std::time::Duration;
 mod batch;
 mod claims;
 mod codec;
+mod complete;
 mod redrive;
 
-pub use batch::{CLAIMS_PER_CALL, ClaimRequest, LEASE_GUARD};
+pub use batch::{CLAIMS_PER_CALL, ClaimRequest};
+pub use complete::LEASE_GUARD;
 
 /// What is being deduplicated.
 #[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -136,7 +138,7 @@ pub struct Claim {
 pub(super) struct Held {
     fingerprint: String,
     content_at: u64,
-    /// `inProgressUntil`: nobody may take the claim over before it.
+    /// `inProgressUntil` or the window's end if sooner: nobody may take the claim over before it.
     until_ms: u64,
     request_id: String,
 }
