@@ -1,7 +1,7 @@
-//! A request's events in waves of one Amazon batch (`batch_size`, 500): each wave claims its ids
-//! (`DedupeStore::claim_many`: a few transactions), sends, and completes its claims
-//! (`complete_many`), and `send_concurrency` waves are in flight at once, so one wave's store
-//! calls overlap another's Amazon call. A 500-event request is one wave: one Amazon call, as
+//! A request's events in waves of one Amazon batch (`batch_size`, 500), as a pipeline: the
+//! waves' claims (`DedupeStore::claim_many`: a few transactions) one wave after another, and
+//! behind them the deliveries and completions (`complete_many`) of up to `send_concurrency`
+//! waves, so the claims of one wave overlap the Amazon call and the completions of the others. A 500-event request is one wave: one Amazon call, as
 //! before. Claims held by other live requests come back as `waiting`, handled after every wave
 //! has settled its own claims (two requests holding some of each other's ids never wait on each
 //! other).
@@ -49,14 +49,15 @@ impl IngestCtx {
         while rest.peek().is_some() {
             waves.push(rest.by_ref().take(size).collect());
         }
-        let outs: Vec<Flowed> = futures::stream::iter(
-            waves
-                .into_iter()
-                .map(|w| self.wave(account, arena, prepared, w, inv)),
-        )
-        .buffer_unordered(self.settings.send_concurrency.max(1))
-        .collect()
-        .await;
+        // Claims one wave at a time (DynamoDB Local serialises transactions: more in flight
+        // only slows them), deliveries and completions of up to `send_concurrency` waves behind.
+        let outs: Vec<Flowed> = futures::stream::iter(waves)
+            .map(|w| self.claim_wave(w, inv))
+            .buffered(1)
+            .map(|(out, to_send)| self.deliver_wave(account, arena, prepared, out, to_send, inv))
+            .buffer_unordered(self.settings.send_concurrency.max(1))
+            .collect()
+            .await;
         let mut all = Flowed::default();
         for o in outs {
             all.absorb(o);
@@ -64,15 +65,8 @@ impl IngestCtx {
         all
     }
 
-    /// One wave: claims, delivery, settlement.
-    async fn wave(
-        &self,
-        account: &IntegratedAccount,
-        arena: &Arena,
-        prepared: &[Option<Prepared>],
-        work: Vec<Work>,
-        inv: &Invocation,
-    ) -> Flowed {
+    /// A wave's claims: what to send, and the results of the rest.
+    async fn claim_wave(&self, work: Vec<Work>, inv: &Invocation) -> (Flowed, Vec<Work>) {
         let mut out = Flowed::default();
         let (keyed, mut to_send): (Vec<Work>, Vec<Work>) =
             work.into_iter().partition(|w| w.key.is_some());
@@ -80,6 +74,19 @@ impl IngestCtx {
             let claimed = self.claim_initial(keyed, inv).await;
             out.waiting = sort_claims(claimed, &mut out.results, &mut to_send, &mut out.to_park);
         }
+        (out, to_send)
+    }
+
+    /// A wave's delivery and settlement.
+    async fn deliver_wave(
+        &self,
+        account: &IntegratedAccount,
+        arena: &Arena,
+        prepared: &[Option<Prepared>],
+        mut out: Flowed,
+        to_send: Vec<Work>,
+        inv: &Invocation,
+    ) -> Flowed {
         let settled = self
             .send(account, to_send, arena, prepared, inv, &mut out.stats)
             .await;

@@ -16,8 +16,11 @@ use super::codec::{outcome_of, record};
 use super::{ClaimOutcome, DedupeKey, DedupeStore, StoreError};
 use crate::clock::now_ms;
 use crate::store::dynamo::build_error;
+use crate::store::item::Item;
 use aws_sdk_dynamodb::operation::transact_write_items::TransactWriteItemsError;
-use aws_sdk_dynamodb::types::{Put, ReturnValuesOnConditionCheckFailure, TransactWriteItem};
+use aws_sdk_dynamodb::types::{
+    CancellationReason, Put, ReturnValuesOnConditionCheckFailure, TransactWriteItem,
+};
 use futures::StreamExt;
 use std::time::Duration;
 
@@ -106,64 +109,57 @@ impl DedupeStore {
                     )
                 })
                 .collect();
-            let items = match writes
+            let items: Result<Vec<_>, _> = writes
                 .iter()
                 .map(|w| transact_put(&self.table, w))
-                .collect()
-            {
-                Ok(items) => items,
-                Err(e) => {
-                    tracing::warn!(error = %e, "dedupe claim transaction not built");
-                    return pending;
-                }
-            };
-            let res = self
-                .client
-                .transact_write_items()
-                .set_transact_items(Some(items))
-                .client_request_token(uuid::Uuid::new_v4().simple().to_string())
-                .send()
-                .await;
-            let reasons = match res {
-                Ok(_) => {
+                .collect();
+            let Ok(items) = items else { return pending };
+            let reasons = match self.transact(items, "claim").await {
+                Transacted::Done => {
                     for (i, w) in pending.drain(..).zip(writes) {
                         answers[i] = Some(Ok(ClaimOutcome::Claimed(w.claim)));
                     }
                     break;
                 }
-                Err(e) => match e.into_service_error() {
-                    TransactWriteItemsError::TransactionCanceledException(c) => {
-                        c.cancellation_reasons.unwrap_or_default()
-                    }
-                    other => {
-                        tracing::warn!(error = %other, "dedupe claim transaction failed; claiming one by one");
-                        return pending;
-                    }
-                },
+                Transacted::Cancelled(reasons) if reasons.len() == pending.len() => reasons,
+                _ => return pending,
             };
-            if reasons.len() != pending.len() {
-                return pending;
-            }
-            let mut conflicted = false;
-            let mut next = Vec::new();
-            for (i, r) in pending.iter().copied().zip(reasons) {
-                let code = r.code.clone();
-                match (code.as_deref(), r.item) {
-                    (Some("ConditionalCheckFailed"), Some(item)) => {
-                        answers[i] = Some(record(&item).map(outcome_of));
-                    }
-                    (code, _) => {
-                        conflicted |= code == Some("TransactionConflict");
-                        next.push(i);
-                    }
+            let conflicted;
+            (pending, conflicted) = after_cancel(&pending, reasons, |i, item| match item {
+                Some(item) => {
+                    answers[i] = Some(record(&item).map(outcome_of));
+                    true
                 }
-            }
-            pending = next;
+                None => false,
+            });
             if conflicted {
                 tokio::time::sleep(jitter(round)).await;
             }
         }
         pending
+    }
+
+    /// One `TransactWriteItems` (with a fresh `ClientRequestToken`) of `what` (for the log).
+    pub(super) async fn transact(&self, items: Vec<TransactWriteItem>, what: &str) -> Transacted {
+        let res = self
+            .client
+            .transact_write_items()
+            .set_transact_items(Some(items))
+            .client_request_token(uuid::Uuid::new_v4().simple().to_string())
+            .send()
+            .await;
+        match res {
+            Ok(_) => Transacted::Done,
+            Err(e) => match e.into_service_error() {
+                TransactWriteItemsError::TransactionCanceledException(c) => {
+                    Transacted::Cancelled(c.cancellation_reasons.unwrap_or_default())
+                }
+                other => {
+                    tracing::warn!(what, error = %other, "dedupe transaction failed; going one by one");
+                    Transacted::Failed
+                }
+            },
+        }
     }
 
     /// The one-key claim for the positions `left` of `group`.
@@ -193,6 +189,37 @@ impl DedupeStore {
             answers[i] = Some(a);
         }
     }
+}
+
+/// What became of one transaction.
+pub(super) enum Transacted {
+    Done,
+    /// One reason per item, in order.
+    Cancelled(Vec<CancellationReason>),
+    Failed,
+}
+
+/// Sorts a cancelled transaction's reasons: a failed condition goes to `failed(position, old
+/// item)`, which says whether it answered it; every other item is to try again. Returns those
+/// positions and whether another transaction conflicted.
+pub(super) fn after_cancel(
+    pending: &[usize],
+    reasons: Vec<CancellationReason>,
+    mut failed: impl FnMut(usize, Option<Item>) -> bool,
+) -> (Vec<usize>, bool) {
+    let mut conflicted = false;
+    let mut next = Vec::new();
+    for (&i, r) in pending.iter().zip(reasons) {
+        let code = r.code.clone();
+        match code.as_deref() {
+            Some("ConditionalCheckFailed") if failed(i, r.item) => {}
+            code => {
+                conflicted |= code == Some("TransactionConflict");
+                next.push(i);
+            }
+        }
+    }
+    (next, conflicted)
 }
 
 /// One claim's put inside a transaction.

@@ -11,13 +11,12 @@
 //! answers `false` for that claim, the rest go again). Unprocessed items and failed calls
 //! complete one at a time ([`DedupeStore::complete`]).
 
-use super::batch::{ROUNDS, jitter};
+use super::batch::{ROUNDS, Transacted, after_cancel, jitter};
 use super::claims::{COMPLETE_IF, COMPLETE_SET};
 use super::{Claim, ClaimStatus, DedupeStore, Held, StoreError};
 use crate::clock::now_ms;
 use crate::store::dynamo::{build_error, n, s};
 use crate::store::item::Item;
-use aws_sdk_dynamodb::operation::transact_write_items::TransactWriteItemsError;
 use aws_sdk_dynamodb::types::{PutRequest, TransactWriteItem, Update, WriteRequest};
 use futures::{FutureExt, StreamExt};
 use std::collections::HashMap;
@@ -91,43 +90,19 @@ impl DedupeStore {
                 .map(|&i| self.completion_update(claims[i]))
                 .collect();
             let Ok(items) = items else { break };
-            let res = self
-                .client
-                .transact_write_items()
-                .set_transact_items(Some(items))
-                .client_request_token(uuid::Uuid::new_v4().simple().to_string())
-                .send()
-                .await;
-            let reasons = match res {
-                Ok(_) => {
+            let reasons = match self.transact(items, "completion").await {
+                Transacted::Done => {
                     answered.extend(pending.drain(..).map(|i| (i, Ok(true))));
                     break;
                 }
-                Err(e) => match e.into_service_error() {
-                    TransactWriteItemsError::TransactionCanceledException(c) => {
-                        c.cancellation_reasons.unwrap_or_default()
-                    }
-                    other => {
-                        tracing::warn!(error = %other, "dedupe completion transaction failed; completing one by one");
-                        break;
-                    }
-                },
+                Transacted::Cancelled(reasons) if reasons.len() == pending.len() => reasons,
+                _ => break,
             };
-            if reasons.len() != pending.len() {
-                break;
-            }
-            let mut conflicted = false;
-            let mut next = Vec::new();
-            for (i, r) in pending.iter().copied().zip(reasons) {
-                match r.code() {
-                    Some("ConditionalCheckFailed") => answered.push((i, Ok(false))),
-                    code => {
-                        conflicted |= code == Some("TransactionConflict");
-                        next.push(i);
-                    }
-                }
-            }
-            pending = next;
+            let conflicted;
+            (pending, conflicted) = after_cancel(&pending, reasons, |i, _| {
+                answered.push((i, Ok(false)));
+                true
+            });
             if conflicted {
                 tokio::time::sleep(jitter(round)).await;
             }
