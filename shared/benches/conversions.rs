@@ -135,7 +135,7 @@ fn seven_key_event(i: usize, now: chrono::DateTime<chrono::Utc>) -> serde_json::
     let phone = format!("+1 (555) {:03}-{:04}", i % 1000, i % 10_000);
     let (first, last, street) = (FIRST[i % 8], LAST[(i / 8) % 8], STREET[i % 8]);
     let (city, postal) = (CITY[i % 4], POSTAL[(i / 3) % 8]);
-    if i % 2 == 0 {
+    if i.is_multiple_of(2) {
         json!({
             "name": "Website_Purchase", "eventType": "OFF_AMAZON_PURCHASES", "timestamp": ts,
             "clientDedupeId": format!("order-{i}"), "countryCode": "en-US",
