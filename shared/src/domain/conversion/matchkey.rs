@@ -231,15 +231,9 @@ pub fn sha256_hex(bytes: &[u8]) -> HexDigest {
 /// Appends the normalised form of `value` (a hashed type) to `out`.
 pub fn normalise_into(kind: KeyType, value: &str, out: &mut Vec<u8>) {
     match kind {
-        KeyType::Email => {
-            for b in value.bytes() {
-                let b = b.to_ascii_lowercase();
-                if b.is_ascii_lowercase() || b.is_ascii_digit() || matches!(b, b'.' | b'@' | b'-') {
-                    out.push(b);
-                }
-            }
-        }
-        KeyType::Phone => out.extend(value.bytes().filter(u8::is_ascii_digit)),
+        // Non-ASCII bytes are never kept in an e-mail or a phone number.
+        KeyType::Email => push_kept(value.as_bytes(), &EMAIL, out),
+        KeyType::Phone => push_kept(value.as_bytes(), &DIGITS, out),
         KeyType::Postal => {
             if value.is_ascii() {
                 for b in value.bytes() {
@@ -262,15 +256,15 @@ pub fn normalise_into(kind: KeyType, value: &str, out: &mut Vec<u8>) {
         | KeyType::City
         | KeyType::State => {
             if value.is_ascii() {
-                push_alnum(value.as_bytes(), out);
+                push_kept(value.as_bytes(), &ALNUM, out);
             } else {
                 // Unicode lowercase first, then keep ASCII letters and digits only.
                 for c in value.chars() {
                     if c.is_ascii() {
-                        push_alnum(&[c as u8], out);
+                        push_kept(&[c as u8], &ALNUM, out);
                     } else {
                         for l in c.to_lowercase().filter(char::is_ascii) {
-                            push_alnum(&[l as u8], out);
+                            push_kept(&[l as u8], &ALNUM, out);
                         }
                     }
                 }
@@ -281,12 +275,56 @@ pub fn normalise_into(kind: KeyType, value: &str, out: &mut Vec<u8>) {
     }
 }
 
-fn push_alnum(bytes: &[u8], out: &mut Vec<u8>) {
-    for &b in bytes {
-        if b.is_ascii_alphanumeric() {
-            out.push(b.to_ascii_lowercase());
+/// Which bytes a normalisation rule keeps.
+#[derive(Clone, Copy)]
+enum Keep {
+    /// `a-z 0-9 . @ -` (after ASCII lowercasing).
+    Email,
+    /// `0-9`.
+    Digits,
+    /// `a-z 0-9` (after ASCII lowercasing).
+    Alnum,
+}
+
+/// What each byte becomes under one rule: its ASCII lowercase where the rule keeps it, `0` where
+/// it is dropped (no rule keeps a NUL byte, and every non-ASCII byte is dropped).
+const fn byte_table(keep: Keep) -> [u8; 256] {
+    let mut table = [0u8; 256];
+    let mut b = 0u8;
+    while b < 128 {
+        let l = b.to_ascii_lowercase();
+        let kept = match keep {
+            Keep::Email => {
+                l.is_ascii_lowercase() || l.is_ascii_digit() || matches!(l, b'.' | b'@' | b'-')
+            }
+            Keep::Digits => l.is_ascii_digit(),
+            Keep::Alnum => l.is_ascii_alphanumeric(),
+        };
+        if kept {
+            table[b as usize] = l;
         }
+        b += 1;
     }
+    table
+}
+
+const EMAIL: [u8; 256] = byte_table(Keep::Email);
+const DIGITS: [u8; 256] = byte_table(Keep::Digits);
+const ALNUM: [u8; 256] = byte_table(Keep::Alnum);
+
+/// Appends `bytes` through `table`, dropping the bytes it maps to `0`. Every byte is written
+/// and the end moves on only past kept ones: no branch per byte, one length check per value.
+fn push_kept(bytes: &[u8], table: &[u8; 256], out: &mut Vec<u8>) {
+    let start = out.len();
+    out.resize(start + bytes.len(), 0);
+    let dst = &mut out[start..];
+    let mut n = 0;
+    for &b in bytes {
+        let m = table[usize::from(b)];
+        dst[n] = m;
+        n += usize::from(m != 0);
+    }
+    out.truncate(start + n);
 }
 
 #[cfg(test)]
@@ -363,6 +401,29 @@ mod tests {
         ];
         for (kind, input, want) in cases {
             assert_eq!(norm(*kind, input), *want, "{kind:?} {input:?}");
+        }
+    }
+
+    #[test]
+    fn byte_rules_keep_what_the_contract_says() {
+        use KeyType::*;
+        fn plain(v: &str, keep: fn(&u8) -> bool) -> String {
+            let kept = v.bytes().map(|b| b.to_ascii_lowercase()).filter(keep);
+            String::from_utf8(kept.collect()).unwrap()
+        }
+        let email = |b: &u8| b.is_ascii_lowercase() || b.is_ascii_digit() || b".@-".contains(b);
+        // Every ASCII character (NUL and controls included), alone and between others.
+        for b in 0u8..128 {
+            let v = format!("Ab{}9-Z", b as char);
+            assert_eq!(norm(Email, &v), plain(&v, email), "{v:?}");
+            assert_eq!(norm(Phone, &v), plain(&v, u8::is_ascii_digit), "{v:?}");
+            for kind in [FirstName, LastName, Address, City, State] {
+                assert_eq!(
+                    norm(kind, &v),
+                    plain(&v, u8::is_ascii_alphanumeric),
+                    "{v:?}"
+                );
+            }
         }
     }
 

@@ -5,7 +5,6 @@
 
 use super::matchkey::{KeyType, KeyValue};
 use super::validate::{ConsentOut, Scratch, ValidEvent};
-use std::io::Write;
 
 /// Appends one event as compact JSON to `out`; `scratch` is the one it was validated with.
 pub fn write_event(e: &ValidEvent<'_>, scratch: &Scratch, out: &mut Vec<u8>) {
@@ -42,7 +41,8 @@ pub fn write_event(e: &ValidEvent<'_>, scratch: &Scratch, out: &mut Vec<u8>) {
             out.push(b'"');
         }
         if let Some(u) = e.units_sold {
-            let _ = write!(out, ",\"unitsSold\":{u}");
+            out.extend_from_slice(b",\"unitsSold\":");
+            let _ = serde_json::to_writer(&mut *out, &u);
         }
     }
     if e.limited_data_use {
