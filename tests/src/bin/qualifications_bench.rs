@@ -67,7 +67,9 @@ fn parse_args() -> Result<Args, String> {
         match k.as_str() {
             "--rounds" => a.rounds = v()?.max(1),
             "--items" => a.items = v()?.clamp(1, 10_000),
-            "-h" | "--help" => return Err("usage: qualifications_bench [--rounds N] [--items N]".into()),
+            "-h" | "--help" => {
+                return Err("usage: qualifications_bench [--rounds N] [--items N]".into());
+            }
             other => return Err(format!("unknown argument {other}")),
         }
     }
@@ -80,7 +82,11 @@ fn device(i: usize) -> String {
 
 /// One request body: every device of the run, at `ts`, qualified or not.
 fn body(seg: &str, items: usize, ts: i64, qualified: bool) -> Vec<u8> {
-    let status = if qualified { "qualified" } else { "unqualified" };
+    let status = if qualified {
+        "qualified"
+    } else {
+        "unqualified"
+    };
     let items: Vec<Value> = (0..items)
         .map(|i| json!({"segmentId": seg, "deviceId": device(i), "idType": "COOKIE", "status": status, "timestamp": ts}))
         .collect();
@@ -116,10 +122,16 @@ impl Bench {
         let resp = handler.http(req, Invocation::with_timeout(60)).await;
         let ms = t.elapsed().as_secs_f64() * 1000.0;
         if resp.status != 200 {
-            return Err(format!("POST /qualifications: {} {}", resp.status, resp.body));
+            return Err(format!(
+                "POST /qualifications: {} {}",
+                resp.status, resp.body
+            ));
         }
         let v = resp.json_body();
-        Ok((ms, json!({"totals": v["totals"], "delivery": v["delivery"]})))
+        Ok((
+            ms,
+            json!({"totals": v["totals"], "delivery": v["delivery"]}),
+        ))
     }
 }
 
@@ -133,7 +145,10 @@ async fn run() -> Result<(), String> {
     let o = adsync_tests::export_rig::opts(2000);
     adsync_tests::export_rig::run_jobs_until_done(&rig, &dest, &seg, &o).await;
     let secrets = SecretsStore::new(adsync::aws::AwsClients::from_env().await.secrets);
-    let auth = ApiKeyAuth::new(secrets, std::env::var("API_KEYS_SECRET").map_err(|e| e.to_string())?);
+    let auth = ApiKeyAuth::new(
+        secrets,
+        std::env::var("API_KEYS_SECRET").map_err(|e| e.to_string())?,
+    );
     let handler = ExportHandler {
         ctx: rig.ctx.clone(),
         auth,
@@ -187,19 +202,31 @@ async fn run() -> Result<(), String> {
     let total = (args.rounds * n) as f64;
     let (h, p, t) = (total / handler_s, total / put_s, total / tx_s);
     lat.sort_by(|a, b| a.total_cmp(b));
-    println!("\n{} rounds x {n} items, sequential requests, one process:", args.rounds);
+    println!(
+        "\n{} rounds x {n} items, sequential requests, one process:",
+        args.rounds
+    );
     println!(
         "  handler:            {h:>7.0} items/s   p50 {:.0} ms  p95 {:.0} ms  max {:.0} ms per request",
         percentile(&lat, 0.50),
         percentile(&lat, 0.95),
         lat.last().unwrap()
     );
-    println!("  bare put (conditional PutItem x{PUT_CONCURRENCY} in flight): {p:>7.0} items/s   handler/bare = {:.2}", h / p);
-    println!("  bare transact (TransactWriteItems of 100 conditional puts, x{TRANSACT_CONCURRENCY}): {t:>7.0} items/s   handler/bare = {:.2}", h / t);
+    println!(
+        "  bare put (conditional PutItem x{PUT_CONCURRENCY} in flight): {p:>7.0} items/s   handler/bare = {:.2}",
+        h / p
+    );
+    println!(
+        "  bare transact (TransactWriteItems of 100 conditional puts, x{TRANSACT_CONCURRENCY}): {t:>7.0} items/s   handler/bare = {:.2}",
+        h / t
+    );
     println!("  last request: {last}");
     let members = adsync_tests::export_rig::members(&b.rig, audience).await;
     let want_members = if args.rounds % 2 == 0 { n } else { 0 };
-    println!("  sandbox audience members: {} (expected {want_members})", members.len());
+    println!(
+        "  sandbox audience members: {} (expected {want_members})",
+        members.len()
+    );
 
     count_rounds(&b, n, t0 + 100).await
 }
@@ -228,7 +255,10 @@ async fn count_rounds(b: &Bench, n: usize, ts: i64) -> Result<(), String> {
         auth: b.handler.auth.clone(),
     };
     let fresh = body(&b.seg, n, ts, true);
-    for (label, want) in [("fresh updates", "applied"), ("the same body again", "stale")] {
+    for (label, want) in [
+        ("fresh updates", "applied"),
+        ("the same body again", "stale"),
+    ] {
         tally.lock().unwrap().clear();
         let (ms, v) = b.post(&counted, &fresh).await?;
         if v["totals"][want] != json!(n) {
@@ -236,7 +266,9 @@ async fn count_rounds(b: &Bench, n: usize, ts: i64) -> Result<(), String> {
         }
         let ops = tally.lock().unwrap().clone();
         let calls: u64 = ops.values().sum();
-        println!("\nDynamoDB calls of one {n}-item request, {label} (every item {want}; {ms:.0} ms through the proxy):");
+        println!(
+            "\nDynamoDB calls of one {n}-item request, {label} (every item {want}; {ms:.0} ms through the proxy):"
+        );
         for (op, c) in &ops {
             println!("  {op:<20} {c:>6}");
         }
@@ -327,7 +359,9 @@ impl Bare {
 
 /// A TCP proxy in front of `upstream` (`http://host:port`) that counts the `X-Amz-Target`
 /// header of every request: `DynamoDB_20120810.PutItem` → `PutItem`.
-async fn counting_proxy(upstream: &str) -> Result<(String, Arc<Mutex<BTreeMap<String, u64>>>), String> {
+async fn counting_proxy(
+    upstream: &str,
+) -> Result<(String, Arc<Mutex<BTreeMap<String, u64>>>), String> {
     let target = upstream
         .trim_start_matches("http://")
         .trim_end_matches('/')
