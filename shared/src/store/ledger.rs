@@ -17,19 +17,23 @@
 //! newer one; an update with the same timestamp as the stored one is stale too (the first write
 //! wins), which makes retries of the same update idempotent.
 //!
+//! `batch` writes up to 100 rows per `TransactWriteItems` call under the same condition, and reads
+//! items 100 per `BatchGetItem` call.
+//!
 //! Erasure tombstones (`ERASED#<sha256>` / `ERASED`) share this table; `store::erasures` owns them.
 
 use super::StoreError;
 use super::dynamo::{aws_error, is_conditional_failure};
 use super::item::{Item, ItemExt};
 use aws_sdk_dynamodb::Client;
-use aws_sdk_dynamodb::types::{AttributeValue, KeysAndAttributes, PutRequest, WriteRequest};
+use aws_sdk_dynamodb::types::{AttributeValue, PutRequest, WriteRequest};
 use std::collections::HashMap;
 use std::time::Duration;
 
 /// Shards per segment. Stored data depends on it: never change it for an existing table.
 pub const LEDGER_SHARDS: u16 = 16;
 
+pub mod batch;
 pub mod purge;
 
 /// One ledger row.
@@ -169,44 +173,15 @@ impl LedgerStore {
     /// Reads rows (strongly consistent), 100 keys per BatchGetItem, retrying unprocessed keys.
     /// Missing rows are absent from the answer.
     pub async fn get_many(&self, keys: &[(String, String)]) -> Result<Vec<LedgerRow>, StoreError> {
-        let mut out = Vec::with_capacity(keys.len());
         let mut uniq: Vec<&(String, String)> = keys.iter().collect();
         uniq.sort();
         uniq.dedup();
-        for chunk in uniq.chunks(100) {
-            let mut pending = KeysAndAttributes::builder()
-                .set_keys(Some(chunk.iter().map(|(s, d)| Self::key(s, d)).collect()))
-                .consistent_read(true)
-                .build()
-                .map_err(|e| StoreError::Aws(e.to_string()))?;
-            for attempt in 0..10u32 {
-                let res = self
-                    .client
-                    .batch_get_item()
-                    .request_items(&self.table, pending.clone())
-                    .send()
-                    .await
-                    .map_err(|e| aws_error("ledger batch get", e))?;
-                if let Some(items) = res.responses().and_then(|r| r.get(&self.table)) {
-                    for it in items {
-                        out.push(Self::from_item(it)?);
-                    }
-                }
-                match res.unprocessed_keys().and_then(|u| u.get(&self.table)) {
-                    Some(k) if !k.keys().is_empty() => {
-                        pending = k.clone();
-                        tokio::time::sleep(Duration::from_millis(20 << attempt.min(6))).await;
-                    }
-                    _ => break,
-                }
-                if attempt == 9 {
-                    return Err(StoreError::Aws(
-                        "ledger batch get: keys left unprocessed".into(),
-                    ));
-                }
-            }
-        }
-        Ok(out)
+        let keys = uniq.into_iter().map(|(s, d)| Self::key(s, d)).collect();
+        self.get_items(keys)
+            .await?
+            .iter()
+            .map(Self::from_item)
+            .collect()
     }
 
     /// One page of a segment's shard after `start_after` (exclusive), in sort-key order.

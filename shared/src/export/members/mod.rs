@@ -1,6 +1,6 @@
 //! The membership side of segment export, one file per job: `qualifications` (the
-//! `POST /qualifications` route, `request` its item validation) writes the ledger and sends live
-//! deltas; `delivery` sends patches to Amazon; `backfill` (with `shard`, `drain`, `progress`)
+//! `POST /qualifications` route, `request` its item validation, `ledger_writes` its batched
+//! ledger writes) writes the ledger and sends live deltas; `delivery` sends patches to Amazon; `backfill` (with `shard`, `drain`, `progress`)
 //! runs the historical jobs; `redrive` re-sends parked patches; `targets` resolves mappings.
 //!
 //! # Why Amazon ends with the ledger's state
@@ -45,6 +45,7 @@
 mod backfill;
 mod delivery;
 mod drain;
+mod ledger_writes;
 mod parking;
 mod progress;
 mod qualifications;
@@ -65,5 +66,5 @@ pub use redrive::{run_redrive, run_redrive_with};
 pub use request::{MAX_QUALIFICATIONS, MAX_REQUEST_BYTES};
 pub use targets::TargetRef;
 
-/// Concurrent conditional ledger writes per request (and dirty-entry deletions per drain round).
+/// Concurrent dirty marks per request (and dirty-entry deletions per drain round).
 const LEDGER_WRITE_CONCURRENCY: usize = 32;

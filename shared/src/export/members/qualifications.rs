@@ -2,24 +2,24 @@
 
 use super::LEDGER_WRITE_CONCURRENCY;
 use super::delivery::{DeliveryReport, deliver};
+use super::ledger_writes::{OUT_OF_TIME, write_all};
 use super::parking::park_rows;
-use super::request::{FieldError, ItemResult, Qualification, parse_body, validate_items};
+use super::request::{FieldError, ItemResult, parse_body, validate_items};
 use super::targets::{Lookups, Target, TargetRef};
 use crate::export::ExportCtx;
 use crate::http::error::respond;
 use crate::http::{ApiResult, HttpRequest, HttpResponse};
-use crate::runtime::{Invocation, now_ms};
+use crate::runtime::Invocation;
 use crate::store::StoreError;
 use crate::store::destinations::MappingStatus;
 use crate::store::jobs::JobState;
 use crate::store::ledger::{LedgerRow, Upsert};
 use crate::store::parked_counts::{Counter, ParkedCounts};
 use futures::StreamExt;
+use futures::channel::mpsc::UnboundedReceiver;
 use serde_json::json;
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
-
-const OUT_OF_TIME: &str = "not stored: the request's time budget ran out";
 
 /// Where the applied rows go: targets per segment, the mappings whose backfill needs dirty marks,
 /// and the lookup errors for the answer.
@@ -50,20 +50,18 @@ async fn qualifications(
     let items = parse_body(req)?;
     let now = chrono::Utc::now().timestamp_millis();
     let (mut results, valid) = validate_items(&items, now);
-    // 1. The ledger: conditional writes, an older update never wins.
-    let rows = write_ledger(ctx, inv, &valid, &mut results).await;
-    // 2. Targets per segment, and the dirty sets of unfinished backfills (before any send).
-    let mut lookups = Lookups::default();
-    let routing = resolve_targets(ctx, &mut lookups, &rows).await;
-    let parked_rows = mark_dirty(ctx, &routing.dirty_jobs, &rows).await;
-    // 3. Send, verify, park what fails.
-    let targets = &routing.targets;
-    let mut report = send(ctx, &mut lookups, targets, rows).await;
-    if !parked_rows.is_empty() {
-        park_rows(targets, parked_rows, "dirty mark failed", &mut report);
+    // 1. The ledger (conditional writes, an older update never wins), in waves; each wave's
+    //    applied rows are delivered while the next waves are written.
+    let (waves_tx, waves_rx) = futures::channel::mpsc::unbounded();
+    let (outcomes, (mut report, routing_errors)) = futures::join!(
+        write_all(ctx, inv, &valid, waves_tx),
+        deliver_waves(ctx, waves_rx)
+    );
+    for ((i, _), res) in valid.iter().zip(outcomes) {
+        record_write(&mut results[*i], res);
     }
     let park_errors = park_failed(ctx, &mut report).await;
-    report.errors.extend(routing.errors);
+    report.errors.extend(routing_errors);
     if park_errors > 0 {
         report.errors.push(format!(
             "{park_errors} device updates could not be parked; they stay in the ledger"
@@ -72,55 +70,53 @@ async fn qualifications(
     Ok(answer(ctx, &results, items.len(), &report))
 }
 
-/// Writes the valid items (conditional writes: an older update never wins) and records each
-/// outcome in its line; returns the newest applied row per (segment, device).
-async fn write_ledger(
+/// Delivers each wave of applied rows as it comes: 2. its targets (read after its writes) and
+/// the dirty sets of unfinished backfills (before any send); 3. send, verify, park what fails.
+/// Returns the merged report and the lookup errors (each once).
+async fn deliver_waves(
     ctx: &ExportCtx,
-    inv: &Invocation,
-    valid: &[(usize, Qualification)],
-    results: &mut [ItemResult],
-) -> Vec<LedgerRow> {
-    // Owned inputs: closures over borrowed tuples trip the Send check of the handler's future.
-    let writes: Vec<(usize, LedgerRow)> = valid.iter().map(|(i, q)| (*i, q.row.clone())).collect();
-    // The request budget: no ledger write starts in the last 10 s (a third of a shorter
-    // invocation): sending and parking need them. Items not stored are answered `failed`.
-    let keep = Duration::from_secs(10).min(inv.remaining() / 3);
-    let stop_writes_at = inv.deadline_ms.saturating_sub(keep.as_millis() as u64);
-    let outcomes: Vec<(usize, Result<Upsert, StoreError>)> = futures::stream::iter(writes)
-        .map(|(i, row)| async move {
-            if now_ms() >= stop_writes_at {
-                return (i, Err(StoreError::Conflict(OUT_OF_TIME.into())));
-            }
-            (
-                i,
-                crate::export::privacy::upsert_unless_erased(ctx, &row).await,
-            )
-        })
-        .buffer_unordered(LEDGER_WRITE_CONCURRENCY)
-        .collect()
-        .await;
-    let by_index: HashMap<usize, &Qualification> = valid.iter().map(|(i, q)| (*i, q)).collect();
-    // The newest applied version per (segment, device) in this request.
-    let mut applied: HashMap<(String, String), LedgerRow> = HashMap::new();
-    for (i, res) in outcomes {
-        if record_write(&mut results[i], res) {
-            let row = &by_index[&i].row;
-            let k = (row.segment_id.clone(), row.device.clone());
-            if applied.get(&k).is_none_or(|old| old.ts_ms < row.ts_ms) {
-                applied.insert(k, row.clone());
-            }
+    mut waves: UnboundedReceiver<Vec<LedgerRow>>,
+) -> (DeliveryReport, Vec<String>) {
+    let mut lookups = Lookups::default();
+    let (mut report, mut errors) = (DeliveryReport::default(), Vec::<String>::new());
+    while let Some(rows) = waves.next().await {
+        let routing = resolve_targets(ctx, &mut lookups, &rows).await;
+        let parked_rows = mark_dirty(ctx, &routing.dirty_jobs, &rows).await;
+        let targets = &routing.targets;
+        let mut wave = send(ctx, &mut lookups, targets, rows).await;
+        if !parked_rows.is_empty() {
+            park_rows(targets, parked_rows, "dirty mark failed", &mut wave);
         }
+        merge(&mut report, wave);
+        extend_once(&mut errors, routing.errors);
     }
-    applied.into_values().collect()
+    (report, errors)
 }
 
-/// Sets an item's line from its ledger write; `true` when it was applied.
-fn record_write(r: &mut ItemResult, res: Result<Upsert, StoreError>) -> bool {
-    match res {
-        Ok(Upsert::Applied) => {
-            r.status = "applied";
-            return true;
+/// Adds one wave's delivery to the request's.
+fn merge(into: &mut DeliveryReport, wave: DeliveryReport) {
+    into.patches += wave.patches;
+    into.requests += wave.requests;
+    into.resent += wave.resent;
+    into.parked += wave.parked;
+    extend_once(&mut into.errors, wave.errors);
+    into.failed.extend(wave.failed);
+}
+
+/// Appends a wave's errors, leaving out those an earlier wave already reported.
+fn extend_once(errors: &mut Vec<String>, wave: Vec<String>) {
+    let earlier = errors.len();
+    for e in wave {
+        if !errors[..earlier].contains(&e) {
+            errors.push(e);
         }
+    }
+}
+
+/// Sets an item's line from its ledger write.
+fn record_write(r: &mut ItemResult, res: Result<Upsert, StoreError>) {
+    match res {
+        Ok(Upsert::Applied) => r.status = "applied",
         Ok(Upsert::Stale) => {
             r.status = "stale";
             r.message = Some(
@@ -143,7 +139,6 @@ fn record_write(r: &mut ItemResult, res: Result<Upsert, StoreError>) -> bool {
             });
         }
     }
-    false
 }
 
 /// The active targets of the rows' segments, and which of them have a backfill whose scan
