@@ -60,12 +60,13 @@ impl AmazonClient {
         grant: &Grant<'_>,
     ) -> Result<TokenGrant, AmazonError> {
         let url = self.inner.endpoints.token_url(region);
+        let creds = self.credentials().await?;
         let call = || async {
             let timeout = self.attempt_timeout()?;
             crate::amazon::lwa::token_request(
                 &self.inner.http,
                 url,
-                &self.inner.creds,
+                creds,
                 grant,
                 timeout,
             )
