@@ -27,9 +27,9 @@ pub use retry::{RETRY_AFTER_CAP, RetryPolicy};
 
 use super::error::AmazonError;
 use super::lwa::LwaCredentials;
-use creds::Credentials;
 use super::region::{Endpoints, Region};
 use super::vault::TokenVault;
+use creds::Credentials;
 use std::sync::Arc;
 use std::time::Duration;
 
