@@ -232,7 +232,12 @@ fn main() {
     let a = args();
     let (trap_port, hits) = trap();
     let trap_port = (!a.live).then_some(trap_port);
-    let names: Vec<&str> = std::iter::once(HELLO).chain(FUNCTIONS).collect();
+    let (names, missing): (Vec<&str>, Vec<&str>) = std::iter::once(HELLO)
+        .chain(FUNCTIONS)
+        .partition(|n| a.bin_dir.join(n).is_file());
+    if !missing.is_empty() {
+        println!("not built (skipped): {missing:?}");
+    }
     let mut times: HashMap<&str, Vec<f64>> = HashMap::new();
     let mut trap_hits: HashMap<&str, usize> = HashMap::new();
     let load_before = loadavg();
@@ -276,8 +281,11 @@ fn report(
     for v in times.values_mut() {
         v.sort_by(f64::total_cmp);
     }
-    let hello = &times[HELLO];
-    let (h50, h95) = (percentile(hello, 0.5), percentile(hello, 0.95));
+    // Without the hello-world binary the ratios are NaN.
+    let (h50, h95) = match times.get(HELLO) {
+        Some(h) => (percentile(h, 0.5), percentile(h, 0.95)),
+        None => (f64::NAN, f64::NAN),
+    };
     println!(
         "{:<18} {:>9} {:>8} {:>8} {:>8} {:>12} {:>9} {:>10}",
         "binary", "size MB", "p50 ms", "p95 ms", "min ms", "p50 ratio", "p95 ratio", "trap hits"
