@@ -140,8 +140,11 @@ fn child_env(name: &str, runtime_port: u16, trap_port: Option<u16>) -> HashMap<S
     env
 }
 
-/// Stamps the arrival of the first poll on `listener`.
-fn await_poll(listener: TcpListener, tx: mpsc::Sender<Result<Instant, String>>) {
+/// Stamps the arrival of the first poll on `listener`. The connection is kept open (sent along)
+/// until the process is killed: closing it would make the runtime client exit with an error.
+type Poll = Result<(Instant, TcpStream), String>;
+
+fn await_poll(listener: TcpListener, tx: mpsc::Sender<Poll>) {
     std::thread::spawn(move || {
         let got = (|| {
             let (mut s, _): (TcpStream, _) = listener.accept().map_err(|e| e.to_string())?;
@@ -156,7 +159,7 @@ fn await_poll(listener: TcpListener, tx: mpsc::Sender<Result<Instant, String>>) 
             }
             let at = Instant::now();
             match buf.starts_with(POLL) {
-                true => Ok(at),
+                true => Ok((at, s)),
                 false => Err(format!(
                     "first request was {:?}",
                     String::from_utf8_lossy(&buf)
@@ -190,13 +193,11 @@ fn one_start(bin: &Path, name: &str, trap_port: Option<u16>) -> Result<Duration,
         // Unblock the accept thread.
         let _ = TcpStream::connect(("127.0.0.1", port));
     }
-    got.map(|at| at - t0).map_err(|e| format!("{name}: {e}"))
+    got.map(|(at, _conn)| at - t0)
+        .map_err(|e| format!("{name}: {e}"))
 }
 
-fn wait_poll(
-    rx: &mpsc::Receiver<Result<Instant, String>>,
-    child: &mut Child,
-) -> Result<Instant, String> {
+fn wait_poll(rx: &mpsc::Receiver<Poll>, child: &mut Child) -> Poll {
     let started = Instant::now();
     loop {
         match rx.recv_timeout(Duration::from_millis(5)) {
@@ -205,6 +206,9 @@ fn wait_poll(
             Err(mpsc::RecvTimeoutError::Timeout) => {}
         }
         if let Ok(Some(status)) = child.try_wait() {
+            if let Ok(got) = rx.try_recv() {
+                return got;
+            }
             let mut err = String::new();
             if let Some(mut e) = child.stderr.take() {
                 let _ = e.read_to_string(&mut err);
