@@ -1,8 +1,8 @@
 //! Wiring of the Amazon client to AWS: [`SecretsStore`] as the client's [`TokenVault`], and
-//! [`AmazonClient::from_env`], which reads the LwA client credentials from Secrets Manager.
-//! It sits above both `amazon` and `store`, so neither imports the other.
+//! [`AmazonClient::from_env`], whose LwA client credentials come from Secrets Manager on first
+//! use ([`LwaSecret`]). It sits above both `amazon` and `store`, so neither imports the other.
 
-use crate::amazon::client::http_client;
+use crate::amazon::client::{CredentialSource, http_client};
 use crate::amazon::tokens::TokenSecret;
 use crate::amazon::vault::{TokenVault, VaultError};
 use crate::amazon::{AmazonClient, AmazonError, LwaCredentials};
@@ -48,16 +48,37 @@ impl TokenVault for SecretsStore {
     }
 }
 
+/// The `LWA_CREDENTIALS_SECRET` secret as the Amazon client's [`CredentialSource`]: read by the
+/// first call that needs the credentials, not at cold start (so a function's first runtime poll
+/// waits for no network; its first request that talks to Amazon pays one Secrets Manager read).
+pub struct LwaSecret {
+    pub secrets: SecretsStore,
+    pub name: String,
+}
+
+#[async_trait::async_trait]
+impl CredentialSource for LwaSecret {
+    async fn load(&self) -> Result<LwaCredentials, AmazonError> {
+        let name = &self.name;
+        self.secrets
+            .get_json(name)
+            .await?
+            .ok_or_else(|| AmazonError::Store(format!("secret {name} does not exist")))
+    }
+}
+
 impl AmazonClient {
     /// Builds the client from the environment: the LwA credentials from the
-    /// `LWA_CREDENTIALS_SECRET` secret, the endpoint overrides, `LWA_SCOPES`.
+    /// `LWA_CREDENTIALS_SECRET` secret (read on first use), the endpoint overrides, `LWA_SCOPES`.
     pub async fn from_env(aws: &AwsClients) -> Result<Self, AmazonError> {
         let settings =
             crate::settings::Settings::from_env().map_err(|e| AmazonError::Store(e.to_string()))?;
         Self::from_settings(aws, &settings).await
     }
 
-    /// [`AmazonClient::from_env`] with the settings read at cold start.
+    /// [`AmazonClient::from_env`] with the settings read at cold start. Reads nothing over the
+    /// network (the credentials secret is read on first use); only a missing
+    /// `LWA_CREDENTIALS_SECRET` fails here.
     pub async fn from_settings(
         aws: &AwsClients,
         settings: &crate::settings::Settings,
@@ -67,14 +88,14 @@ impl AmazonClient {
             .get()
             .map_err(|e| AmazonError::Store(e.to_string()))?;
         let secrets = SecretsStore::new(aws.secrets.clone());
-        let creds: LwaCredentials = secrets
-            .get_json(&name)
-            .await?
-            .ok_or_else(|| AmazonError::Store(format!("secret {name} does not exist")))?;
-        Ok(Self::new(
+        let source = LwaSecret {
+            secrets: secrets.clone(),
+            name,
+        };
+        Ok(Self::with_credential_source(
             http_client(),
             settings.amazon_endpoints.clone(),
-            creds,
+            source,
             secrets,
             settings.lwa_scopes.clone(),
         ))

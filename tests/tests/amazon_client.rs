@@ -36,7 +36,10 @@ fn statuses(r: &[RequestRecord]) -> Vec<u16> {
 async fn consent_code(t: &TestLogin, state: &str) -> String {
     let url = format!(
         "{}&sandbox_user={}",
-        t.client.authorize_url(Region::NA, REDIRECT, state),
+        t.client
+            .authorize_url(Region::NA, REDIRECT, state)
+            .await
+            .unwrap(),
         t.user().user_id
     );
     let browser = reqwest::Client::builder()

@@ -325,7 +325,9 @@ async fn an_expired_state_is_refused() {
     let url = rig
         .linking
         .amazon()
-        .authorize_url(Region::EU, REDIRECT, &state);
+        .authorize_url(Region::EU, REDIRECT, &state)
+        .await
+        .unwrap();
     let back = rig.consent(&url, &user.user_id, false).await;
     let r = rig.callback(&back).await;
     assert_eq!(r.status, 410, "{}", r.body);

@@ -323,12 +323,12 @@ async fn the_sandbox_refuses_a_pkce_consent_without_its_verifier() {
     let t = adsync_tests::stack::fresh_login(1).await;
     let redirect = "https://app.example/oauth/callback";
     let verifier = adsync::amazon::pkce::new_verifier().unwrap();
-    let consent = || {
-        adsync::amazon::pkce::with_challenge(
-            &t.client.authorize_url(Region::NA, redirect, "st"),
-            &verifier,
-        )
-    };
+    let url = t
+        .client
+        .authorize_url(Region::NA, redirect, "st")
+        .await
+        .unwrap();
+    let consent = || adsync::amazon::pkce::with_challenge(&url, &verifier);
     let invalid_grant = |r: Result<_, AmazonError>| {
         assert!(
             matches!(r, Err(AmazonError::Lwa(LwaError::InvalidGrant { .. }))),
@@ -352,7 +352,11 @@ async fn the_sandbox_refuses_a_pkce_consent_without_its_verifier() {
         .expect("the right verifier is accepted");
     assert!(grant.refresh_token.is_some());
     // A verifier on a consent that carried no challenge is refused too.
-    let plain = t.client.authorize_url(Region::NA, redirect, "st");
+    let plain = t
+        .client
+        .authorize_url(Region::NA, redirect, "st")
+        .await
+        .unwrap();
     let code = consent_code(&t, &plain).await;
     invalid_grant(
         t.client

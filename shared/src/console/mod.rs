@@ -59,7 +59,7 @@ impl Console {
         settings: &Settings,
     ) -> Result<Self, StartError> {
         let export = ExportCtx::from_settings(aws, settings).await?;
-        let linking = Linking::from_settings(aws, settings).await?;
+        let linking = Linking::with_amazon(aws, settings, export.amazon.clone())?;
         let keys = settings.api_keys_secret.get()?;
         Ok(Self {
             sessions: SessionStore::new(aws.dynamodb.clone(), export.accounts.table().to_string()),

@@ -42,6 +42,22 @@ impl Linking {
             true => Some(crate::amazon::pkce::new_verifier().map_err(|_| unavailable())?),
             false => None,
         };
+        // The consent URL first: it needs the LwA client id (read on first use), and a
+        // connection is only stored when its link can be answered.
+        let mut authorize_url = self
+            .amazon
+            .authorize_url(region, redirect_uri, &state)
+            .await
+            .map_err(|e| {
+                tracing::error!(error = %e, "no consent URL: the LwA client credentials");
+                ApiError::unavailable(
+                    "store_unavailable",
+                    "adsync could not read its Login with Amazon client credentials; try again",
+                )
+            })?;
+        if let Some(v) = &verifier {
+            authorize_url = crate::amazon::pkce::with_challenge(&authorize_url, v);
+        }
         let expires = now_secs() + STATE_TTL.as_secs() as i64;
         // The binding first: a connection never exists without its redirect URI and verifier.
         let stored = self
@@ -64,10 +80,6 @@ impl Linking {
             ));
         }
         tracing::info!(connection_id = %connection_id, region = %region, pkce = self.pkce, "connection created");
-        let mut authorize_url = self.amazon.authorize_url(region, redirect_uri, &state);
-        if let Some(v) = &verifier {
-            authorize_url = crate::amazon::pkce::with_challenge(&authorize_url, v);
-        }
         Ok(NewConnection {
             authorize_url,
             connection_id,

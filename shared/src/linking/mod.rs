@@ -122,9 +122,19 @@ impl Linking {
         aws: &crate::aws::AwsClients,
         settings: &crate::settings::Settings,
     ) -> Result<Self, crate::runtime::StartError> {
+        let amazon = AmazonClient::from_settings(aws, settings).await?;
+        Self::with_amazon(aws, settings, amazon)
+    }
+
+    /// [`Linking::from_settings`] sharing an Amazon client built before (the console's, so that
+    /// one process reads the LwA credentials once).
+    pub fn with_amazon(
+        aws: &crate::aws::AwsClients,
+        settings: &crate::settings::Settings,
+        amazon: AmazonClient,
+    ) -> Result<Self, crate::runtime::StartError> {
         let tables = settings.accounts_table.get()?;
         let keys = settings.api_keys_secret.get()?;
-        let amazon = AmazonClient::from_settings(aws, settings).await?;
         let secrets = crate::store::secrets::SecretsStore::new(aws.secrets.clone());
         Ok(Self::new(
             amazon,

@@ -60,16 +60,10 @@ impl AmazonClient {
         grant: &Grant<'_>,
     ) -> Result<TokenGrant, AmazonError> {
         let url = self.inner.endpoints.token_url(region);
+        let creds = self.credentials().await?;
         let call = || async {
             let timeout = self.attempt_timeout()?;
-            crate::amazon::lwa::token_request(
-                &self.inner.http,
-                url,
-                &self.inner.creds,
-                grant,
-                timeout,
-            )
-            .await
+            crate::amazon::lwa::token_request(&self.inner.http, url, creds, grant, timeout).await
         };
         self.retrying(call, "POST", "/auth/o2/token").await
     }

@@ -12,6 +12,7 @@
 //! attempt timeout), `login` (code exchange and refresh at the token endpoint), `mapping`
 //! (answers to typed errors). Tokens are kept through the [`TokenVault`] the client is built with.
 
+mod creds;
 mod login;
 mod mapping;
 mod request;
@@ -19,13 +20,16 @@ mod retry;
 #[cfg(test)]
 mod tests;
 
+pub use creds::CredentialSource;
 pub(crate) use mapping::{map_status, transport_error, truncate};
 pub(crate) use request::{AccountCtx, ApiRequest, HeaderStyle};
 pub use retry::{RETRY_AFTER_CAP, RetryPolicy};
 
+use super::error::AmazonError;
 use super::lwa::LwaCredentials;
 use super::region::{Endpoints, Region};
 use super::vault::TokenVault;
+use creds::Credentials;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -54,7 +58,7 @@ pub struct AmazonClient {
 pub(crate) struct Inner {
     pub(crate) http: reqwest::Client,
     pub(crate) endpoints: Endpoints,
-    pub(crate) creds: LwaCredentials,
+    pub(crate) creds: Credentials,
     pub(crate) vault: Arc<dyn TokenVault>,
     pub(crate) scopes: String,
 }
@@ -62,7 +66,10 @@ pub(crate) struct Inner {
 impl std::fmt::Debug for AmazonClient {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("AmazonClient")
-            .field("client_id", &self.inner.creds.client_id)
+            .field(
+                "client_id",
+                &self.inner.creds.loaded().map(|c| c.client_id.as_str()),
+            )
             .field("endpoints", &self.inner.endpoints)
             .field("policy", &self.policy)
             .finish_non_exhaustive()
@@ -82,12 +89,35 @@ pub fn http_client() -> reqwest::Client {
 }
 
 impl AmazonClient {
-    /// Builds the client (`AmazonClient::from_env` builds it from the environment, with
-    /// Secrets Manager as the token vault). `vault` keeps each linked login's token secret.
+    /// Builds the client with known credentials (`AmazonClient::from_env` builds it from the
+    /// environment, with Secrets Manager as the token vault). `vault` keeps each linked login's
+    /// token secret.
     pub fn new(
         http: reqwest::Client,
         endpoints: Endpoints,
         creds: LwaCredentials,
+        vault: impl TokenVault,
+        scopes: String,
+    ) -> Self {
+        Self::with_credentials(http, endpoints, Credentials::known(creds), vault, scopes)
+    }
+
+    /// [`AmazonClient::new`] with credentials read from `source` on first use, once per client
+    /// (see `creds.rs`): building the client reads nothing.
+    pub fn with_credential_source(
+        http: reqwest::Client,
+        endpoints: Endpoints,
+        source: impl CredentialSource,
+        vault: impl TokenVault,
+        scopes: String,
+    ) -> Self {
+        Self::with_credentials(http, endpoints, Credentials::lazy(source), vault, scopes)
+    }
+
+    fn with_credentials(
+        http: reqwest::Client,
+        endpoints: Endpoints,
+        creds: Credentials,
         vault: impl TokenVault,
         scopes: String,
     ) -> Self {
@@ -121,8 +151,14 @@ impl AmazonClient {
         &self.policy
     }
 
-    pub fn client_id(&self) -> &str {
-        &self.inner.creds.client_id
+    /// The LwA client id (reads the credentials on first use).
+    pub async fn client_id(&self) -> Result<&str, AmazonError> {
+        Ok(&self.inner.creds.get().await?.client_id)
+    }
+
+    /// The LwA credentials (read on first use).
+    pub(crate) async fn credentials(&self) -> Result<&LwaCredentials, AmazonError> {
+        self.inner.creds.get().await
     }
 
     pub fn endpoints(&self) -> &Endpoints {
@@ -133,14 +169,20 @@ impl AmazonClient {
         &self.inner.scopes
     }
 
-    /// The consent-page URL for `region` (send the user's browser there).
-    pub fn authorize_url(&self, region: Region, redirect_uri: &str, state: &str) -> String {
-        super::lwa::authorize_url(
+    /// The consent-page URL for `region` (send the user's browser there); reads the credentials
+    /// on first use.
+    pub async fn authorize_url(
+        &self,
+        region: Region,
+        redirect_uri: &str,
+        state: &str,
+    ) -> Result<String, AmazonError> {
+        Ok(super::lwa::authorize_url(
             self.inner.endpoints.consent_url(region),
-            &self.inner.creds.client_id,
+            self.client_id().await?,
             &self.inner.scopes,
             redirect_uri,
             state,
-        )
+        ))
     }
 }

@@ -45,12 +45,13 @@ impl AmazonClient {
         token: &str,
     ) -> Result<ApiResponse, AmazonError> {
         let url = format!("{}{}", self.inner.endpoints.ads_api(region), req.path);
-        let spacer = req.limit.map(|l| spacer_for(self.client_id(), l));
+        let client_id = self.client_id().await?;
+        let spacer = req.limit.map(|l| spacer_for(client_id, l));
         let attempt = || async {
             if let Some(s) = &spacer {
                 s.wait().await;
             }
-            self.attempt(&url, req, token).await
+            self.attempt(&url, req, token, client_id).await
         };
         self.retrying(attempt, req.method.as_str(), &req.path).await
     }
@@ -60,8 +61,8 @@ impl AmazonClient {
         url: &str,
         req: &ApiRequest,
         token: &str,
+        client_id: &str,
     ) -> Result<ApiResponse, AmazonError> {
-        let client_id = self.client_id();
         let timeout = self.attempt_timeout()?;
         let mut rb = self
             .inner

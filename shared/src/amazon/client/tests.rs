@@ -294,8 +294,8 @@ impl crate::amazon::vault::TokenVault for NoVault {
     }
 }
 
-#[test]
-fn scopes_are_normalised_and_debug_hides_the_secret() {
+#[tokio::test]
+async fn scopes_are_normalised_and_debug_hides_the_secret() {
     let c = AmazonClient::new(
         reqwest::Client::new(),
         Endpoints::amazon(),
@@ -308,7 +308,10 @@ fn scopes_are_normalised_and_debug_hides_the_secret() {
     );
     assert_eq!(c.scopes(), DEFAULT_SCOPES);
     assert!(!format!("{c:?}").contains("very-secret-value"));
-    let u = c.authorize_url(Region::EU, "https://h/cb", "s1");
+    let u = c
+        .authorize_url(Region::EU, "https://h/cb", "s1")
+        .await
+        .unwrap();
     assert!(u.starts_with("https://eu.account.amazon.com/ap/oa?client_id=amzn1.application-oa2-client.x&scope=advertising%3A%3Aaudiences%20advertising%3A%3Acampaign_management&response_type=code&redirect_uri=https%3A%2F%2Fh%2Fcb&state=s1"), "{u}");
     assert!(!u.contains("very-secret-value"));
 }

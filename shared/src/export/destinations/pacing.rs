@@ -30,9 +30,15 @@ pub(in crate::export) async fn pace_by(
     if let Err(e) = ctx.amazon.access_token(&account.login()).await {
         tracing::debug!(error = %e, "access token not ready before a metadata call");
     }
+    // The slots are the LwA client's (read on first use): unreadable, no slot and no call.
+    let client_id = ctx
+        .amazon
+        .client_id()
+        .await
+        .map_err(|e| StoreError::Aws(e.to_string()))?;
     let Some(slot) = ctx
         .destinations
-        .reserve_metadata_slot_by(ctx.amazon.client_id(), METADATA_SPACING_MS, not_after)
+        .reserve_metadata_slot_by(client_id, METADATA_SPACING_MS, not_after)
         .await?
     else {
         return Ok(false);
@@ -47,9 +53,13 @@ pub(in crate::export) async fn pace_by(
 /// After a metadata call (answered or not): the next one starts a full second after this one
 /// ended, so a slow call never lets the next arrive at Amazon less than a second later.
 pub(in crate::export) async fn paced_call_done(ctx: &ExportCtx) {
+    // No credentials: the call never reached Amazon.
+    let Ok(client_id) = ctx.amazon.client_id().await else {
+        return;
+    };
     if let Err(e) = ctx
         .destinations
-        .metadata_call_done(ctx.amazon.client_id(), METADATA_MIN_GAP_MS)
+        .metadata_call_done(client_id, METADATA_MIN_GAP_MS)
         .await
     {
         tracing::warn!(error = %e, "could not record the end of a metadata call");
