@@ -28,6 +28,7 @@ mod report;
 mod request;
 mod routes;
 mod send;
+mod wave;
 
 pub use park::{ParkedBatch, ParkedEvent};
 pub use redrive::RedriveSummary;

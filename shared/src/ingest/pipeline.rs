@@ -43,19 +43,16 @@ impl IngestCtx {
         // Copies of an id inside this request: one goes on (see `dedupe_in_request`).
         let (with_id, without_id) = dedupe_in_request(account, arena, &prepared, &mut results);
 
-        // Claims.
-        let claimed = self.claim_initial(with_id, inv).await;
-        let mut to_send = without_id;
-        let mut to_park: Vec<(Work, String)> = Vec::new();
-        let waiting = sort_claims(claimed, &mut results, &mut to_send, &mut to_park);
-
-        let mut stats = SendStats::default();
-        let settled = self
-            .send(account, to_send, arena, &prepared, inv, &mut stats)
-            .await;
-        // Settle our own claims before waiting on anyone else's: two requests holding some of
-        // each other's ids must not wait on each other.
-        self.settle(settled, &mut results, &mut to_park).await;
+        // Waves of one Amazon batch each: claims, delivery, completions, several in flight.
+        let mut work = with_id;
+        work.extend(without_id);
+        work.sort_by_key(|w| w.index);
+        let flowed = self.flow(account, arena, &prepared, work, inv).await;
+        let (mut to_park, waiting, mut stats) = (flowed.to_park, flowed.waiting, flowed.stats);
+        for r in flowed.results {
+            let i = r.index;
+            results[i] = Some(r);
+        }
 
         // Claims held by other live requests: wait for them to settle.
         if !waiting.is_empty() {
@@ -65,7 +62,12 @@ impl IngestCtx {
             let settled = self
                 .send(account, ready, arena, &prepared, inv, &mut stats)
                 .await;
-            self.settle(settled, &mut results, &mut to_park).await;
+            let (settled, parked) = self.settle(settled).await;
+            to_park.extend(parked);
+            for r in settled {
+                let i = r.index;
+                results[i] = Some(r);
+            }
         }
 
         if stats.reauthorization_required {
@@ -168,9 +170,9 @@ fn split_outcomes(
 
 /// Sorts the first claims: ours go to `to_send`, settled ones get their result, failed ones go to
 /// `to_park`; returns the claims held by other live requests.
-fn sort_claims(
+pub(super) fn sort_claims(
     claimed: Vec<(Work, Result<ClaimOutcome, StoreError>)>,
-    results: &mut [Option<EventResult>],
+    results: &mut Vec<EventResult>,
     to_send: &mut Vec<Work>,
     to_park: &mut Vec<(Work, String)>,
 ) -> Vec<Work> {
@@ -181,10 +183,8 @@ fn sort_claims(
                 w.claim = Some(c);
                 to_send.push(w);
             }
-            Ok(ClaimOutcome::Completed { .. }) => {
-                results[w.index] = Some(done(w.index, Status::Duplicate))
-            }
-            Ok(ClaimOutcome::Parked) => results[w.index] = Some(already_parked(w.index)),
+            Ok(ClaimOutcome::Completed { .. }) => results.push(done(w.index, Status::Duplicate)),
+            Ok(ClaimOutcome::Parked) => results.push(already_parked(w.index)),
             Ok(ClaimOutcome::Held { .. }) => waiting.push(w),
             Err(StoreError::Conflict(m)) if m == CLAIMS_OUT_OF_TIME => {
                 to_park.push((w, CLAIMS_OUT_OF_TIME.into()));

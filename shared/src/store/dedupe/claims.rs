@@ -1,11 +1,34 @@
 //! Claims: claim, complete, release, park, read.
 
 use super::codec::{outcome_of, record};
-use super::{Claim, ClaimOutcome, ClaimStatus, DedupeKey, DedupeRecord, DedupeStore, StoreError};
+use super::{
+    Claim, ClaimOutcome, ClaimStatus, DedupeKey, DedupeRecord, DedupeStore, Held, StoreError,
+};
 use crate::clock::now_ms;
 use crate::store::dynamo::{aws_error, conditional, n, s};
+use crate::store::item::Item;
 use aws_sdk_dynamodb::operation::put_item::PutItemError;
 use aws_sdk_dynamodb::types::ReturnValuesOnConditionCheckFailure;
+use std::collections::HashMap;
+
+/// A claim's condition: free, expired, a dead holder's, or a correction of remembered content.
+const CLAIM_IF: &str = "attribute_not_exists(pk) OR expiresAt < :now OR (#s = :inprog AND inProgressUntil < :nowMs) OR (#s IN (:done, :parked) AND fingerprint <> :fp)";
+/// [`CLAIM_IF`] without the correction clause.
+const CLAIM_FRESH_IF: &str =
+    "attribute_not_exists(pk) OR expiresAt < :now OR (#s = :inprog AND inProgressUntil < :nowMs)";
+
+/// A completion's update and condition (`#s` status, `#t` token).
+pub(super) const COMPLETE_SET: &str =
+    "SET #s = :done, expiresAt = :exp, updatedAt = :nowMs REMOVE inProgressUntil, parkId";
+pub(super) const COMPLETE_IF: &str = "#t = :token AND #s = :inprog";
+
+/// One claim's conditional put (`#s` is `status`).
+pub(super) struct ClaimWrite {
+    pub(super) item: Item,
+    pub(super) condition: &'static str,
+    pub(super) values: Item,
+    pub(super) claim: Claim,
+}
 
 impl DedupeStore {
     /// Claims `key` for an invocation that dies at `holder_deadline_ms`. An id remembered
@@ -41,49 +64,31 @@ impl DedupeStore {
         corrections: bool,
         content_at: u64,
     ) -> Result<ClaimOutcome, StoreError> {
-        let condition = if corrections {
-            "attribute_not_exists(pk) OR expiresAt < :now OR (#s = :inprog AND inProgressUntil < :nowMs) OR (#s IN (:done, :parked) AND fingerprint <> :fp)"
-        } else {
-            "attribute_not_exists(pk) OR expiresAt < :now OR (#s = :inprog AND inProgressUntil < :nowMs)"
-        };
-        let pk = key.pk();
         // A lost race whose old item vanished before we could read it is simply retried.
         for _ in 0..3 {
-            let now = now_ms();
-            let token = uuid::Uuid::new_v4().simple().to_string();
-            let req = self
+            let w = self.claim_write(
+                key,
+                fingerprint,
+                holder_deadline_ms,
+                request_id,
+                corrections,
+                content_at,
+            );
+            let res = self
                 .client
                 .put_item()
                 .table_name(&self.table)
-                .item("pk", s(&pk))
-                .item("status", s(ClaimStatus::InProgress.as_str()))
-                .item("token", s(&token))
-                .item("inProgressUntil", n(holder_deadline_ms))
-                .item("expiresAt", n(self.expires_at()))
-                .item("fingerprint", s(fingerprint))
-                .item("contentAt", n(content_at))
-                .item("requestId", s(request_id))
-                .item("updatedAt", n(now))
-                .condition_expression(condition)
+                .set_item(Some(w.item))
+                .condition_expression(w.condition)
                 .expression_attribute_names("#s", "status")
-                .expression_attribute_values(":now", n(now / 1000))
-                .expression_attribute_values(":nowMs", n(now))
-                .expression_attribute_values(":inprog", s(ClaimStatus::InProgress.as_str()));
-            let req = if corrections {
-                req.expression_attribute_values(":done", s(ClaimStatus::Completed.as_str()))
-                    .expression_attribute_values(":parked", s(ClaimStatus::Parked.as_str()))
-                    .expression_attribute_values(":fp", s(fingerprint))
-            } else {
-                req
-            };
-            let res = req
+                .set_expression_attribute_values(Some(w.values))
                 .return_values_on_condition_check_failure(
                     ReturnValuesOnConditionCheckFailure::AllOld,
                 )
                 .send()
                 .await;
             let old = match res {
-                Ok(_) => return Ok(ClaimOutcome::Claimed(Claim { pk, token })),
+                Ok(_) => return Ok(ClaimOutcome::Claimed(w.claim)),
                 Err(e) => match e.as_service_error() {
                     Some(PutItemError::ConditionalCheckFailedException(c)) => c.item().cloned(),
                     _ => return Err(aws_error("DynamoDB claim", e)),
@@ -103,6 +108,64 @@ impl DedupeStore {
         )))
     }
 
+    /// One claim's conditional put: the item, its condition and values, and the claim it makes.
+    pub(super) fn claim_write(
+        &self,
+        key: &DedupeKey,
+        fingerprint: &str,
+        holder_deadline_ms: u64,
+        request_id: &str,
+        corrections: bool,
+        content_at: u64,
+    ) -> ClaimWrite {
+        let now = now_ms();
+        let token = uuid::Uuid::new_v4().simple().to_string();
+        let pk = key.pk();
+        let expires_at = self.expires_at();
+        let item = HashMap::from([
+            ("pk".to_string(), s(&pk)),
+            ("status".into(), s(ClaimStatus::InProgress.as_str())),
+            ("token".into(), s(&token)),
+            ("inProgressUntil".into(), n(holder_deadline_ms)),
+            ("expiresAt".into(), n(expires_at)),
+            ("fingerprint".into(), s(fingerprint)),
+            ("contentAt".into(), n(content_at)),
+            ("requestId".into(), s(request_id)),
+            ("updatedAt".into(), n(now)),
+        ]);
+        let mut values = HashMap::from([
+            (":now".to_string(), n(now / 1000)),
+            (":nowMs".into(), n(now)),
+            (":inprog".into(), s(ClaimStatus::InProgress.as_str())),
+        ]);
+        if corrections {
+            values.insert(":done".into(), s(ClaimStatus::Completed.as_str()));
+            values.insert(":parked".into(), s(ClaimStatus::Parked.as_str()));
+            values.insert(":fp".into(), s(fingerprint));
+        }
+        let held = Held {
+            fingerprint: fingerprint.to_string(),
+            content_at,
+            // Past the window's end the item is free to any claim, whatever its lease.
+            until_ms: holder_deadline_ms.min(expires_at * 1000),
+            request_id: request_id.to_string(),
+        };
+        ClaimWrite {
+            item,
+            condition: if corrections {
+                CLAIM_IF
+            } else {
+                CLAIM_FRESH_IF
+            },
+            values,
+            claim: Claim {
+                pk,
+                token,
+                held: Some(held),
+            },
+        }
+    }
+
     /// Amazon accepted the event: remember it for the window. `false` if the claim was lost.
     pub async fn complete(&self, claim: &Claim) -> Result<bool, StoreError> {
         let res = self
@@ -110,8 +173,8 @@ impl DedupeStore {
             .update_item()
             .table_name(&self.table)
             .key("pk", s(&claim.pk))
-            .update_expression("SET #s = :done, expiresAt = :exp, updatedAt = :nowMs REMOVE inProgressUntil, parkId")
-            .condition_expression("#t = :token AND #s = :inprog")
+            .update_expression(COMPLETE_SET)
+            .condition_expression(COMPLETE_IF)
             .expression_attribute_names("#s", "status")
             .expression_attribute_names("#t", "token")
             .expression_attribute_values(":done", s(ClaimStatus::Completed.as_str()))

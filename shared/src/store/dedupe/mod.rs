@@ -55,9 +55,14 @@ use aws_sdk_dynamodb::Client;
 use serde::{Deserialize, Serialize};
 use std::time::Duration;
 
+mod batch;
 mod claims;
 mod codec;
+mod complete;
 mod redrive;
+
+pub use batch::{CLAIMS_PER_CALL, ClaimRequest};
+pub use complete::LEASE_GUARD;
 
 /// What is being deduplicated.
 #[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -123,6 +128,19 @@ impl ClaimStatus {
 pub struct Claim {
     pub pk: String,
     pub token: String,
+    /// What the claim wrote, when known (fresh claims): lets [`DedupeStore::complete_many`]
+    /// write the completed item whole while the claim's lease is far from its end.
+    pub(super) held: Option<Held>,
+}
+
+/// The item a fresh claim wrote, kept to complete it with one unconditional batched put.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(super) struct Held {
+    fingerprint: String,
+    content_at: u64,
+    /// `inProgressUntil` or the window's end if sooner: nobody may take the claim over before it.
+    until_ms: u64,
+    request_id: String,
 }
 
 /// The stored state of one key (for diagnostics and tests).
@@ -200,5 +218,7 @@ impl DedupeStore {
     }
 }
 
+#[cfg(test)]
+mod batch_tests;
 #[cfg(test)]
 mod tests;

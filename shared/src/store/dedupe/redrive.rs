@@ -145,7 +145,13 @@ impl DedupeStore {
             .send()
             .await;
         let old = match res {
-            Ok(_) => return Ok(Ok(Claim { pk, token })),
+            Ok(_) => {
+                return Ok(Ok(Claim {
+                    pk,
+                    token,
+                    held: None,
+                }));
+            }
             Err(e) => match e.as_service_error() {
                 Some(UpdateItemError::ConditionalCheckFailedException(c)) => c.item().cloned(),
                 _ => return Err(aws_error("DynamoDB take parked", e)),

@@ -1,7 +1,7 @@
 use super::*;
 
 /// The dedupe table on DynamoDB Local; fails loudly when the stack's environment is missing.
-async fn store(window: Duration) -> DedupeStore {
+pub(super) async fn store(window: Duration) -> DedupeStore {
     let table = std::env::var("DEDUPE_TABLE").unwrap_or_else(|_| {
             panic!("DEDUPE_TABLE is not set: run infra/scripts/stack-up.sh and `set -a; . .local/stack.env; set +a`")
         });
@@ -13,18 +13,18 @@ async fn store(window: Duration) -> DedupeStore {
     DedupeStore::new(Client::new(&conf), table, window)
 }
 
-fn key() -> DedupeKey {
+pub(super) fn key() -> DedupeKey {
     DedupeKey::client(
         rand::random::<u32>() as i64 + 1,
         &format!("order-{}", uuid::Uuid::new_v4()),
     )
 }
 
-fn later() -> u64 {
+pub(super) fn later() -> u64 {
     now_ms() + 60_000
 }
 
-fn claimed(o: ClaimOutcome) -> Claim {
+pub(super) fn claimed(o: ClaimOutcome) -> Claim {
     match o {
         ClaimOutcome::Claimed(c) => c,
         other => panic!("expected a claim, got {other:?}"),
