@@ -1,7 +1,7 @@
 //! A counting HTTP proxy for the AWS JSON protocols (DynamoDB, Secrets Manager, SQS, KMS): put
 //! in front of DynamoDB Local or moto (`AWS_ENDPOINT_URL_DYNAMODB` / `AWS_ENDPOINT_URL` of the
 //! process under test), it forwards every request unchanged and tallies, per operation (the
-//! `X-Amz-Target` header: `DynamoDB_20120810.PutItem` → `PutItem`), the calls, the items a batch
+//! `X-Amz-Target` header: `DynamoDB_20120810.PutItem` → `PutItem`) and table, the calls, the items a batch
 //! carries (`TransactWriteItems`, `BatchWriteItem`, `BatchGetItem`, `SendMessageBatch`), the
 //! strongly consistent reads, and the error types answered (`ConditionalCheckFailedException`,
 //! `TransactionCanceledException` with its `ConditionalCheckFailed` reasons).
@@ -34,7 +34,7 @@ pub struct OpCount {
     pub max_body: usize,
 }
 
-/// Operation name → counts.
+/// `Operation table` (or the operation alone) → counts.
 pub type Tally = BTreeMap<String, OpCount>;
 
 /// A running proxy and its tally.
@@ -174,10 +174,32 @@ fn items_of(op: &str, body: &Value) -> u64 {
     }
 }
 
+/// The table a DynamoDB call works on (`TableName`, the first of `RequestItems`, or of
+/// `TransactItems`), when it names one.
+fn table_of(body: &Value) -> Option<String> {
+    if let Some(t) = body.get("TableName").and_then(Value::as_str) {
+        return Some(t.to_string());
+    }
+    if let Some(m) = body.get("RequestItems").and_then(Value::as_object) {
+        return m.keys().next().cloned();
+    }
+    body.get("TransactItems")
+        .and_then(|a| a.get(0))
+        .and_then(Value::as_object)
+        .and_then(|o| o.values().next())
+        .and_then(|v| v.get("TableName"))
+        .and_then(Value::as_str)
+        .map(str::to_string)
+}
+
 fn record(tally: &Mutex<Tally>, op: &str, req: &[u8], status: StatusCode, resp: &[u8]) {
     let body: Value = serde_json::from_slice(req).unwrap_or(Value::Null);
+    let label = match table_of(&body) {
+        Some(table) => format!("{op} {table}"),
+        None => op.to_string(),
+    };
     let mut t = tally.lock().unwrap();
-    let c = t.entry(op.to_string()).or_default();
+    let c = t.entry(label).or_default();
     c.calls += 1;
     c.items += items_of(op, &body);
     c.max_body = c.max_body.max(req.len());

@@ -49,7 +49,12 @@ pub fn fresh_ids(n: usize) -> Vec<String> {
 
 /// Writes every id with `TransactWriteItems` of up to 100 conditional puts
 /// (`attribute_not_exists(pk)`), `concurrency` transactions in flight. Returns the wall time.
-pub async fn bare_transact(ddb: &Client, table: &str, ids: &[String], concurrency: usize) -> Duration {
+pub async fn bare_transact(
+    ddb: &Client,
+    table: &str,
+    ids: &[String],
+    concurrency: usize,
+) -> Duration {
     let started = Instant::now();
     let results: Vec<_> = futures::stream::iter(ids.chunks(TRANSACT_MAX).map(|chunk| async move {
         let items = chunk.iter().map(|pk| {

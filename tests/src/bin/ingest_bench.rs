@@ -17,24 +17,36 @@
 //!
 //! Run with the local stack up (from the workspace root):
 //! ```sh
-//! cargo build --release -p conversion-ingest -p adsync-tests --bin ingest_bench
+//! cargo build --release -p adsync-tests -p conversion-ingest --bins
 //! set -a; . .local/stack.env; set +a     # or .local/stack-<name>/stack.env
 //! target/release/ingest_bench [rounds=20] [big_rounds=3] [--no-spawn]
 //! ```
-//! (`cargo run --release -p adsync-tests --bin ingest_bench -- 20 3` works too once the
-//! `conversion-ingest` release binary is built; `INGEST_BENCH_FUNCTION_BIN` overrides its path.)
+//! (`--no-spawn`: the in-process part alone. `INGEST_BENCH_FUNCTION_BIN` picks another function
+//! binary than the one next to the benchmark.)
 
 use adsync::runtime::{Handler, Invocation};
 use adsync_tests::conversions::{IngestFixture, mixed};
 use adsync_tests::ddb_count::{CountingProxy, Tally, describe, diff};
 use adsync_tests::lambda_host::{Answer, LambdaHost, apigw_post, memory_kib};
 use adsync_tests::stack::env;
-use adsync_tests::store_bench::{
-    Samples, bare_put, bare_transact, fresh_ids, seed_client_account,
-};
+use adsync_tests::store_bench::{Samples, bare_put, bare_transact, fresh_ids, seed_client_account};
 use serde_json::{Value, json};
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
+
+/// The report, printed whole at the end (the in-process handler prints its metric lines on
+/// stdout as it goes); each line also goes to stderr as progress.
+static REPORT: std::sync::Mutex<String> = std::sync::Mutex::new(String::new());
+
+macro_rules! say {
+    ($($arg:tt)*) => {{
+        let line = format!($($arg)*);
+        eprintln!("{line}");
+        let mut r = REPORT.lock().unwrap();
+        r.push_str(&line);
+        r.push('\n');
+    }};
+}
 
 /// The function's memory in `template.yaml` (Globals), as Lambda passes it.
 const MEMORY_MB: u32 = 256;
@@ -65,6 +77,13 @@ fn body(prefix: &str, n: usize, resent_prefix: Option<(&str, usize)>) -> Vec<u8>
         })
         .collect();
     serde_json::to_vec(&json!({ "events": events })).expect("JSON")
+}
+
+/// Valid events of an `n`-event mixed body (the ones Amazon accepts).
+fn valid(n: usize) -> usize {
+    (0..n)
+        .filter(|&i| mixed("k", i)["name"] != "Broken")
+        .count()
 }
 
 /// Events of an `n`-event mixed body that carry an id (the ones the handler claims).
@@ -104,10 +123,15 @@ async fn handler_rounds(f: &IngestFixture, n: usize, rounds: usize) -> Row {
             resp.body
         );
         let totals = &resp.json_body()["totals"];
-        assert_eq!(totals["accepted"].as_u64(), Some(k as u64), "{totals}");
+        assert_eq!(
+            totals["accepted"].as_u64(),
+            Some(valid(n) as u64),
+            "{totals}"
+        );
         row.transact
             .push(bare_transact(ddb, &table, &fresh_ids(k), conc).await);
-        row.put.push(bare_put(ddb, &table, &fresh_ids(k), conc).await);
+        row.put
+            .push(bare_put(ddb, &table, &fresh_ids(k), conc).await);
     }
     row
 }
@@ -116,24 +140,27 @@ fn report_rows(title: &str, n: usize, row: &Row) {
     let k = keyed(n);
     let rounds = row.handler.0.len();
     let rate = |s: &Samples, per: usize| (rounds * per) as f64 / s.total_s();
-    println!("\n{title}: {rounds} sequential requests x {n} events ({k} carry an id and are claimed; the rest are rejected or have no id)");
-    println!(
+    say!(
+        "\n{title}: {rounds} sequential requests x {n} events ({} valid, {k} of them carry an id and are claimed)",
+        valid(n)
+    );
+    say!(
         "  handler:                         {:>8.0} events/s  {:>8.0} ids/s   {}",
         rate(&row.handler, n),
         rate(&row.handler, k),
         row.handler.summary()
     );
-    println!(
+    say!(
         "  bare TransactWriteItems x100:                       {:>8.0} ids/s   {}",
         rate(&row.transact, k),
         row.transact.summary()
     );
-    println!(
+    say!(
         "  bare PutItem (one per id):                          {:>8.0} ids/s   {}",
         rate(&row.put, k),
         row.put.summary()
     );
-    println!(
+    say!(
         "  handler / bare (same ids, same rounds): {:.1} % of TransactWriteItems (the bare call), {:.1} % of PutItem",
         100.0 * row.transact.total_s() / row.handler.total_s(),
         100.0 * row.put.total_s() / row.handler.total_s()
@@ -171,7 +198,13 @@ impl Served {
         let child = host.spawn(&bin, MEMORY_MB, extra, &log);
         host.first_poll(Duration::from_secs(20))
             .await
-            .unwrap_or_else(|e| panic!("{} did not start: {e} (log: {})", bin.display(), log.display()));
+            .unwrap_or_else(|e| {
+                panic!(
+                    "{} did not start: {e} (log: {})",
+                    bin.display(),
+                    log.display()
+                )
+            });
         Served {
             host,
             child,
@@ -185,7 +218,10 @@ impl Served {
         let key = format!("Bearer {}", env("ADSYNC_API_KEY"));
         let event = apigw_post(
             &format!("/accounts/{}/conversions", self.account_id),
-            &[("authorization", &key), ("content-type", "application/json")],
+            &[
+                ("authorization", &key),
+                ("content-type", "application/json"),
+            ],
             std::str::from_utf8(body).expect("UTF-8 body"),
         );
         let t = Instant::now();
@@ -197,7 +233,8 @@ impl Served {
             Err(e) => panic!("{e}"),
         };
         let status = out["statusCode"].as_u64().unwrap_or(0);
-        let resp: Value = serde_json::from_str(out["body"].as_str().unwrap_or("null")).unwrap_or(Value::Null);
+        let resp: Value =
+            serde_json::from_str(out["body"].as_str().unwrap_or("null")).unwrap_or(Value::Null);
         assert!(status == 200 || status == 207, "status {status}: {resp}");
         (took, resp["totals"].clone())
     }
@@ -225,19 +262,24 @@ async fn spawned(account_id: &str, rounds: usize) {
     let (hwm_before, _) = s.memory();
     let (big, totals) = s.post(&body(&format!("{run}-big"), 10_000, None)).await;
     let (hwm, rss) = s.memory();
-    println!("\nrelease conversion-ingest process (fake Runtime API, {MEMORY_MB} MB as in template.yaml):");
-    println!("  exec -> first poll: {:.1} ms", s.cold.as_secs_f64() * 1000.0);
-    println!(
+    say!(
+        "\nrelease conversion-ingest process (fake Runtime API, {MEMORY_MB} MB as in template.yaml):"
+    );
+    say!(
+        "  exec -> first poll: {:.1} ms",
+        s.cold.as_secs_f64() * 1000.0
+    );
+    say!(
         "  500-event requests ({rounds}, after one warm-up): {:.0} events/s, {}",
         (rounds * 500) as f64 / small.total_s(),
         small.summary()
     );
-    println!(
+    say!(
         "  one 10 000-event request: {:.0} ms ({:.0} events/s); totals {totals}",
         big.as_secs_f64() * 1000.0,
         10_000.0 / big.as_secs_f64()
     );
-    println!(
+    say!(
         "  VmHWM: {:.1} MiB after the 500-event requests, {:.1} MiB after the 10 000-event request (VmRSS then {:.1} MiB)",
         hwm_before as f64 / 1024.0,
         hwm as f64 / 1024.0,
@@ -247,12 +289,12 @@ async fn spawned(account_id: &str, rounds: usize) {
 }
 
 fn print_phase(name: &str, ddb: &Tally, aws: &Tally) {
-    println!("  {name}:");
+    say!("  {name}:");
     for l in describe(ddb) {
-        println!("    DynamoDB {l}");
+        say!("    DynamoDB {l}");
     }
     for l in describe(aws) {
-        println!("    moto     {l}");
+        say!("    moto     {l}");
     }
 }
 
@@ -265,28 +307,52 @@ async fn counting(account_id: &str) {
         ("AWS_ENDPOINT_URL".to_string(), aws.url.clone()),
     ];
     let s = Served::start(account_id, &extra, "counted").await;
-    println!("\ncalls per request by operation (counting pass, release binary behind counting proxies; moto = Secrets Manager, SQS, KMS):");
-    print_phase("start-up (exec -> first poll)", &ddb.snapshot(), &aws.snapshot());
+    say!(
+        "\ncalls per request by operation (counting pass, release binary behind counting proxies; moto = Secrets Manager, SQS, KMS):"
+    );
+    print_phase(
+        "start-up (exec -> first poll)",
+        &ddb.snapshot(),
+        &aws.snapshot(),
+    );
     let run = uuid::Uuid::new_v4().simple().to_string();
     let a = format!("{run}-a");
     let b = format!("{run}-b");
     let c = format!("{run}-c");
     let big = format!("{run}-big");
     let phases: Vec<(String, Vec<u8>)> = vec![
-        ("first request, 500 fresh (token refresh)".into(), body(&format!("{run}-0"), 500, None)),
-        (format!("500 fresh ({} claimed)", keyed(500)), body(&a, 500, None)),
+        (
+            "first request, 500 fresh (token refresh)".into(),
+            body(&format!("{run}-0"), 500, None),
+        ),
+        (
+            format!("500 fresh ({} claimed)", keyed(500)),
+            body(&a, 500, None),
+        ),
         ("500 resent (all duplicates)".into(), body(&a, 500, None)),
-        ("500 with 10 % resent (50 of the last request's events)".into(), body(&b, 500, Some((&a, 50)))),
+        (
+            "500 with 10 % resent (50 of the last request's events)".into(),
+            body(&b, 500, Some((&a, 50))),
+        ),
         ("500 fresh again".into(), body(&c, 500, None)),
-        (format!("10 000 fresh ({} claimed)", keyed(10_000)), body(&big, 10_000, None)),
-        ("10 000 resent (all duplicates)".into(), body(&big, 10_000, None)),
+        (
+            format!("10 000 fresh ({} claimed)", keyed(10_000)),
+            body(&big, 10_000, None),
+        ),
+        (
+            "10 000 resent (all duplicates)".into(),
+            body(&big, 10_000, None),
+        ),
     ];
     for (name, b) in phases {
         let (d0, a0) = (ddb.snapshot(), aws.snapshot());
         let (took, totals) = s.post(&b).await;
         let (d1, a1) = (ddb.snapshot(), aws.snapshot());
         print_phase(
-            &format!("{name}: {:.0} ms via the proxies; totals {totals}", took.as_secs_f64() * 1000.0),
+            &format!(
+                "{name}: {:.0} ms via the proxies; totals {totals}",
+                took.as_secs_f64() * 1000.0
+            ),
             &diff(&d0, &d1),
             &diff(&a0, &a1),
         );
@@ -295,13 +361,16 @@ async fn counting(account_id: &str) {
 }
 
 fn uptime() -> String {
-    std::fs::read_to_string("/proc/loadavg").unwrap_or_default().trim().to_string()
+    std::fs::read_to_string("/proc/loadavg")
+        .unwrap_or_default()
+        .trim()
+        .to_string()
 }
 
 #[tokio::main]
 async fn main() {
     let a = args();
-    println!(
+    say!(
         "ingest_bench: {} rounds of 500, {} of 10 000; {}; loadavg {}",
         a.rounds,
         a.big_rounds,
@@ -310,8 +379,14 @@ async fn main() {
     );
     let f = IngestFixture::new().await;
     // Warm-up: token refresh, connection pools, API keys.
-    let warm = f.post(&serde_json::from_slice(&body("warm", 500, None)).unwrap()).await;
-    assert!(warm.status == 200 || warm.status == 207, "warm-up failed: {}", warm.body);
+    let warm = f
+        .post(&serde_json::from_slice(&body("warm", 500, None)).unwrap())
+        .await;
+    assert!(
+        warm.status == 200 || warm.status == 207,
+        "warm-up failed: {}",
+        warm.body
+    );
     let small = handler_rounds(&f, 500, a.rounds).await;
     report_rows("500-event requests, in-process handler", 500, &small);
     let big = handler_rounds(&f, 10_000, a.big_rounds).await;
@@ -321,5 +396,9 @@ async fn main() {
         spawned(&account_id, 5).await;
         counting(&account_id).await;
     }
-    println!("\nloadavg at the end: {}", uptime());
+    say!("\nloadavg at the end: {}", uptime());
+    println!(
+        "\n==== ingest_bench report ====\n{}",
+        REPORT.lock().unwrap()
+    );
 }
