@@ -1,9 +1,12 @@
 pub mod conversions;
+pub mod ddb_count;
 pub mod demo;
 pub mod export_rig;
 pub mod golden;
+pub mod lambda_host;
 pub mod openapi;
 pub mod privacy;
 pub mod sandbox;
 pub mod stack;
+pub mod store_bench;
 pub mod tables;
