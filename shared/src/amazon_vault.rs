@@ -2,7 +2,7 @@
 //! [`AmazonClient::from_env`], whose LwA client credentials come from Secrets Manager on first
 //! use ([`LwaSecret`]). It sits above both `amazon` and `store`, so neither imports the other.
 
-use crate::amazon::client::{CredentialSource, http_client};
+use crate::amazon::client::{CredentialSource, Http};
 use crate::amazon::tokens::TokenSecret;
 use crate::amazon::vault::{TokenVault, VaultError};
 use crate::amazon::{AmazonClient, AmazonError, LwaCredentials};
@@ -93,7 +93,7 @@ impl AmazonClient {
             name,
         };
         Ok(Self::with_credential_source(
-            http_client(),
+            Http::lazy(),
             settings.amazon_endpoints.clone(),
             source,
             secrets,

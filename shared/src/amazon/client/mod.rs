@@ -56,7 +56,7 @@ pub struct AmazonClient {
 }
 
 pub(crate) struct Inner {
-    pub(crate) http: reqwest::Client,
+    pub(crate) http: Http,
     pub(crate) endpoints: Endpoints,
     pub(crate) creds: Credentials,
     pub(crate) vault: Arc<dyn TokenVault>,
@@ -88,12 +88,35 @@ pub fn http_client() -> reqwest::Client {
         .unwrap_or_else(|_| reqwest::Client::new())
 }
 
+/// The HTTP client of an [`AmazonClient`]: given, or built on first use ([`Http::lazy`]):
+/// building one loads the system's root certificates, milliseconds of a cold start that the
+/// first Amazon call can pay instead.
+#[derive(Debug, Default)]
+pub struct Http(std::sync::OnceLock<reqwest::Client>);
+
+impl Http {
+    /// [`http_client`], built on first use.
+    pub fn lazy() -> Self {
+        Self::default()
+    }
+
+    pub(crate) fn get(&self) -> &reqwest::Client {
+        self.0.get_or_init(http_client)
+    }
+}
+
+impl From<reqwest::Client> for Http {
+    fn from(c: reqwest::Client) -> Self {
+        Self(std::sync::OnceLock::from(c))
+    }
+}
+
 impl AmazonClient {
     /// Builds the client with known credentials (`AmazonClient::from_env` builds it from the
     /// environment, with Secrets Manager as the token vault). `vault` keeps each linked login's
     /// token secret.
     pub fn new(
-        http: reqwest::Client,
+        http: impl Into<Http>,
         endpoints: Endpoints,
         creds: LwaCredentials,
         vault: impl TokenVault,
@@ -105,7 +128,7 @@ impl AmazonClient {
     /// [`AmazonClient::new`] with credentials read from `source` on first use, once per client
     /// (see `creds.rs`): building the client reads nothing.
     pub fn with_credential_source(
-        http: reqwest::Client,
+        http: impl Into<Http>,
         endpoints: Endpoints,
         source: impl CredentialSource,
         vault: impl TokenVault,
@@ -115,7 +138,7 @@ impl AmazonClient {
     }
 
     fn with_credentials(
-        http: reqwest::Client,
+        http: impl Into<Http>,
         endpoints: Endpoints,
         creds: Credentials,
         vault: impl TokenVault,
@@ -125,7 +148,7 @@ impl AmazonClient {
         let scopes = scopes.split_whitespace().collect::<Vec<_>>().join(" ");
         Self {
             inner: Arc::new(Inner {
-                http,
+                http: http.into(),
                 endpoints,
                 creds,
                 vault: Arc::new(vault),

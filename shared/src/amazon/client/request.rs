@@ -67,6 +67,7 @@ impl AmazonClient {
         let mut rb = self
             .inner
             .http
+            .get()
             .request(req.method.clone(), url)
             .timeout(timeout)
             .bearer_auth(token)
