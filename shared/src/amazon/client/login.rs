@@ -63,7 +63,8 @@ impl AmazonClient {
         let creds = self.credentials().await?;
         let call = || async {
             let timeout = self.attempt_timeout()?;
-            crate::amazon::lwa::token_request(self.inner.http.get(), url, creds, grant, timeout).await
+            crate::amazon::lwa::token_request(self.inner.http.get(), url, creds, grant, timeout)
+                .await
         };
         self.retrying(call, "POST", "/auth/o2/token").await
     }
