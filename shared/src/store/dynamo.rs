@@ -7,7 +7,9 @@ use super::item::Item;
 use aws_sdk_dynamodb::Client;
 use aws_sdk_dynamodb::error::{DisplayErrorContext, ProvideErrorMetadata, SdkError};
 use aws_sdk_dynamodb::operation::transact_write_items::TransactWriteItemsError;
-use aws_sdk_dynamodb::types::{AttributeValue, DeleteRequest, WriteRequest};
+use aws_sdk_dynamodb::types::{
+    AttributeValue, CancellationReason, DeleteRequest, TransactWriteItem, WriteRequest,
+};
 use std::collections::HashMap;
 
 pub use crate::clock::now_rfc3339;
@@ -135,4 +137,38 @@ where
     R: std::fmt::Debug,
 {
     conditional(res, what)?.ok_or_else(lost)
+}
+
+/// What became of one `TransactWriteItems`.
+pub(crate) enum Transacted {
+    Done,
+    /// Cancelled: one reason per item, in order (DynamoDB gives them with a failed condition,
+    /// a concurrent transaction, throttling).
+    Cancelled(Vec<CancellationReason>),
+    Failed(StoreError),
+}
+
+/// One `TransactWriteItems` with a fresh `ClientRequestToken`, so that an SDK retry of a
+/// transaction that went through is answered as done instead of as cancelled; `what` names it
+/// in errors.
+pub(crate) async fn transact(
+    client: &Client,
+    items: Vec<TransactWriteItem>,
+    what: &str,
+) -> Transacted {
+    let res = client
+        .transact_write_items()
+        .set_transact_items(Some(items))
+        .client_request_token(uuid::Uuid::new_v4().simple().to_string())
+        .send()
+        .await;
+    match res {
+        Ok(_) => Transacted::Done,
+        Err(e) => match e.as_service_error() {
+            Some(TransactWriteItemsError::TransactionCanceledException(c)) => {
+                Transacted::Cancelled(c.cancellation_reasons().to_vec())
+            }
+            _ => Transacted::Failed(aws_error(what, e)),
+        },
+    }
 }

@@ -15,9 +15,8 @@ use super::claims::ClaimWrite;
 use super::codec::{outcome_of, record};
 use super::{ClaimOutcome, DedupeKey, DedupeStore, StoreError};
 use crate::clock::now_ms;
-use crate::store::dynamo::build_error;
+use crate::store::dynamo::{Transacted, build_error, transact};
 use crate::store::item::Item;
-use aws_sdk_dynamodb::operation::transact_write_items::TransactWriteItemsError;
 use aws_sdk_dynamodb::types::{
     CancellationReason, Put, ReturnValuesOnConditionCheckFailure, TransactWriteItem,
 };
@@ -114,7 +113,7 @@ impl DedupeStore {
                 .map(|w| transact_put(&self.table, w))
                 .collect();
             let Ok(items) = items else { return pending };
-            let reasons = match self.transact(items, "claim").await {
+            let reasons = match transact(&self.client, items, "DynamoDB claim transaction").await {
                 Transacted::Done => {
                     for (i, w) in pending.drain(..).zip(writes) {
                         answers[i] = Some(Ok(ClaimOutcome::Claimed(w.claim)));
@@ -122,7 +121,11 @@ impl DedupeStore {
                     break;
                 }
                 Transacted::Cancelled(reasons) if reasons.len() == pending.len() => reasons,
-                _ => return pending,
+                Transacted::Failed(e) => {
+                    tracing::warn!(error = %e, "claiming one by one");
+                    return pending;
+                }
+                Transacted::Cancelled(_) => return pending,
             };
             let conflicted;
             (pending, conflicted) = after_cancel(&pending, reasons, |i, item| match item {
@@ -137,29 +140,6 @@ impl DedupeStore {
             }
         }
         pending
-    }
-
-    /// One `TransactWriteItems` (with a fresh `ClientRequestToken`) of `what` (for the log).
-    pub(super) async fn transact(&self, items: Vec<TransactWriteItem>, what: &str) -> Transacted {
-        let res = self
-            .client
-            .transact_write_items()
-            .set_transact_items(Some(items))
-            .client_request_token(uuid::Uuid::new_v4().simple().to_string())
-            .send()
-            .await;
-        match res {
-            Ok(_) => Transacted::Done,
-            Err(e) => match e.into_service_error() {
-                TransactWriteItemsError::TransactionCanceledException(c) => {
-                    Transacted::Cancelled(c.cancellation_reasons.unwrap_or_default())
-                }
-                other => {
-                    tracing::warn!(what, error = %other, "dedupe transaction failed; going one by one");
-                    Transacted::Failed
-                }
-            },
-        }
     }
 
     /// The one-key claim for the positions `left` of `group`.
@@ -189,14 +169,6 @@ impl DedupeStore {
             answers[i] = Some(a);
         }
     }
-}
-
-/// What became of one transaction.
-pub(super) enum Transacted {
-    Done,
-    /// One reason per item, in order.
-    Cancelled(Vec<CancellationReason>),
-    Failed,
 }
 
 /// Sorts a cancelled transaction's reasons: a failed condition goes to `failed(position, old

@@ -11,11 +11,11 @@
 //! answers `false` for that claim, the rest go again). Unprocessed items and failed calls
 //! complete one at a time ([`DedupeStore::complete`]).
 
-use super::batch::{ROUNDS, Transacted, after_cancel, jitter};
+use super::batch::{ROUNDS, after_cancel, jitter};
 use super::claims::{COMPLETE_IF, COMPLETE_SET};
 use super::{Claim, ClaimStatus, DedupeStore, Held, StoreError};
 use crate::clock::now_ms;
-use crate::store::dynamo::{build_error, n, s};
+use crate::store::dynamo::{Transacted, build_error, n, s, transact};
 use crate::store::item::Item;
 use aws_sdk_dynamodb::types::{PutRequest, TransactWriteItem, Update, WriteRequest};
 use futures::{FutureExt, StreamExt};
@@ -90,14 +90,15 @@ impl DedupeStore {
                 .map(|&i| self.completion_update(claims[i]))
                 .collect();
             let Ok(items) = items else { break };
-            let reasons = match self.transact(items, "completion").await {
-                Transacted::Done => {
-                    answered.extend(pending.drain(..).map(|i| (i, Ok(true))));
-                    break;
-                }
-                Transacted::Cancelled(reasons) if reasons.len() == pending.len() => reasons,
-                _ => break,
-            };
+            let reasons =
+                match transact(&self.client, items, "DynamoDB completion transaction").await {
+                    Transacted::Done => {
+                        answered.extend(pending.drain(..).map(|i| (i, Ok(true))));
+                        break;
+                    }
+                    Transacted::Cancelled(reasons) if reasons.len() == pending.len() => reasons,
+                    _ => break,
+                };
             let conflicted;
             (pending, conflicted) = after_cancel(&pending, reasons, |i, _| {
                 answered.push((i, Ok(false)));

@@ -17,10 +17,9 @@
 
 use super::{LedgerRow, LedgerStore, Upsert};
 use crate::store::StoreError;
-use crate::store::dynamo::{aws_error, build_error, key};
+use crate::store::dynamo::{Transacted, aws_error, build_error, key, transact};
 use crate::store::erasures::TOMBSTONE_PREFIX;
 use crate::store::item::{Item, ItemExt};
-use aws_sdk_dynamodb::operation::transact_write_items::TransactWriteItemsError;
 use aws_sdk_dynamodb::types::{AttributeValue, KeysAndAttributes, Put, TransactWriteItem};
 use std::collections::HashMap;
 use std::time::Duration;
@@ -109,33 +108,19 @@ impl LedgerStore {
             Ok(items) => items,
             Err(e) => return idx.iter().map(|_| Verdict::Done(Err(e.again()))).collect(),
         };
-        let res = self
-            .client
-            .transact_write_items()
-            .set_transact_items(Some(items))
-            .client_request_token(uuid::Uuid::new_v4().to_string())
-            .send()
-            .await;
-        let e = match res {
-            Ok(_) => {
+        let reasons = match transact(&self.client, items, "ledger transact").await {
+            Transacted::Done => {
                 return idx
                     .iter()
                     .map(|_| Verdict::Done(Ok(Upsert::Applied)))
                     .collect();
             }
-            Err(e) => e,
-        };
-        let reasons = match e.as_service_error() {
-            Some(TransactWriteItemsError::TransactionCanceledException(c))
-                if c.cancellation_reasons().len() == idx.len() =>
-            {
-                c.cancellation_reasons()
-                    .iter()
-                    .map(|r| r.code().unwrap_or("None").to_string())
-                    .collect::<Vec<_>>()
-            }
+            Transacted::Cancelled(reasons) if reasons.len() == idx.len() => reasons
+                .iter()
+                .map(|r| r.code().unwrap_or("None").to_string())
+                .collect::<Vec<_>>(),
             // Cancelled without one reason per row: each row is written on its own.
-            Some(TransactWriteItemsError::TransactionCanceledException(_)) => {
+            Transacted::Cancelled(_) => {
                 let each = idx.iter().map(|&i| self.upsert(&rows[i]));
                 return futures::future::join_all(each)
                     .await
@@ -143,8 +128,7 @@ impl LedgerStore {
                     .map(Verdict::Done)
                     .collect();
             }
-            _ => {
-                let err = aws_error("ledger transact", e);
+            Transacted::Failed(err) => {
                 return idx
                     .iter()
                     .map(|_| Verdict::Done(Err(err.again())))
