@@ -34,11 +34,18 @@ impl AwsSettings {
     }
 }
 
+/// Where every SDK configuration of the process starts: the SDK's defaults (latest behaviour
+/// version) with adsync's HTTP client ([`crate::tls::sdk_http_client`]). The SDK is built without
+/// a default HTTP client, so a configuration loaded any other way cannot make a call.
+pub fn config_loader() -> aws_config::ConfigLoader {
+    aws_config::defaults(aws_config::BehaviorVersion::latest())
+        .http_client(crate::tls::sdk_http_client())
+}
+
 impl AwsClients {
     /// Loads the shared AWS configuration (see [`AwsSettings`]) and builds the clients.
     pub async fn from_settings(settings: &AwsSettings) -> Self {
-        let mut loader = aws_config::defaults(aws_config::BehaviorVersion::latest())
-            .timeout_config(settings.timeouts.config());
+        let mut loader = config_loader().timeout_config(settings.timeouts.config());
         if let Some(url) = &settings.endpoint_url {
             loader = loader.endpoint_url(url);
         }

@@ -21,3 +21,4 @@ pub mod runtime;
 pub mod settings;
 pub mod store;
 pub mod telemetry;
+pub mod tls;

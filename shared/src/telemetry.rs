@@ -5,7 +5,7 @@
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering};
-use tracing_subscriber::EnvFilter;
+use tracing_subscriber::filter::Targets;
 
 /// Amazon answers seen by this process since the last metrics record, by class:
 /// all, 4xx other than 429, 429, 5xx. Drained into every [`Metrics::emit`].
@@ -27,16 +27,30 @@ pub fn record_amazon_status(status: u16) {
     }
 }
 
-/// Installs the JSON log subscriber once. Level from `RUST_LOG` (default `info`).
+/// Installs the JSON log subscriber once. Level from `RUST_LOG` (default `info`): a level, or
+/// `target=level` pairs (`info,adsync=debug`). Parsed as [`Targets`], not `EnvFilter`, whose
+/// regular-expression engine would cost binary size and cold start for span-field filters
+/// nobody sets; a malformed value falls back to `info`.
 pub fn init_tracing() {
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
-    let _ = tracing_subscriber::fmt()
+    use tracing_subscriber::prelude::*;
+    let json = tracing_subscriber::fmt::layer()
         .json()
-        .with_env_filter(filter)
         .with_current_span(false)
         .with_target(false)
-        .without_time()
+        .without_time();
+    let filter = log_filter(std::env::var("RUST_LOG").ok().as_deref());
+    let _ = tracing_subscriber::registry()
+        .with(json.with_filter(filter))
         .try_init();
+}
+
+/// The `RUST_LOG` filter; unset, empty or malformed is `info`.
+fn log_filter(value: Option<&str>) -> Targets {
+    value
+        .map(str::trim)
+        .filter(|v| !v.is_empty())
+        .and_then(|v| v.parse::<Targets>().ok())
+        .unwrap_or_else(|| Targets::new().with_default(tracing::Level::INFO))
 }
 
 /// A CloudWatch embedded-metric-format record: one JSON log line that CloudWatch turns into
@@ -119,6 +133,23 @@ impl Metrics {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn rust_log_sets_levels_and_a_bad_value_means_info() {
+        use tracing::Level;
+        let info = log_filter(None);
+        assert!(info.would_enable("adsync::ingest", &Level::INFO));
+        assert!(!info.would_enable("adsync::ingest", &Level::DEBUG));
+        for bad in ["", "  ", "adsync=loud"] {
+            let f = log_filter(Some(bad));
+            assert!(f.would_enable("x", &Level::INFO), "{bad:?}");
+            assert!(!f.would_enable("x", &Level::DEBUG), "{bad:?}");
+        }
+        let f = log_filter(Some("warn,adsync::store=debug"));
+        assert!(f.would_enable("adsync::store::dedupe", &Level::DEBUG));
+        assert!(!f.would_enable("adsync::ingest", &Level::INFO));
+        assert!(f.would_enable("hyper", &Level::WARN));
+    }
 
     #[test]
     fn amazon_answers_are_counted_by_class_and_drained() {

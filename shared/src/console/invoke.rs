@@ -28,7 +28,7 @@ impl TaskInvoker {
     /// endpoint is the SDK's own, `AWS_ENDPOINT_URL_LAMBDA` locally) and
     /// `CONVERSION_INGEST_FUNCTION` (default `conversion-ingest`, the local binary's name).
     pub async fn from_settings(settings: &crate::settings::Settings) -> Self {
-        let conf = aws_config::defaults(aws_config::BehaviorVersion::latest())
+        let conf = crate::aws::config_loader()
             .timeout_config(settings.aws.timeouts.config())
             .load()
             .await;
@@ -40,7 +40,7 @@ impl TaskInvoker {
 
     /// An invoker that calls the Lambda API at `endpoint` (tests, local serving).
     pub async fn with_endpoint(endpoint: &str, conversion_ingest: &str) -> Self {
-        let conf = aws_config::defaults(aws_config::BehaviorVersion::latest())
+        let conf = crate::aws::config_loader()
             .endpoint_url(endpoint)
             .load()
             .await;

@@ -223,7 +223,7 @@ mod tests {
                 "{v} is not set: start the local stack and `source .local/stack.env` (moto on 127.0.0.1:5000)"
             );
         }
-        let conf = aws_config::load_defaults(aws_config::BehaviorVersion::latest()).await;
+        let conf = crate::aws::config_loader().load().await;
         aws_sdk_sqs::Client::new(&conf)
     }
 

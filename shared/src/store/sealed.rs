@@ -15,9 +15,9 @@
 
 use super::StoreError;
 use super::dynamo::aws_error;
-use aws_lc_rs::aead::{AES_256_GCM, Aad, LessSafeKey, NONCE_LEN, Nonce, UnboundKey};
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD as B64;
+use ring::aead::{AES_256_GCM, Aad, LessSafeKey, NONCE_LEN, Nonce, UnboundKey};
 use serde::{Deserialize, Serialize};
 use tokio::sync::OnceCell;
 
@@ -137,7 +137,7 @@ pub async fn from_env() -> Option<&'static Sealer> {
         .get_or_init(|| async {
             let key_id = crate::config::optional("ADSYNC_KMS_KEY_ID")?;
             // The same connect/attempt/operation timeouts as every other AWS client (`crate::aws`).
-            let mut loader = aws_config::defaults(aws_config::BehaviorVersion::latest())
+            let mut loader = crate::aws::config_loader()
                 .timeout_config(crate::aws::SdkTimeouts::from_env().config());
             if let Some(url) = crate::config::optional("ADSYNC_AWS_ENDPOINT_URL") {
                 loader = loader.endpoint_url(url);
@@ -182,7 +182,7 @@ mod tests {
                 "{v} is not set: start the local stack and `source .local/stack.env`"
             );
         }
-        let conf = aws_config::load_defaults(aws_config::BehaviorVersion::latest()).await;
+        let conf = crate::aws::config_loader().load().await;
         let kms = aws_sdk_kms::Client::new(&conf);
         let key = kms.create_key().send().await.expect("moto CreateKey");
         let id = key.key_metadata().unwrap().key_id().to_string();

@@ -237,7 +237,7 @@ async fn count_rounds(b: &Bench, n: usize, ts: i64) -> Result<(), String> {
         .or_else(|_| std::env::var("AWS_ENDPOINT_URL"))
         .map_err(|e| e.to_string())?;
     let (proxy_url, tally) = counting_proxy(&upstream).await?;
-    let sdk = aws_config::load_from_env().await;
+    let sdk = adsync::aws::config_loader().load().await;
     let client = aws_sdk_dynamodb::Client::from_conf(
         aws_sdk_dynamodb::config::Builder::from(&sdk)
             .endpoint_url(&proxy_url)

@@ -9,7 +9,7 @@ pub(super) async fn store(window: Duration) -> DedupeStore {
         std::env::var("AWS_ENDPOINT_URL_DYNAMODB").is_ok(),
         "AWS_ENDPOINT_URL_DYNAMODB is not set: source .local/stack.env (DynamoDB Local on 127.0.0.1:8000)"
     );
-    let conf = aws_config::load_defaults(aws_config::BehaviorVersion::latest()).await;
+    let conf = crate::aws::config_loader().load().await;
     DedupeStore::new(Client::new(&conf), table, window)
 }
 
