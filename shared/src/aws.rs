@@ -35,11 +35,11 @@ impl AwsSettings {
 }
 
 /// Where every SDK configuration of the process starts: the SDK's defaults (latest behaviour
-/// version) with adsync's HTTP client ([`crate::tls::sdk_http_client`]). The SDK is built without
+/// version) with adsync's HTTP client ([`crate::sdk_http::client`]). The SDK is built without
 /// a default HTTP client, so a configuration loaded any other way cannot make a call.
 pub fn config_loader() -> aws_config::ConfigLoader {
     aws_config::defaults(aws_config::BehaviorVersion::latest())
-        .http_client(crate::tls::sdk_http_client())
+        .http_client(crate::sdk_http::client())
 }
 
 impl AwsClients {

@@ -18,7 +18,7 @@ pub mod local_serving;
 pub mod parked_dlq;
 pub mod random;
 pub mod runtime;
+pub mod sdk_http;
 pub mod settings;
 pub mod store;
 pub mod telemetry;
-pub mod tls;

@@ -79,7 +79,6 @@ impl std::fmt::Debug for AmazonClient {
 /// The HTTP client adsync uses for Amazon: rustls, no redirects (an API answer is never a
 /// redirect, and following one could carry the bearer token elsewhere), bounded connect time.
 pub fn http_client() -> reqwest::Client {
-    crate::tls::install_ring();
     reqwest::Client::builder()
         .redirect(reqwest::redirect::Policy::none())
         .connect_timeout(Duration::from_secs(10))
