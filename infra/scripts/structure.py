@@ -39,6 +39,7 @@ LAYERS = {
     "amazon": 1,
     "store": 1,
     "aws": 1,
+    "sdk_http": 1,  # the AWS SDK clients' HTTPS client (root certificates read on first use)
     # api and wiring: the runtime, HTTP, settings, adapters wired together
     "http": 2,
     "api": 2,
