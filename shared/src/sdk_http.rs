@@ -1,5 +1,5 @@
-//! The AWS SDK's HTTPS client, shared by every SDK client of the process and built so that the
-//! root certificates are read on the first call, not at cold start.
+//! The AWS SDK clients' HTTPS client, built so that the root certificates are read on the first
+//! call, not at cold start.
 //!
 //! The TLS stack is the SDK's default one (hyper 1, rustls 0.23 with aws-lc, post-quantum hybrid
 //! key exchange preferred), the same as reqwest's for Amazon Ads. ring instead would make the
@@ -13,19 +13,17 @@ use aws_smithy_runtime_api::client::http::{
 };
 use aws_smithy_runtime_api::client::runtime_components::RuntimeComponents;
 use aws_smithy_runtime_api::shared::IntoShared;
-use std::sync::OnceLock;
 
-/// The HTTP client of every AWS SDK client of the process (one connection pool).
+/// A new HTTP client for one SDK configuration ([`crate::aws::config_loader`]), with its own
+/// connection pool, as the SDK's default client: a pooled connection belongs to the tokio runtime
+/// that opened it, so one pool for the whole process would hand dead connections from one
+/// runtime to the next (tests run a runtime each). The root certificates are read once per
+/// process, by the first connection of any of them.
 pub fn client() -> SharedHttpClient {
-    static CLIENT: OnceLock<SharedHttpClient> = OnceLock::new();
-    CLIENT
-        .get_or_init(|| {
-            let inner = aws_smithy_http_client::Builder::new()
-                .tls_provider(Provider::Rustls(CryptoMode::AwsLc))
-                .build_https();
-            RootsOnFirstCall(inner).into_shared()
-        })
-        .clone()
+    let inner = aws_smithy_http_client::Builder::new()
+        .tls_provider(Provider::Rustls(CryptoMode::AwsLc))
+        .build_https();
+    RootsOnFirstCall(inner).into_shared()
 }
 
 /// The SDK's client, minus one thing: it loads the system's root certificates (~150 files) in
