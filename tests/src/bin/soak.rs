@@ -10,14 +10,8 @@
 //! Options: `--requests N` (default 20), `--max-items N` (largest request, default 10000),
 //! `--timeout-secs N` (per request, default 120). Exit code 1 when any answer is wrong.
 
-use adsync::amazon::Region;
-use adsync::amazon::tokens::TokenSecret;
 use adsync::http::HttpResponse;
-use adsync::store::accounts::{AccountStatus, AccountStore, IntegratedAccount};
-use adsync::store::secrets::SecretsStore;
 use adsync_tests::conversions::mixed;
-use adsync_tests::sandbox::SEED_CLIENT_ID;
-use adsync_tests::stack::{aws, env, sandbox};
 use serde_json::{Value, json};
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
@@ -247,54 +241,6 @@ async fn check_non_utf8(
     Ok(())
 }
 
-/// A fresh sandbox user linked to the LwA client the served functions use (the seeded one), as
-/// an active account: its refresh token in a secret, the account in `ACCOUNTS_TABLE`.
-async fn linked_account() -> String {
-    let sb = sandbox().await;
-    let user = sb.new_user("US", "USD", 1).await.expect("sandbox user");
-    let refresh_token = sb
-        .refresh_token(&user.user_id, SEED_CLIENT_ID)
-        .await
-        .expect("sandbox refresh token");
-    let aws = aws().await;
-    let secret_name = format!(
-        "{}soak-{}",
-        env("TOKEN_SECRET_PREFIX"),
-        uuid::Uuid::new_v4().simple()
-    );
-    SecretsStore::new(aws.secrets.clone())
-        .put_json(
-            &secret_name,
-            &TokenSecret {
-                region: Region::NA,
-                refresh_token: refresh_token.into(),
-                access_token: None,
-                access_token_expires_at: None,
-            },
-        )
-        .await
-        .expect("store the token secret in moto");
-    let adv = user.advertiser().clone();
-    let account = IntegratedAccount {
-        account_id: adv.advertiser_id.to_string(),
-        region: Region::NA,
-        profile_id: user.profile().profile_id,
-        advertiser_id: adv.advertiser_id,
-        name: adv.name.clone(),
-        currency: adv.currency.clone(),
-        country: adv.country.clone(),
-        connection_id: uuid::Uuid::new_v4().simple().to_string(),
-        token_secret: secret_name,
-        status: AccountStatus::Active,
-        created_at: chrono::Utc::now().to_rfc3339(),
-    };
-    AccountStore::new(aws.dynamodb.clone(), env("ACCOUNTS_TABLE"))
-        .put_account(&account)
-        .await
-        .expect("seed the account in DynamoDB Local");
-    account.account_id
-}
-
 #[tokio::main]
 async fn main() {
     let a = args();
@@ -303,7 +249,7 @@ async fn main() {
         .trim_end_matches('/')
         .to_string();
     let key = std::env::var("ADSYNC_API_KEY").unwrap_or_else(|_| "adsync-local-key".into());
-    let account_id = linked_account().await;
+    let account_id = adsync_tests::store_bench::seed_client_account().await;
     let run = uuid::Uuid::new_v4().simple().to_string()[..10].to_string();
     let http = reqwest::Client::builder()
         .timeout(a.timeout)
