@@ -1,11 +1,87 @@
 //! AWS SDK clients, built once per process and shared by every invocation.
 
+use aws_config::SdkConfig;
+use std::sync::{Arc, OnceLock};
+
 /// The SDK clients adsync uses. Cloning is cheap (the SDK clients are `Arc` inside).
+/// DynamoDB and Secrets Manager serve nearly every request and are built at cold start; SQS
+/// (parking and redrives) is built by its first call ([`Lazy`]).
 #[derive(Clone, Debug)]
 pub struct AwsClients {
     pub dynamodb: aws_sdk_dynamodb::Client,
     pub secrets: aws_sdk_secretsmanager::Client,
-    pub sqs: aws_sdk_sqs::Client,
+    pub sqs: Lazy<aws_sdk_sqs::Client>,
+}
+
+/// An SDK client built on its first use from the process's shared configuration. Building a
+/// client parses its service's endpoint rules (a JSON document and its patterns): the largest
+/// part of a function's own start-up work, so a client a cold start may not need waits for the
+/// call that does. Dereferences to the client; cloning shares it.
+pub struct Lazy<C> {
+    inner: Arc<LazyInner<C>>,
+}
+
+/// How a [`Lazy`] client is made: the configuration and the service's constructor.
+type Builder<C> = (SdkConfig, fn(&SdkConfig) -> C);
+
+struct LazyInner<C> {
+    client: OnceLock<C>,
+    build: Option<Builder<C>>,
+}
+
+impl<C> Lazy<C> {
+    /// A client `build` makes from `conf` when it is first used.
+    pub fn new(conf: &SdkConfig, build: fn(&SdkConfig) -> C) -> Self {
+        Self {
+            inner: Arc::new(LazyInner {
+                client: OnceLock::new(),
+                build: Some((conf.clone(), build)),
+            }),
+        }
+    }
+
+    /// The client, built now if this is its first use.
+    pub fn get(&self) -> &C {
+        let inner = &*self.inner;
+        inner.client.get_or_init(|| match &inner.build {
+            Some((conf, build)) => build(conf),
+            None => unreachable!("a Lazy without a builder is made with its client"),
+        })
+    }
+}
+
+/// A client already built (tests, tools).
+impl<C> From<C> for Lazy<C> {
+    fn from(client: C) -> Self {
+        Self {
+            inner: Arc::new(LazyInner {
+                client: OnceLock::from(client),
+                build: None,
+            }),
+        }
+    }
+}
+
+impl<C> Clone for Lazy<C> {
+    fn clone(&self) -> Self {
+        Self {
+            inner: self.inner.clone(),
+        }
+    }
+}
+
+impl<C> std::ops::Deref for Lazy<C> {
+    type Target = C;
+    fn deref(&self) -> &C {
+        self.get()
+    }
+}
+
+impl<C> std::fmt::Debug for Lazy<C> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let built = self.inner.client.get().is_some();
+        f.debug_struct("Lazy").field("built", &built).finish()
+    }
 }
 
 /// Where the AWS clients go and how long they may take: read once at cold start
@@ -38,8 +114,23 @@ impl AwsSettings {
 /// version) with adsync's HTTP client ([`crate::sdk_http::client`]). The SDK is built without
 /// a default HTTP client, so a configuration loaded any other way cannot make a call.
 pub fn config_loader() -> aws_config::ConfigLoader {
-    aws_config::defaults(aws_config::BehaviorVersion::latest())
-        .http_client(crate::sdk_http::client())
+    let loader = aws_config::defaults(aws_config::BehaviorVersion::latest())
+        .http_client(crate::sdk_http::client());
+    match env_credentials() {
+        Some(provider) => loader.credentials_provider(provider),
+        None => loader,
+    }
+}
+
+/// Lambda gives a function its role's credentials in `AWS_ACCESS_KEY_ID`,
+/// `AWS_SECRET_ACCESS_KEY` and `AWS_SESSION_TOKEN`, the first place the SDK's default chain
+/// looks. With both keys set, that provider is taken directly, the chain's answer: building the
+/// whole chain builds an STS client (for web identity) and parses STS's endpoint rules at cold
+/// start. Without them (a developer's profile, SSO, a container) the default chain decides.
+fn env_credentials() -> Option<aws_config::environment::EnvironmentVariableCredentialsProvider> {
+    let set = |name: &str| std::env::var(name).is_ok_and(|v| !v.trim().is_empty());
+    (set("AWS_ACCESS_KEY_ID") && set("AWS_SECRET_ACCESS_KEY"))
+        .then(aws_config::environment::EnvironmentVariableCredentialsProvider::new)
 }
 
 impl AwsClients {
@@ -57,7 +148,7 @@ impl AwsClients {
         Self {
             dynamodb: aws_sdk_dynamodb::Client::from_conf(dynamodb.build()),
             secrets: aws_sdk_secretsmanager::Client::new(&conf),
-            sqs: aws_sdk_sqs::Client::new(&conf),
+            sqs: Lazy::new(&conf, aws_sdk_sqs::Client::new),
         }
     }
 
@@ -140,6 +231,29 @@ impl SdkTimeouts {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    #[test]
+    fn a_lazy_client_is_built_once_by_its_first_use() {
+        static BUILT: AtomicUsize = AtomicUsize::new(0);
+        fn build(_: &SdkConfig) -> String {
+            BUILT.fetch_add(1, Ordering::SeqCst);
+            "client".to_string()
+        }
+        let lazy = Lazy::new(&SdkConfig::builder().build(), build);
+        let shared = lazy.clone();
+        assert_eq!(
+            BUILT.load(Ordering::SeqCst),
+            0,
+            "built before its first use"
+        );
+        assert!(format!("{lazy:?}").contains("built: false"));
+        assert_eq!(shared.len(), 6);
+        assert_eq!(lazy.as_str(), "client");
+        assert_eq!(BUILT.load(Ordering::SeqCst), 1, "clones share one client");
+        let ready: Lazy<String> = String::from("ready").into();
+        assert_eq!(ready.as_str(), "ready");
+    }
 
     #[test]
     fn every_client_gets_operation_timeouts() {

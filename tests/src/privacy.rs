@@ -132,7 +132,7 @@ impl PrivacyRig {
             login,
             accounts,
             ddb: aws.dynamodb.clone(),
-            sqs: aws.sqs.clone(),
+            sqs: aws.sqs.get().clone(),
             tables,
         }
     }

@@ -9,13 +9,15 @@ use adsync::amazon::tokens::TokenSecret;
 use adsync::store::accounts::{AccountStatus, AccountStore, IntegratedAccount};
 use adsync::store::secrets::SecretsStore;
 use aws_sdk_dynamodb::Client;
-use aws_sdk_dynamodb::types::{AttributeValue, Put, TransactWriteItem};
+use aws_sdk_dynamodb::types::{AttributeValue, Put, PutRequest, TransactWriteItem, WriteRequest};
 use futures::StreamExt;
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
 /// Conditional puts per `TransactWriteItems` (the API's limit).
 pub const TRANSACT_MAX: usize = 100;
+/// Puts per `BatchWriteItem` (the API's limit).
+pub const BATCH_WRITE_MAX: usize = 25;
 
 /// An item shaped like a dedupe claim (same attributes and sizes) under a fresh `pk`.
 fn claim_item(pk: &str) -> HashMap<String, AttributeValue> {
@@ -108,6 +110,45 @@ pub async fn bare_put(ddb: &Client, table: &str, ids: &[String], concurrency: us
                 aws_sdk_dynamodb::error::DisplayErrorContext(e)
             )
         });
+    }
+    elapsed
+}
+
+/// Rewrites every id whole, unconditionally, with `BatchWriteItem` of up to 25 puts, `concurrency`
+/// calls in flight (what completing a claim costs at the least: `store::dedupe::complete_many`).
+/// Returns the wall time.
+pub async fn bare_batch_write(
+    ddb: &Client,
+    table: &str,
+    ids: &[String],
+    concurrency: usize,
+) -> Duration {
+    let started = Instant::now();
+    let results: Vec<_> = futures::stream::iter(ids.chunks(BATCH_WRITE_MAX).map(|chunk| {
+        let writes = chunk.iter().map(|pk| {
+            let put = PutRequest::builder()
+                .set_item(Some(claim_item(pk)))
+                .build()
+                .expect("put");
+            WriteRequest::builder().put_request(put).build()
+        });
+        ddb.batch_write_item()
+            .request_items(table, writes.collect())
+            .send()
+    }))
+    .buffer_unordered(concurrency)
+    .collect()
+    .await;
+    let elapsed = started.elapsed();
+    for r in results {
+        let out = r.unwrap_or_else(|e| {
+            panic!(
+                "bare BatchWriteItem: {}",
+                aws_sdk_dynamodb::error::DisplayErrorContext(e)
+            )
+        });
+        let left = out.unprocessed_items().map_or(0, |m| m.len());
+        assert_eq!(left, 0, "bare BatchWriteItem left items unprocessed");
     }
     elapsed
 }

@@ -6,20 +6,22 @@
 //! `CONVERSION_INGEST_FUNCTION` names the function (the template passes its ARN); locally the
 //! invocation goes to `cargo lambda watch` through `AWS_ENDPOINT_URL_LAMBDA` (set by stack-up.sh).
 
+use crate::aws::Lazy;
 use aws_sdk_lambda::primitives::Blob;
 use aws_sdk_lambda::types::InvocationType;
 
 /// Starts scheduled tasks of other functions. Cheap to clone.
 #[derive(Clone, Debug)]
 pub struct TaskInvoker {
-    client: aws_sdk_lambda::Client,
+    /// Built by the first "redrive now" (cold start: `crate::aws::Lazy`).
+    client: Lazy<aws_sdk_lambda::Client>,
     conversion_ingest: String,
 }
 
 impl TaskInvoker {
-    pub fn new(client: aws_sdk_lambda::Client, conversion_ingest: String) -> Self {
+    pub fn new(client: impl Into<Lazy<aws_sdk_lambda::Client>>, conversion_ingest: String) -> Self {
         Self {
-            client,
+            client: client.into(),
             conversion_ingest,
         }
     }
@@ -33,7 +35,7 @@ impl TaskInvoker {
             .load()
             .await;
         Self::new(
-            aws_sdk_lambda::Client::new(&conf),
+            Lazy::new(&conf, aws_sdk_lambda::Client::new),
             settings.conversion_ingest_function.clone(),
         )
     }

@@ -32,7 +32,7 @@ const RECEIVE_WAIT_SECS: i32 = 1;
 /// The SQS queue parked work is kept on.
 #[derive(Clone, Debug)]
 pub struct ParkedQueue {
-    client: aws_sdk_sqs::Client,
+    client: crate::aws::Lazy<aws_sdk_sqs::Client>,
     queue_url: String,
     /// The dead-letter queue (`PARKED_DLQ_URL`): where the redrive puts what can never be
     /// delivered or has waited too long (`store::parked_retry`).
@@ -50,9 +50,12 @@ pub struct Parked<T> {
 }
 
 impl ParkedQueue {
-    pub fn new(client: aws_sdk_sqs::Client, queue_url: String) -> Self {
+    pub fn new(
+        client: impl Into<crate::aws::Lazy<aws_sdk_sqs::Client>>,
+        queue_url: String,
+    ) -> Self {
         Self {
-            client,
+            client: client.into(),
             queue_url,
             dead_letter_url: None,
         }

@@ -29,7 +29,9 @@ use adsync_tests::conversions::{IngestFixture, mixed};
 use adsync_tests::ddb_count::{CountingProxy, Tally, describe, diff};
 use adsync_tests::lambda_host::{Answer, LambdaHost, apigw_post, memory_kib};
 use adsync_tests::stack::env;
-use adsync_tests::store_bench::{Samples, bare_put, bare_transact, fresh_ids, seed_client_account};
+use adsync_tests::store_bench::{
+    Samples, bare_batch_write, bare_put, bare_transact, fresh_ids, seed_client_account,
+};
 use serde_json::{Value, json};
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
@@ -98,6 +100,7 @@ fn keyed(n: usize) -> usize {
 struct Row {
     handler: Samples,
     transact: Samples,
+    complete: Samples,
     put: Samples,
 }
 
@@ -106,7 +109,10 @@ struct Row {
 async fn handler_rounds(f: &IngestFixture, n: usize, rounds: usize) -> Row {
     let ddb = &f.login.aws.dynamodb;
     let table = env("DEDUPE_TABLE");
-    let conc = f.ctx().settings.claim_concurrency;
+    let settings = &f.ctx().settings;
+    let conc = settings.claim_concurrency;
+    // The handler's completion calls in flight per wave (`IngestCtx::store_calls_per_wave`).
+    let complete_conc = conc.div_ceil(settings.send_concurrency.max(1)).max(1);
     let k = keyed(n);
     let run = uuid::Uuid::new_v4().simple().to_string();
     let mut row = Row::default();
@@ -128,8 +134,11 @@ async fn handler_rounds(f: &IngestFixture, n: usize, rounds: usize) -> Row {
             Some(valid(n) as u64),
             "{totals}"
         );
+        let ids = fresh_ids(k);
         row.transact
-            .push(bare_transact(ddb, &table, &fresh_ids(k), conc).await);
+            .push(bare_transact(ddb, &table, &ids, conc).await);
+        row.complete
+            .push(bare_batch_write(ddb, &table, &ids, complete_conc).await);
         row.put
             .push(bare_put(ddb, &table, &fresh_ids(k), conc).await);
     }
@@ -161,9 +170,16 @@ fn report_rows(title: &str, n: usize, row: &Row) {
         row.put.summary()
     );
     say!(
-        "  handler / bare (same ids, same rounds): {:.1} % of TransactWriteItems (the bare call), {:.1} % of PutItem",
+        "  then BatchWriteItem x25 of the same ids (completion):{:>7.0} ids/s   {}",
+        rate(&row.complete, k),
+        row.complete.summary()
+    );
+    let both = row.transact.total_s() + row.complete.total_s();
+    say!(
+        "  handler / bare (same ids, same rounds): {:.1} % of TransactWriteItems (the bare call), {:.1} % of PutItem; {:.1} % of claim + completion (TransactWriteItems, then BatchWriteItem)",
         100.0 * row.transact.total_s() / row.handler.total_s(),
-        100.0 * row.put.total_s() / row.handler.total_s()
+        100.0 * row.put.total_s() / row.handler.total_s(),
+        100.0 * both / row.handler.total_s()
     );
 }
 
