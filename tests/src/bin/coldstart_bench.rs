@@ -3,11 +3,15 @@
 //! (`tests/hello-lambda`) measured in the same run, and the ratio of the two.
 //!
 //! ```text
-//! cargo build --release -p console -p conversion-ingest -p oauth-callback -p segment-export \
-//!     -p hello-lambda
+//! cargo build --release -p console -p conversion-ingest -p oauth-callback -p segment-export
+//! cargo build --release -p hello-lambda
 //! set -a; . .local/stack.env; set +a
 //! cargo run -p adsync-tests --bin coldstart_bench -- --rounds 50
 //! ```
+//!
+//! The hello world is built by a cargo invocation of its own, as it would be in a project of its
+//! own: built together with the functions, cargo unifies the features of their shared
+//! dependencies and it grows (1.60 → 2.28 MB, fat LTO), which flatters the ratio.
 //!
 //! What runs: the native (x86_64 here) release binaries of `target/release` (`--bin-dir DIR`
 //! for others), the arm64 ones `sam build` makes cannot be executed on this machine. Each is
