@@ -33,8 +33,41 @@ pub struct ParkedPatch {
 
 pub(super) const PARKED_KIND: &str = "segment_patch_v1";
 
+/// Devices whose segments' targets could not be read (a lookup failed, or the request's budget
+/// ran out first): parked without account or targets; the redrive reads the segments' active
+/// mappings when it sends them.
+pub(super) const UNROUTED_KIND: &str = "segment_rows_v1";
+
+impl ParkedPatch {
+    /// A message of devices whose targets the redrive must look up ([`UNROUTED_KIND`]).
+    pub fn is_unrouted(&self) -> bool {
+        self.kind == UNROUTED_KIND
+    }
+}
+
 pub(super) fn push_parked(
     report: &mut DeliveryReport,
+    account_id: &str,
+    targets: Vec<TargetRef>,
+    devices: Vec<(String, String)>,
+    reason: &str,
+) {
+    push_kind(report, PARKED_KIND, account_id, targets, devices, reason);
+}
+
+/// Parks `rows` for the redrive to route ([`UNROUTED_KIND`]).
+pub(super) fn park_unrouted(rows: &[LedgerRow], reason: &str, report: &mut DeliveryReport) {
+    let devices: BTreeSet<(String, String)> = rows
+        .iter()
+        .map(|r| (r.segment_id.clone(), r.device.clone()))
+        .collect();
+    let devices = devices.into_iter().collect();
+    push_kind(report, UNROUTED_KIND, "", Vec::new(), devices, reason);
+}
+
+fn push_kind(
+    report: &mut DeliveryReport,
+    kind: &str,
     account_id: &str,
     targets: Vec<TargetRef>,
     devices: Vec<(String, String)>,
@@ -43,7 +76,7 @@ pub(super) fn push_parked(
     for chunk in devices.chunks(PARK_CHUNK) {
         report.parked += chunk.len() as u64;
         report.failed.push(ParkedPatch {
-            kind: PARKED_KIND.into(),
+            kind: kind.into(),
             account_id: account_id.to_string(),
             targets: targets.clone(),
             devices: chunk.to_vec(),

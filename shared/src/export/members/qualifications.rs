@@ -3,7 +3,7 @@
 use super::LEDGER_WRITE_CONCURRENCY;
 use super::delivery::{DeliveryReport, deliver};
 use super::ledger_writes::{OUT_OF_TIME, write_all};
-use super::parking::park_rows;
+use super::parking::{park_rows, park_unrouted};
 use super::request::{FieldError, ItemResult, parse_body, validate_items};
 use super::targets::{Lookups, Target, TargetRef};
 use crate::export::ExportCtx;
@@ -11,7 +11,6 @@ use crate::http::error::respond;
 use crate::http::{ApiResult, HttpRequest, HttpResponse};
 use crate::runtime::Invocation;
 use crate::store::StoreError;
-use crate::store::destinations::MappingStatus;
 use crate::store::jobs::JobState;
 use crate::store::ledger::{LedgerRow, Upsert};
 use crate::store::parked_counts::{Counter, ParkedCounts};
@@ -22,13 +21,18 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
 /// Where the applied rows go: targets per segment, the mappings whose backfill needs dirty marks,
-/// and the lookup errors for the answer.
+/// the segments whose targets could not be read (their rows are parked for the redrive to
+/// route), and the lookup errors for the answer.
 #[derive(Default)]
 struct Routing {
     targets: BTreeMap<String, Vec<Target>>,
     dirty_jobs: Vec<TargetRef>,
+    unrouted: BTreeSet<String>,
     errors: Vec<String>,
 }
+
+/// Why rows were parked unrouted when the lookups ran out of time.
+const LOOKUPS_OUT_OF_TIME: &str = "the request's time budget ran out before its mappings were read";
 
 /// `POST /qualifications` (the router checks the API key first). It answers within the request
 /// budget: ledger writes stop 10 s before it (a third of the time left, if shorter), and device
@@ -80,17 +84,43 @@ async fn deliver_waves(
     let mut lookups = Lookups::default();
     let (mut report, mut errors) = (DeliveryReport::default(), Vec::<String>::new());
     while let Some(rows) = waves.next().await {
-        let routing = resolve_targets(ctx, &mut lookups, &rows).await;
+        let Some(routing) = resolve_in_time(ctx, &mut lookups, &rows).await else {
+            let mut wave = DeliveryReport::default();
+            park_unrouted(&rows, LOOKUPS_OUT_OF_TIME, &mut wave);
+            merge(&mut report, wave);
+            continue;
+        };
+        let (unrouted, rows): (Vec<LedgerRow>, Vec<LedgerRow>) = rows
+            .into_iter()
+            .partition(|r| routing.unrouted.contains(&r.segment_id));
         let parked_rows = mark_dirty(ctx, &routing.dirty_jobs, &rows).await;
         let targets = &routing.targets;
         let mut wave = send(ctx, &mut lookups, targets, rows).await;
         if !parked_rows.is_empty() {
             park_rows(targets, parked_rows, "dirty mark failed", &mut wave);
         }
+        if !unrouted.is_empty() {
+            park_unrouted(&unrouted, "mapping lookup failed", &mut wave);
+        }
         merge(&mut report, wave);
         extend_once(&mut errors, routing.errors);
     }
     (report, errors)
+}
+
+/// [`resolve_targets`] within the request's Amazon window (`crate::budget`), so that applied
+/// rows are parked, not lost to the budget's hard answer, when the lookups are slow; `None`
+/// when the window closed first.
+async fn resolve_in_time(
+    ctx: &ExportCtx,
+    lookups: &mut Lookups,
+    rows: &[LedgerRow],
+) -> Option<Routing> {
+    let resolving = resolve_targets(ctx, lookups, rows);
+    match crate::budget::amazon_time_left() {
+        Some(left) => tokio::time::timeout(left, resolving).await.ok(),
+        None => Some(resolving.await),
+    }
 }
 
 /// Adds one wave's delivery to the request's.
@@ -147,27 +177,19 @@ async fn resolve_targets(ctx: &ExportCtx, lookups: &mut Lookups, rows: &[LedgerR
     let mut routing = Routing::default();
     let segments: BTreeSet<String> = rows.iter().map(|r| r.segment_id.clone()).collect();
     for seg in &segments {
-        let mappings = match ctx.destinations.mappings_for_segment(seg).await {
-            Ok(m) => m,
+        let targets = match lookups.of_segment(ctx, seg).await {
+            Ok(t) => t,
             Err(e) => {
                 routing.errors.push(format!("mapping lookup failed: {e}"));
-                Vec::new()
-            }
-        };
-        for m in mappings {
-            if matches!(m.status, MappingStatus::Removed | MappingStatus::Failed) {
+                routing.unrouted.insert(seg.clone());
                 continue;
             }
-            match lookups.target(ctx, &m).await {
-                Ok(Some(t)) => {
-                    if needs_dirty_mark(ctx, &t.r).await {
-                        routing.dirty_jobs.push(t.r.clone());
-                    }
-                    routing.targets.entry(seg.clone()).or_default().push(t);
-                }
-                Ok(None) => {}
-                Err(e) => routing.errors.push(format!("mapping lookup failed: {e}")),
+        };
+        for t in targets {
+            if needs_dirty_mark(ctx, &t.r).await {
+                routing.dirty_jobs.push(t.r.clone());
             }
+            routing.targets.entry(seg.clone()).or_default().push(t);
         }
     }
     routing
@@ -256,6 +278,8 @@ async fn park_failed(ctx: &ExportCtx, report: &mut DeliveryReport) -> u64 {
     let mut park_errors = 0u64;
     for p in std::mem::take(&mut report.failed) {
         match ctx.parked.park(&p).await {
+            // Unrouted devices belong to no account yet: counted once the redrive routes them.
+            Ok(()) if p.is_unrouted() => {}
             Ok(()) => {
                 ParkedCounts::new(&ctx.accounts)
                     .add_logged(&p.account_id, &[(Counter::Patches, p.devices.len() as i64)])

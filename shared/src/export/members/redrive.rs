@@ -19,7 +19,7 @@ use crate::store::parked::Parked;
 use crate::store::parked_counts::{Counter, ParkedCounts};
 use crate::store::parked_retry::{Next, ParkedRetry, RetryState};
 use serde_json::{Value, json};
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
 /// Counters of one run.
@@ -68,7 +68,7 @@ pub async fn run_redrive_with(
             }
             fresh += 1;
             run.messages += 1;
-            if p.item.kind != PARKED_KIND {
+            if p.item.kind != PARKED_KIND && !p.item.is_unrouted() {
                 run.errors.push(format!(
                     "message {} is not a parked patch; left for the DLQ",
                     p.message_id
@@ -133,6 +133,7 @@ async fn redrive_one(
         }
     };
     let total = item.devices.len() as i64;
+    let routed = routed_devices(item, &failed);
     let (later, dead) = requeue(ctx, item, failed, policy, now, run_id, run).await?;
     ctx.parked
         .ack(&p.receipt_handle)
@@ -143,16 +144,37 @@ async fn redrive_one(
     } else {
         run.kept += 1;
     }
-    ParkedCounts::new(&ctx.accounts)
-        .add_logged(
-            &item.account_id,
-            &[
-                (Counter::Patches, later - total),
-                (Counter::PatchesDeadLettered, dead),
-            ],
-        )
-        .await;
+    let counts = ParkedCounts::new(&ctx.accounts);
+    if !item.is_unrouted() {
+        let deltas = [
+            (Counter::Patches, later - total),
+            (Counter::PatchesDeadLettered, dead),
+        ];
+        counts.add_logged(&item.account_id, &deltas).await;
+        return Ok(());
+    }
+    // Devices routed by this run and parked again now belong to an account: counted there.
+    let counter = if dead > 0 {
+        Counter::PatchesDeadLettered
+    } else {
+        Counter::Patches
+    };
+    for (account_id, n) in routed {
+        counts.add_logged(&account_id, &[(counter, n)]).await;
+    }
     Ok(())
+}
+
+/// Devices per account among the patches an unrouted message left to park again (none for a
+/// routed message: its counts move as a whole).
+fn routed_devices(item: &ParkedPatch, failed: &[ParkedPatch]) -> BTreeMap<String, i64> {
+    let mut per_account = BTreeMap::new();
+    if item.is_unrouted() {
+        for f in failed.iter().filter(|f| !f.is_unrouted()) {
+            *per_account.entry(f.account_id.clone()).or_default() += f.devices.len() as i64;
+        }
+    }
+    per_account
 }
 
 /// Sends what still failed back to the queue with its next delay, or to the dead-letter queue
@@ -196,11 +218,54 @@ async fn requeue(
 
 type Targets = BTreeMap<String, Vec<Target>>;
 
-/// The message's targets still active on its account, and its devices' current ledger rows.
+/// The message's targets (for an unrouted message, its segments' active targets) and its
+/// devices' current ledger rows.
 async fn targets_and_rows(
     ctx: &ExportCtx,
     item: &ParkedPatch,
 ) -> Result<(Lookups, Targets, Vec<LedgerRow>), String> {
+    let (lookups, targets) = if item.is_unrouted() {
+        segments_targets(ctx, item).await?
+    } else {
+        message_targets(ctx, item).await?
+    };
+    let rows = ctx
+        .ledger
+        .get_many(&item.devices)
+        .await
+        .map_err(|e| format!("ledger read failed: {e}"))?;
+    let rows = rows
+        .into_iter()
+        .filter(|r| targets.contains_key(&r.segment_id))
+        .collect();
+    Ok((lookups, targets, rows))
+}
+
+/// The active targets of an unrouted message's segments, on any account.
+async fn segments_targets(
+    ctx: &ExportCtx,
+    item: &ParkedPatch,
+) -> Result<(Lookups, Targets), String> {
+    let mut lookups = Lookups::default();
+    let mut targets: Targets = BTreeMap::new();
+    let segments: BTreeSet<&String> = item.devices.iter().map(|(s, _)| s).collect();
+    for seg in segments {
+        let found = lookups
+            .of_segment(ctx, seg)
+            .await
+            .map_err(|e| format!("mapping lookup failed: {e}"))?;
+        if !found.is_empty() {
+            targets.insert(seg.clone(), found);
+        }
+    }
+    Ok((lookups, targets))
+}
+
+/// The message's targets still active on its account.
+async fn message_targets(
+    ctx: &ExportCtx,
+    item: &ParkedPatch,
+) -> Result<(Lookups, Targets), String> {
     let mut lookups = Lookups::default();
     let mut targets: Targets = BTreeMap::new();
     for t in &item.targets {
@@ -226,14 +291,5 @@ async fn targets_and_rows(
             Err(e) => return Err(format!("mapping lookup failed: {e}")),
         }
     }
-    let rows = ctx
-        .ledger
-        .get_many(&item.devices)
-        .await
-        .map_err(|e| format!("ledger read failed: {e}"))?;
-    let rows = rows
-        .into_iter()
-        .filter(|r| targets.contains_key(&r.segment_id))
-        .collect();
-    Ok((lookups, targets, rows))
+    Ok((lookups, targets))
 }

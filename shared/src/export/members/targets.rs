@@ -61,6 +61,23 @@ impl Lookups {
         Ok(a)
     }
 
+    /// A segment's active targets: its mappings (neither removed nor failed), each resolved by
+    /// [`Lookups::target`]. An error means the segment's targets are unknown.
+    pub(super) async fn of_segment(
+        &mut self,
+        ctx: &ExportCtx,
+        segment_id: &str,
+    ) -> Result<Vec<Target>, StoreError> {
+        let mut targets = Vec::new();
+        for m in ctx.destinations.mappings_for_segment(segment_id).await? {
+            if matches!(m.status, MappingStatus::Removed | MappingStatus::Failed) {
+                continue;
+            }
+            targets.extend(self.target(ctx, &m).await?);
+        }
+        Ok(targets)
+    }
+
     /// Resolves a mapping (re-read consistently: the segment index may lag) to a target when it
     /// is active.
     pub(super) async fn target(

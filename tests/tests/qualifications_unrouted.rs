@@ -1,0 +1,141 @@
+//! `POST /qualifications` whose target lookups fail or run out of time after the ledger writes:
+//! the applied rows are parked unrouted, never lost (a resend would be answered `stale`), and
+//! the redrive reads the segments' mappings and sends the ledger's state, removes included.
+//! Needs the local stack (`infra/scripts/stack-up.sh`, then `source .local/stack.env`).
+
+use adsync::export::members::{handle_qualifications, run_redrive};
+use adsync::runtime::Invocation;
+use adsync::store::destinations::DestinationStore;
+use adsync_tests::export_rig::{
+    Rig, checked, destination_with, json_req, ledger_qualified, members, opts, qualify, rig,
+    run_jobs_until_done, seg_id,
+};
+use serde_json::{Value, json};
+use std::collections::BTreeSet;
+use std::time::{Duration, Instant};
+
+/// `POST /qualifications` of one `COOKIE` item with `ctx` (answer checked against openapi.yaml).
+async fn post_one(
+    ctx: &adsync::export::ExportCtx,
+    seg: &str,
+    device: &str,
+    status: &str,
+) -> (u16, Value) {
+    let ts = chrono::Utc::now().timestamp_millis();
+    let item = json!({"segmentId": seg, "deviceId": device, "idType": "COOKIE", "status": status, "timestamp": ts});
+    let req = json_req(
+        "POST",
+        "/qualifications",
+        &json!({"qualifications": [item]}),
+    );
+    let r = handle_qualifications(ctx, &req, &Invocation::with_timeout(30)).await;
+    checked(&req, &r)
+}
+
+/// Redrives until a run sends nothing more; returns the devices the runs sent.
+async fn redrive(rig: &Rig) -> u64 {
+    let mut devices = 0;
+    for _ in 0..5 {
+        let r = run_redrive(&rig.ctx, &Invocation::with_timeout(30))
+            .await
+            .unwrap();
+        assert_eq!(r["errors"], json!([]), "{r}");
+        devices += r["devices"].as_u64().unwrap();
+        if r["messages"] == 0 {
+            break;
+        }
+    }
+    devices
+}
+
+fn cookies(ids: &[&str]) -> BTreeSet<String> {
+    ids.iter().map(|d| format!("COOKIE-{d}")).collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rows_whose_targets_cannot_be_read_are_parked_and_the_redrive_routes_them() {
+    let rig = rig(1).await;
+    let seg = seg_id();
+    let (dest, maps) = destination_with(&rig, &[&seg], 86_400).await;
+    run_jobs_until_done(&rig, &dest, &seg, &opts(500)).await;
+    let audience = maps[0].audience_id.unwrap();
+    qualify(&rig, &seg, &["d1", "d2"], "qualified").await;
+    assert_eq!(members(&rig, audience).await, cookies(&["d1", "d2"]));
+
+    // The mappings cannot be read (a destinations table that does not exist): the remove is
+    // applied to the ledger and parked, not sent, and not lost.
+    let mut broken = rig.ctx.clone();
+    broken.destinations = DestinationStore::new(rig.ddb.clone(), "adsync-missing-table".into());
+    let (st, body) = post_one(&broken, &seg, "d1", "unqualified").await;
+    assert_eq!(st, 200, "{body}");
+    assert_eq!(body["totals"]["applied"], 1, "{body}");
+    assert_eq!(body["delivery"]["parked"], 1, "{body}");
+    assert!(
+        body["delivery"]["errors"][0]
+            .as_str()
+            .unwrap()
+            .starts_with("mapping lookup failed"),
+        "{body}"
+    );
+    assert_eq!(members(&rig, audience).await, cookies(&["d1", "d2"]));
+
+    // The redrive reads the segment's mappings and sends the ledger's state: d1 leaves.
+    assert_eq!(redrive(&rig).await, 1);
+    assert_eq!(members(&rig, audience).await, cookies(&["d2"]));
+    assert_eq!(
+        members(&rig, audience).await,
+        ledger_qualified(&rig, &seg).await
+    );
+}
+
+/// A DynamoDB client whose endpoint accepts connections and never answers.
+async fn silent_dynamodb() -> aws_sdk_dynamodb::Client {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((conn, _)) = listener.accept().await {
+            held.push(conn);
+        }
+    });
+    let conf = adsync::aws::config_loader().endpoint_url(url).load().await;
+    aws_sdk_dynamodb::Client::new(&conf)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rows_whose_lookups_outlast_the_amazon_window_are_parked_in_time() {
+    let rig = rig(1).await;
+    let seg = seg_id();
+    let (dest, maps) = destination_with(&rig, &[&seg], 86_400).await;
+    run_jobs_until_done(&rig, &dest, &seg, &opts(500)).await;
+    let audience = maps[0].audience_id.unwrap();
+    qualify(&rig, &seg, &["d3"], "qualified").await;
+    assert_eq!(members(&rig, audience).await, cookies(&["d3"]));
+
+    // The mapping lookups hang; the request's Amazon window closes 1.5 s from now: the
+    // applied remove is parked when it closes instead of waiting on the lookups.
+    let mut slow = rig.ctx.clone();
+    slow.destinations = DestinationStore::new(silent_dynamodb().await, rig.dest_table.clone());
+    let started = Instant::now();
+    let window = started + Duration::from_millis(1_500);
+    let answer = tokio::time::timeout(
+        Duration::from_secs(10),
+        adsync::budget::with_amazon_deadline(window, post_one(&slow, &seg, "d3", "unqualified")),
+    )
+    .await;
+    let (st, body) = answer.expect("the answer waited on the hanging lookups");
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "{:?}",
+        started.elapsed()
+    );
+    assert_eq!(st, 200, "{body}");
+    assert_eq!(body["totals"]["applied"], 1, "{body}");
+    assert_eq!(body["delivery"]["parked"], 1, "{body}");
+    assert_eq!(body["delivery"]["patches"], 0, "{body}");
+    assert_eq!(members(&rig, audience).await, cookies(&["d3"]));
+
+    assert_eq!(redrive(&rig).await, 1);
+    assert!(members(&rig, audience).await.is_empty());
+    assert!(ledger_qualified(&rig, &seg).await.is_empty());
+}
