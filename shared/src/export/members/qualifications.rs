@@ -84,7 +84,7 @@ async fn deliver_waves(
     let mut lookups = Lookups::default();
     let (mut report, mut errors) = (DeliveryReport::default(), Vec::<String>::new());
     while let Some(rows) = waves.next().await {
-        let Some(routing) = resolve_in_time(ctx, &mut lookups, &rows).await else {
+        let Some(routing) = within_window(resolve_targets(ctx, &mut lookups, &rows)).await else {
             let mut wave = DeliveryReport::default();
             park_unrouted(&rows, LOOKUPS_OUT_OF_TIME, &mut wave);
             merge(&mut report, wave);
@@ -93,7 +93,10 @@ async fn deliver_waves(
         let (unrouted, rows): (Vec<LedgerRow>, Vec<LedgerRow>) = rows
             .into_iter()
             .partition(|r| routing.unrouted.contains(&r.segment_id));
-        let parked_rows = mark_dirty(ctx, &routing.dirty_jobs, &rows).await;
+        // When the window closes during the marks, `send` parks every row.
+        let parked_rows = within_window(mark_dirty(ctx, &routing.dirty_jobs, &rows))
+            .await
+            .unwrap_or_default();
         let targets = &routing.targets;
         let mut wave = send(ctx, &mut lookups, targets, rows).await;
         if !parked_rows.is_empty() {
@@ -108,18 +111,13 @@ async fn deliver_waves(
     (report, errors)
 }
 
-/// [`resolve_targets`] within the request's Amazon window (`crate::budget`), so that applied
-/// rows are parked, not lost to the budget's hard answer, when the lookups are slow; `None`
-/// when the window closed first.
-async fn resolve_in_time(
-    ctx: &ExportCtx,
-    lookups: &mut Lookups,
-    rows: &[LedgerRow],
-) -> Option<Routing> {
-    let resolving = resolve_targets(ctx, lookups, rows);
+/// `work` within the request's Amazon window (`crate::budget`), so that applied rows are parked,
+/// not lost to the budget's hard answer, when the lookups or marks after the ledger writes are
+/// slow; `None` when the window closed first.
+async fn within_window<F: std::future::Future>(work: F) -> Option<F::Output> {
     match crate::budget::amazon_time_left() {
-        Some(left) => tokio::time::timeout(left, resolving).await.ok(),
-        None => Some(resolving.await),
+        Some(left) => tokio::time::timeout(left, work).await.ok(),
+        None => Some(work.await),
     }
 }
 
