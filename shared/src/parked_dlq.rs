@@ -25,6 +25,9 @@ use std::time::Duration;
 
 /// The kind tag of parked audience patches (`export::members::ParkedPatch`).
 pub const PATCH_KIND: &str = "segment_patch_v1";
+/// The kind tag of parked devices whose targets the redrive must look up (a `ParkedPatch`
+/// without account or targets); moved with the patches by `{"task":"redrive-dlq"}` alone.
+pub const UNROUTED_KIND: &str = "segment_rows_v1";
 /// The kind tag of parked identity records (`export::identities::ParkedIdentities`).
 pub const IDENTITIES_KIND: &str = "identity_records_v1";
 
@@ -229,7 +232,10 @@ impl DeadLetterMover {
                 return;
             }
         };
-        counts.add_logged(&account_id, &deltas).await;
+        // Unrouted devices have no account yet: counted once the redrive routes them.
+        if !account_id.is_empty() {
+            counts.add_logged(&account_id, &deltas).await;
+        }
     }
 
     async fn in_scope(
@@ -272,7 +278,10 @@ impl DeadLetterMover {
 /// The kind of a parked message and how many events / device updates it holds.
 fn kind_of(v: &Value) -> Option<(Kind, usize)> {
     v.get("accountId").and_then(Value::as_str)?;
-    if v.get("kind").and_then(Value::as_str) == Some(PATCH_KIND) {
+    if matches!(
+        v.get("kind").and_then(Value::as_str),
+        Some(PATCH_KIND | UNROUTED_KIND)
+    ) {
         let n = v.get("devices").and_then(Value::as_array)?.len();
         return Some((Kind::Patches, n));
     }
@@ -294,6 +303,8 @@ mod tests {
         assert!(matches!(kind_of(&c), Some((Kind::Conversions, 2))));
         let p = json!({"kind":PATCH_KIND,"accountId":"1","targets":[],"devices":[["s","d"]],"reason":""});
         assert!(matches!(kind_of(&p), Some((Kind::Patches, 1))));
+        let u = json!({"kind":UNROUTED_KIND,"accountId":"","targets":[],"devices":[["s","d"],["s","e"]],"reason":""});
+        assert!(matches!(kind_of(&u), Some((Kind::Patches, 2))));
         let i = json!({"kind":IDENTITIES_KIND,"accountId":"1","records":[{},{},{}],"reason":""});
         assert!(matches!(kind_of(&i), Some((Kind::Identities, 3))));
         assert!(kind_of(&json!({"events":[]})).is_none());

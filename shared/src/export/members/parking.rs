@@ -3,6 +3,10 @@
 
 use super::delivery::{DeliveryReport, FailedRows, targets_of_account};
 use super::targets::{Target, TargetRef};
+// Devices whose segments' targets could not be read (a lookup failed, or the request's budget
+// ran out first) are parked as `UNROUTED_KIND`, without account or targets; the redrive reads
+// the segments' active mappings when it sends them.
+use crate::parked_dlq::UNROUTED_KIND;
 use crate::runtime::now_ms;
 use crate::store::ledger::LedgerRow;
 use crate::store::parked_retry::RetryState;
@@ -32,11 +36,6 @@ pub struct ParkedPatch {
 }
 
 pub(super) const PARKED_KIND: &str = "segment_patch_v1";
-
-/// Devices whose segments' targets could not be read (a lookup failed, or the request's budget
-/// ran out first): parked without account or targets; the redrive reads the segments' active
-/// mappings when it sends them.
-pub(super) const UNROUTED_KIND: &str = "segment_rows_v1";
 
 impl ParkedPatch {
     /// A message of devices whose targets the redrive must look up ([`UNROUTED_KIND`]).
