@@ -139,3 +139,39 @@ async fn rows_whose_lookups_outlast_the_amazon_window_are_parked_in_time() {
     assert!(members(&rig, audience).await.is_empty());
     assert!(ledger_qualified(&rig, &seg).await.is_empty());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unrouted_device_is_marked_dirty_for_a_backfill_still_scanning_before_its_send() {
+    let rig = rig(1).await;
+    let seg = seg_id();
+    // The destination's backfill job is queued, not run: its scan has not begun.
+    let (dest, maps) = destination_with(&rig, &[&seg], 86_400).await;
+    let audience = maps[0].audience_id.unwrap();
+
+    let mut broken = rig.ctx.clone();
+    broken.destinations = DestinationStore::new(rig.ddb.clone(), "adsync-missing-table".into());
+    let (st, body) = post_one(&broken, &seg, "d5", "qualified").await;
+    assert_eq!(st, 200, "{body}");
+    assert_eq!(body["delivery"]["parked"], 1, "{body}");
+    let dirty = |rig: &Rig| {
+        let (jobs, dest, seg) = (rig.ctx.jobs.clone(), dest.clone(), seg.clone());
+        async move {
+            let (page, _) = jobs.dirty_page(&dest, &seg, None, 100).await.unwrap();
+            page.into_iter().map(|d| d.device).collect::<Vec<_>>()
+        }
+    };
+    assert!(dirty(&rig).await.is_empty(), "nothing was routed yet");
+
+    // The redrive finds the job still scanning: the device's mark precedes its send.
+    assert_eq!(redrive(&rig).await, 1);
+    assert_eq!(dirty(&rig).await, vec!["COOKIE-d5".to_string()]);
+    assert_eq!(members(&rig, audience).await, cookies(&["d5"]));
+
+    // The backfill then runs, drains the mark and ends with the ledger's state.
+    run_jobs_until_done(&rig, &dest, &seg, &opts(500)).await;
+    assert!(dirty(&rig).await.is_empty(), "the drain cleared the mark");
+    assert_eq!(
+        members(&rig, audience).await,
+        ledger_qualified(&rig, &seg).await
+    );
+}

@@ -1,7 +1,8 @@
 //! The membership side of segment export, one file per job: `qualifications` (the
 //! `POST /qualifications` route, `request` its item validation, `ledger_writes` its batched
 //! ledger writes) writes the ledger and sends live deltas; `delivery` sends patches to Amazon; `backfill` (with `shard`, `drain`, `progress`)
-//! runs the historical jobs; `redrive` re-sends parked patches; `targets` resolves mappings.
+//! runs the historical jobs; `redrive` re-sends parked patches (and routes devices parked
+//! unrouted); `targets` resolves mappings; `dirty_marks` writes rule 2's marks.
 //!
 //! # Why Amazon ends with the ledger's state
 //!
@@ -15,7 +16,7 @@
 //!    is therefore the ledger's latest state.
 //! 2. **Deltas mark the backfill's dirty set before sending.** While a mapping's job is scanning,
 //!    a delta records its device in the job's dirty set (`store::jobs`) after its ledger write
-//!    and before its send. When every shard is done the job turns `draining`, re-sends each dirty
+//!    and before its send (a delta parked unrouted, by the redrive that routes it). When every shard is done the job turns `draining`, re-sends each dirty
 //!    device from the ledger (send-then-verify) in one forward pass (never restarted, so steady
 //!    deltas cannot keep a job from finishing), then finishes. A stale scan send is thus always
 //!    followed by the delta's own send or by the drain's. Drain entries are deleted only if their
@@ -44,6 +45,7 @@
 
 mod backfill;
 mod delivery;
+mod dirty_marks;
 mod drain;
 mod ledger_writes;
 mod parking;

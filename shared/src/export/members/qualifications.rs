@@ -1,7 +1,7 @@
 //! `POST /qualifications`: ledger writes, dirty marks, delivery, the answer.
 
-use super::LEDGER_WRITE_CONCURRENCY;
 use super::delivery::{DeliveryReport, deliver};
+use super::dirty_marks::{mark_dirty, needs_dirty_mark};
 use super::ledger_writes::{OUT_OF_TIME, write_all};
 use super::parking::{park_rows, park_unrouted};
 use super::request::{FieldError, ItemResult, parse_body, validate_items};
@@ -11,7 +11,6 @@ use crate::http::error::respond;
 use crate::http::{ApiResult, HttpRequest, HttpResponse};
 use crate::runtime::Invocation;
 use crate::store::StoreError;
-use crate::store::jobs::JobState;
 use crate::store::ledger::{LedgerRow, Upsert};
 use crate::store::parked_counts::{Counter, ParkedCounts};
 use futures::StreamExt;
@@ -191,57 +190,6 @@ async fn resolve_targets(ctx: &ExportCtx, lookups: &mut Lookups, rows: &[LedgerR
         }
     }
     routing
-}
-
-/// Until the job's drain begins, its scan may still send a stale state after ours: leave a mark
-/// for the drain. An unknown job state marks anyway (a harmless extra resend).
-async fn needs_dirty_mark(ctx: &ExportCtx, t: &TargetRef) -> bool {
-    match ctx.jobs.get_job(&t.destination_id, &t.segment_id).await {
-        Ok(Some(j)) => j.state != JobState::Done && !j.draining,
-        Ok(None) => false,
-        Err(e) => {
-            tracing::warn!(error = %e, "job lookup failed");
-            true
-        }
-    }
-}
-
-/// Marks the rows dirty in the jobs that need it; returns the rows whose mark failed.
-async fn mark_dirty(
-    ctx: &ExportCtx,
-    dirty_jobs: &[TargetRef],
-    rows: &[LedgerRow],
-) -> Vec<LedgerRow> {
-    if dirty_jobs.is_empty() {
-        return Vec::new();
-    }
-    let marks: Vec<(String, String, usize)> = dirty_jobs
-        .iter()
-        .flat_map(|t| {
-            rows.iter()
-                .enumerate()
-                .filter(move |(_, r)| r.segment_id == t.segment_id)
-                .map(move |(i, _)| (t.destination_id.clone(), t.segment_id.clone(), i))
-        })
-        .collect();
-    let failed: Vec<usize> = futures::stream::iter(marks)
-        .map(|(dest, seg, i)| async move {
-            match ctx.jobs.mark_dirty(&dest, &seg, &rows[i].device).await {
-                Ok(()) => None,
-                Err(e) => {
-                    tracing::error!(error = %e, "could not mark a device dirty");
-                    Some(i)
-                }
-            }
-        })
-        .buffer_unordered(LEDGER_WRITE_CONCURRENCY)
-        .filter_map(|x| async move { x })
-        .collect()
-        .await;
-    // Without its dirty mark, a send could race the backfill's scan: park the device instead
-    // (the redrive sends the ledger's state later, after the scan).
-    let failed: BTreeSet<usize> = failed.into_iter().collect();
-    failed.into_iter().map(|i| rows[i].clone()).collect()
 }
 
 /// Sends the rows that have targets (send, verify, park what fails). Amazon calls end `reserve`

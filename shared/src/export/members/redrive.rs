@@ -9,8 +9,9 @@
 //! end in the dead-letter queue. A run never takes up the copies it re-enqueued itself.
 
 use super::delivery::deliver;
+use super::dirty_marks::{mark_dirty, needs_dirty_mark};
 use super::parking::{PARKED_KIND, ParkedPatch};
-use super::targets::{Lookups, Target};
+use super::targets::{Lookups, Target, TargetRef};
 use crate::export::ExportCtx;
 use crate::runtime::{Invocation, now_ms};
 use crate::store::destinations::{MappingStatus, SegmentMapping};
@@ -224,41 +225,53 @@ async fn targets_and_rows(
     ctx: &ExportCtx,
     item: &ParkedPatch,
 ) -> Result<(Lookups, Targets, Vec<LedgerRow>), String> {
-    let (lookups, targets) = if item.is_unrouted() {
+    let (lookups, targets, dirty_jobs) = if item.is_unrouted() {
         segments_targets(ctx, item).await?
     } else {
-        message_targets(ctx, item).await?
+        let (lookups, targets) = message_targets(ctx, item).await?;
+        (lookups, targets, Vec::new())
     };
     let rows = ctx
         .ledger
         .get_many(&item.devices)
         .await
         .map_err(|e| format!("ledger read failed: {e}"))?;
-    let rows = rows
+    let rows: Vec<LedgerRow> = rows
         .into_iter()
         .filter(|r| targets.contains_key(&r.segment_id))
         .collect();
+    // Never routed before, an unrouted device has no dirty mark yet: marked before its send, as
+    // a delta's (rule 2 in `export::members`); a failed mark keeps the whole message parked.
+    if !mark_dirty(ctx, &dirty_jobs, &rows).await.is_empty() {
+        return Err("dirty mark failed".into());
+    }
     Ok((lookups, targets, rows))
 }
 
-/// The active targets of an unrouted message's segments, on any account.
+/// The active targets of an unrouted message's segments, on any account, and those whose
+/// backfill still needs dirty marks.
 async fn segments_targets(
     ctx: &ExportCtx,
     item: &ParkedPatch,
-) -> Result<(Lookups, Targets), String> {
+) -> Result<(Lookups, Targets, Vec<TargetRef>), String> {
     let mut lookups = Lookups::default();
-    let mut targets: Targets = BTreeMap::new();
+    let (mut targets, mut dirty_jobs): (Targets, Vec<TargetRef>) = Default::default();
     let segments: BTreeSet<&String> = item.devices.iter().map(|(s, _)| s).collect();
     for seg in segments {
         let found = lookups
             .of_segment(ctx, seg)
             .await
             .map_err(|e| format!("mapping lookup failed: {e}"))?;
+        for t in &found {
+            if needs_dirty_mark(ctx, &t.r).await {
+                dirty_jobs.push(t.r.clone());
+            }
+        }
         if !found.is_empty() {
             targets.insert(seg.clone(), found);
         }
     }
-    Ok((lookups, targets))
+    Ok((lookups, targets, dirty_jobs))
 }
 
 /// The message's targets still active on its account.
