@@ -248,6 +248,8 @@ impl DeadLetterMover {
         match scope {
             Scope::All => true,
             Scope::Account(a) => a == account_id,
+            // Unrouted devices have no account to be relinked: moved by an unscoped run.
+            Scope::Relinked if account_id.is_empty() => false,
             Scope::Relinked => {
                 if !relinked.contains_key(account_id) {
                     relinked.insert(account_id.to_string(), self.relinked_at(account_id).await);

@@ -6,6 +6,7 @@
 use adsync::export::members::{handle_qualifications, run_redrive};
 use adsync::runtime::Invocation;
 use adsync::store::destinations::DestinationStore;
+use adsync::store::jobs::JobStore;
 use adsync_tests::export_rig::{
     Rig, checked, destination_with, json_req, ledger_qualified, members, opts, qualify, rig,
     run_jobs_until_done, seg_id,
@@ -170,6 +171,41 @@ async fn an_unrouted_device_is_marked_dirty_for_a_backfill_still_scanning_before
     // The backfill then runs, drains the mark and ends with the ledger's state.
     run_jobs_until_done(&rig, &dest, &seg, &opts(500)).await;
     assert!(dirty(&rig).await.is_empty(), "the drain cleared the mark");
+    assert_eq!(
+        members(&rig, audience).await,
+        ledger_qualified(&rig, &seg).await
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_row_whose_dirty_mark_fails_is_not_sent_but_parked_for_the_redrive_to_mark() {
+    let rig = rig(1).await;
+    let seg = seg_id();
+    // The backfill job is queued, not run: a delta must mark its device before sending it.
+    let (dest, maps) = destination_with(&rig, &[&seg], 86_400).await;
+    let audience = maps[0].audience_id.unwrap();
+
+    // The jobs table cannot be written: no mark, so no send (a stale scan send could follow).
+    let mut broken = rig.ctx.clone();
+    broken.jobs = JobStore::new(rig.ddb.clone(), "adsync-missing-table".into());
+    let (st, body) = post_one(&broken, &seg, "d7", "qualified").await;
+    assert_eq!(st, 200, "{body}");
+    assert_eq!(body["totals"]["applied"], 1, "{body}");
+    assert_eq!(body["delivery"]["patches"], 0, "{body}");
+    assert_eq!(body["delivery"]["parked"], 1, "{body}");
+    assert!(members(&rig, audience).await.is_empty());
+
+    // The redrive marks, then sends.
+    assert_eq!(redrive(&rig).await, 1);
+    let (page, _) = rig
+        .ctx
+        .jobs
+        .dirty_page(&dest, &seg, None, 10)
+        .await
+        .unwrap();
+    assert_eq!(page.len(), 1);
+    assert_eq!(members(&rig, audience).await, cookies(&["d7"]));
+    run_jobs_until_done(&rig, &dest, &seg, &opts(500)).await;
     assert_eq!(
         members(&rig, audience).await,
         ledger_qualified(&rig, &seg).await

@@ -30,8 +30,10 @@ struct Routing {
     errors: Vec<String>,
 }
 
-/// Why rows were parked unrouted when the lookups ran out of time.
+/// Why rows were parked unrouted when the lookups or the marks ran out of time.
 const LOOKUPS_OUT_OF_TIME: &str = "the request's time budget ran out before its mappings were read";
+const MARKS_OUT_OF_TIME: &str =
+    "the request's time budget ran out before its dirty marks were written";
 
 /// `POST /qualifications` (the router checks the API key first). It answers within the request
 /// budget: ledger writes stop 10 s before it (a third of the time left, if shorter), and device
@@ -83,31 +85,56 @@ async fn deliver_waves(
     let mut lookups = Lookups::default();
     let (mut report, mut errors) = (DeliveryReport::default(), Vec::<String>::new());
     while let Some(rows) = waves.next().await {
-        let Some(routing) = within_window(resolve_targets(ctx, &mut lookups, &rows)).await else {
-            let mut wave = DeliveryReport::default();
-            park_unrouted(&rows, LOOKUPS_OUT_OF_TIME, &mut wave);
-            merge(&mut report, wave);
-            continue;
-        };
-        let (unrouted, rows): (Vec<LedgerRow>, Vec<LedgerRow>) = rows
-            .into_iter()
-            .partition(|r| routing.unrouted.contains(&r.segment_id));
-        // When the window closes during the marks, `send` parks every row.
-        let parked_rows = within_window(mark_dirty(ctx, &routing.dirty_jobs, &rows))
-            .await
-            .unwrap_or_default();
-        let targets = &routing.targets;
-        let mut wave = send(ctx, &mut lookups, targets, rows).await;
-        if !parked_rows.is_empty() {
-            park_rows(targets, parked_rows, "dirty mark failed", &mut wave);
-        }
-        if !unrouted.is_empty() {
-            park_unrouted(&unrouted, "mapping lookup failed", &mut wave);
-        }
+        let wave = deliver_wave(ctx, &mut lookups, rows, &mut errors).await;
         merge(&mut report, wave);
-        extend_once(&mut errors, routing.errors);
     }
     (report, errors)
+}
+
+/// One wave of applied rows: its targets and dirty marks within the Amazon window, then the
+/// send. Rows whose targets or marks are missing are parked unrouted (the redrive looks their
+/// targets up and marks them before it sends): a segment with an unknown target is still sent to
+/// the known ones, and a row without its mark is not sent (a stale scan send could follow).
+async fn deliver_wave(
+    ctx: &ExportCtx,
+    lookups: &mut Lookups,
+    rows: Vec<LedgerRow>,
+    errors: &mut Vec<String>,
+) -> DeliveryReport {
+    let mut wave = DeliveryReport::default();
+    let Some(routing) = within_window(resolve_targets(ctx, lookups, &rows)).await else {
+        park_unrouted(&rows, LOOKUPS_OUT_OF_TIME, &mut wave);
+        extend_once(errors, vec![LOOKUPS_OUT_OF_TIME.to_string()]);
+        return wave;
+    };
+    extend_once(errors, routing.errors);
+    let (rows, unmarked, why) = match within_window(mark_dirty(ctx, &routing.dirty_jobs, &rows))
+        .await
+    {
+        Some(failed) => {
+            let failed: BTreeSet<(String, String)> = failed.iter().map(row_key).collect();
+            let (unmarked, marked) = rows.into_iter().partition(|r| failed.contains(&row_key(r)));
+            (marked, unmarked, "dirty mark failed")
+        }
+        None => (Vec::new(), rows, MARKS_OUT_OF_TIME),
+    };
+    let unrouted: Vec<LedgerRow> = rows
+        .iter()
+        .filter(|r| routing.unrouted.contains(&r.segment_id))
+        .cloned()
+        .collect();
+    wave = send(ctx, lookups, &routing.targets, rows).await;
+    if !unmarked.is_empty() {
+        park_unrouted(&unmarked, why, &mut wave);
+    }
+    if !unrouted.is_empty() {
+        park_unrouted(&unrouted, "mapping lookup failed", &mut wave);
+    }
+    wave
+}
+
+fn row_key(r: &LedgerRow) -> (String, String) {
+    (r.segment_id.clone(), r.device.clone())
 }
 
 /// `work` within the request's Amazon window (`crate::budget`), so that applied rows are parked,
@@ -174,14 +201,11 @@ async fn resolve_targets(ctx: &ExportCtx, lookups: &mut Lookups, rows: &[LedgerR
     let mut routing = Routing::default();
     let segments: BTreeSet<String> = rows.iter().map(|r| r.segment_id.clone()).collect();
     for seg in &segments {
-        let targets = match lookups.of_segment(ctx, seg).await {
-            Ok(t) => t,
-            Err(e) => {
-                routing.errors.push(format!("mapping lookup failed: {e}"));
-                routing.unrouted.insert(seg.clone());
-                continue;
-            }
-        };
+        let (targets, error) = lookups.of_segment(ctx, seg).await;
+        if let Some(e) = error {
+            routing.errors.push(format!("mapping lookup failed: {e}"));
+            routing.unrouted.insert(seg.clone());
+        }
         for t in targets {
             if needs_dirty_mark(ctx, &t.r).await {
                 routing.dirty_jobs.push(t.r.clone());

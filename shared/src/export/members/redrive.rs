@@ -125,12 +125,18 @@ async fn redrive_one(
                 ..item.clone()
             }]
         }
-        Ok((mut lookups, targets, rows)) => {
-            run.devices += rows.len() as u64;
-            let mut report = deliver(ctx, &mut lookups, &targets, rows).await;
+        Ok(mut routed) => {
+            run.devices += routed.rows.len() as u64;
+            let (targets, rows) = (&routed.targets, routed.rows);
+            let mut report = deliver(ctx, &mut routed.lookups, targets, rows).await;
             run.patches += report.patches;
             run.errors.append(&mut report.errors);
-            std::mem::take(&mut report.failed)
+            let mut failed = std::mem::take(&mut report.failed);
+            if let Some(unknown) = routed.unknown {
+                run.errors.push(unknown.reason.clone());
+                failed.push(unknown);
+            }
+            failed
         }
     };
     let total = item.devices.len() as i64;
@@ -219,59 +225,104 @@ async fn requeue(
 
 type Targets = BTreeMap<String, Vec<Target>>;
 
+/// What a message resolves to: its targets, its devices' current ledger rows for them, and (an
+/// unrouted message) the devices of segments some of whose targets are still unknown, to park
+/// again as they were.
+struct Routed {
+    lookups: Lookups,
+    targets: Targets,
+    rows: Vec<LedgerRow>,
+    unknown: Option<ParkedPatch>,
+}
+
 /// The message's targets (for an unrouted message, its segments' active targets) and its
 /// devices' current ledger rows.
-async fn targets_and_rows(
+async fn targets_and_rows(ctx: &ExportCtx, item: &ParkedPatch) -> Result<Routed, String> {
+    if !item.is_unrouted() {
+        let (lookups, targets) = message_targets(ctx, item).await?;
+        let rows = current_rows(ctx, item, &targets).await?;
+        return Ok(Routed {
+            lookups,
+            targets,
+            rows,
+            unknown: None,
+        });
+    }
+    let found = segments_targets(ctx, item).await;
+    let rows = current_rows(ctx, item, &found.targets).await?;
+    // Never routed before, an unrouted device has no dirty mark yet: marked before its send, as
+    // a delta's (rule 2 in `export::members`); a failed mark keeps the whole message parked.
+    if !mark_dirty(ctx, &found.dirty_jobs, &rows).await.is_empty() {
+        return Err("dirty mark failed".into());
+    }
+    let unknown = found.error.map(|reason| ParkedPatch {
+        devices: (item.devices.iter())
+            .filter(|(seg, _)| found.unknown.contains(seg))
+            .cloned()
+            .collect(),
+        reason,
+        ..item.clone()
+    });
+    Ok(Routed {
+        lookups: found.lookups,
+        targets: found.targets,
+        rows,
+        unknown,
+    })
+}
+
+/// The message's devices' current ledger rows, for the segments that have targets.
+async fn current_rows(
     ctx: &ExportCtx,
     item: &ParkedPatch,
-) -> Result<(Lookups, Targets, Vec<LedgerRow>), String> {
-    let (lookups, targets, dirty_jobs) = if item.is_unrouted() {
-        segments_targets(ctx, item).await?
-    } else {
-        let (lookups, targets) = message_targets(ctx, item).await?;
-        (lookups, targets, Vec::new())
-    };
+    targets: &Targets,
+) -> Result<Vec<LedgerRow>, String> {
     let rows = ctx
         .ledger
         .get_many(&item.devices)
         .await
         .map_err(|e| format!("ledger read failed: {e}"))?;
-    let rows: Vec<LedgerRow> = rows
+    Ok(rows
         .into_iter()
         .filter(|r| targets.contains_key(&r.segment_id))
-        .collect();
-    // Never routed before, an unrouted device has no dirty mark yet: marked before its send, as
-    // a delta's (rule 2 in `export::members`); a failed mark keeps the whole message parked.
-    if !mark_dirty(ctx, &dirty_jobs, &rows).await.is_empty() {
-        return Err("dirty mark failed".into());
-    }
-    Ok((lookups, targets, rows))
+        .collect())
 }
 
-/// The active targets of an unrouted message's segments, on any account, and those whose
-/// backfill still needs dirty marks.
-async fn segments_targets(
-    ctx: &ExportCtx,
-    item: &ParkedPatch,
-) -> Result<(Lookups, Targets, Vec<TargetRef>), String> {
-    let mut lookups = Lookups::default();
-    let (mut targets, mut dirty_jobs): (Targets, Vec<TargetRef>) = Default::default();
+/// An unrouted message's segments: their active targets (on any account), those whose backfill
+/// still needs dirty marks, and the segments some of whose targets could not be read.
+struct SegmentTargets {
+    lookups: Lookups,
+    targets: Targets,
+    dirty_jobs: Vec<TargetRef>,
+    unknown: BTreeSet<String>,
+    error: Option<String>,
+}
+
+async fn segments_targets(ctx: &ExportCtx, item: &ParkedPatch) -> SegmentTargets {
+    let mut out = SegmentTargets {
+        lookups: Lookups::default(),
+        targets: Targets::new(),
+        dirty_jobs: Vec::new(),
+        unknown: BTreeSet::new(),
+        error: None,
+    };
     let segments: BTreeSet<&String> = item.devices.iter().map(|(s, _)| s).collect();
     for seg in segments {
-        let found = lookups
-            .of_segment(ctx, seg)
-            .await
-            .map_err(|e| format!("mapping lookup failed: {e}"))?;
+        let (found, error) = out.lookups.of_segment(ctx, seg).await;
+        if let Some(e) = error {
+            out.unknown.insert(seg.clone());
+            out.error = Some(format!("mapping lookup failed: {e}"));
+        }
         for t in &found {
             if needs_dirty_mark(ctx, &t.r).await {
-                dirty_jobs.push(t.r.clone());
+                out.dirty_jobs.push(t.r.clone());
             }
         }
         if !found.is_empty() {
-            targets.insert(seg.clone(), found);
+            out.targets.insert(seg.clone(), found);
         }
     }
-    Ok((lookups, targets, dirty_jobs))
+    out
 }
 
 /// The message's targets still active on its account.

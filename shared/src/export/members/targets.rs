@@ -62,20 +62,27 @@ impl Lookups {
     }
 
     /// A segment's active targets: its mappings (neither removed nor failed), each resolved by
-    /// [`Lookups::target`]. An error means the segment's targets are unknown.
+    /// [`Lookups::target`]; with the last lookup error, when some of its targets are unknown.
     pub(super) async fn of_segment(
         &mut self,
         ctx: &ExportCtx,
         segment_id: &str,
-    ) -> Result<Vec<Target>, StoreError> {
-        let mut targets = Vec::new();
-        for m in ctx.destinations.mappings_for_segment(segment_id).await? {
+    ) -> (Vec<Target>, Option<StoreError>) {
+        let mappings = match ctx.destinations.mappings_for_segment(segment_id).await {
+            Ok(m) => m,
+            Err(e) => return (Vec::new(), Some(e)),
+        };
+        let (mut targets, mut error) = (Vec::new(), None);
+        for m in mappings {
             if matches!(m.status, MappingStatus::Removed | MappingStatus::Failed) {
                 continue;
             }
-            targets.extend(self.target(ctx, &m).await?);
+            match self.target(ctx, &m).await {
+                Ok(t) => targets.extend(t),
+                Err(e) => error = Some(e),
+            }
         }
-        Ok(targets)
+        (targets, error)
     }
 
     /// Resolves a mapping (re-read consistently: the segment index may lag) to a target when it
