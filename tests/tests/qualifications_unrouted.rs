@@ -49,24 +49,40 @@ async fn redrive(rig: &Rig) -> u64 {
     devices
 }
 
+/// A test's segment on a fresh rig, mapped to one audience; its backfill job is run to the end
+/// when `backfilled`, else left queued (its scan not begun). Returns (rig, segment, destination,
+/// audience).
+async fn mapped_segment(backfilled: bool) -> (Rig, String, String, i64) {
+    let rig = rig(1).await;
+    let seg = seg_id();
+    let (dest, maps) = destination_with(&rig, &[&seg], 86_400).await;
+    if backfilled {
+        run_jobs_until_done(&rig, &dest, &seg, &opts(500)).await;
+    }
+    let audience = maps[0].audience_id.unwrap();
+    (rig, seg, dest, audience)
+}
+
+/// `ctx` with its destinations store on a table that does not exist (every lookup fails).
+fn without_destinations(rig: &Rig) -> adsync::export::ExportCtx {
+    let mut broken = rig.ctx.clone();
+    broken.destinations = DestinationStore::new(rig.ddb.clone(), "adsync-missing-table".into());
+    broken
+}
+
 fn cookies(ids: &[&str]) -> BTreeSet<String> {
     ids.iter().map(|d| format!("COOKIE-{d}")).collect()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rows_whose_targets_cannot_be_read_are_parked_and_the_redrive_routes_them() {
-    let rig = rig(1).await;
-    let seg = seg_id();
-    let (dest, maps) = destination_with(&rig, &[&seg], 86_400).await;
-    run_jobs_until_done(&rig, &dest, &seg, &opts(500)).await;
-    let audience = maps[0].audience_id.unwrap();
+    let (rig, seg, _dest, audience) = mapped_segment(true).await;
     qualify(&rig, &seg, &["d1", "d2"], "qualified").await;
     assert_eq!(members(&rig, audience).await, cookies(&["d1", "d2"]));
 
     // The mappings cannot be read (a destinations table that does not exist): the remove is
     // applied to the ledger and parked, not sent, and not lost.
-    let mut broken = rig.ctx.clone();
-    broken.destinations = DestinationStore::new(rig.ddb.clone(), "adsync-missing-table".into());
+    let broken = without_destinations(&rig);
     let (st, body) = post_one(&broken, &seg, "d1", "unqualified").await;
     assert_eq!(st, 200, "{body}");
     assert_eq!(body["totals"]["applied"], 1, "{body}");
@@ -105,11 +121,7 @@ async fn silent_dynamodb() -> aws_sdk_dynamodb::Client {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rows_whose_lookups_outlast_the_amazon_window_are_parked_in_time() {
-    let rig = rig(1).await;
-    let seg = seg_id();
-    let (dest, maps) = destination_with(&rig, &[&seg], 86_400).await;
-    run_jobs_until_done(&rig, &dest, &seg, &opts(500)).await;
-    let audience = maps[0].audience_id.unwrap();
+    let (rig, seg, _dest, audience) = mapped_segment(true).await;
     qualify(&rig, &seg, &["d3"], "qualified").await;
     assert_eq!(members(&rig, audience).await, cookies(&["d3"]));
 
@@ -143,14 +155,10 @@ async fn rows_whose_lookups_outlast_the_amazon_window_are_parked_in_time() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_unrouted_device_is_marked_dirty_for_a_backfill_still_scanning_before_its_send() {
-    let rig = rig(1).await;
-    let seg = seg_id();
     // The destination's backfill job is queued, not run: its scan has not begun.
-    let (dest, maps) = destination_with(&rig, &[&seg], 86_400).await;
-    let audience = maps[0].audience_id.unwrap();
+    let (rig, seg, dest, audience) = mapped_segment(false).await;
 
-    let mut broken = rig.ctx.clone();
-    broken.destinations = DestinationStore::new(rig.ddb.clone(), "adsync-missing-table".into());
+    let broken = without_destinations(&rig);
     let (st, body) = post_one(&broken, &seg, "d5", "qualified").await;
     assert_eq!(st, 200, "{body}");
     assert_eq!(body["delivery"]["parked"], 1, "{body}");
@@ -179,11 +187,8 @@ async fn an_unrouted_device_is_marked_dirty_for_a_backfill_still_scanning_before
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_row_whose_dirty_mark_fails_is_not_sent_but_parked_for_the_redrive_to_mark() {
-    let rig = rig(1).await;
-    let seg = seg_id();
     // The backfill job is queued, not run: a delta must mark its device before sending it.
-    let (dest, maps) = destination_with(&rig, &[&seg], 86_400).await;
-    let audience = maps[0].audience_id.unwrap();
+    let (rig, seg, dest, audience) = mapped_segment(false).await;
 
     // The jobs table cannot be written: no mark, so no send (a stale scan send could follow).
     let mut broken = rig.ctx.clone();
