@@ -232,10 +232,7 @@ impl DeadLetterMover {
                 return;
             }
         };
-        // Unrouted devices have no account yet: counted once the redrive routes them.
-        if !account_id.is_empty() {
-            counts.add_logged(&account_id, &deltas).await;
-        }
+        counts.add_logged(&account_id, &deltas).await;
     }
 
     async fn in_scope(

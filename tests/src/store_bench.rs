@@ -9,6 +9,7 @@ use adsync::amazon::tokens::TokenSecret;
 use adsync::store::accounts::{AccountStatus, AccountStore, IntegratedAccount};
 use adsync::store::secrets::SecretsStore;
 use aws_sdk_dynamodb::Client;
+use aws_sdk_dynamodb::error::DisplayErrorContext;
 use aws_sdk_dynamodb::types::{AttributeValue, Put, PutRequest, TransactWriteItem, WriteRequest};
 use futures::StreamExt;
 use std::collections::HashMap;
@@ -49,6 +50,26 @@ pub fn fresh_ids(n: usize) -> Vec<String> {
     (0..n).map(|i| format!("bench#{run}#{i}")).collect()
 }
 
+/// Runs `calls`, `concurrency` in flight; returns the wall time and every answer (a failed call
+/// panics, naming `what`).
+async fn timed<T, E: std::error::Error + 'static>(
+    what: &str,
+    calls: impl Iterator<Item = impl Future<Output = Result<T, E>>>,
+    concurrency: usize,
+) -> (Duration, Vec<T>) {
+    let started = Instant::now();
+    let results: Vec<Result<T, E>> = futures::stream::iter(calls)
+        .buffer_unordered(concurrency)
+        .collect()
+        .await;
+    let elapsed = started.elapsed();
+    let answers = results
+        .into_iter()
+        .map(|r| r.unwrap_or_else(|e| panic!("bare {what}: {}", DisplayErrorContext(e))))
+        .collect();
+    (elapsed, answers)
+}
+
 /// Writes every id with `TransactWriteItems` of up to 100 conditional puts
 /// (`attribute_not_exists(pk)`), `concurrency` transactions in flight. Returns the wall time.
 pub async fn bare_transact(
@@ -57,8 +78,7 @@ pub async fn bare_transact(
     ids: &[String],
     concurrency: usize,
 ) -> Duration {
-    let started = Instant::now();
-    let results: Vec<_> = futures::stream::iter(ids.chunks(TRANSACT_MAX).map(|chunk| async move {
+    let calls = ids.chunks(TRANSACT_MAX).map(|chunk| {
         let items = chunk.iter().map(|pk| {
             let put = Put::builder()
                 .table_name(table)
@@ -71,47 +91,21 @@ pub async fn bare_transact(
         ddb.transact_write_items()
             .set_transact_items(Some(items.collect()))
             .send()
-            .await
-    }))
-    .buffer_unordered(concurrency)
-    .collect()
-    .await;
-    let elapsed = started.elapsed();
-    for r in results {
-        r.unwrap_or_else(|e| {
-            panic!(
-                "bare TransactWriteItems: {}",
-                aws_sdk_dynamodb::error::DisplayErrorContext(e)
-            )
-        });
-    }
-    elapsed
+    });
+    timed("TransactWriteItems", calls, concurrency).await.0
 }
 
 /// Writes every id with its own conditional `PutItem` (`attribute_not_exists(pk)`),
 /// `concurrency` in flight. Returns the wall time.
 pub async fn bare_put(ddb: &Client, table: &str, ids: &[String], concurrency: usize) -> Duration {
-    let started = Instant::now();
-    let results: Vec<_> = futures::stream::iter(ids.iter().map(|pk| {
+    let calls = ids.iter().map(|pk| {
         ddb.put_item()
             .table_name(table)
             .set_item(Some(claim_item(pk)))
             .condition_expression("attribute_not_exists(pk)")
             .send()
-    }))
-    .buffer_unordered(concurrency)
-    .collect()
-    .await;
-    let elapsed = started.elapsed();
-    for r in results {
-        r.unwrap_or_else(|e| {
-            panic!(
-                "bare PutItem: {}",
-                aws_sdk_dynamodb::error::DisplayErrorContext(e)
-            )
-        });
-    }
-    elapsed
+    });
+    timed("PutItem", calls, concurrency).await.0
 }
 
 /// Rewrites every id whole, unconditionally, with `BatchWriteItem` of up to 25 puts, `concurrency`
@@ -123,8 +117,7 @@ pub async fn bare_batch_write(
     ids: &[String],
     concurrency: usize,
 ) -> Duration {
-    let started = Instant::now();
-    let results: Vec<_> = futures::stream::iter(ids.chunks(BATCH_WRITE_MAX).map(|chunk| {
+    let calls = ids.chunks(BATCH_WRITE_MAX).map(|chunk| {
         let writes = chunk.iter().map(|pk| {
             let put = PutRequest::builder()
                 .set_item(Some(claim_item(pk)))
@@ -135,18 +128,9 @@ pub async fn bare_batch_write(
         ddb.batch_write_item()
             .request_items(table, writes.collect())
             .send()
-    }))
-    .buffer_unordered(concurrency)
-    .collect()
-    .await;
-    let elapsed = started.elapsed();
-    for r in results {
-        let out = r.unwrap_or_else(|e| {
-            panic!(
-                "bare BatchWriteItem: {}",
-                aws_sdk_dynamodb::error::DisplayErrorContext(e)
-            )
-        });
+    });
+    let (elapsed, answers) = timed("BatchWriteItem", calls, concurrency).await;
+    for out in answers {
         let left = out.unprocessed_items().map_or(0, |m| m.len());
         assert_eq!(left, 0, "bare BatchWriteItem left items unprocessed");
     }

@@ -216,3 +216,47 @@ async fn a_row_whose_dirty_mark_fails_is_not_sent_but_parked_for_the_redrive_to_
         ledger_qualified(&rig, &seg).await
     );
 }
+
+/// Sets a destination's `ttlSeconds` to a string (its record cannot be read) or back to a number.
+async fn set_destination_ttl(
+    rig: &Rig,
+    dest: &str,
+    value: aws_sdk_dynamodb::types::AttributeValue,
+) {
+    use aws_sdk_dynamodb::types::AttributeValue;
+    rig.ddb
+        .update_item()
+        .table_name(&rig.dest_table)
+        .key("pk", AttributeValue::S(format!("DST#{dest}")))
+        .key("sk", AttributeValue::S("DESTINATION".into()))
+        .update_expression("SET ttlSeconds = :v")
+        .expression_attribute_values(":v", value)
+        .send()
+        .await
+        .expect("update the destination in DynamoDB Local");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_segment_with_one_unreadable_target_reaches_the_others_and_parks_the_rest() {
+    use aws_sdk_dynamodb::types::AttributeValue;
+    let (rig, seg, dest_a, audience_a) = mapped_segment(true).await;
+    let (dest_b, maps_b) = destination_with(&rig, &[&seg], 86_400).await;
+    run_jobs_until_done(&rig, &dest_b, &seg, &opts(500)).await;
+    let audience_b = maps_b[0].audience_id.unwrap();
+    assert_ne!(dest_a, dest_b);
+
+    // Destination B's record cannot be read: A gets the update now, the device is parked for B.
+    set_destination_ttl(&rig, &dest_b, AttributeValue::S("x".into())).await;
+    let (st, body) = post_one(&rig.ctx, &seg, "d9", "qualified").await;
+    assert_eq!(st, 200, "{body}");
+    assert_eq!(body["delivery"]["patches"], 1, "{body}");
+    assert_eq!(body["delivery"]["parked"], 1, "{body}");
+    assert_eq!(members(&rig, audience_a).await, cookies(&["d9"]));
+    assert!(members(&rig, audience_b).await.is_empty());
+
+    // Readable again: the redrive reaches B (A again, harmlessly).
+    set_destination_ttl(&rig, &dest_b, AttributeValue::N("86400".into())).await;
+    assert_eq!(redrive(&rig).await, 1);
+    assert_eq!(members(&rig, audience_a).await, cookies(&["d9"]));
+    assert_eq!(members(&rig, audience_b).await, cookies(&["d9"]));
+}

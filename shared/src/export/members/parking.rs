@@ -6,6 +6,7 @@ use super::targets::{Target, TargetRef};
 // Devices whose segments' targets could not be read (a lookup failed, or the request's budget
 // ran out first) are parked as `UNROUTED_KIND`, without account or targets; the redrive reads
 // the segments' active mappings when it sends them.
+pub(super) use crate::parked_dlq::PATCH_KIND as PARKED_KIND;
 use crate::parked_dlq::UNROUTED_KIND;
 use crate::runtime::now_ms;
 use crate::store::ledger::LedgerRow;
@@ -34,8 +35,6 @@ pub struct ParkedPatch {
     #[serde(default)]
     pub retry: RetryState,
 }
-
-pub(super) const PARKED_KIND: &str = "segment_patch_v1";
 
 impl ParkedPatch {
     /// A message of devices whose targets the redrive must look up ([`UNROUTED_KIND`]).

@@ -1,11 +1,11 @@
 //! `POST /qualifications`: ledger writes, dirty marks, delivery, the answer.
 
 use super::delivery::{DeliveryReport, deliver};
-use super::dirty_marks::{mark_dirty, needs_dirty_mark};
+use super::dirty_marks::mark_dirty;
 use super::ledger_writes::{OUT_OF_TIME, write_all};
 use super::parking::{park_rows, park_unrouted};
 use super::request::{FieldError, ItemResult, parse_body, validate_items};
-use super::targets::{Lookups, Target, TargetRef};
+use super::targets::{Lookups, Target, route};
 use crate::export::ExportCtx;
 use crate::http::error::respond;
 use crate::http::{ApiResult, HttpRequest, HttpResponse};
@@ -18,17 +18,6 @@ use futures::channel::mpsc::UnboundedReceiver;
 use serde_json::json;
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
-
-/// Where the applied rows go: targets per segment, the mappings whose backfill needs dirty marks,
-/// the segments whose targets could not be read (their rows are parked for the redrive to
-/// route), and the lookup errors for the answer.
-#[derive(Default)]
-struct Routing {
-    targets: BTreeMap<String, Vec<Target>>,
-    dirty_jobs: Vec<TargetRef>,
-    unrouted: BTreeSet<String>,
-    errors: Vec<String>,
-}
 
 /// Why rows were parked unrouted when the lookups or the marks ran out of time.
 const LOOKUPS_OUT_OF_TIME: &str = "the request's time budget ran out before its mappings were read";
@@ -102,7 +91,9 @@ async fn deliver_wave(
     errors: &mut Vec<String>,
 ) -> DeliveryReport {
     let mut wave = DeliveryReport::default();
-    let Some(routing) = within_window(resolve_targets(ctx, lookups, &rows)).await else {
+    let Some(routing) =
+        within_window(route(ctx, lookups, rows.iter().map(|r| &r.segment_id))).await
+    else {
         park_unrouted(&rows, LOOKUPS_OUT_OF_TIME, &mut wave);
         extend_once(errors, vec![LOOKUPS_OUT_OF_TIME.to_string()]);
         return wave;
@@ -195,27 +186,6 @@ fn record_write(r: &mut ItemResult, res: Result<Upsert, StoreError>) {
     }
 }
 
-/// The active targets of the rows' segments, and which of them have a backfill whose scan
-/// may still send a stale state after ours.
-async fn resolve_targets(ctx: &ExportCtx, lookups: &mut Lookups, rows: &[LedgerRow]) -> Routing {
-    let mut routing = Routing::default();
-    let segments: BTreeSet<String> = rows.iter().map(|r| r.segment_id.clone()).collect();
-    for seg in &segments {
-        let (targets, error) = lookups.of_segment(ctx, seg).await;
-        if let Some(e) = error {
-            routing.errors.push(format!("mapping lookup failed: {e}"));
-            routing.unrouted.insert(seg.clone());
-        }
-        for t in targets {
-            if needs_dirty_mark(ctx, &t.r).await {
-                routing.dirty_jobs.push(t.r.clone());
-            }
-            routing.targets.entry(seg.clone()).or_default().push(t);
-        }
-    }
-    routing
-}
-
 /// Sends the rows that have targets (send, verify, park what fails). Amazon calls end `reserve`
 /// before the budget (`crate::budget`); with under a second left nothing is sent: the rows are
 /// parked for the redrive at once.
@@ -248,8 +218,6 @@ async fn park_failed(ctx: &ExportCtx, report: &mut DeliveryReport) -> u64 {
     let mut park_errors = 0u64;
     for p in std::mem::take(&mut report.failed) {
         match ctx.parked.park(&p).await {
-            // Unrouted devices belong to no account yet: counted once the redrive routes them.
-            Ok(()) if p.is_unrouted() => {}
             Ok(()) => {
                 ParkedCounts::new(&ctx.accounts)
                     .add_logged(&p.account_id, &[(Counter::Patches, p.devices.len() as i64)])

@@ -9,9 +9,9 @@
 //! end in the dead-letter queue. A run never takes up the copies it re-enqueued itself.
 
 use super::delivery::deliver;
-use super::dirty_marks::{mark_dirty, needs_dirty_mark};
+use super::dirty_marks::mark_dirty;
 use super::parking::{PARKED_KIND, ParkedPatch};
-use super::targets::{Lookups, Target, TargetRef};
+use super::targets::{Lookups, Target, route};
 use crate::export::ExportCtx;
 use crate::runtime::{Invocation, now_ms};
 use crate::store::destinations::{MappingStatus, SegmentMapping};
@@ -20,7 +20,7 @@ use crate::store::parked::Parked;
 use crate::store::parked_counts::{Counter, ParkedCounts};
 use crate::store::parked_retry::{Next, ParkedRetry, RetryState};
 use serde_json::{Value, json};
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 use std::time::Duration;
 
 /// Counters of one run.
@@ -151,16 +151,14 @@ async fn redrive_one(
     } else {
         run.kept += 1;
     }
+    // The message's account (none for an unrouted message); devices it routed and parked again
+    // now belong to an account: counted there.
     let counts = ParkedCounts::new(&ctx.accounts);
-    if !item.is_unrouted() {
-        let deltas = [
-            (Counter::Patches, later - total),
-            (Counter::PatchesDeadLettered, dead),
-        ];
-        counts.add_logged(&item.account_id, &deltas).await;
-        return Ok(());
-    }
-    // Devices routed by this run and parked again now belong to an account: counted there.
+    let deltas = [
+        (Counter::Patches, later - total),
+        (Counter::PatchesDeadLettered, dead),
+    ];
+    counts.add_logged(&item.account_id, &deltas).await;
     let counter = if dead > 0 {
         Counter::PatchesDeadLettered
     } else {
@@ -248,23 +246,24 @@ async fn targets_and_rows(ctx: &ExportCtx, item: &ParkedPatch) -> Result<Routed,
             unknown: None,
         });
     }
-    let found = segments_targets(ctx, item).await;
+    let mut lookups = Lookups::default();
+    let found = route(ctx, &mut lookups, item.devices.iter().map(|(seg, _)| seg)).await;
     let rows = current_rows(ctx, item, &found.targets).await?;
     // Never routed before, an unrouted device has no dirty mark yet: marked before its send, as
     // a delta's (rule 2 in `export::members`); a failed mark keeps the whole message parked.
     if !mark_dirty(ctx, &found.dirty_jobs, &rows).await.is_empty() {
         return Err("dirty mark failed".into());
     }
-    let unknown = found.error.map(|reason| ParkedPatch {
+    let unknown = found.errors.last().map(|reason| ParkedPatch {
         devices: (item.devices.iter())
-            .filter(|(seg, _)| found.unknown.contains(seg))
+            .filter(|(seg, _)| found.unrouted.contains(seg))
             .cloned()
             .collect(),
-        reason,
+        reason: reason.clone(),
         ..item.clone()
     });
     Ok(Routed {
-        lookups: found.lookups,
+        lookups,
         targets: found.targets,
         rows,
         unknown,
@@ -286,43 +285,6 @@ async fn current_rows(
         .into_iter()
         .filter(|r| targets.contains_key(&r.segment_id))
         .collect())
-}
-
-/// An unrouted message's segments: their active targets (on any account), those whose backfill
-/// still needs dirty marks, and the segments some of whose targets could not be read.
-struct SegmentTargets {
-    lookups: Lookups,
-    targets: Targets,
-    dirty_jobs: Vec<TargetRef>,
-    unknown: BTreeSet<String>,
-    error: Option<String>,
-}
-
-async fn segments_targets(ctx: &ExportCtx, item: &ParkedPatch) -> SegmentTargets {
-    let mut out = SegmentTargets {
-        lookups: Lookups::default(),
-        targets: Targets::new(),
-        dirty_jobs: Vec::new(),
-        unknown: BTreeSet::new(),
-        error: None,
-    };
-    let segments: BTreeSet<&String> = item.devices.iter().map(|(s, _)| s).collect();
-    for seg in segments {
-        let (found, error) = out.lookups.of_segment(ctx, seg).await;
-        if let Some(e) = error {
-            out.unknown.insert(seg.clone());
-            out.error = Some(format!("mapping lookup failed: {e}"));
-        }
-        for t in &found {
-            if needs_dirty_mark(ctx, &t.r).await {
-                out.dirty_jobs.push(t.r.clone());
-            }
-        }
-        if !found.is_empty() {
-            out.targets.insert(seg.clone(), found);
-        }
-    }
-    out
 }
 
 /// The message's targets still active on its account.

@@ -1,11 +1,12 @@
 //! Targets: the active mappings a segment's membership goes to.
 
+use super::dirty_marks::needs_dirty_mark;
 use crate::export::ExportCtx;
 use crate::store::StoreError;
 use crate::store::accounts::IntegratedAccount;
 use crate::store::destinations::{MappingStatus, SegmentMapping};
 use serde::{Deserialize, Serialize};
-use std::collections::HashMap;
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 /// One active mapping, resolved to its audience and account.
 #[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
@@ -114,4 +115,40 @@ impl Lookups {
             account_id,
         }))
     }
+}
+
+/// Where a delta's rows go: targets per segment, the mappings whose backfill needs dirty marks,
+/// the segments some of whose targets could not be read (their rows are parked unrouted for the
+/// redrive), and the lookup errors.
+#[derive(Default)]
+pub(super) struct Routing {
+    pub(super) targets: BTreeMap<String, Vec<Target>>,
+    pub(super) dirty_jobs: Vec<TargetRef>,
+    pub(super) unrouted: BTreeSet<String>,
+    pub(super) errors: Vec<String>,
+}
+
+/// Routes `segments` (each once, on any account): `POST /qualifications` for its rows, the
+/// redrive for devices parked unrouted.
+pub(super) async fn route<'a>(
+    ctx: &ExportCtx,
+    lookups: &mut Lookups,
+    segments: impl IntoIterator<Item = &'a String>,
+) -> Routing {
+    let mut routing = Routing::default();
+    let segments: BTreeSet<&String> = segments.into_iter().collect();
+    for seg in segments {
+        let (targets, error) = lookups.of_segment(ctx, seg).await;
+        if let Some(e) = error {
+            routing.errors.push(format!("mapping lookup failed: {e}"));
+            routing.unrouted.insert(seg.clone());
+        }
+        for t in targets {
+            if needs_dirty_mark(ctx, &t.r).await {
+                routing.dirty_jobs.push(t.r.clone());
+            }
+            routing.targets.entry(seg.clone()).or_default().push(t);
+        }
+    }
+    routing
 }
