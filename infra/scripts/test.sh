@@ -20,6 +20,12 @@ export DDB_PORT="${TEST_DDB_PORT:-18000}"
 export MOTO_PORT="${TEST_MOTO_PORT:-15000}"
 export SANDBOX_PORT="${TEST_SANDBOX_PORT:-19400}"
 export INVOKE_PORT="${TEST_INVOKE_PORT:-19000}"
+# A run from scratch gains nothing from incremental compilation, and its caches would add ~2.2 GB to
+# target/ (measured on a fresh clone; CI's disk is small).
+export CARGO_INCREMENTAL="${CARGO_INCREMENTAL:-0}"
+# Below this much free space (MB) on target/'s disk, the test step's executables (~2.5 GB) are
+# deleted once it has run, before the soak builds its own (see free_test_executables).
+LOW_DISK_MB="${TEST_LOW_DISK_MB:-12000}"
 # Tests always run against our own sandbox, never a real Amazon set in the caller's shell.
 unset AMAZON_ADS_API_URL AMAZON_LWA_AUTH_URL AMAZON_LWA_TOKEN_URL
 
@@ -63,11 +69,34 @@ check() {
   fi
 }
 
+free_mb() { df -Pm "$REPO_ROOT/target" 2>/dev/null | awk 'NR == 2 { print $4 }'; }
+
+# The test harnesses `cargo test` built (what `--no-run` lists as test artifacts): a later
+# `cargo test` relinks them in a minute or two.
+free_test_executables() {
+  local free
+  free="$(free_mb)"
+  [[ -n "$free" ]] && ((free < LOW_DISK_MB)) || return 0
+  cargo test --workspace --no-run --message-format=json 2>/dev/null |
+    "$VENV/bin/python" -c '
+import json, os, sys
+for line in sys.stdin:
+    m = json.loads(line)
+    if m.get("reason") == "compiler-artifact" and m["profile"]["test"] and m.get("executable"):
+        try:
+            os.remove(m["executable"])
+        except FileNotFoundError:
+            pass
+' || log "could not list or delete the test executables (the soak may run short of disk)"
+  log "only ${free} MB free on target's disk: deleted the test executables ($(free_mb) MB free now)"
+}
+
 check fmt cargo fmt --all -- --check
 check clippy cargo clippy --workspace --all-targets -- -D warnings
 # Files ≤ 600 lines, non-test functions ≤ 80, imports one way down the layers (docs/design.md).
 check structure "$VENV/bin/python" infra/scripts/structure.py
 check test cargo test --workspace --no-fail-fast
+free_test_executables
 # The local serving path: ~20 requests of mixed sizes through `cargo lambda watch` (the full 200
 # is a documented command: infra/scripts/soak.sh --requests 200).
 check soak env ENV_FILE="$(stack_env_file "$STACK")" bash infra/scripts/soak.sh --requests 20 --max-items 2000
@@ -76,6 +105,7 @@ check iam-scope "$VENV/bin/python" infra/scripts/check_iam.py template.yaml
 check cargo-deny "$LOCAL_DIR/tools/bin/cargo-deny" check bans licenses sources
 check sam-validate sam validate --lint --template template.yaml
 
+log "disk: target/ $(du -sh target 2>/dev/null | cut -f1), .local/ $(du -sh "$LOCAL_DIR" 2>/dev/null | cut -f1)"
 total=$((${#passed[@]} + ${#failed[@]}))
 if ((${#failed[@]})); then
   echo "test.sh: FAILED ${failed[*]} (${#failed[@]} of $total checks failed; passed: ${passed[*]:-none}) in $(elapsed "$started")"
