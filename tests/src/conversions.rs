@@ -9,6 +9,7 @@ use adsync::ingest::{ConversionHandler, IngestCtx, IngestSettings};
 use adsync::runtime::{Handler, Invocation};
 use adsync::store::accounts::{AccountStatus, AccountStore, IntegratedAccount};
 use adsync::store::dedupe::DedupeStore;
+use adsync::store::erased_rows::TombstoneReader;
 use adsync::store::parked::ParkedQueue;
 use adsync::store::parked_retry::ParkedRetry;
 use serde_json::{Value, json};
@@ -59,6 +60,9 @@ impl IngestFixture {
                 Duration::from_secs(window * 86_400),
             ),
             parked: ParkedQueue::new(aws.sqs.clone(), queue_url).with_dead_letter(Some(dlq_url)),
+            tombstones: std::env::var("LEDGER_TABLE")
+                .ok()
+                .map(|t| TombstoneReader::new(aws.dynamodb.clone(), t)),
             settings: IngestSettings {
                 deadline_margin: Duration::from_secs(2),
                 max_wait: Duration::from_secs(20),

@@ -21,6 +21,7 @@
 //!   dedupes that case.
 
 mod claim;
+mod erased;
 mod park;
 mod pipeline;
 mod redrive;
@@ -40,6 +41,7 @@ use crate::http::auth::ApiKeyAuth;
 use crate::settings::Settings;
 use crate::store::accounts::AccountStore;
 use crate::store::dedupe::DedupeStore;
+use crate::store::erased_rows::TombstoneReader;
 use crate::store::parked::ParkedQueue;
 use crate::store::parked_retry::ParkedRetry;
 use crate::store::secrets::SecretsStore;
@@ -95,6 +97,8 @@ pub struct IngestCtx {
     pub accounts: AccountStore,
     pub dedupe: DedupeStore,
     pub parked: ParkedQueue,
+    /// Erasure tombstones (`LEDGER_TABLE`): parked conversions of erased MAIDs are not sent.
+    pub tombstones: Option<TombstoneReader>,
     pub settings: IngestSettings,
 }
 
@@ -102,7 +106,8 @@ pub use crate::runtime::StartError;
 
 impl IngestCtx {
     /// From the environment: `ACCOUNTS_TABLE`, `DEDUPE_TABLE`, `DEDUPE_WINDOW_DAYS`,
-    /// `PARKED_CONVERSIONS_QUEUE_URL` and the Amazon client's variables.
+    /// `PARKED_CONVERSIONS_QUEUE_URL`, `LEDGER_TABLE` (optional: the erasure tombstones) and the
+    /// Amazon client's variables.
     pub async fn from_env(aws: &AwsClients) -> Result<Self, StartError> {
         Self::from_settings(aws, &Settings::from_env()?).await
     }
@@ -120,6 +125,11 @@ impl IngestCtx {
             ),
             parked: ParkedQueue::new(aws.sqs.clone(), config.parked_conversions_queue.get()?)
                 .with_dead_letter(config.parked_dlq.clone()),
+            tombstones: config
+                .ledger_table
+                .get()
+                .ok()
+                .map(|t| TombstoneReader::new(aws.dynamodb.clone(), t)),
             settings: IngestSettings {
                 retry: config.parked_retry,
                 ..IngestSettings::default()

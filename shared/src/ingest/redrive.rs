@@ -6,6 +6,8 @@
 //! copy a correction replaced meanwhile is acknowledged unsent, `superseded`) and sent. What
 //! became of each event:
 //!
+//! - its MAID erased at or after the event's time → claim completed, never sent
+//!   (`super::erased`);
 //! - accepted → claim completed;
 //! - refused by Amazon for good (4xx on the event itself) → claim released and the event put on
 //!   the dead-letter queue with Amazon's errors, where `redrive-dlq` can move it back;
@@ -55,6 +57,9 @@ pub struct RedriveSummary {
     /// Events put on the dead-letter queue (refused by Amazon for good, or too old).
     #[serde(default)]
     pub dead_lettered: usize,
+    /// Events whose MAID was erased after they were parked: settled, never sent (`erased`).
+    #[serde(default)]
+    pub erased: usize,
 }
 
 /// What one message's events came to.
@@ -62,7 +67,8 @@ pub struct RedriveSummary {
 struct Outcome {
     /// Delivered now.
     delivered: usize,
-    /// Left the queue unsent: already delivered (a second copy) or superseded by a correction.
+    /// Left the queue unsent: already delivered (a second copy), superseded by a correction, or
+    /// erased (`super::erased`).
     gone: usize,
     /// Indexes to try again later, with the first reason.
     later: Vec<usize>,
@@ -125,7 +131,8 @@ impl IngestCtx {
             .count("RedriveRejected", summary.rejected as u64)
             .count("RedriveStillParked", summary.still_parked as u64)
             .count("RedriveRequeued", summary.requeued as u64)
-            .count("RedriveDeadLettered", summary.dead_lettered as u64);
+            .count("RedriveDeadLettered", summary.dead_lettered as u64)
+            .count("RedriveErased", summary.erased as u64);
         if !stats.latencies_ms.is_empty() {
             m.millis("AmazonLatency", mean(&stats.latencies_ms));
         }
@@ -279,19 +286,26 @@ impl IngestCtx {
         }
     }
 
-    /// Takes, sends and settles the events of one message for an active account.
-    async fn deliver_parked(
+    /// Takes the claims of one message's events for sending. Erased events (`super::erased`) are
+    /// settled here, never returned; the rest that cannot be taken now go to `out`.
+    async fn take_parked(
         &self,
         batch: &ParkedBatch,
-        account: &IntegratedAccount,
         inv: &Invocation,
-        stats: &mut SendStats,
         summary: &mut RedriveSummary,
-    ) -> Outcome {
-        let mut out = Outcome::default();
+        out: &mut Outcome,
+    ) -> Vec<(usize, Claim)> {
+        let check = self.erasure_check(batch).await;
+        if !check.unchecked.is_empty() {
+            out.later_reason = Some("the erasure tombstones could not be read".into());
+        }
         let mut futs = Vec::with_capacity(batch.events.len());
         for (i, pe) in batch.events.iter().enumerate() {
-            futs.push(self.take_one(i, pe, inv));
+            if check.unchecked.contains(&i) {
+                out.later.push(i);
+            } else {
+                futs.push(self.take_one(i, pe, inv));
+            }
         }
         let takes: Vec<(usize, Result<TakeOutcome, StoreError>)> = futures::stream::iter(futs)
             .buffer_unordered(self.settings.claim_concurrency)
@@ -318,6 +332,30 @@ impl IngestCtx {
             }
         }
         taken.sort_by_key(|(i, _)| *i);
+        let (erased, taken): (Vec<_>, Vec<_>) = taken
+            .into_iter()
+            .partition(|(i, _)| check.erased.contains(i));
+        for (i, claim) in &erased {
+            // Completed, so a webhook retry of the same event is a duplicate, not a send.
+            self.finish(self.dedupe.complete(claim).await, "complete");
+            summary.erased += 1;
+            out.gone += 1;
+            tracing::info!(account_id = %batch.account_id, park_id = %batch.events[*i].park_id, "the event's MAID was erased after it was parked; not sent");
+        }
+        taken
+    }
+
+    /// Takes, sends and settles the events of one message for an active account.
+    async fn deliver_parked(
+        &self,
+        batch: &ParkedBatch,
+        account: &IntegratedAccount,
+        inv: &Invocation,
+        stats: &mut SendStats,
+        summary: &mut RedriveSummary,
+    ) -> Outcome {
+        let mut out = Outcome::default();
+        let taken = self.take_parked(batch, inv, summary, &mut out).await;
         let bodies: Vec<&[u8]> = taken
             .iter()
             .map(|(i, _)| batch.events[*i].event.get().as_bytes())

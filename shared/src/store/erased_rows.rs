@@ -104,3 +104,28 @@ pub async fn drop_erased(
     let dropped = before - kept.len();
     Ok((kept, dropped))
 }
+
+/// The erasure tombstones of `LEDGER_TABLE`, read by the conversions' redrive (which owns no
+/// other part of the ledger).
+#[derive(Clone, Debug)]
+pub struct TombstoneReader {
+    client: Client,
+    ledger_table: String,
+}
+
+impl TombstoneReader {
+    pub fn new(client: Client, ledger_table: String) -> Self {
+        Self {
+            client,
+            ledger_table,
+        }
+    }
+
+    /// The erasure time (ms) of each of `hashes` that has a tombstone (consistent reads).
+    pub async fn erased_at(
+        &self,
+        hashes: &BTreeSet<String>,
+    ) -> Result<HashMap<String, i64>, StoreError> {
+        tombstones(&self.client, &self.ledger_table, hashes).await
+    }
+}

@@ -21,6 +21,7 @@ use adsync::runtime::{Handler, Invocation};
 use adsync::store::conversion_counts::ConversionCounts;
 use adsync::store::dedupe::DedupeStore;
 use adsync::store::destinations::DestinationStore;
+use adsync::store::erased_rows::TombstoneReader;
 use adsync::store::jobs::JobStore;
 use adsync::store::ledger::LedgerStore;
 use adsync::store::parked::ParkedQueue;
@@ -121,6 +122,9 @@ pub async fn world(stack: &Stack) -> World {
                 Duration::from_secs(30 * 86_400),
             ),
             parked: ParkedQueue::new(aws.sqs.clone(), fresh_queue(&aws.sqs, "conversions").await),
+            tombstones: std::env::var("LEDGER_TABLE")
+                .ok()
+                .map(|t| TombstoneReader::new(aws.dynamodb.clone(), t)),
             settings: IngestSettings {
                 deadline_margin: Duration::from_secs(2),
                 retry: ParkedRetry {
