@@ -22,8 +22,8 @@ use std::collections::{BTreeSet, HashMap};
 pub(super) struct ErasureCheck {
     /// Indexes of events whose MAID was erased at or after the event's time.
     pub erased: BTreeSet<usize>,
-    /// Indexes of events with a MAID whose tombstones could not be read.
-    pub unchecked: Vec<usize>,
+    /// Indexes of events that could not be checked (tombstones unreadable, or the event itself).
+    pub unchecked: BTreeSet<usize>,
 }
 
 /// The parts of an outbound (Events API) event the check reads.
@@ -44,25 +44,48 @@ struct MatchKey<'a> {
     values: Vec<std::borrow::Cow<'a, str>>,
 }
 
-/// The device hashes of an outbound event's MAIDs and its time (ms since the epoch). `None`
-/// when it names no MAID.
-fn maid_hashes(event: &str) -> Option<(Vec<String>, i64)> {
-    let e: Outbound = serde_json::from_str(event).ok()?;
+/// What the check needs of one outbound event.
+#[derive(Debug, PartialEq, Eq)]
+enum Maids {
+    /// No MAID: nothing to check.
+    None,
+    /// The device hashes its MAIDs may have been erased under, and the event's time (ms).
+    Hashes(Vec<String>, i64),
+    /// Not readable as an outbound event: not sent unchecked.
+    Unreadable,
+}
+
+/// The device keys a MAID may have been erased under. Conversions send a MAID as given, and an
+/// erasure names it as the system that asked for it wrote it: an IDFA or a GAID is the same
+/// device in either case, so the trimmed value, its upper and its lower case are all looked up.
+fn maid_variants(value: &str) -> BTreeSet<String> {
+    let v = value.trim();
+    [v.to_string(), v.to_uppercase(), v.to_lowercase()]
+        .into_iter()
+        .map(|v| device_hash(&device_key(IdType::Maid, &v)))
+        .collect()
+}
+
+/// The device hashes of an outbound event's MAIDs and its time (ms since the epoch).
+fn maid_hashes(event: &str) -> Maids {
+    let Ok(e) = serde_json::from_str::<Outbound>(event) else {
+        return Maids::Unreadable;
+    };
     let hashes: Vec<String> = e
         .match_keys
         .iter()
         .filter(|k| k.kind == "MAID")
         .flat_map(|k| &k.values)
-        .map(|v| device_hash(&device_key(IdType::Maid, v)))
+        .flat_map(|v| maid_variants(v))
         .collect();
     if hashes.is_empty() {
-        return None;
+        return Maids::None;
     }
     // An unreadable time counts as older than every erasure: any tombstone covers the event.
     let at = chrono::DateTime::parse_from_rfc3339(&e.event_time)
         .map(|t| t.timestamp_millis())
         .unwrap_or(i64::MIN);
-    Some((hashes, at))
+    Maids::Hashes(hashes, at)
 }
 
 /// Which events are erased, given each event's hashes and time and the tombstones found.
@@ -88,29 +111,32 @@ impl IngestCtx {
         let Some(reader) = &self.tombstones else {
             return ErasureCheck::default();
         };
-        let events: Vec<(usize, Vec<String>, i64)> = batch
-            .events
-            .iter()
-            .enumerate()
-            .filter_map(|(i, pe)| maid_hashes(pe.event.get()).map(|(h, at)| (i, h, at)))
-            .collect();
-        if events.is_empty() {
-            return ErasureCheck::default();
-        }
-        let hashes: BTreeSet<String> = events.iter().flat_map(|(_, h, _)| h.clone()).collect();
-        match reader.erased_at(&hashes).await {
-            Ok(found) => ErasureCheck {
-                erased: decide(&events, &found),
-                unchecked: Vec::new(),
-            },
-            Err(e) => {
-                tracing::error!(error = %e, account_id = %batch.account_id, "could not read the erasure tombstones; conversions with a MAID wait");
-                ErasureCheck {
-                    erased: BTreeSet::new(),
-                    unchecked: events.into_iter().map(|(i, _, _)| i).collect(),
+        let mut check = ErasureCheck::default();
+        let mut events: Vec<(usize, Vec<String>, i64)> = Vec::new();
+        for (i, pe) in batch.events.iter().enumerate() {
+            match maid_hashes(pe.event.get()) {
+                Maids::None => {}
+                Maids::Hashes(h, at) => events.push((i, h, at)),
+                Maids::Unreadable => {
+                    tracing::error!(account_id = %batch.account_id, park_id = %pe.park_id, "a parked conversion is not a readable event; it waits");
+                    check.unchecked.insert(i);
                 }
             }
         }
+        if events.is_empty() {
+            return check;
+        }
+        let hashes: BTreeSet<String> = events.iter().flat_map(|(_, h, _)| h.clone()).collect();
+        match reader.erased_at(&hashes).await {
+            Ok(found) => check.erased = decide(&events, &found),
+            Err(e) => {
+                tracing::error!(error = %e, account_id = %batch.account_id, "could not read the erasure tombstones; conversions with a MAID wait");
+                check
+                    .unchecked
+                    .extend(events.into_iter().map(|(i, _, _)| i));
+            }
+        }
+        check
     }
 }
 
@@ -126,14 +152,20 @@ mod tests {
 
     #[test]
     fn only_maids_are_hashed_as_device_keys() {
-        let e = event(r#"{"type":"EMAIL","values":["ab12"]},{"type":"MAID","values":["EA75-1"]}"#);
-        let (hashes, at) = maid_hashes(&e).unwrap();
-        assert_eq!(hashes, vec![device_hash("MAID-EA75-1")]);
+        let e =
+            event(r#"{"type":"EMAIL","values":["ab12"]},{"type":"MAID","values":[" Ea75-1 "]}"#);
+        let Maids::Hashes(hashes, at) = maid_hashes(&e) else {
+            panic!("{e}")
+        };
+        let want: BTreeSet<String> = ["MAID-Ea75-1", "MAID-EA75-1", "MAID-ea75-1"]
+            .into_iter()
+            .map(device_hash)
+            .collect();
+        assert_eq!(hashes.into_iter().collect::<BTreeSet<_>>(), want);
         assert_eq!(at, 1_796_119_200_000);
-        assert_eq!(
-            maid_hashes(&event(r#"{"type":"EMAIL","values":["ab12"]}"#)),
-            None
-        );
+        let email_only = event(r#"{"type":"EMAIL","values":["ab12"]}"#);
+        assert_eq!(maid_hashes(&email_only), Maids::None);
+        assert_eq!(maid_hashes("{\"eventTime\": 3"), Maids::Unreadable);
     }
 
     #[test]
@@ -153,7 +185,9 @@ mod tests {
     #[test]
     fn an_unreadable_time_is_covered_by_any_tombstone() {
         let e = r#"{"eventTime":"yesterday","matchKeys":[{"type":"MAID","values":["m"]}]}"#;
-        let (hashes, at) = maid_hashes(e).unwrap();
+        let Maids::Hashes(hashes, at) = maid_hashes(e) else {
+            panic!("{e}")
+        };
         let found = HashMap::from([(hashes[0].clone(), 0)]);
         assert_eq!(decide(&[(3, hashes, at)], &found), BTreeSet::from([3]));
     }

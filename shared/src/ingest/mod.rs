@@ -125,17 +125,28 @@ impl IngestCtx {
             ),
             parked: ParkedQueue::new(aws.sqs.clone(), config.parked_conversions_queue.get()?)
                 .with_dead_letter(config.parked_dlq.clone()),
-            tombstones: config
-                .ledger_table
-                .get()
-                .ok()
-                .map(|t| TombstoneReader::new(aws.dynamodb.clone(), t)),
+            tombstones: tombstone_reader(aws, config),
             settings: IngestSettings {
                 retry: config.parked_retry,
                 ..IngestSettings::default()
             },
         })
     }
+}
+
+/// The erasure tombstones' reader, if `LEDGER_TABLE` is set (the template sets it everywhere).
+fn tombstone_reader(aws: &AwsClients, config: &Settings) -> Option<TombstoneReader> {
+    let reader = config
+        .ledger_table
+        .get()
+        .ok()
+        .map(|t| TombstoneReader::new(aws.dynamodb.clone(), t));
+    if reader.is_none() {
+        tracing::warn!(
+            "LEDGER_TABLE is not set: parked conversions are redriven without the erasure check"
+        );
+    }
+    reader
 }
 
 /// The `conversion-ingest` function: routes, the API key check, and the scheduled redrive.

@@ -57,7 +57,8 @@ pub struct RedriveSummary {
     /// Events put on the dead-letter queue (refused by Amazon for good, or too old).
     #[serde(default)]
     pub dead_lettered: usize,
-    /// Events whose MAID was erased after they were parked: settled, never sent (`erased`).
+    /// Events whose MAID was erased at or after the event's time: settled, never sent
+    /// (`super::erased`).
     #[serde(default)]
     pub erased: usize,
 }
@@ -297,7 +298,7 @@ impl IngestCtx {
     ) -> Vec<(usize, Claim)> {
         let check = self.erasure_check(batch).await;
         if !check.unchecked.is_empty() {
-            out.later_reason = Some("the erasure tombstones could not be read".into());
+            out.later_reason = Some("the erasure check could not be made".into());
         }
         let mut futs = Vec::with_capacity(batch.events.len());
         for (i, pe) in batch.events.iter().enumerate() {
@@ -336,11 +337,26 @@ impl IngestCtx {
             .into_iter()
             .partition(|(i, _)| check.erased.contains(i));
         for (i, claim) in &erased {
-            // Completed, so a webhook retry of the same event is a duplicate, not a send.
-            self.finish(self.dedupe.complete(claim).await, "complete");
-            summary.erased += 1;
-            out.gone += 1;
-            tracing::info!(account_id = %batch.account_id, park_id = %batch.events[*i].park_id, "the event's MAID was erased after it was parked; not sent");
+            // Completed, so a webhook retry of the same event is a duplicate, not a send. If that
+            // fails the copy stays parked (the next run settles it), never acknowledged unsettled.
+            let pe = &batch.events[*i];
+            match self.dedupe.complete(claim).await {
+                Ok(true) => {
+                    summary.erased += 1;
+                    out.gone += 1;
+                    tracing::info!(account_id = %batch.account_id, park_id = %pe.park_id, "the event's MAID was erased at or after its time; not sent");
+                }
+                other => {
+                    self.finish(other, "complete an erased event");
+                    self.finish(
+                        self.dedupe.mark_parked(claim, &pe.park_id).await,
+                        "mark parked",
+                    );
+                    out.later.push(*i);
+                    out.later_reason
+                        .get_or_insert_with(|| "an erased event could not be settled".into());
+                }
+            }
         }
         taken
     }
