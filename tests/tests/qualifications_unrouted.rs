@@ -1,6 +1,7 @@
 //! `POST /qualifications` whose target lookups fail or run out of time after the ledger writes:
 //! the applied rows are parked unrouted, never lost (a resend would be answered `stale`), and
-//! the redrive reads the segments' mappings and sends the ledger's state, removes included.
+//! the redrive reads the segments' mappings and sends the ledger's state, removes included; a
+//! message dead-lettered unrouted is moved back by `redrive-dlq` and routed.
 //! Needs the local stack (`infra/scripts/stack-up.sh`, then `source .local/stack.env`).
 
 use adsync::export::members::{handle_qualifications, run_redrive};
@@ -259,4 +260,46 @@ async fn a_segment_with_one_unreadable_target_reaches_the_others_and_parks_the_r
     assert_eq!(redrive(&rig).await, 1);
     assert_eq!(members(&rig, audience_a).await, cookies(&["d9"]));
     assert_eq!(members(&rig, audience_b).await, cookies(&["d9"]));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unrouted_message_past_the_age_limit_is_dead_lettered_then_moved_back_and_routed() {
+    use adsync::store::parked::ParkedQueue;
+    use adsync::store::parked_retry::ParkedRetry;
+    use adsync_tests::conversions::{parked_queue_with_dlq, queue_depth};
+    let (mut rig, seg, _dest, audience) = mapped_segment(true).await;
+    qualify(&rig, &seg, &["d1", "d2"], "qualified").await;
+    let sqs = adsync::aws::AwsClients::from_env().await.sqs;
+    let (url, dlq) = parked_queue_with_dlq(&sqs, "patches").await;
+    rig.ctx.parked = ParkedQueue::new(sqs.clone(), url.clone()).with_dead_letter(Some(dlq.clone()));
+
+    // Parked unrouted, and still unroutable when older than the age limit: dead-lettered.
+    let broken = without_destinations(&rig);
+    let (_, body) = post_one(&broken, &seg, "d1", "unqualified").await;
+    assert_eq!(body["delivery"]["parked"], 1, "{body}");
+    let aged = ParkedRetry {
+        max_age: Duration::from_millis(1),
+        ..ParkedRetry::default()
+    };
+    let r =
+        adsync::export::members::run_redrive_with(&broken, &Invocation::with_timeout(30), &aged)
+            .await
+            .unwrap();
+    assert_eq!(r["deadLettered"], 1, "{r}");
+    assert_eq!(
+        (queue_depth(&sqs, &url).await, queue_depth(&sqs, &dlq).await),
+        (0, 1)
+    );
+
+    // redrive-dlq (every account: an unrouted message has none yet) moves it back; the redrive
+    // routes it and sends the ledger's state.
+    let input = json!({"task": "redrive-dlq"});
+    let inv = Invocation::with_timeout(30);
+    let moved = adsync::export::run_task_with(&rig.ctx, "redrive-dlq", &input, &inv)
+        .await
+        .unwrap();
+    assert_eq!(moved["redriveDlq"]["movedPatches"], 1, "{moved}");
+    assert_eq!(queue_depth(&sqs, &dlq).await, 0);
+    assert_eq!(redrive(&rig).await, 1);
+    assert_eq!(members(&rig, audience).await, cookies(&["d2"]));
 }
