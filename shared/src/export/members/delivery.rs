@@ -29,6 +29,13 @@ pub struct DeliveryReport {
     pub(super) failed: Vec<ParkedPatch>,
 }
 
+/// A store failure as a line of `errors`: the store's own words (tables, endpoints, request
+/// ids) go to the log, the caller of `POST /qualifications` reads what failed.
+pub(super) fn store_failed(what: &str, e: &dyn std::fmt::Display) -> String {
+    tracing::error!(error = %e, "{what}");
+    format!("{what} (details in the function's log)")
+}
+
 /// A batch and what sending it gave.
 pub(super) type SentBatch = (Batch<Vec<usize>>, Result<u64, AmazonError>);
 
@@ -258,7 +265,8 @@ async fn active_account(
             return Err("account not linked".into());
         }
         Err(e) => {
-            report.errors.push(format!("account lookup failed: {e}"));
+            let what = format!("account {account_id}: lookup failed");
+            report.errors.push(store_failed(&what, &e));
             return Err("account lookup failed".into());
         }
     };
@@ -351,7 +359,7 @@ async fn verify(
                 .collect(),
         ),
         Err(e) => {
-            report.errors.push(format!("verify read failed: {e}"));
+            report.errors.push(store_failed("verify read failed", &e));
             let stale: Vec<LedgerRow> = acked.iter().map(|&i| rows[i].clone()).collect();
             park_rows(targets, stale, "verify read failed", report);
             None

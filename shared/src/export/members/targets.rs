@@ -140,12 +140,10 @@ pub(super) async fn route<'a>(
     for seg in segments {
         let (targets, error) = lookups.of_segment(ctx, seg).await;
         if let Some(e) = error {
-            // The store's own words (tables, endpoints, request ids) go to the log, not to the
-            // caller of POST /qualifications.
-            tracing::error!(segment_id = %seg, error = %e, "mapping lookup failed");
-            routing.errors.push(format!(
-                "mapping lookup failed for segment {seg} (details in the function's log); its rows are parked for the redrive"
-            ));
+            let what = format!("mapping lookup failed for segment {seg}; its rows are parked");
+            routing
+                .errors
+                .push(super::delivery::store_failed(&what, &e));
             routing.unrouted.insert(seg.clone());
         }
         for t in targets {
