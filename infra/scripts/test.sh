@@ -23,9 +23,10 @@ export INVOKE_PORT="${TEST_INVOKE_PORT:-19000}"
 # A run from scratch gains nothing from incremental compilation, and its caches would add ~2.2 GB to
 # target/ (measured on a fresh clone; CI's disk is small).
 export CARGO_INCREMENTAL="${CARGO_INCREMENTAL:-0}"
-# Below this much free space (MB) on target/'s disk, the test step's executables (~2.5 GB) are
+# Below this much free space (MB) on target/'s disk, the test step's executables (~2.4 GB) are
 # deleted once it has run, before the soak builds its own (see free_test_executables).
 LOW_DISK_MB="${TEST_LOW_DISK_MB:-12000}"
+TARGET_DIR="${CARGO_TARGET_DIR:-$REPO_ROOT/target}"
 # Tests always run against our own sandbox, never a real Amazon set in the caller's shell.
 unset AMAZON_ADS_API_URL AMAZON_LWA_AUTH_URL AMAZON_LWA_TOKEN_URL
 
@@ -69,15 +70,15 @@ check() {
   fi
 }
 
-free_mb() { df -Pm "$REPO_ROOT/target" 2>/dev/null | awk 'NR == 2 { print $4 }'; }
+free_mb() { df -Pm "$TARGET_DIR" 2>/dev/null | awk 'NR == 2 { print $4 }'; }
 
 # The test harnesses `cargo test` built (what `--no-run` lists as test artifacts): a later
-# `cargo test` relinks them in a minute or two.
+# `cargo test` builds those test crates again (not their dependencies).
 free_test_executables() {
   local free
-  free="$(free_mb)"
+  free="$(free_mb)" || free=""
   [[ -n "$free" ]] && ((free < LOW_DISK_MB)) || return 0
-  cargo test --workspace --no-run --message-format=json 2>/dev/null |
+  if cargo test --workspace --no-run --message-format=json 2>/dev/null |
     "$VENV/bin/python" -c '
 import json, os, sys
 for line in sys.stdin:
@@ -87,8 +88,11 @@ for line in sys.stdin:
             os.remove(m["executable"])
         except FileNotFoundError:
             pass
-' || log "could not list or delete the test executables (the soak may run short of disk)"
-  log "only ${free} MB free on target's disk: deleted the test executables ($(free_mb) MB free now)"
+'; then
+    log "only ${free} MB free on target's disk: deleted the test executables ($(free_mb || true) MB free now)"
+  else
+    log "could not list or delete the test executables (the soak may run short of disk)"
+  fi
 }
 
 check fmt cargo fmt --all -- --check
@@ -105,7 +109,7 @@ check iam-scope "$VENV/bin/python" infra/scripts/check_iam.py template.yaml
 check cargo-deny "$LOCAL_DIR/tools/bin/cargo-deny" check bans licenses sources
 check sam-validate sam validate --lint --template template.yaml
 
-log "disk: target/ $(du -sh target 2>/dev/null | cut -f1), .local/ $(du -sh "$LOCAL_DIR" 2>/dev/null | cut -f1)"
+log "disk: target/ $(du -sh "$TARGET_DIR" 2>/dev/null | cut -f1), .local/ $(du -sh "$LOCAL_DIR" 2>/dev/null | cut -f1)"
 total=$((${#passed[@]} + ${#failed[@]}))
 if ((${#failed[@]})); then
   echo "test.sh: FAILED ${failed[*]} (${#failed[@]} of $total checks failed; passed: ${passed[*]:-none}) in $(elapsed "$started")"

@@ -29,7 +29,7 @@ use crate::domain::audience::{Batcher, Change, PatchOp, device_key, group, split
 use crate::runtime::Invocation;
 use crate::store::StoreError;
 use crate::store::accounts::{AccountStatus, IntegratedAccount};
-use crate::store::erasures::{ErasureStore, device_hash};
+use crate::store::erasures::{ErasureStore, device_hash, tombstone_hashes};
 use serde_json::{Value, json};
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::time::Duration;
@@ -171,9 +171,9 @@ impl JobRun<'_> {
 
     async fn steps(&mut self, doc: &mut ErasureDoc) -> Result<String, String> {
         if doc.steps.tombstones.state != "done" {
-            for k in &self.keys {
+            for hash in self.keys.iter().flat_map(|k| tombstone_hashes(k)) {
                 self.st
-                    .put_tombstone(&device_hash(k), doc.requested_at_ms, self.id)
+                    .put_tombstone(&hash, doc.requested_at_ms, self.id)
                     .await
                     .map_err(|e| e.to_string())?;
             }

@@ -14,6 +14,7 @@
 use super::dynamo::key;
 use super::item::Item;
 use super::ledger::{LEDGER_SHARDS, partition_key, shard_of};
+use crate::domain::audience::{IdType, parse_device_key};
 use aws_sdk_dynamodb::Client;
 use sha2::{Digest, Sha256};
 
@@ -28,6 +29,24 @@ pub const TOMBSTONE_PREFIX: &str = "ERASED#";
 /// tombstones carry instead of the id.
 pub fn device_hash(device_key: &str) -> String {
     hex::encode(Sha256::digest(device_key.as_bytes()))
+}
+
+/// The tombstones an erasure of `device_key` writes: its own hash, and for a MAID in mixed or
+/// upper case also its lower-case key's. Conversions name a MAID as their sender wrote it; the
+/// conversions' redrive (`ingest::erased`) looks up the value, its upper and its lower case, so
+/// any spelling of the same IDFA or GAID meets one of these.
+pub fn tombstone_hashes(device_key: &str) -> Vec<String> {
+    let mut out = vec![device_hash(device_key)];
+    if let Some((IdType::Maid, id)) = parse_device_key(device_key) {
+        let lower = id.to_lowercase();
+        if lower != id {
+            out.push(device_hash(&crate::domain::audience::device_key(
+                IdType::Maid,
+                &lower,
+            )));
+        }
+    }
+    out
 }
 
 /// One ledger row seen by the erasure scan (key and version only).
@@ -82,6 +101,22 @@ impl ErasureStore {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_maid_in_any_case_is_also_tombstoned_in_lower_case() {
+        assert_eq!(
+            tombstone_hashes("MAID-Ea75-1"),
+            vec![device_hash("MAID-Ea75-1"), device_hash("MAID-ea75-1")]
+        );
+        assert_eq!(
+            tombstone_hashes("MAID-ea75-1"),
+            vec![device_hash("MAID-ea75-1")]
+        );
+        assert_eq!(
+            tombstone_hashes("COOKIE-Ab"),
+            vec![device_hash("COOKIE-Ab")]
+        );
+    }
 
     #[test]
     fn device_hash_is_sha256_of_the_device_key() {
