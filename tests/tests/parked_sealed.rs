@@ -41,6 +41,31 @@ async fn queued_bodies(sqs: &aws_sdk_sqs::Client) -> Vec<String> {
     out
 }
 
+/// Amazon answers 500 to every events request of the fixture's advertiser; returns the fault.
+async fn events_fail(f: &IngestFixture) -> String {
+    let fault = FaultSpec::status(500)
+        .path_prefix("/adsApi/v1/create/events")
+        .account_id(f.advertiser_id())
+        .forever();
+    f.login.sandbox.add_fault(&fault).await.unwrap()
+}
+
+/// Redrives (up to 10 runs) until `want` events were delivered or erased; returns
+/// (delivered, erased).
+async fn settle(f: &IngestFixture, want: u64) -> (u64, u64) {
+    let (mut delivered, mut erased) = (0, 0);
+    for _ in 0..10 {
+        let sum = f.redrive().await;
+        delivered += sum["delivered"].as_u64().unwrap();
+        erased += sum["erased"].as_u64().unwrap();
+        if delivered + erased == want {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(700)).await;
+    }
+    (delivered, erased)
+}
+
 #[tokio::test]
 async fn parked_messages_carry_no_raw_ip_or_maid() {
     assert!(
@@ -49,15 +74,7 @@ async fn parked_messages_carry_no_raw_ip_or_maid() {
     );
     let f = IngestFixture::new().await;
     let s = &f.login.sandbox;
-    let fault = s
-        .add_fault(
-            &FaultSpec::status(500)
-                .path_prefix("/adsApi/v1/create/events")
-                .account_id(f.advertiser_id())
-                .forever(),
-        )
-        .await
-        .unwrap();
+    let fault = events_fail(&f).await;
     let ip = "203.0.113.77";
     let maid = format!("EA7583CD-A667-48BC-B806-{:012}", random_id(12));
     let ts = chrono::Utc::now().to_rfc3339();
@@ -107,15 +124,7 @@ async fn parked_messages_carry_no_raw_ip_or_maid() {
 
     // The redrive opens them and delivers, once Amazon recovers.
     s.remove_fault(&fault).await.unwrap();
-    let mut delivered = 0;
-    for _ in 0..10 {
-        delivered += f.redrive().await["delivered"].as_u64().unwrap();
-        if delivered == 2 {
-            break;
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(700)).await;
-    }
-    assert_eq!(delivered, 2);
+    assert_eq!(settle(&f, 2).await.0, 2);
 }
 
 /// An app event keyed by `maid`, at `ts`.
@@ -129,15 +138,7 @@ fn app_event(maid: &str, ts: &chrono::DateTime<chrono::Utc>) -> Value {
 async fn a_conversion_parked_before_its_maid_was_erased_is_never_sent() {
     let f = IngestFixture::new().await;
     let s = &f.login.sandbox;
-    let fault = s
-        .add_fault(
-            &FaultSpec::status(500)
-                .path_prefix("/adsApi/v1/create/events")
-                .account_id(f.advertiser_id())
-                .forever(),
-        )
-        .await
-        .unwrap();
+    let fault = events_fail(&f).await;
     let at = chrono::Utc::now() - chrono::Duration::minutes(2);
     let (erased, earlier, kept) = (
         format!("EA7583CD-0000-0000-0001-{:012}", random_id(12)),
@@ -170,16 +171,7 @@ async fn a_conversion_parked_before_its_maid_was_erased_is_never_sent() {
         .unwrap();
 
     s.remove_fault(&fault).await.unwrap();
-    let (mut delivered, mut gone) = (0, 0);
-    for _ in 0..10 {
-        let sum = f.redrive().await;
-        delivered += sum["delivered"].as_u64().unwrap();
-        gone += sum["erased"].as_u64().unwrap();
-        if delivered + gone == 3 {
-            break;
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(700)).await;
-    }
+    let (delivered, gone) = settle(&f, 3).await;
     assert_eq!((delivered, gone), (2, 1), "delivered, erased");
     let sent = s.events(f.advertiser_id()).await.unwrap().events;
     let names = |m: &str| sent.iter().any(|e| e["matchKeys"].to_string().contains(m));
@@ -197,15 +189,7 @@ async fn a_conversion_parked_before_its_maid_was_erased_is_never_sent() {
 async fn without_readable_tombstones_a_maid_waits_and_other_events_go() {
     let mut f = IngestFixture::new().await;
     let s = &f.login.sandbox;
-    let fault = s
-        .add_fault(
-            &FaultSpec::status(500)
-                .path_prefix("/adsApi/v1/create/events")
-                .account_id(f.advertiser_id())
-                .forever(),
-        )
-        .await
-        .unwrap();
+    let fault = events_fail(&f).await;
     let maid = format!("EA7583CD-0000-0000-0004-{:012}", random_id(12));
     let at = chrono::Utc::now() - chrono::Duration::minutes(1);
     let r = f
@@ -237,15 +221,7 @@ async fn without_readable_tombstones_a_maid_waits_and_other_events_go() {
     // Readable again (no tombstone for it): a later run sends it.
     let ledger = std::env::var("LEDGER_TABLE").expect("LEDGER_TABLE (the stack env)");
     f.handler.ctx.tombstones = Some(TombstoneReader::new(f.login.aws.dynamodb.clone(), ledger));
-    let mut delivered = 0;
-    for _ in 0..10 {
-        delivered += f.redrive().await["delivered"].as_u64().unwrap();
-        if delivered == 1 {
-            break;
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(700)).await;
-    }
-    assert_eq!(delivered, 1);
+    assert_eq!(settle(&f, 1).await.0, 1);
     let sent = f.login.sandbox.events(f.advertiser_id()).await.unwrap();
     assert_eq!(sent.events.len(), 2, "{:?}", sent.events);
 }
